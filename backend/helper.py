@@ -1,0 +1,156 @@
+"""The control test helper: OONI's web-connectivity helper protocol over FastAPI.
+
+Speaks the same JSON as OONI's oohelperd, so our probe can use OONI's public helpers and
+OONI probes can use ours. This module is the HTTP face only: reading and bounding requests,
+throttling, status codes and logging. The protocol lives in helper_protocol, the measurement
+in helper_measure, the address guard in ssrf, the settings in helper_config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from backend.helper_config import HelperConfig
+from backend.helper_measure import measure
+from backend.helper_protocol import BadRequest, parse_request
+from probes import __version__
+from probes.net.addresses import parse_host_port
+
+__all__ = ["GREETING", "HelperConfig", "create_app", "parse_listen", "serve"]
+
+log = logging.getLogger("censorscope.helper")
+
+# oohelperd's greeting; clients probe `GET /` to see whether a helper is alive.
+GREETING = {"message": "Hello OONItarian!"}
+SERVER_HEADER = f"censorscope-helper/{__version__}"
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+class _TooLarge(Exception):
+    """The request body is over the configured limit."""
+
+
+@dataclass
+class _Load:
+    """Control requests in flight; one event loop, so a plain counter is enough."""
+
+    inflight: int = 0
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers={"server": SERVER_HEADER})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most `limit` bytes, refusing early on a Content-Length that says more."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(config: HelperConfig) -> FastAPI:
+    """The helper's ASGI app for the given settings."""
+    app = FastAPI(
+        title="censorscope control helper", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    load = _Load()
+    counter = itertools.count(1)
+
+    @app.get("/")
+    async def greet() -> Response:
+        return JSONResponse(GREETING, headers={"server": SERVER_HEADER})
+
+    @app.post("/")
+    async def control(request: Request) -> Response:
+        number = next(counter)
+        if load.inflight >= config.max_inflight:
+            log.warning("<#%d> throttled: %d requests in flight", number, load.inflight)
+            return _error(503, "too many control requests in flight, retry later")
+        load.inflight += 1
+        started = time.monotonic()
+        try:
+            return await _control(request, number, config)
+        finally:
+            load.inflight -= 1
+            log.debug("<#%d> done in %.2fs", number, time.monotonic() - started)
+
+    return app
+
+
+async def _control(request: Request, number: int, config: HelperConfig) -> Response:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(config.timeout):  # a slow sender must not hold a slot
+            data = await _read_body(request, config.max_request_bytes)
+    except _TooLarge:
+        log.info("<#%d> 413 request body over %d bytes", number, config.max_request_bytes)
+        return _error(413, f"request body over {config.max_request_bytes} bytes")
+    except TimeoutError:
+        log.info("<#%d> 408 request body not received in time", number)
+        return _error(408, "request body not received in time")
+    try:
+        req = parse_request(data, max_tcp_endpoints=config.max_tcp_endpoints)
+    except BadRequest as exc:
+        log.info("<#%d> 400 %s", number, exc)
+        return _error(400, str(exc))
+    doc = await measure(req, config)
+    log.info(
+        "<#%d> %s endpoints=%d dns=%s http=%s in %.2fs",
+        number,
+        req.url,
+        len(doc["tcp_connect"]),
+        doc["dns"]["failure"] or len(doc["dns"]["addrs"]),
+        doc["http_request"]["failure"] or doc["http_request"]["status_code"],
+        time.monotonic() - started,
+    )
+    return Response(
+        orjson.dumps(doc), media_type="application/json", headers={"server": SERVER_HEADER}
+    )
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) to a (host, port) pair; raises ValueError if malformed."""
+    host, port = parse_host_port(listen, 8080)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"--listen wants HOST:PORT, got {listen!r}")
+    return host, port
+
+
+def serve(listen: str, config: HelperConfig) -> None:
+    """Run the helper under uvicorn until interrupted."""
+    host, port = parse_listen(listen)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log.info(
+        "control helper on %s:%d resolver=%s allow_private=%s exempt=%s",
+        host,
+        port,
+        config.resolver or "system",
+        config.allow_private,
+        ",".join(config.exempt_networks) or "-",
+    )
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log=False,  # we log one line per control request ourselves
+        server_header=False,
+        log_level="info",
+    )

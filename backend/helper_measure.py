@@ -1,0 +1,276 @@
+"""The control measurement: what the helper sees of a URL from outside the censor.
+
+Mirrors oohelperd's measure.go: resolve the URL's host first (the endpoint plan needs the
+helper's own addresses), then connect to every planned endpoint (with a TLS handshake where
+TLS belongs) while fetching the URL, all concurrently, each step with its own deadline. The
+address guard is applied at every point where the helper would open a connection: the
+probe's endpoints, the helper's resolved addresses, and each hop of the GET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from backend.helper_config import HelperConfig
+from backend.helper_http import fetch
+from backend.helper_protocol import (
+    FLAG_VALID_FOR_DOMAIN,
+    ControlRequest,
+    Endpoint,
+    canonical_header,
+    ip_info,
+    map_dns_failure,
+    map_http_failure,
+    map_tcp_failure,
+    plan_endpoints,
+    split_endpoint,
+)
+from backend.ssrf import FORBIDDEN_FAILURE, parse_ip
+from probes.net.addresses import is_bogon
+from probes.net.dns import DNSResult, resolve_both
+from probes.net.tcp import tcp_connect
+from probes.net.tls import tls_handshake
+
+log = logging.getLogger("censorscope.helper")
+
+T = TypeVar("T")
+
+# A failure string for a step that raised instead of reporting (a bug in a primitive): the
+# probe still gets an answer, and the log gets the traceback.
+_INTERNAL_FAILURE = "unknown_error"
+
+
+class ForbiddenAddress(OSError):
+    """Every address of a host is one the helper must not connect to."""
+
+
+class LookupFailed(OSError):
+    """A hop's host did not resolve; the DNS failure string is kept on the context."""
+
+
+@dataclass
+class _Context:
+    """Per-request state shared by the concurrent steps."""
+
+    req: ControlRequest
+    config: HelperConfig
+    t_zero: float
+    # host -> (failure, addresses) of lookups already made, so the GET reuses the first one
+    cache: dict[str, tuple[str | None, list[str]]] = field(default_factory=dict)
+    refused_hosts: list[str] = field(default_factory=list)
+    http_dns_failure: str | None = None  # why a hop of the GET did not resolve
+
+
+async def _bounded(step: Awaitable[T], deadline: float) -> T:
+    """Await a primitive with a hard deadline on top of its own timeouts."""
+    async with asyncio.timeout(deadline):
+        return await step
+
+
+def _join_dns(results: list[DNSResult]) -> tuple[str | None, list[str]]:
+    """Merge the A and AAAA lookups the way getaddrinfo would: any address is a success."""
+    addrs: list[str] = []
+    for result in results:
+        addrs.extend(a for a in result.addrs if a not in addrs)
+    if addrs:
+        return None, addrs
+    failures = [r.failure for r in results if r.failure not in (None, "dns_no_answer")]
+    return (failures[0] if failures else None), []
+
+
+async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
+    """Resolve `host` through the configured resolver (OONI failure string, addresses)."""
+    timeout = ctx.config.timeout
+    try:
+        results = await _bounded(
+            resolve_both(host, resolver=ctx.config.resolver, timeout=timeout, t_zero=ctx.t_zero),
+            timeout + 1.0,
+        )
+    except TimeoutError:
+        return "generic_timeout_error", []
+    except Exception:
+        log.exception("DNS lookup of %s raised", host)
+        return _INTERNAL_FAILURE, []
+    ctx.cache[host] = _join_dns(results)
+    return ctx.cache[host]
+
+
+async def _measure_endpoint(ctx: _Context, ep: Endpoint) -> tuple[dict[str, Any], Any]:
+    """TCP connect to one endpoint, then a TLS handshake when TLS belongs on it."""
+    if not ep.allowed:
+        return {"status": False, "failure": FORBIDDEN_FAILURE}, None
+    timeout = ctx.config.timeout
+    try:
+        tcp = await _bounded(
+            tcp_connect(ep.ip, ep.port, timeout=timeout, t_zero=ctx.t_zero), timeout + 1.0
+        )
+        tcp_failure = tcp.failure
+    except TimeoutError:
+        tcp_failure = "generic_timeout_error"
+    except Exception:
+        log.exception("TCP connect to %s raised", ep.key)
+        tcp_failure = _INTERNAL_FAILURE
+    tcp_doc = {"status": tcp_failure is None, "failure": map_tcp_failure(tcp_failure)}
+    if tcp_failure is not None or not ep.tls:
+        return tcp_doc, None
+    try:
+        tls = await _bounded(
+            tls_handshake(
+                ep.ip,
+                ep.port,
+                ctx.req.hostname,
+                timeout=timeout,
+                t_zero=ctx.t_zero,
+                ca_file=ctx.config.ca_file,
+                alpn=["h2", "http/1.1"],  # what oohelperd offers, so servers answer alike
+            ),
+            timeout + 1.0,
+        )
+    except TimeoutError:
+        return tcp_doc, "generic_timeout_error"
+    except Exception:
+        log.exception("TLS handshake with %s raised", ep.key)
+        return tcp_doc, _INTERNAL_FAILURE
+    return tcp_doc, tls
+
+
+async def _resolve_for_http(ctx: _Context, host: str) -> list[str]:
+    """The GET's resolver: every hop's addresses pass the guard before any connection."""
+    host = host.strip("[]")
+    failure: str | None = None
+    if parse_ip(host) is not None:
+        addrs = [host]
+    elif host in ctx.cache:
+        failure, addrs = ctx.cache[host]
+    else:
+        failure, addrs = await _lookup(ctx, host)
+    if not addrs:
+        ctx.http_dns_failure = failure or "dns_no_answer"
+        raise LookupFailed(f"{host}: {ctx.http_dns_failure}")
+    allowed = [a for a in addrs if ctx.config.guard.allows(a)]
+    if not allowed:
+        ctx.refused_hosts.append(host)
+        raise ForbiddenAddress(f"{host} has only forbidden addresses")
+    return allowed
+
+
+async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The GET (following redirects) as oohelperd's http_request, plus our raw details."""
+    timeout = ctx.config.timeout
+    result = None
+    hops = 0
+    try:
+        fetched = await _bounded(
+            fetch(
+                ctx.req.url,
+                resolve=lambda host: _resolve_for_http(ctx, host),
+                guard=ctx.config.guard,
+                headers=ctx.req.forwarded_headers(),
+                timeout=timeout,
+                t_zero=ctx.t_zero,
+                body_cap=ctx.config.body_cap,
+                ca_file=ctx.config.ca_file,
+            ),
+            timeout + 1.0,
+        )
+        result, failure, hops = fetched.result, fetched.failure, fetched.hops
+    except TimeoutError:
+        failure = "generic_timeout_error"
+    except Exception:
+        log.exception("GET %s raised", ctx.req.url)
+        failure = _INTERNAL_FAILURE
+    # Whatever http_get called these, we know the cause: the guard, or a hop's DNS lookup.
+    if failure is not None and ctx.refused_hosts:
+        failure = FORBIDDEN_FAILURE
+    elif failure is not None and ctx.http_dns_failure is not None:
+        failure = ctx.http_dns_failure
+    extra: dict[str, Any] = {"failure": failure, "body_truncated": False, "hops": hops}
+    if result is None or not result.status_code:
+        doc = {
+            "body_length": -1,
+            "discovered_h3_endpoint": "",
+            "failure": map_http_failure(failure),
+            "title": "",
+            "headers": {},
+            "status_code": -1,
+        }
+        return doc, extra
+    extra["body_truncated"] = result.body_truncated
+    doc = {
+        "body_length": len(result.body),
+        "discovered_h3_endpoint": "",
+        "failure": map_http_failure(failure),
+        "title": result.title or "",
+        "headers": {canonical_header(k): v for k, v in result.headers.items()},
+        "status_code": result.status_code,
+    }
+    return doc, extra
+
+
+def _tls_doc(ctx: _Context, tls: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """oohelperd's tls_handshake entry and our certificate summary for one endpoint."""
+    if isinstance(tls, str):  # the handshake step itself failed
+        return {"server_name": ctx.req.hostname, "status": False, "failure": tls}, None
+    doc = {"server_name": ctx.req.hostname, "status": tls.failure is None, "failure": tls.failure}
+    if not tls.peer_certificates:
+        return doc, None
+    certs = {
+        "leaf_sha256": hashlib.sha256(tls.peer_certificates[0]).hexdigest(),
+        "leaf_spki_sha256": tls.leaf_spki_sha256,
+        "issuer": tls.issuer,
+        "verified": tls.verified,
+        "verify_failure": tls.verify_failure,
+        "chain_length": len(tls.peer_certificates),
+    }
+    return doc, certs
+
+
+async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
+    """Run the control measurement and return the response document."""
+    ctx = _Context(req=req, config=config, t_zero=time.monotonic())
+    dns_failure: str | None = None
+    th_addrs: list[str] = []
+    if not req.host_is_ip:
+        dns_failure, th_addrs = await _lookup(ctx, req.hostname)
+
+    info = ip_info(req, th_addrs, is_bogon)
+    probe_ips = [split_endpoint(text)[0] for text in req.tcp_connect]
+    # The probe's count is capped by validation; cap the helper's own list the same way so a
+    # name with thousands of addresses cannot turn one request into thousands of connects.
+    addrs = list(dict.fromkeys(probe_ips + th_addrs[: config.max_tcp_endpoints]))
+    endpoints = plan_endpoints(req, addrs, config.guard)
+
+    *outcomes, (http_doc, http_extra) = await asyncio.gather(
+        *(_measure_endpoint(ctx, ep) for ep in endpoints), _measure_http(ctx)
+    )
+
+    tcp_connect: dict[str, Any] = {}
+    tls_handshake: dict[str, Any] = {}
+    certificates: dict[str, Any] = {}
+    for ep, (tcp_doc, tls) in zip(endpoints, outcomes, strict=True):
+        tcp_connect[ep.key] = tcp_doc
+        if tls is None:
+            continue
+        tls_handshake[ep.key], certs = _tls_doc(ctx, tls)
+        if certs is not None:
+            certificates[ep.key] = certs
+        if tls_handshake[ep.key]["status"] and ep.ip in info:
+            info[ep.ip]["flags"] |= FLAG_VALID_FOR_DOMAIN
+
+    return {
+        "tcp_connect": tcp_connect,
+        "tls_handshake": tls_handshake,
+        "quic_handshake": {},  # the helper does not speak QUIC (yet); oohelperd sends {}
+        "http_request": http_doc,
+        "http3_request": None,
+        "dns": {"failure": map_dns_failure(dns_failure), "addrs": th_addrs},
+        "ip_info": info,
+        "x_tls_certificates": certificates,
+        "x_http_request": http_extra,
+    }

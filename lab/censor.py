@@ -1,0 +1,301 @@
+"""The censor's decisions: given one queued packet, what to forge and whether to pass it.
+
+Pure logic (no NFQUEUE, no sockets) so it can be tested with built packets; lab.censord runs
+it on the router. Decisions follow the scenario file, the lab's ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from lab import addresses, matching
+from lab.packets import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TCP,
+    UDP,
+    Packet,
+    PacketError,
+    build_tcp,
+    build_udp,
+    parse,
+)
+from lab.scenario import Scenario
+
+MAX_INSPECT = 16 * 1024  # bytes of a client stream the censor looks at before giving up
+FLOW_IDLE_S = 300.0
+
+
+@dataclass
+class Decision:
+    """Forged packets to send, then the verdict for the original (after delay_s)."""
+
+    accept: bool = True
+    forged: list[bytes] = field(default_factory=list)
+    delay_s: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class Flow:
+    """A client->server TCP stream being reassembled and inspected."""
+
+    next_seq: int | None
+    data: bytearray = field(default_factory=bytearray)
+    pending: dict[int, bytes] = field(default_factory=dict)
+    done: bool = False  # inspected enough: pass everything
+    killed: bool = False  # reset or answered by the censor: drop the server's packets
+    last: float = 0.0
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Blocked"
+
+
+class Censor:
+    """State and rules of one censor; `decide` is called once per queued packet."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        c = scenario.censor
+        self.cn_nets = [
+            ipaddress.ip_network(addresses.CN_SUBNET_V4),
+            ipaddress.ip_network(addresses.CN_SUBNET_V6),
+        ]
+        self.dns_inject = {d.name for d in scenario.by_block("dns_inject")}
+        self.dns_nxdomain = {d.name for d in scenario.by_block("dns_nxdomain")}
+        self.dns_bogon = {d.name for d in scenario.by_block("dns_bogon")}
+        self.http_hosts = {d.name for d in scenario.by_block("http_rst")}
+        self.blockpage_hosts = {d.name for d in scenario.by_block("blockpage")}
+        self.sni = {d.name for d in scenario.by_block("sni_rst")} | set(c.blocked_sni)
+        self.keywords = c.keywords
+        self.flows: dict[tuple[str, int, str, int], Flow] = {}
+        self.residual: dict[tuple[str, str, int], float] = {}
+        self.ip_id = 0
+        self.stats: dict[str, int] = {}
+        title = c.blockpage_title
+        body = c.blockpage_body.replace("{title}", title).encode()
+        self.blockpage = (
+            f"HTTP/1.1 {c.blockpage_status} {_reason(c.blockpage_status)}\r\n"
+            f"Content-Type: text/html\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+        self._last_gc = 0.0
+
+    # -- helpers -------------------------------------------------------------------------
+    def is_cn(self, ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return any(addr in net for net in self.cn_nets)
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+    def _next_id(self) -> int:
+        self.ip_id = (self.ip_id + 1) & 0xFFFF
+        return self.ip_id
+
+    def _name_in(self, qname: str, names: set[str]) -> bool:
+        return matching.host_matches(qname, names) is not None
+
+    # -- entry point ---------------------------------------------------------------------
+    def decide(self, raw: bytes, now: float) -> Decision:
+        try:
+            pkt = parse(raw)
+        except PacketError:
+            return Decision(reason="unparsed")
+        delay = self.s.faults.delay_ms / 1000.0
+        if now - self._last_gc > 30.0:
+            self._gc(now)
+        from_cn, to_cn = self.is_cn(pkt.src), self.is_cn(pkt.dst)
+        if not (from_cn or to_cn):
+            return Decision(delay_s=delay, reason="exempt")
+        if pkt.proto == UDP and from_cn and pkt.dport == 53:
+            d = self._dns(pkt)
+        elif pkt.proto == TCP and from_cn:
+            d = self._tcp_from_client(pkt, now)
+        elif pkt.proto == TCP:
+            flow = self.flows.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
+            d = Decision(accept=not (flow and flow.killed), reason="server")
+        else:
+            d = Decision(reason="other")
+        d.delay_s += delay
+        if self.s.censor.mode == "on-path" and from_cn:
+            d.delay_s += self.s.censor.onpath_server_delay_ms / 1000.0
+        if d.reason not in ("server", "other", "pass"):
+            self._count(d.reason)
+        return d
+
+    def _gc(self, now: float) -> None:
+        self._last_gc = now
+        self.flows = {k: f for k, f in self.flows.items() if now - f.last < FLOW_IDLE_S}
+        self.residual = {k: t for k, t in self.residual.items() if t > now}
+
+    # -- DNS -----------------------------------------------------------------------------
+    def _dns(self, pkt: Packet) -> Decision:
+        try:
+            query = dns.message.from_wire(pkt.payload)
+            question = query.question[0]
+        except Exception:  # any malformed query is simply forwarded
+            return Decision(reason="pass")
+        qname = question.name.to_text().rstrip(".").lower()
+        c = self.s.censor
+        if self._name_in(qname, self.dns_inject):
+            forged = []
+            for i in range(c.dns_injectors):
+                digest = hashlib.sha256(f"{qname}/{i}".encode()).digest()
+                ip = c.inject_pool[digest[0] % len(c.inject_pool)]
+                # GFW-style: an A record even when AAAA was asked.
+                forged.append(self._dns_reply(pkt, query, "A", ip, ttl=64 + i * 13))
+            return Decision(forged=forged, reason="dns_inject")
+        if self._name_in(qname, self.dns_nxdomain):
+            return Decision(
+                accept=False,
+                forged=[self._dns_reply(pkt, query, None, None)],
+                reason="dns_nxdomain",
+            )
+        if self._name_in(qname, self.dns_bogon):
+            if question.rdtype == dns.rdatatype.AAAA:
+                answer = self._dns_reply(pkt, query, "AAAA", "fd00:10:10:34::35")
+            else:
+                answer = self._dns_reply(pkt, query, "A", c.bogon)
+            return Decision(accept=False, forged=[answer], reason="dns_bogon")
+        return Decision(reason="pass")
+
+    def _dns_reply(
+        self,
+        pkt: Packet,
+        query: dns.message.Message,
+        rtype: str | None,
+        ip: str | None,
+        ttl: int = 64,
+    ) -> bytes:
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.RA
+        if rtype is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        else:
+            rrset = dns.rrset.from_text(query.question[0].name, 300, "IN", rtype, ip)
+            reply.answer.append(rrset)
+        return build_udp(
+            pkt.dst, pkt.src, pkt.dport, pkt.sport, reply.to_wire(), ttl=ttl, ip_id=self._next_id()
+        )
+
+    # -- TCP -----------------------------------------------------------------------------
+    def _tcp_from_client(self, pkt: Packet, now: float) -> Decision:
+        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        c = self.s.censor
+        if pkt.flags & SYN and not pkt.flags & ACK:
+            until = self.residual.get((pkt.src, pkt.dst, pkt.dport))
+            if until is not None and until > now:
+                if c.residual_action == "drop":
+                    return Decision(accept=False, reason="residual_drop")
+                rst = build_tcp(
+                    pkt.dst,
+                    pkt.src,
+                    pkt.dport,
+                    pkt.sport,
+                    0,
+                    pkt.seq + 1,
+                    RST | ACK,
+                    ip_id=self._next_id(),
+                )
+                return Decision(accept=False, forged=[rst], reason="residual_rst")
+            self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            return Decision(reason="pass")
+        flow = self.flows.get(key)
+        if flow is None:
+            # Mid-stream without a SYN seen (censor restarted): inspect from here.
+            flow = self.flows[key] = Flow(next_seq=None, last=now)
+        flow.last = now
+        if flow.killed:
+            return Decision(reason="pass")
+        if flow.done or not pkt.payload:
+            if pkt.flags & (RST | FIN):
+                flow.done = True
+            return Decision(reason="pass")
+        stream = self._reassemble(flow, pkt)
+        verdict = self._inspect(stream, pkt)
+        if verdict is None:
+            if len(flow.data) >= MAX_INSPECT:
+                flow.done = True
+            return Decision(reason="pass")
+        flow.killed = True
+        self.residual[(pkt.src, pkt.dst, pkt.dport)] = now + c.residual_seconds
+        end = pkt.seq + len(pkt.payload)
+        to_server = [
+            build_tcp(pkt.src, pkt.dst, pkt.sport, pkt.dport, seq, 0, RST, ip_id=self._next_id())
+            for seq in (pkt.seq, end)
+        ]
+        if verdict == "blockpage":
+            page = build_tcp(
+                pkt.dst,
+                pkt.src,
+                pkt.dport,
+                pkt.sport,
+                pkt.ack,
+                end,
+                PSH | ACK | FIN,
+                self.blockpage,
+                ip_id=self._next_id(),
+                window=65535,
+            )
+            return Decision(accept=False, forged=[page, *to_server], reason="blockpage")
+        to_client = build_tcp(
+            pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, end, RST | ACK, ip_id=self._next_id()
+        )
+        return Decision(accept=False, forged=[to_client, *to_server], reason=verdict)
+
+    def _reassemble(self, flow: Flow, pkt: Packet) -> bytes:
+        """The contiguous client stream so far (or this segment alone without reassembly)."""
+        if not self.s.censor.reassemble:
+            return pkt.payload
+        if flow.next_seq is None:
+            flow.next_seq = pkt.seq
+        offset = (pkt.seq - flow.next_seq) & 0xFFFFFFFF
+        if offset >= 0x80000000:  # retransmission of bytes already seen
+            overlap = (flow.next_seq - pkt.seq) & 0xFFFFFFFF
+            if overlap < len(pkt.payload):
+                flow.data += pkt.payload[overlap:]
+                flow.next_seq = (flow.next_seq + len(pkt.payload) - overlap) & 0xFFFFFFFF
+        elif offset == 0:
+            flow.data += pkt.payload
+            flow.next_seq = (flow.next_seq + len(pkt.payload)) & 0xFFFFFFFF
+        else:
+            flow.pending[pkt.seq] = pkt.payload
+        while flow.next_seq in flow.pending:
+            chunk = flow.pending.pop(flow.next_seq)
+            flow.data += chunk
+            flow.next_seq = (flow.next_seq + len(chunk)) & 0xFFFFFFFF
+        return bytes(flow.data)
+
+    def _inspect(self, stream: bytes, pkt: Packet) -> str | None:
+        """'http_rst', 'keyword_rst', 'sni_rst', 'blockpage' or None."""
+        if matching.looks_like_http(stream):
+            request_line, host = matching.http_fields(stream)
+            if matching.keyword_match(request_line + " " + (host or ""), self.keywords):
+                return "keyword_rst"
+            if host is not None:
+                if matching.host_matches(host, self.http_hosts):
+                    return "http_rst"
+                if matching.host_matches(host, self.blockpage_hosts):
+                    return "blockpage"
+            return None
+        sni = matching.tls_sni(stream)
+        if sni is not None and matching.host_matches(sni, self.sni):
+            return "sni_rst"
+        return None

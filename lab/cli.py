@@ -1,0 +1,148 @@
+"""`censorscope lab up|down|status|demo`: a typer app the main CLI mounts as `lab`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lab import scenario as scenario_mod
+from lab import topology
+
+app = typer.Typer(no_args_is_help=True, help="The censor lab in Linux network namespaces.")
+console = Console()
+
+ScenarioOpt = Annotated[
+    Path | None, typer.Option("--scenario", help="Scenario TOML [default: bundled]")
+]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        typer.echo("censorscope lab: root is required (network namespaces, iptables)", err=True)
+        raise typer.Exit(2)
+
+
+def _load(path: Path | None) -> scenario_mod.Scenario:
+    try:
+        return scenario_mod.load(path)
+    except scenario_mod.ScenarioError as exc:
+        typer.echo(f"censorscope lab: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _up(path: Path | None) -> topology.LabInfo:
+    scen = _load(path)
+    try:
+        return topology.up(scen)
+    except topology.LabError as exc:
+        typer.echo(f"censorscope lab: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _print_info(lab: topology.LabInfo) -> None:
+    console.print(
+        f"lab up: scenario [bold]{lab.scenario.name}[/] ({len(lab.scenario.domains)} domains)"
+    )
+    console.print(f"  resolver   {lab.resolver_v4}:53  [{lab.resolver_v6}]:53")
+    console.print(f"  helper     {lab.helper_url or 'not running (see helper.log)'}")
+    console.print(f"  lab CA     {lab.ca_pem}")
+    for v in lab.vantages.values():
+        kind = "censored" if v.censored else "open (exempt from censor rules)"
+        console.print(f"  vantage {v.name:<5} {v.namespace}  {v.ipv4}  {v.ipv6}  {kind}")
+        console.print(f"    run:  ip netns exec {v.namespace} COMMAND")
+    console.print(
+        "  probe example: ip netns exec cs-vp-cn censorscope run web_connectivity "
+        f"--input http://{lab.scenario.domains[0].name}/ --resolver {lab.resolver} "
+        f"--helper {lab.helper_url or 'URL'} --ca-file {lab.ca_pem} --vantage cn"
+        if lab.scenario.domains
+        else ""
+    )
+
+
+@app.command()
+def up(scenario: ScenarioOpt = None) -> None:
+    """Bring the lab up (tearing down any previous one first)."""
+    _require_root()
+    _print_info(_up(scenario))
+
+
+@app.command()
+def down() -> None:
+    """Tear the lab down: processes, namespaces, rules. Safe when nothing is up."""
+    _require_root()
+    topology.down()
+    typer.echo("lab down")
+
+
+@app.command()
+def status() -> None:
+    """Show namespaces, processes and the censor's decision counters."""
+    _require_root()
+    st = topology.status()
+    typer.echo(
+        f"lab {'up' if st.up else 'down'}" + (f" (scenario {st.scenario})" if st.scenario else "")
+    )
+    typer.echo(f"  namespaces: {', '.join(st.namespaces) or 'none'}")
+    for name, p in st.processes.items():
+        typer.echo(f"  {name}: pid {p['pid']} {'running' if p['alive'] else 'NOT running'}")
+    if st.censor:
+        decisions = st.censor.get("decisions", {})
+        typer.echo(
+            "  censor decisions: "
+            + (", ".join(f"{k}={v}" for k, v in sorted(decisions.items())) or "none yet")
+        )
+    if not st.up:
+        raise typer.Exit(1 if st.namespaces or st.processes else 0)
+
+
+def _verdict(v: object) -> str:
+    return "false" if v is False else "null" if v is None else str(v)
+
+
+@app.command()
+def demo(
+    scenario: ScenarioOpt = None,
+    results: Annotated[Path | None, typer.Option(help="Keep the probe's results here")] = None,
+) -> None:
+    """Up, run the probe from both vantages, print its verdicts beside the ground truth, down."""
+    from lab.demo import compare, run_probe
+
+    _require_root()
+    lab = _up(scenario)
+    try:
+        out = results or Path(tempfile.mkdtemp(prefix="censorscope-lab-demo-"))
+        failed = False
+        for vantage in ("cn", "open"):
+            console.print(f"running web_connectivity at {vantage} ...")
+            proc = run_probe(lab, vantage, out)
+            if proc.returncode != 0:
+                failed = True
+                console.print(
+                    f"[red]probe at {vantage} exited {proc.returncode}[/]: {proc.stderr[-1500:]}"
+                )
+        findings = compare(lab, out)
+    finally:
+        topology.down()
+    table = Table(title=f"scenario {lab.scenario.name}: probe verdicts vs ground truth")
+    for col in ("input", "mechanism", "expected (cn)", "probe at cn", "probe at open", "ok"):
+        table.add_column(col)
+    for f in findings:
+        table.add_row(
+            f.url,
+            f.mechanism,
+            f"{_verdict(f.expected)} {f.expected_detail or ''}",
+            f"{_verdict(f.cn)} {f.cn_detail or ''}",
+            _verdict(f.open),
+            "[green]yes[/]" if f.correct else "[red]no[/]",
+        )
+    console.print(table)
+    good = sum(f.correct for f in findings)
+    console.print(f"{good}/{len(findings)} inputs as the scenario says; results in {out}")
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,483 @@
+"""Scenario files: the lab's ground truth (what the censor does, and so what a probe should see).
+
+A scenario is TOML (see docs/lab.md). Loading validates every field and names the file and
+field on error, because a wrong ground truth silently corrupts every accuracy figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import random
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import addresses
+
+# Block kind -> (expected OONI web_connectivity `blocking`, `blocking_detail`, required scheme).
+BLOCK_KINDS: dict[str, tuple[str | bool | None, str | None, str | None]] = {
+    "none": (False, None, None),
+    "dns_inject": ("dns", "dns.injected", None),
+    "dns_nxdomain": ("dns", "dns.nxdomain", None),
+    "dns_bogon": ("dns", "dns.bogon", None),
+    "http_rst": ("http-failure", "tcp.rst_injected", "http"),
+    "sni_rst": ("http-failure", "tls.sni_reset", "https"),
+    "blackhole": ("tcp_ip", "tcp.blackhole", None),
+    "blockpage": ("http-diff", "http.blockpage", "http"),
+    "throttle": (False, "throttled", None),
+    "down": (None, None, None),
+}
+
+DEFAULT_BLOCKPAGE_TITLE = "Access Denied - National Information Security Filter"
+DEFAULT_BLOCKPAGE_BODY = (
+    "<html><head><title>{title}</title></head><body>"
+    "<h1>{title}</h1><p>Access to this website has been restricted in accordance with "
+    "national regulations. Reference: CS-LAB-451.</p></body></html>"
+)
+DEFAULT_SCENARIO = Path(__file__).parent / "scenarios" / "default.toml"
+
+
+class ScenarioError(ValueError):
+    """A scenario file is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One website of the lab internet and how the censor treats it."""
+
+    name: str
+    block: str
+    scheme: str
+    a: str
+    aaaa: str
+    title: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.name}/"
+
+    @property
+    def expected(self) -> dict[str, Any]:
+        """Expected web_connectivity verdict in the probe's vocabulary."""
+        blocking, detail, _ = BLOCK_KINDS[self.block]
+        return {"blocking": blocking, "blocking_detail": detail, "mechanism": self.block}
+
+
+@dataclass(frozen=True)
+class Censor:
+    """Global censor settings; per-domain blocking lives on each Domain."""
+
+    mode: str = "in-path"  # or "on-path": sniff and race instead of holding the packet
+    onpath_server_delay_ms: float = 1.0
+    reassemble: bool = True
+    dns_injectors: int = 2
+    inject_pool: tuple[str, ...] = addresses.DEFAULT_INJECT_POOL
+    bogon: str = addresses.DEFAULT_BOGON
+    keywords: tuple[tuple[str, ...], ...] = ()
+    blocked_sni: tuple[str, ...] = ()
+    blackhole: tuple[str, ...] = ()  # "IP" or "IP:PORT" / "[IPv6]:PORT"
+    throttle_kib_per_s: int = 64
+    blockpage_title: str = DEFAULT_BLOCKPAGE_TITLE
+    blockpage_body: str = DEFAULT_BLOCKPAGE_BODY
+    blockpage_status: int = 200
+    residual_seconds: float = 0.0
+    residual_action: str = "rst"  # or "drop"
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Network faults applied on the censor router to both vantages."""
+
+    loss: float = 0.0
+    delay_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    domains: tuple[Domain, ...]
+    censor: Censor = field(default_factory=Censor)
+    faults: Faults = field(default_factory=Faults)
+    source: str = "<memory>"
+
+    def domain(self, name: str) -> Domain:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def by_block(self, block: str) -> list[Domain]:
+        return [d for d in self.domains if d.block == block]
+
+    def inputs(self) -> list[str]:
+        return [d.url for d in self.domains]
+
+    def ground_truth(self) -> dict[str, dict[str, Any]]:
+        """URL -> expected verdict at the censored vantage (the open vantage expects none)."""
+        return {d.url: d.expected for d in self.domains}
+
+    def to_toml(self) -> str:
+        return _to_toml(self)
+
+
+def _err(source: str, where: str, msg: str) -> ScenarioError:
+    return ScenarioError(f"{source}: {where}: {msg}")
+
+
+def _get(
+    table: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+    src: str,
+    where: str,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise _err(
+            src, f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}"
+        )
+    return value
+
+
+def _check_ip(value: str, src: str, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise _err(src, where, f"not an IP address: {value!r}") from exc
+
+
+def _check_endpoint(value: str, src: str, where: str) -> str:
+    host, port = value, None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":") or None
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    _check_ip(host, src, where)
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise _err(src, where, f"bad port in {value!r}")
+    return value
+
+
+def _string_list(table: dict[str, Any], key: str, src: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _err(src, f"{where}.{key}", "expected a list of non-empty strings")
+    return list(value)
+
+
+def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
+    """Build a Scenario from parsed TOML, validating every field."""
+    known = {"lab", "censor", "faults", "domain"}
+    for key in data:
+        if key not in known:
+            raise _err(source, key, f"unknown table (expected one of {sorted(known)})")
+    lab = data.get("lab", {})
+    name = _get(lab, "name", str, Path(source).stem, source, "lab")
+    description = _get(lab, "description", str, "", source, "lab")
+
+    c = data.get("censor", {})
+    if not isinstance(c, dict):
+        raise _err(source, "censor", "expected a table")
+    mode = _get(c, "mode", str, "in-path", source, "censor")
+    if mode not in ("in-path", "on-path"):
+        raise _err(source, "censor.mode", f"expected 'in-path' or 'on-path', got {mode!r}")
+    injectors = _get(c, "dns_injectors", int, 2, source, "censor")
+    if not 1 <= injectors <= 3:
+        raise _err(source, "censor.dns_injectors", f"expected 1..3, got {injectors}")
+    pool = [
+        _check_ip(ip, source, "censor.inject_pool")
+        for ip in _string_list(c, "inject_pool", source, "censor")
+    ]
+    raw_kw = c.get("keywords", [])
+    keywords: list[tuple[str, ...]] = []
+    if not isinstance(raw_kw, list):
+        raise _err(source, "censor.keywords", "expected a list of strings or lists of strings")
+    for i, kw in enumerate(raw_kw):
+        combo = [kw] if isinstance(kw, str) else kw
+        if (
+            not isinstance(combo, list)
+            or not combo
+            or not all(isinstance(w, str) and w for w in combo)
+        ):
+            raise _err(
+                source, f"censor.keywords[{i}]", f"expected a word or a list of words, got {kw!r}"
+            )
+        keywords.append(tuple(w.lower() for w in combo))
+    residual_action = _get(c, "residual_action", str, "rst", source, "censor")
+    if residual_action not in ("rst", "drop"):
+        raise _err(
+            source, "censor.residual_action", f"expected 'rst' or 'drop', got {residual_action!r}"
+        )
+    status = _get(c, "blockpage_status", int, 200, source, "censor")
+    residual = _get(c, "residual_seconds", float, 0.0, source, "censor")
+    if residual < 0:
+        raise _err(source, "censor.residual_seconds", "must be >= 0")
+    censor = Censor(
+        mode=mode,
+        onpath_server_delay_ms=_get(c, "onpath_server_delay_ms", float, 1.0, source, "censor"),
+        reassemble=_get(c, "reassemble", bool, True, source, "censor"),
+        dns_injectors=injectors,
+        inject_pool=tuple(pool) or addresses.DEFAULT_INJECT_POOL,
+        bogon=_check_ip(
+            _get(c, "bogon", str, addresses.DEFAULT_BOGON, source, "censor"), source, "censor.bogon"
+        ),
+        keywords=tuple(keywords),
+        blocked_sni=tuple(s.lower() for s in _string_list(c, "blocked_sni", source, "censor")),
+        blackhole=tuple(
+            _check_endpoint(e, source, f"censor.blackhole[{i}]")
+            for i, e in enumerate(_string_list(c, "blackhole", source, "censor"))
+        ),
+        throttle_kib_per_s=_get(c, "throttle_kib_per_s", int, 64, source, "censor"),
+        blockpage_title=_get(c, "blockpage_title", str, DEFAULT_BLOCKPAGE_TITLE, source, "censor"),
+        blockpage_body=_get(c, "blockpage_body", str, DEFAULT_BLOCKPAGE_BODY, source, "censor"),
+        blockpage_status=status,
+        residual_seconds=residual,
+        residual_action=residual_action,
+    )
+
+    f = data.get("faults", {})
+    loss = _get(f, "loss", float, 0.0, source, "faults")
+    if not 0.0 <= loss < 1.0:
+        raise _err(source, "faults.loss", f"expected a probability in [0, 1), got {loss}")
+    delay = _get(f, "delay_ms", float, 0.0, source, "faults")
+    if delay < 0:
+        raise _err(source, "faults.delay_ms", "must be >= 0")
+    faults = Faults(loss=loss, delay_ms=delay)
+
+    raw_domains = data.get("domain", [])
+    if not isinstance(raw_domains, list):
+        raise _err(source, "domain", "expected an array of tables ([[domain]])")
+    if len(raw_domains) > addresses.MAX_DOMAINS:
+        raise _err(source, "domain", f"at most {addresses.MAX_DOMAINS} domains")
+    domains: list[Domain] = []
+    seen: set[str] = set()
+    for i, d in enumerate(raw_domains):
+        where = f"domain[{i}]"
+        if not isinstance(d, dict):
+            raise _err(source, where, "expected a table")
+        dname = _get(d, "name", str, None, source, where)
+        if not dname:
+            raise _err(source, f"{where}.name", "required")
+        dname = dname.lower().rstrip(".")
+        if dname in seen:
+            raise _err(source, f"{where}.name", f"duplicate domain {dname!r}")
+        seen.add(dname)
+        block = _get(d, "block", str, "none", source, where)
+        if block not in BLOCK_KINDS:
+            raise _err(
+                source,
+                f"{where}.block",
+                f"unknown {block!r} (expected one of {sorted(BLOCK_KINDS)})",
+            )
+        need = BLOCK_KINDS[block][2]
+        scheme = _get(d, "scheme", str, need or "http", source, where)
+        if scheme not in ("http", "https"):
+            raise _err(source, f"{where}.scheme", f"expected 'http' or 'https', got {scheme!r}")
+        if need and scheme != need:
+            raise _err(source, f"{where}.scheme", f"block {block!r} needs scheme {need!r}")
+        down = block == "down"
+        a = _check_ip(
+            _get(d, "a", str, addresses.domain_v4(i, down=down), source, where),
+            source,
+            f"{where}.a",
+        )
+        aaaa = _check_ip(
+            _get(d, "aaaa", str, addresses.domain_v6(i, down=down), source, where),
+            source,
+            f"{where}.aaaa",
+        )
+        title = _get(d, "title", str, f"Welcome to {dname}", source, where)
+        domains.append(Domain(name=dname, block=block, scheme=scheme, a=a, aaaa=aaaa, title=title))
+    return Scenario(
+        name=name,
+        description=description,
+        domains=tuple(domains),
+        censor=censor,
+        faults=faults,
+        source=source,
+    )
+
+
+def load(path: str | Path | None = None) -> Scenario:
+    """Load and validate a scenario file (the bundled default when path is None)."""
+    p = Path(path) if path is not None else DEFAULT_SCENARIO
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ScenarioError(f"{p}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{p}: invalid TOML: {exc}") from exc
+    return parse(data, str(p))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _to_toml(s: Scenario) -> str:
+    c = s.censor
+    lines = [
+        "[lab]",
+        f"name = {_toml_value(s.name)}",
+        f"description = {_toml_value(s.description)}",
+        "",
+        "[censor]",
+    ]
+    for key in (
+        "mode",
+        "onpath_server_delay_ms",
+        "reassemble",
+        "dns_injectors",
+        "inject_pool",
+        "bogon",
+        "keywords",
+        "blocked_sni",
+        "blackhole",
+        "throttle_kib_per_s",
+        "blockpage_title",
+        "blockpage_body",
+        "blockpage_status",
+        "residual_seconds",
+        "residual_action",
+    ):
+        value = getattr(c, key)
+        if key == "keywords":
+            value = [list(k) if len(k) > 1 else k[0] for k in value]
+        lines.append(f"{key} = {_toml_value(value)}")
+    lines += ["", "[faults]", f"loss = {s.faults.loss!r}", f"delay_ms = {s.faults.delay_ms!r}"]
+    for d in s.domains:
+        lines += [
+            "",
+            "[[domain]]",
+            f"name = {_toml_value(d.name)}",
+            f"block = {_toml_value(d.block)}",
+            f"scheme = {_toml_value(d.scheme)}",
+            f"a = {_toml_value(d.a)}",
+            f"aaaa = {_toml_value(d.aaaa)}",
+            f"title = {_toml_value(d.title)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# Share of each mechanism in generated scenarios; the rest is accessible.
+DEFAULT_MIX = {
+    "dns_inject": 0.08,
+    "dns_nxdomain": 0.04,
+    "dns_bogon": 0.04,
+    "http_rst": 0.08,
+    "sni_rst": 0.08,
+    "blackhole": 0.06,
+    "blockpage": 0.08,
+    "down": 0.02,
+}
+_WORDS = (
+    "news",
+    "daily",
+    "voice",
+    "free",
+    "open",
+    "world",
+    "tribune",
+    "forum",
+    "wiki",
+    "radio",
+    "times",
+    "post",
+    "media",
+    "chat",
+    "video",
+    "books",
+    "rights",
+    "watch",
+)
+
+
+def generate(
+    n_domains: int,
+    seed: int,
+    *,
+    mix: dict[str, float] | None = None,
+    loss: float = 0.0,
+    residual_seconds: float = 0.0,
+) -> Scenario:
+    """A random but reproducible scenario of n_domains (benchmarks and accuracy runs)."""
+    if not 1 <= n_domains <= addresses.MAX_DOMAINS:
+        raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
+    rng = random.Random(seed)
+    shares = DEFAULT_MIX if mix is None else mix
+    kinds: list[str] = []
+    for kind, share in shares.items():
+        if kind not in BLOCK_KINDS:
+            raise ValueError(f"unknown block kind {kind!r}")
+        kinds += [kind] * round(share * n_domains)
+    kinds = kinds[:n_domains] + ["none"] * max(0, n_domains - len(kinds))
+    rng.shuffle(kinds)
+    raw = []
+    for i, kind in enumerate(kinds):
+        name = f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}-{i:05d}.example"
+        need = BLOCK_KINDS[kind][2]
+        scheme = need or rng.choice(("http", "https"))
+        raw.append({"name": name, "block": kind, "scheme": scheme})
+    data = {
+        "lab": {
+            "name": f"generated-{n_domains}-{seed}",
+            "description": f"generated by lab.scenario.generate({n_domains}, seed={seed})",
+        },
+        "censor": {"residual_seconds": residual_seconds, "keywords": [["forbidden", "words"]]},
+        "faults": {"loss": loss},
+        "domain": raw,
+    }
+    return parse(data, f"<generated {n_domains} seed={seed}>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lab.scenario generate --domains N --seed S` prints a scenario."""
+    parser = argparse.ArgumentParser(prog="python -m lab.scenario")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    gen = sub.add_parser("generate", help="print a random scenario as TOML")
+    gen.add_argument("--domains", type=int, required=True)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--loss", type=float, default=0.0)
+    gen.add_argument("--residual", type=float, default=0.0)
+    check = sub.add_parser("check", help="validate scenario files")
+    check.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "generate":
+            sys.stdout.write(
+                generate(
+                    args.domains, args.seed, loss=args.loss, residual_seconds=args.residual
+                ).to_toml()
+            )
+        else:
+            for f in args.files:
+                s = load(f)
+                print(f"{f}: ok ({len(s.domains)} domains)")
+    except (ScenarioError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""The lab internet's servers, one asyncio process in cs-internet.
+
+Authoritative DNS (only on the resolver addresses, so every other address has no DNS server:
+a probe can use them to detect injection), HTTP on 80/8080 and HTTPS on 443 on every local
+address (AnyIP routes), serving a page per scenario domain and echoing anything else, and a
+TCP echo on port 7. Run as `python -m lab.servers --scenario FILE --state DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import ssl
+import sys
+from pathlib import Path
+from typing import cast
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+from lab import addresses
+from lab import scenario as scenario_mod
+from lab.ca import LeafMaker
+
+HEAD_LIMIT = 64 * 1024
+BODY_LIMIT = 1024 * 1024
+
+
+def page_for(domain: scenario_mod.Domain) -> bytes:
+    """A deterministic page with a <title>, long enough for body-length comparisons."""
+    filler = "".join(f"<p>Paragraph {i} of {domain.name}: lab content.</p>\n" for i in range(40))
+    return (
+        f"<!doctype html><html><head><title>{domain.title}</title></head><body>"
+        f"<h1>{domain.title}</h1>\n{filler}</body></html>\n"
+    ).encode()
+
+
+class Zone:
+    """Answers DNS queries for the scenario's domains."""
+
+    def __init__(self, scen: scenario_mod.Scenario) -> None:
+        self.records = {d.name: d for d in scen.domains}
+
+    def answer(self, wire: bytes) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except Exception:
+            return None
+        reply = dns.message.make_response(query)
+        reply.flags |= dns.flags.AA | dns.flags.RA
+        if not query.question:
+            reply.set_rcode(dns.rcode.FORMERR)
+            return reply.to_wire()
+        q = query.question[0]
+        name = q.name.to_text().rstrip(".").lower()
+        d = self.records.get(name)
+        if d is None:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        elif q.rdtype == dns.rdatatype.A:
+            reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", d.a))
+        elif q.rdtype == dns.rdatatype.AAAA:
+            reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "AAAA", d.aaaa))
+        return reply.to_wire()
+
+
+class DnsUdp(asyncio.DatagramProtocol):
+    def __init__(self, zone: Zone) -> None:
+        self.zone = zone
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        reply = self.zone.answer(data)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+class Web:
+    """HTTP(S) handler: a domain's page when Host names one that is up, otherwise an echo."""
+
+    def __init__(self, scen: scenario_mod.Scenario) -> None:
+        self.pages = {d.name: page_for(d) for d in scen.domains if d.block != "down"}
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                if len(head) > HEAD_LIMIT:
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                length = min(int(headers.get("content-length", "0") or 0), BODY_LIMIT)
+                body = await reader.readexactly(length) if length else b""
+                host = headers.get("host", "").lower()
+                host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+                page = self.pages.get(host)
+                if page is not None:
+                    content, ctype = page, "text/html; charset=utf-8"
+                else:
+                    content, ctype = head + body, "text/plain; charset=latin-1"
+                keep = headers.get("connection", "").lower() != "close"
+                writer.write(
+                    (
+                        f"HTTP/1.1 200 OK\r\nServer: cs-lab\r\nContent-Type: {ctype}\r\n"
+                        f"Content-Length: {len(content)}\r\n"
+                        f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
+                    ).encode()
+                    + content
+                )
+                await writer.drain()
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def tls_context(state: Path) -> ssl.SSLContext:
+    """A server context that picks (and makes on first use) a certificate per SNI name."""
+    maker = LeafMaker(state / "ca.pem", state / "ca-key.pem")
+    certs = state / "certs"
+    certs.mkdir(exist_ok=True)
+    key_file = certs / "leaf-key.pem"
+    key_file.write_bytes(maker.key_pem())
+    contexts: dict[str, ssl.SSLContext] = {}
+
+    def context_for(name: str) -> ssl.SSLContext:
+        ctx = contexts.get(name)
+        if ctx is None:
+            cert_file = certs / f"{name}.pem"
+            cert_file.write_bytes(maker.leaf_pem([name]))
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert_file, key_file)
+            contexts[name] = ctx
+        return ctx
+
+    default = context_for("lab.example")
+
+    def on_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name:
+            sslobj.context = context_for(name.lower())
+
+    default.sni_callback = on_sni
+    return default
+
+
+async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
+    loop = asyncio.get_running_loop()
+    zone = Zone(scen)
+    web = Web(scen)
+    servers: list[asyncio.AbstractServer] = []
+    transports: list[asyncio.BaseTransport] = []
+    for ip in (addresses.RESOLVER_V4, addresses.RESOLVER_V6):
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: DnsUdp(zone), local_addr=(ip, 53), family=fam
+        )
+        transports.append(transport)
+    ctx = tls_context(state)
+    for port in (80, 8080):
+        servers.append(await asyncio.start_server(web.handle, host=None, port=port, backlog=1024))
+    servers.append(
+        await asyncio.start_server(web.handle, host=None, port=443, ssl=ctx, backlog=1024)
+    )
+    servers.append(await asyncio.start_server(echo, host=None, port=addresses.ECHO_PORT))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("servers: ready", flush=True)
+    await stop.wait()
+    for s in servers:
+        s.close()
+    for t in transports:
+        t.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.servers")
+    parser.add_argument("--scenario", required=True)
+    parser.add_argument("--state", required=True)
+    args = parser.parse_args(argv)
+    try:
+        scen = scenario_mod.load(args.scenario)
+    except scenario_mod.ScenarioError as exc:
+        print(f"servers: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(scen, Path(args.state)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,529 @@
+"""Bring the lab up and down: namespaces, veth links, routes, censor rules and processes.
+
+Veth pairs are created directly inside the namespaces, so nothing ever touches the root
+namespace's network; the only files outside the state dir are /etc/netns/cs-vp-*/resolv.conf
+(so the vantages' system resolver is the lab's). `down` is idempotent and also runs at the
+start of `up` and when `up` fails half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lab import addresses as A
+from lab import rules
+from lab import scenario as scenario_mod
+from lab.ca import make_ca
+
+STATE_DIR = Path(os.environ.get("CENSORSCOPE_LAB_STATE", "/run/censorscope-lab"))
+NETNS_ETC = Path("/etc/netns")
+READY_TIMEOUT_S = 20.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LabError(RuntimeError):
+    """The lab cannot be brought up (missing tool, not root, a command failed)."""
+
+
+@dataclass(frozen=True)
+class Vantage:
+    name: str
+    namespace: str
+    ipv4: str
+    ipv6: str
+    censored: bool
+
+    @property
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace]
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """What a test or a person needs to use a running lab."""
+
+    scenario: scenario_mod.Scenario
+    scenario_path: str
+    state_dir: str
+    ca_pem: str
+    resolver_v4: str
+    resolver_v6: str
+    helper_url: str | None
+    echo_v4: str
+    echo_v6: str
+    vantages: dict[str, Vantage] = field(default_factory=dict)
+
+    @property
+    def resolver(self) -> str:
+        return f"{self.resolver_v4}:53"
+
+    def run(
+        self, vantage: str, argv: list[str], *, timeout: float = 60.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside a vantage namespace and capture its output."""
+        v = self.vantages[vantage]
+        return subprocess.run(
+            [*v.exec_prefix, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=False,
+            env=_python_env(),
+        )
+
+    def client(self, vantage: str, *args: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Run `python -m lab.client ARGS` inside a vantage and return its JSON result."""
+        proc = self.run(vantage, [sys.executable, "-m", "lab.client", *args], timeout=timeout)
+        if proc.returncode != 0:
+            raise LabError(f"lab.client {' '.join(args)} at {vantage}: {proc.stderr.strip()}")
+        result: dict[str, Any] = json.loads(proc.stdout)
+        return result
+
+    def spare_v4(self, i: int) -> str:
+        """A fresh server address (HTTP/HTTPS/echo served, never a scenario domain's)."""
+        return A.spare_v4(i)
+
+    def spare_v6(self, i: int) -> str:
+        return A.spare_v6(i)
+
+    def censor_stats(self) -> dict[str, Any]:
+        path = Path(self.state_dir) / "censor-stats.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    up: bool
+    namespaces: list[str]
+    processes: dict[str, dict[str, Any]]
+    censor: dict[str, Any]
+    scenario: str | None
+
+
+# -- running commands -----------------------------------------------------------------------
+def _run(argv: list[str], *, input: str | None = None, check: bool = True) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, input=input, check=False)
+    except FileNotFoundError as exc:
+        raise LabError(f"command not found: {argv[0]}") from exc
+    if check and proc.returncode != 0:
+        raise LabError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _ns(ns: str, *argv: str, input: str | None = None) -> str:
+    return _run(["ip", "netns", "exec", ns, *argv], input=input)
+
+
+def missing_requirements() -> list[str]:
+    """Why the lab cannot run here (empty when it can): root, tools, netns, NFQUEUE binding."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("root is required (network namespaces and iptables)")
+    for tool in ("ip", "iptables", "ip6tables", "iptables-restore", "ethtool"):
+        if shutil.which(tool) is None:
+            problems.append(f"`{tool}` not found (see lab/DEBIAN_PACKAGES.txt)")
+    if not Path("/proc/self/ns/net").exists():
+        problems.append("kernel without network namespaces")
+    try:
+        import netfilterqueue  # noqa: F401
+    except ImportError:
+        problems.append("Python package netfilterqueue not importable (pip install netfilterqueue)")
+    return problems
+
+
+def _existing_namespaces() -> list[str]:
+    try:
+        out = _run(["ip", "netns", "list"], check=False)
+    except LabError:
+        return []
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n in A.NAMESPACES]
+
+
+# -- up ---------------------------------------------------------------------------------------
+def _link(
+    ns_a: str, if_a: str, ns_b: str, if_b: str, v4: tuple[str, str], v6: tuple[str, str]
+) -> None:
+    _run(
+        [
+            "ip",
+            "link",
+            "add",
+            "name",
+            if_a,
+            "netns",
+            ns_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            if_b,
+            "netns",
+            ns_b,
+        ]
+    )
+    for ns, ifname, a4, a6 in ((ns_a, if_a, v4[0], v6[0]), (ns_b, if_b, v4[1], v6[1])):
+        _run(["ip", "-n", ns, "addr", "add", a4, "dev", ifname])
+        _run(["ip", "-n", ns, "addr", "add", a6, "dev", ifname, "nodad"])
+        _run(["ip", "-n", ns, "link", "set", ifname, "up"])
+        # Without this, veth leaves checksums to a NIC that does not exist and captures
+        # (and the censor's parser) see bad checksums.
+        _ns(ns, "ethtool", "-K", ifname, "tx", "off")
+
+
+def _build_network(scen: scenario_mod.Scenario) -> None:
+    for ns in A.NAMESPACES:
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _ns(
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        )
+    _link(A.NS_CENSOR, "cen-inet", A.NS_INTERNET, "inet0", A.TRANSIT_V4, A.TRANSIT_V6)
+    _link(A.NS_CENSOR, "cen-cn", A.NS_VP_CN, "vp0", A.CN_V4, A.CN_V6)
+    _link(A.NS_CENSOR, "cen-open", A.NS_VP_OPEN, "vp0", A.OPEN_V4, A.OPEN_V6)
+    _ns(
+        A.NS_CENSOR, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"
+    )
+    for ns, v4, v6 in ((A.NS_VP_CN, A.CN_V4, A.CN_V6), (A.NS_VP_OPEN, A.OPEN_V4, A.OPEN_V6)):
+        _run(["ip", "-n", ns, "route", "add", "default", "via", A.host_part(v4[0])])
+        _run(["ip", "-n", ns, "-6", "route", "add", "default", "via", A.host_part(v6[0])])
+    inet = A.NS_INTERNET
+    _run(["ip", "-n", inet, "route", "add", "10.77.0.0/16", "via", A.host_part(A.TRANSIT_V4[0])])
+    _run(
+        [
+            "ip",
+            "-n",
+            inet,
+            "-6",
+            "route",
+            "add",
+            "fd00:77::/32",
+            "via",
+            A.host_part(A.TRANSIT_V6[0]),
+        ]
+    )
+    _run(["ip", "-n", inet, "route", "add", "local", A.INTERNET_LOCAL_V4, "dev", "lo"])
+    _run(["ip", "-n", inet, "-6", "route", "add", "local", A.INTERNET_LOCAL_V6, "dev", "lo"])
+    for ip in (A.RESOLVER_V4, A.HELPER_V4, A.ECHO_V4):
+        _run(["ip", "-n", inet, "addr", "add", f"{ip}/32", "dev", "lo"])
+    for ip in (A.RESOLVER_V6, A.ECHO_V6):
+        _run(["ip", "-n", inet, "addr", "add", f"{ip}/128", "dev", "lo", "nodad"])
+    _run(
+        [
+            "ip",
+            "-n",
+            A.NS_CENSOR,
+            "route",
+            "add",
+            A.INTERNET_ROUTE_V4,
+            "via",
+            A.host_part(A.TRANSIT_V4[1]),
+        ]
+    )
+    _run(
+        [
+            "ip",
+            "-n",
+            A.NS_CENSOR,
+            "-6",
+            "route",
+            "add",
+            A.INTERNET_ROUTE_V6,
+            "via",
+            A.host_part(A.TRANSIT_V6[1]),
+        ]
+    )
+    for version, text in ((4, rules.iptables_rules(scen, 4)), (6, rules.iptables_rules(scen, 6))):
+        _ns(A.NS_CENSOR, "iptables-restore" if version == 4 else "ip6tables-restore", input=text)
+    for ns in (A.NS_VP_CN, A.NS_VP_OPEN):
+        etc = NETNS_ETC / ns
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(f"nameserver {A.RESOLVER_V4}\n")
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _censorscope_argv() -> list[str]:
+    exe = shutil.which("censorscope")
+    if exe:
+        return [exe]
+    return [sys.executable, "-c", "import sys; from probes.cli import main; sys.exit(main())"]
+
+
+def _record(state: Path, name: str, pid: int, argv: list[str]) -> None:
+    path = state / "pids.json"
+    pids = json.loads(path.read_text()) if path.exists() else {}
+    pids[name] = {"pid": pid, "argv": argv}
+    path.write_text(json.dumps(pids, indent=1))
+
+
+def _spawn(state: Path, name: str, ns: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    log = (state / f"{name}.log").open("ab")
+    # `ip netns exec` execs argv, so the PID we record is the server's own.
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, *argv],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=_python_env(),
+        start_new_session=True,
+        cwd=str(state),
+    )
+    log.close()
+    _record(state, name, proc.pid, argv)
+    return proc
+
+
+def _wait_ready(state: Path, name: str, proc: subprocess.Popen[bytes], marker: str) -> None:
+    log = state / f"{name}.log"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if marker in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise LabError(f"{name} exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        time.sleep(0.02)
+    raise LabError(f"{name} not ready after {READY_TIMEOUT_S}s; see {log}")
+
+
+def _wait_port(ns: str, ip: str, port: int, proc: subprocess.Popen[bytes], name: str) -> bool:
+    probe = (
+        f"import socket,sys,time\nend=time.time()+{READY_TIMEOUT_S}\nwhile time.time()<end:\n"
+        f" try:\n  socket.create_connection(({ip!r},{port}),0.5).close(); sys.exit(0)\n"
+        " except OSError: time.sleep(0.05)\nsys.exit(1)\n"
+    )
+    waiter = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", probe])
+    while waiter.poll() is None:
+        if proc.poll() is not None:
+            waiter.kill()
+            waiter.wait()
+            return False
+        time.sleep(0.05)
+    return waiter.returncode == 0
+
+
+def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool = True) -> LabInfo:
+    """Bring the lab up for a scenario (object, file, or the bundled default)."""
+    problems = missing_requirements()
+    if problems:
+        raise LabError("; ".join(problems))
+    if not isinstance(scen, scenario_mod.Scenario):
+        scen = scenario_mod.load(scen)
+    down()
+    state = STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o755)
+    try:
+        scen_path = state / "scenario.toml"
+        # Daemons read the same ground truth, written the same way the generator writes it.
+        scen_path.write_text(scen.to_toml())
+        if replace(scenario_mod.load(scen_path), source="") != replace(scen, source=""):
+            raise LabError(f"{scen.source}: scenario did not survive a TOML round trip")
+        make_ca(state / "ca.pem", state / "ca-key.pem")
+        _build_network(scen)
+        servers = _spawn(
+            state,
+            "servers",
+            A.NS_INTERNET,
+            [
+                sys.executable,
+                "-m",
+                "lab.servers",
+                "--scenario",
+                str(scen_path),
+                "--state",
+                str(state),
+            ],
+        )
+        censord = _spawn(
+            state,
+            "censor",
+            A.NS_CENSOR,
+            [
+                sys.executable,
+                "-m",
+                "lab.censord",
+                "--scenario",
+                str(scen_path),
+                "--queue",
+                str(rules.QUEUE_NUM),
+                "--stats",
+                str(state / "censor-stats.json"),
+            ],
+        )
+        helper_url = None
+        helper_proc = None
+        if helper:
+            helper_proc = _spawn(
+                state,
+                "helper",
+                A.NS_INTERNET,
+                [
+                    *_censorscope_argv(),
+                    "helper",
+                    "--listen",
+                    f"{A.HELPER_V4}:{A.HELPER_PORT}",
+                    "--resolver",
+                    f"{A.RESOLVER_V4}:53",
+                    "--allow-private",
+                    "--ca-file",
+                    str(state / "ca.pem"),
+                ],
+            )
+        _wait_ready(state, "servers", servers, "servers: ready")
+        _wait_ready(state, "censor", censord, "censord: ready")
+        if helper_proc is not None:
+            if _wait_port(A.NS_INTERNET, A.HELPER_V4, A.HELPER_PORT, helper_proc, "helper"):
+                helper_url = f"http://{A.HELPER_V4}:{A.HELPER_PORT}/"
+            else:
+                print(
+                    f"lab: warning: control helper did not start; see {state / 'helper.log'}",
+                    file=sys.stderr,
+                )
+        info = _info(scen, state, helper_url)
+        (state / "info.json").write_text(json.dumps({"helper_url": helper_url}))
+        return info
+    except BaseException:
+        down()
+        raise
+
+
+def _info(scen: scenario_mod.Scenario, state: Path, helper_url: str | None) -> LabInfo:
+    return LabInfo(
+        scenario=scen,
+        scenario_path=str(state / "scenario.toml"),
+        state_dir=str(state),
+        ca_pem=str(state / "ca.pem"),
+        resolver_v4=A.RESOLVER_V4,
+        resolver_v6=A.RESOLVER_V6,
+        helper_url=helper_url,
+        echo_v4=A.ECHO_V4,
+        echo_v6=A.ECHO_V6,
+        vantages={
+            "cn": Vantage("cn", A.NS_VP_CN, A.host_part(A.CN_V4[1]), A.host_part(A.CN_V6[1]), True),
+            "open": Vantage(
+                "open", A.NS_VP_OPEN, A.host_part(A.OPEN_V4[1]), A.host_part(A.OPEN_V6[1]), False
+            ),
+        },
+    )
+
+
+def info() -> LabInfo | None:
+    """The running lab's LabInfo, rebuilt from the state dir (None when not up)."""
+    state = STATE_DIR
+    try:
+        scen = scenario_mod.load(state / "scenario.toml")
+        extra = json.loads((state / "info.json").read_text())
+    except (scenario_mod.ScenarioError, OSError, ValueError):
+        return None
+    return _info(scen, state, extra.get("helper_url"))
+
+
+# -- down -------------------------------------------------------------------------------------
+def _alive(pid: int, argv: list[str]) -> bool:
+    """True when pid is still the process we started (guards against PID reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and any(part.decode(errors="replace") == argv[-1] for part in cmdline)
+
+
+def _terminate(pids: list[int], grace: float = 2.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for pid in pids:
+        while time.monotonic() < deadline and _running(pid):
+            _reap(pid)
+            time.sleep(0.01)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def _running(pid: int) -> bool:
+    """Exists and is not a zombie (an orphan's zombie waits for an init that may never reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def down() -> None:
+    """Tear everything down; safe to call when nothing (or half of it) is up."""
+    state = STATE_DIR
+    pids_file = state / "pids.json"
+    if pids_file.exists():
+        try:
+            recorded = json.loads(pids_file.read_text())
+        except ValueError:
+            recorded = {}
+        _terminate([r["pid"] for r in recorded.values() if _alive(r["pid"], r.get("argv", []))])
+    # Anything else still inside our namespaces (a probe or client a test left running) would
+    # keep them alive; those processes are ours by where they run, not by their name.
+    for ns in _existing_namespaces():
+        out = _run(["ip", "netns", "pids", ns], check=False)
+        _terminate([int(p) for p in out.split() if p.isdigit() and int(p) != os.getpid()])
+        _run(["ip", "netns", "del", ns], check=False)
+    for ns in (A.NS_VP_CN, A.NS_VP_OPEN):
+        shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NETNS_ETC.rmdir()  # only if empty: other tools may keep files there
+    if state.exists():
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def status() -> LabStatus:
+    namespaces = _existing_namespaces()
+    processes: dict[str, dict[str, Any]] = {}
+    pids_file = STATE_DIR / "pids.json"
+    if pids_file.exists():
+        with contextlib.suppress(ValueError, OSError):
+            for name, r in json.loads(pids_file.read_text()).items():
+                processes[name] = {"pid": r["pid"], "alive": _alive(r["pid"], r.get("argv", []))}
+    lab = info()
+    stats = lab.censor_stats() if lab else {}
+    # The control helper is another component: the lab is up without it.
+    essential = [processes.get(name, {}).get("alive", False) for name in ("servers", "censor")]
+    up_now = len(namespaces) == len(A.NAMESPACES) and all(essential)
+    return LabStatus(
+        up=up_now,
+        namespaces=namespaces,
+        processes=processes,
+        censor=stats,
+        scenario=lab.scenario.name if lab else None,
+    )

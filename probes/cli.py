@@ -1,0 +1,176 @@
+"""The `censorscope` command: one typer app, every subcommand of DESIGN 2.
+
+Exit status (a contract): 0 success, 2 bad usage or bad input (the message names the file,
+line or field), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from probes.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    name="censorscope",
+    help="Measure Internet censorship with evidence: run nettests, serve controls, analyse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+lists_app = typer.Typer(help="Test lists and keyword lists.", no_args_is_help=True)
+app.add_typer(lists_app, name="lists")
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Print one clear line to stderr and exit with the contract's status."""
+    typer.echo(f"censorscope: {message}", err=True)
+    raise typer.Exit(status)
+
+
+def _config(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(
+    nettest: Annotated[str, typer.Argument(help="web_connectivity, ...")],
+    input_: Annotated[
+        list[str] | None, typer.Option("--input", "-i", help="An input (repeatable).")
+    ] = None,
+    testlist: Annotated[
+        list[Path] | None,
+        typer.Option("--testlist", "-l", help="A Citizen Lab CSV test list (repeatable)."),
+    ] = None,
+    keywords: Annotated[
+        Path | None, typer.Option(help="A keyword list (keyword nettests).")
+    ] = None,
+    vantage: Annotated[
+        str | None, typer.Option(help="Vantage name (annotations.vantage, results path).")
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Results directory [default: ./results].")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    helper: Annotated[
+        list[str] | None, typer.Option(help="Control helper URL (repeatable: fallbacks).")
+    ] = None,
+    resolver: Annotated[
+        str | None, typer.Option(help="DNS over UDP to IP[:PORT] instead of the system resolver.")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.1, help="Per-input time budget, seconds.")
+    ] = None,
+    repeat: Annotated[int, typer.Option(min=1, max=1000, help="Measure each input N times.")] = 1,
+    resume: Annotated[str | None, typer.Option(help="Continue an interrupted report.")] = None,
+    fingerprints: Annotated[
+        list[Path] | None, typer.Option(help="Blocking fingerprints (OONI CSV format; repeatable).")
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="Extra CA bundle trusted for TLS (labs, tests).")
+    ] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Force the progress bar on/off.")
+    ] = None,
+) -> None:
+    """Run a nettest over inputs and store OONI-format measurements."""
+    from probes.run_command import RunRequest, execute_run
+
+    cfg = _config(config)
+    request = RunRequest(
+        nettest=nettest,
+        inputs=list(input_ or []),
+        testlists=list(testlist or []),
+        keywords=keywords,
+        vantage=vantage,
+        results=results,
+        helpers=list(helper or []),
+        resolver=resolver,
+        concurrency=concurrency,
+        timeout=timeout,
+        repeat=repeat,
+        resume=resume,
+        fingerprints=list(fingerprints or []),
+        ca_file=ca_file,
+        progress=progress,
+    )
+    status = execute_run(cfg, request, fail=fail)
+    raise typer.Exit(status)
+
+
+@app.command()
+def helper(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
+    resolver: Annotated[
+        str | None, typer.Option(help="Resolve through this DNS server IP[:PORT].")
+    ] = None,
+    allow_private: Annotated[
+        bool, typer.Option(help="Allow connections to private/loopback addresses (labs only).")
+    ] = False,
+    ca_file: Annotated[Path | None, typer.Option(help="Extra CA bundle trusted for TLS.")] = None,
+) -> None:
+    """Serve the control test helper (OONI web-connectivity protocol)."""
+    from backend.helper import HelperConfig, serve
+
+    serve(
+        listen,
+        HelperConfig(
+            resolver=resolver,
+            allow_private=allow_private,
+            ca_file=str(ca_file) if ca_file else None,
+        ),
+    )
+
+
+@lists_app.command("validate")
+def lists_validate(
+    files: Annotated[list[Path], typer.Argument(help="Test lists or keyword lists.")],
+) -> None:
+    """Report every bad row as FILE:LINE: FIELD: REASON; exit 2 if any."""
+    from probes.testlists import validate_command
+
+    raise typer.Exit(validate_command(files, sys.stdout))
+
+
+def _mount_lab() -> None:
+    """The lab's commands live in the lab package (it imports nothing of ours)."""
+    try:
+        from lab.cli import app as lab_app
+    except ImportError:  # pragma: no cover - the lab package is part of the distribution
+        return
+    app.add_typer(lab_app, name="lab", help="The censor lab in Linux network namespaces.")
+
+
+_mount_lab()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("censorscope: interrupted", err=True)
+        sys.exit(EXIT_FAILURE)
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["app", "asyncio", "main"]

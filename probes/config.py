@@ -1,0 +1,129 @@
+"""The probe's TOML configuration: who the vantage is, how it measures, where results go.
+
+Every key is optional; a bad key or value raises ConfigError naming the file and the key.
+Secrets may come from the environment instead of the file (CENSORSCOPE_<SECTION>_<KEY>).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# OONI's public web-connectivity test helpers (OONI-NOTES "Test helper protocol").
+OONI_HELPERS = (
+    "https://0.th.ooni.org/",
+    "https://1.th.ooni.org/",
+    "https://2.th.ooni.org/",
+    "https://3.th.ooni.org/",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key it comes from."""
+
+
+@dataclass
+class VantageConfig:
+    """The identity written into every measurement (no GeoIP lookups: the operator says)."""
+
+    name: str = "default"
+    probe_cc: str = "ZZ"
+    probe_asn: str = "AS0"
+    network_name: str = ""
+    # Addresses of the probe's own that must never appear in a stored measurement.
+    own_addresses: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ProbeConfig:
+    helpers: list[str] = field(default_factory=lambda: list(OONI_HELPERS))
+    resolver: str | None = None
+    concurrency: int = 16
+    timeout: float = 30.0
+    per_host_concurrency: int = 2
+    per_host_interval: float = 0.2
+    ca_file: str | None = None
+    results: str = "results"
+    fingerprints: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    vantage: VantageConfig = field(default_factory=VantageConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    source: str = "(defaults)"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+_SECTIONS: dict[str, Any] = {"vantage": VantageConfig, "probe": ProbeConfig}
+
+
+def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
+    """Coerce/validate one value against the dataclass annotation (a small, explicit subset)."""
+    text = str(expected)
+    if "list" in text:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: key '{key}': expected a list of strings")
+        return value
+    if "float" in text:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{where}: key '{key}': expected a positive number, got {value!r}")
+        return float(value)
+    if "int" in text:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{where}: key '{key}': expected a positive integer, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def load_config(path: Path | None) -> Config:
+    """Read the file (if any), then apply CENSORSCOPE_* environment overrides."""
+    config = Config()
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: no such file") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        config.source = str(path)
+        config.raw = data
+    for section, cls in _SECTIONS.items():
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{config.source}: [{section}] must be a table")
+        target = getattr(config, section)
+        known = cls.__dataclass_fields__
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{config.source}: unknown key '{section}.{key}' (known: {', '.join(known)})"
+                )
+            setattr(
+                target, key, _check_type(config.source, f"{section}.{key}", value, known[key].type)
+            )
+        for key, spec in known.items():
+            env = os.environ.get(f"CENSORSCOPE_{section.upper()}_{key.upper()}")
+            if env is None:
+                continue
+            parsed: Any = env.split(",") if "list" in str(spec.type) else env
+            if "float" in str(spec.type) or (
+                "int" in str(spec.type) and "list" not in str(spec.type)
+            ):
+                try:
+                    parsed = float(env) if "float" in str(spec.type) else int(env)
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"environment CENSORSCOPE_{section.upper()}_{key.upper()}: "
+                        f"not a number: {env!r}"
+                    ) from exc
+            setattr(target, key, _check_type("environment", f"{section}.{key}", parsed, spec.type))
+    if "resolver" in data.get("probe", {}) and not config.probe.resolver:
+        config.probe.resolver = None
+    return config

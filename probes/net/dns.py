@@ -1,0 +1,298 @@
+"""DNS lookups as observations: the ``queries`` entries of ooni/spec df-002-dnst.
+
+UDP is implemented here on an asyncio datagram socket rather than with a stub
+resolver library because censors *inject* answers: a forged response races the
+real one, and a stub resolver keeps only the first. With ``listen_window`` > 0 we
+keep the socket open after the first valid answer and record every datagram that
+arrives (OONI v0.5 calls these duplicate responses). TCP, DoT and DoH go through
+dnspython, where injection of a second answer is not possible in the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from probes.net import failures as F
+from probes.net.addresses import format_host_port, parse_host_port
+from probes.net.failures import failure_from_exception
+from probes.net.records import b64, since
+
+DNS_PORT = 53
+DOT_PORT = 853
+TRANSPORTS = ("udp", "tcp", "doh", "dot")
+
+_RCODE_FAILURES: dict[int, str] = {
+    dns.rcode.NXDOMAIN: F.DNS_NXDOMAIN_ERROR,
+    dns.rcode.REFUSED: F.DNS_REFUSED_ERROR,
+    dns.rcode.SERVFAIL: F.DNS_SERVFAIL_ERROR,
+}
+
+
+@dataclass
+class DNSResult:
+    domain: str
+    query_type: str
+    failure: str | None
+    addrs: list[str] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # df-002 answer entries
+    queries: list[dict[str, Any]] = field(default_factory=list)  # df-002 'queries' entries
+    t0: float = 0.0
+    t: float = 0.0
+    resolver: str | None = None  # "ip:port", a DoH URL, or None for the system resolver
+    # Every datagram received for the query, first valid one included, in arrival order:
+    # {"t", "rcode", "answers", "addrs", "raw" (base64 wire), "valid", "id_match"}.
+    extra_responses: list[dict[str, Any]] = field(default_factory=list)
+    engine: str = "udp"
+    rcode: int | None = None
+
+
+def answers_of(msg: dns.message.Message) -> list[dict[str, Any]]:
+    """df-002 answer entries (A, AAAA, CNAME; others by their text form)."""
+    out: list[dict[str, Any]] = []
+    for rrset in msg.answer:
+        for rd in rrset:
+            entry: dict[str, Any] = {
+                "answer_type": dns.rdatatype.to_text(rd.rdtype),
+                "ttl": rrset.ttl,
+            }
+            if rd.rdtype == dns.rdatatype.A:
+                entry["ipv4"] = rd.address
+            elif rd.rdtype == dns.rdatatype.AAAA:
+                entry["ipv6"] = rd.address
+            elif rd.rdtype == dns.rdatatype.CNAME:
+                entry["hostname"] = rd.target.to_text()
+            else:
+                entry["hostname"] = rd.to_text()
+            out.append(entry)
+    return out
+
+
+def _addrs_of(answers: list[dict[str, Any]], query_type: str) -> list[str]:
+    key = "ipv6" if query_type == "AAAA" else "ipv4"
+    return [a[key] for a in answers if a["answer_type"] == query_type and key in a]
+
+
+def _failure_of(rcode: int, addrs: list[str]) -> str | None:
+    if rcode != dns.rcode.NOERROR:
+        return _RCODE_FAILURES.get(rcode, F.DNS_SERVER_MISBEHAVING)
+    return None if addrs else F.DNS_NO_ANSWER
+
+
+def _query_record(
+    res: DNSResult, resolver_address: str, raw: bytes | None, answers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "answers": answers,
+        "engine": res.engine,
+        "failure": res.failure,
+        "hostname": res.domain,
+        "query_type": res.query_type,
+        "resolver_hostname": None,
+        "resolver_port": None,
+        "resolver_address": resolver_address,
+        "t0": res.t0,
+        "t": res.t,
+    }
+    if raw is not None:
+        rec["raw_response"] = b64(raw)
+    if res.rcode is not None:
+        rec["rcode"] = res.rcode
+    return rec
+
+
+class _Collector(asyncio.DatagramProtocol):
+    """Keeps every datagram with its arrival time; wakes the waiter on each one."""
+
+    def __init__(self, t_zero: float) -> None:
+        self.t_zero = t_zero
+        self.datagrams: list[tuple[float, bytes]] = []
+        self.error: OSError | None = None
+        self.wakeup = asyncio.Event()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams.append((since(self.t_zero), data))
+        self.wakeup.set()
+
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
+        self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
+        self.wakeup.set()
+
+
+def _parse_response(query: dns.message.Message, t: float, data: bytes) -> dict[str, Any]:
+    entry: dict[str, Any] = {"t": t, "raw": b64(data), "valid": False, "id_match": False}
+    try:
+        msg = dns.message.from_wire(data)
+    except dns.exception.DNSException as exc:
+        entry.update(rcode=None, answers=[], addrs=[], error=failure_from_exception(exc))
+        return entry
+    answers = answers_of(msg)
+    qtype = dns.rdatatype.to_text(query.question[0].rdtype)
+    entry.update(
+        rcode=msg.rcode(),
+        answers=answers,
+        addrs=_addrs_of(answers, qtype),
+        id_match=msg.id == query.id,
+        valid=query.is_response(msg),
+    )
+    return entry
+
+
+async def _resolve_udp(
+    res: DNSResult, ip: str, port: int, timeout: float, t_zero: float, listen_window: float
+) -> tuple[bytes | None, list[dict[str, Any]]]:
+    loop = asyncio.get_running_loop()
+    query = dns.message.make_query(res.domain, res.query_type)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    collector = _Collector(t_zero)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: collector, remote_addr=(ip, port), family=family
+    )
+    first: dict[str, Any] | None = None
+    first_raw: bytes | None = None
+    seen = 0
+    try:
+        transport.sendto(query.to_wire())
+        try:
+            async with asyncio.timeout(timeout):
+                while first is None:
+                    await collector.wakeup.wait()
+                    collector.wakeup.clear()
+                    while seen < len(collector.datagrams) and first is None:
+                        t, data = collector.datagrams[seen]
+                        seen += 1
+                        entry = _parse_response(query, t, data)
+                        if entry["valid"]:
+                            first, first_raw = entry, data
+                    if first is None and collector.error is not None:
+                        raise collector.error
+        except TimeoutError as exc:
+            res.failure = failure_from_exception(exc)
+        except OSError as exc:
+            res.failure = failure_from_exception(exc)
+        if first is not None and listen_window > 0:
+            await asyncio.sleep(listen_window)
+    finally:
+        transport.close()
+    res.extra_responses = [_parse_response(query, t, d) for t, d in collector.datagrams]
+    if first is None:
+        return None, []
+    res.rcode = first["rcode"]
+    res.addrs = list(first["addrs"])
+    res.failure = _failure_of(first["rcode"], res.addrs)
+    return first_raw, list(first["answers"])
+
+
+async def _resolve_lib(
+    res: DNSResult,
+    transport: str,
+    resolver: str,
+    timeout: float,
+    ca_file: str | None,
+) -> tuple[bytes | None, list[dict[str, Any]]]:
+    """TCP, DoT and DoH through dnspython; raises on network failure."""
+    query = dns.message.make_query(res.domain, res.query_type)
+    if transport == "doh":
+        verify: bool | str = ca_file or True
+        reply = await dns.asyncquery.https(query, resolver, timeout=timeout, verify=verify)
+    else:
+        ip, port = parse_host_port(resolver, DOT_PORT if transport == "dot" else DNS_PORT)
+        if transport == "tcp":
+            reply = await dns.asyncquery.tcp(query, ip, timeout=timeout, port=port)
+        else:
+            ctx = ssl.create_default_context(cafile=ca_file)
+            ctx.check_hostname = False  # DoT by IP: RFC 7858 opportunistic/strict by SPKI
+            reply = await dns.asyncquery.tls(query, ip, timeout=timeout, port=port, ssl_context=ctx)
+    answers = answers_of(reply)
+    res.rcode = reply.rcode()
+    res.addrs = _addrs_of(answers, res.query_type)
+    res.failure = _failure_of(res.rcode, res.addrs)
+    return reply.to_wire(), answers
+
+
+async def _resolve_system(res: DNSResult, timeout: float) -> list[dict[str, Any]]:
+    """getaddrinfo in the loop's thread pool, as OONI's "getaddrinfo" engine."""
+    family = socket.AF_INET6 if res.query_type == "AAAA" else socket.AF_INET
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        infos = await loop.getaddrinfo(res.domain, None, family=family, type=socket.SOCK_STREAM)
+    addrs: list[str] = []
+    for info in infos:
+        addr = str(info[4][0])
+        if addr not in addrs:
+            addrs.append(addr)
+    res.addrs = addrs
+    res.failure = None if addrs else F.DNS_NO_ANSWER
+    key = "ipv6" if res.query_type == "AAAA" else "ipv4"
+    return [{"answer_type": res.query_type, key: a, "ttl": None} for a in addrs]
+
+
+async def resolve(
+    domain: str,
+    *,
+    query_type: str = "A",
+    resolver: str | None = None,
+    transport: str = "udp",
+    timeout: float = 5.0,
+    t_zero: float,
+    listen_window: float = 0.0,
+    ca_file: str | None = None,
+) -> DNSResult:
+    """Resolve ``domain``; never raises on network failure.
+
+    ``resolver``: None for the system resolver, else "IP", "IP:PORT", "[v6]:PORT", or
+    for DoH the URL. ``listen_window`` (UDP only): seconds to keep listening after the
+    first valid answer. ``ca_file``: trust anchors for DoH/DoT (tests use a private CA).
+    """
+    domain = domain.rstrip(".")
+    query_type = query_type.upper()
+    res = DNSResult(domain=domain, query_type=query_type, failure=None, t0=since(t_zero))
+    raw: bytes | None = None
+    answers: list[dict[str, Any]] = []
+    resolver_address = ""
+    try:
+        if resolver is None:
+            res.engine = "getaddrinfo"
+            answers = await _resolve_system(res, timeout)
+        elif transport == "udp":
+            ip, port = parse_host_port(resolver, DNS_PORT)
+            resolver_address = res.resolver = format_host_port(ip, port)
+            raw, answers = await _resolve_udp(res, ip, port, timeout, t_zero, listen_window)
+        elif transport in TRANSPORTS:
+            res.engine = transport
+            if transport == "doh":
+                resolver_address = res.resolver = resolver
+            else:
+                ip, port = parse_host_port(resolver, DOT_PORT if transport == "dot" else 53)
+                resolver_address = res.resolver = format_host_port(ip, port)
+            raw, answers = await _resolve_lib(res, transport, resolver, timeout, ca_file)
+        else:
+            raise ValueError(f"unknown DNS transport {transport!r}; use one of {TRANSPORTS}")
+    except (OSError, TimeoutError, EOFError, dns.exception.DNSException) as exc:
+        res.failure = failure_from_exception(exc)
+    except Exception as exc:  # dnspython's DoH path raises httpx errors too
+        if isinstance(exc, ValueError) and "transport" in str(exc):
+            raise
+        res.failure = failure_from_exception(exc)
+    res.t = since(t_zero)
+    res.answers = answers
+    res.queries = [_query_record(res, resolver_address, raw, answers)]
+    return res
+
+
+async def resolve_both(domain: str, **kw: Any) -> list[DNSResult]:
+    """A and AAAA concurrently (web_connectivity needs both); the caller merges addrs."""
+    kw.pop("query_type", None)
+    a, aaaa = await asyncio.gather(
+        resolve(domain, query_type="A", **kw), resolve(domain, query_type="AAAA", **kw)
+    )
+    return [a, aaaa]

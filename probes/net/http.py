@@ -1,0 +1,431 @@
+"""HTTP(S) GET as an observation: the ``requests`` entries of ooni/spec df-001-httpt.
+
+This is the only module that imports httpx. We never let httpx resolve names: each
+hop's host goes through the caller's ``resolve`` callable (the probe's own DNS,
+which may be the censored resolver), the URL is rewritten to the address, and the
+Host header and TLS SNI (``sni_hostname``) carry the real name, so certificate
+verification is for the real hostname. Redirects are followed here, one hop at a
+time, so that every hop is recorded (df-001 lists them newest first).
+
+Connections are never reused (``max_keepalive_connections=0``): a pooled
+connection would skip the TCP/TLS steps that censorship interferes with, and could
+carry one hostname's SNI into another's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from probes.net import failures as F
+from probes.net.addresses import format_host_port, is_ip
+from probes.net.failures import NetworkFailure, failure_from_exception
+from probes.net.records import maybe_binary, since
+from probes.net.tls import TLSResult, fill_from_ssl_object, tls_record
+
+# What a desktop browser sends, as OONI's web_connectivity does, so that servers
+# (and censors) treat the probe like an ordinary visitor.
+DEFAULT_HEADERS: dict[str, str] = {
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language": "en-US,en;q=0.9",
+    "User-Agent": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"
+    ),
+}
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_BODY_CAP = 1 << 20
+_TITLE_RE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_TOR = {"exit_ip": None, "exit_name": None, "is_tor": False}
+
+Resolver = Callable[[str], Awaitable[list[str]]]
+
+
+@dataclass
+class HTTPResult:
+    url: str
+    failure: str | None
+    status_code: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # final response, first value
+    body: bytes = b""
+    body_truncated: bool = False
+    title: str | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)  # newest first (df-001)
+    network_events: list[dict[str, Any]] = field(default_factory=list)  # df-008
+    t0: float = 0.0
+    t: float = 0.0
+    tls_handshakes: list[dict[str, Any]] = field(default_factory=list)  # df-006, per hop
+    final_url: str | None = None
+    address: str | None = None  # "ip:port" that served the final response
+
+
+@functools.lru_cache(maxsize=16)
+def _http_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """One verifying context per CA file; building contexts per request is costly."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def make_client(*, ca_file: str | None = None, max_connections: int = 1024) -> httpx.AsyncClient:
+    """A client to share between http_get calls (one pool, one cached SSL context)."""
+    return httpx.AsyncClient(
+        verify=_http_ssl_context(ca_file),
+        trust_env=False,  # never let an environment proxy sit between probe and censor
+        follow_redirects=False,
+        timeout=None,  # http_get enforces its own deadline
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
+    )
+
+
+async def aclose(client: object) -> None:
+    if isinstance(client, httpx.AsyncClient):
+        await client.aclose()
+
+
+def extract_title(body: bytes) -> str | None:
+    """The text of the first <title>, unescaped and with whitespace collapsed."""
+    match = _TITLE_RE.search(body)
+    if match is None:
+        return None
+    text = html.unescape(match.group(1).decode("utf-8", errors="replace"))
+    return " ".join(text.split())
+
+
+def _headers_map(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        out.setdefault(k, v)
+    return out
+
+
+def _decode_pairs(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
+@dataclass
+class _Hop:
+    """What one request/response exchange produced."""
+
+    url: str
+    t0: float
+    failure: str | None = None
+    request_headers: list[tuple[str, str]] = field(default_factory=list)
+    status: int | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    truncated: bool = False
+    address: str | None = None
+    t: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        pairs = self.request_headers
+        return {
+            "failure": self.failure,
+            "request": {
+                "body": "",
+                "body_is_truncated": False,
+                "headers_list": [list(p) for p in pairs],
+                "headers": _headers_map(pairs),
+                "method": "GET",
+                "tor": dict(_TOR),
+                "x_transport": "tcp",
+                "url": self.url,
+            },
+            "response": {
+                "body": maybe_binary(self.body),
+                "body_is_truncated": self.truncated,
+                "code": self.status or 0,
+                "headers_list": [list(p) for p in self.response_headers],
+                "headers": _headers_map(self.response_headers),
+            },
+            "network": "tcp",
+            "address": self.address or "",
+            "t0": self.t0,
+            "t": self.t,
+        }
+
+
+class _Tracer:
+    """Turns httpcore trace callbacks into df-008 network events and df-006 records."""
+
+    def __init__(self, t_zero: float, address: str, server_name: str) -> None:
+        self.t_zero, self.address, self.server_name = t_zero, address, server_name
+        self.events: list[dict[str, Any]] = []
+        self.tls: list[dict[str, Any]] = []
+        self.tcp_connected = False
+        self._t0: dict[str, float] = {}
+
+    def _event(self, operation: str, failure: str | None = None, t0: float | None = None) -> None:
+        t = since(self.t_zero)
+        self.events.append(
+            {
+                "address": self.address,
+                "failure": failure,
+                "operation": operation,
+                "proto": "tcp",
+                "t0": t if t0 is None else t0,
+                "t": t,
+                "tags": [],
+            }
+        )
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        step, _, phase = name.rpartition(".")
+        if phase == "started":
+            self._t0[step] = since(self.t_zero)
+        failure = failure_from_exception(info["exception"]) if phase == "failed" else None
+        if step == "connection.connect_tcp" and phase != "started":
+            self.tcp_connected = phase == "complete"
+            self._event("connect", failure, self._t0.get(step))
+        elif step == "connection.start_tls":
+            if phase == "started":
+                self._event("tls_handshake_start")
+            else:
+                self._event("tls_handshake_done", failure, self._t0.get(step))
+                self._tls_record(info, failure)
+        elif step == "http11.send_request_headers" and phase == "complete":
+            self._event("http_wrote_headers")
+        elif step == "http11.receive_response_headers" and phase == "complete":
+            self._event("http_first_response_byte")
+
+    def _tls_record(self, info: dict[str, Any], failure: str | None) -> None:
+        t0 = self._t0.get("connection.start_tls", since(self.t_zero))
+        res = TLSResult(self.address, self.server_name, failure, t0, since(self.t_zero))
+        stream = info.get("return_value")
+        obj = stream.get_extra_info("ssl_object") if stream is not None else None
+        if obj is not None:
+            fill_from_ssl_object(res, obj)
+            res.verified = True
+        self.tls.append(tls_record(res, no_tls_verify=False))
+
+
+async def _read_body(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        room = cap - size
+        if len(chunk) > room:
+            chunks.append(chunk[:room])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks), False
+
+
+async def _one_hop(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    addrs: list[str],
+    headers: dict[str, str],
+    body_cap: int,
+    t_zero: float,
+    result: HTTPResult,
+) -> _Hop:
+    """GET ``url`` from the first address that accepts a TCP connection."""
+    hop = _Hop(url=str(url), t0=since(t_zero))
+    host = url.host
+    port = url.port or (443 if url.scheme == "https" else 80)
+    send_headers = {**headers, "Host": url.netloc.decode("ascii")}
+    for ip in addrs:
+        hop.address = format_host_port(ip, port)
+        tracer = _Tracer(t_zero, hop.address, host)
+        extensions: dict[str, Any] = {"trace": tracer}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = host
+        request = client.build_request(
+            "GET", url.copy_with(host=ip), headers=send_headers, extensions=extensions
+        )
+        hop.request_headers = _decode_pairs(request.headers.raw)
+        tracer._event("http_transaction_start")
+        try:
+            response = await client.send(request, stream=True)
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            hop.failure = failure_from_exception(exc)
+            _collect(result, tracer, hop.failure)
+            if tracer.tcp_connected:
+                break  # the TCP connect worked: the failure is this address's answer
+            continue
+        try:
+            hop.status = response.status_code
+            hop.response_headers = _decode_pairs(response.headers.raw)
+            hop.body, hop.truncated = await _read_body(response, body_cap)
+            hop.failure = None
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            hop.failure = failure_from_exception(exc)
+        finally:
+            await response.aclose()
+        _collect(result, tracer, hop.failure)
+        break
+    hop.t = since(t_zero)
+    return hop
+
+
+def _collect(result: HTTPResult, tracer: _Tracer, failure: str | None) -> None:
+    tracer._event("http_transaction_done", failure)
+    result.network_events.extend(tracer.events)
+    result.tls_handshakes.extend(tracer.tls)
+
+
+async def _addresses(host: str, resolve: Resolver) -> list[str]:
+    if is_ip(host):
+        return [host]
+    addrs = await resolve(host)
+    if not addrs:
+        raise NetworkFailure(F.DNS_NO_ANSWER, f"no addresses for {host}")
+    return list(addrs)
+
+
+async def http_get(
+    url: str,
+    *,
+    resolve: Resolver,
+    timeout: float,
+    t_zero: float,
+    body_cap: int = DEFAULT_BODY_CAP,
+    headers: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
+    max_redirects: int = 20,
+    client: object | None = None,
+) -> HTTPResult:
+    """GET ``url`` following redirects; never raises on network failure.
+
+    ``resolve(host)`` returns the addresses to try (in order); it may raise (a
+    NetworkFailure carries its OONI string) or return [] (dns_no_answer).
+    ``timeout`` bounds the whole fetch, redirects included. ``client`` comes from
+    make_client(); without one a client is made for this call (``ca_file`` is then
+    the trust store; with a client, the client's own store applies).
+    """
+    result = HTTPResult(url=url, failure=None, t0=since(t_zero))
+    own = client is None
+    http = make_client(ca_file=ca_file) if own else client
+    if not isinstance(http, httpx.AsyncClient):
+        raise TypeError("client must come from probes.net.http.make_client()")
+    send_headers = {**DEFAULT_HEADERS, **(headers or {})}
+    cookies = httpx.Cookies()
+    hops: list[_Hop] = []
+    try:
+        async with asyncio.timeout(timeout):
+            await _follow(http, httpx.URL(url), resolve, send_headers, cookies, body_cap,
+                          max_redirects, t_zero, result, hops)  # fmt: skip
+    except TimeoutError as exc:
+        failure = failure_from_exception(exc)
+        if hops and hops[-1].t == 0.0:  # the hop in flight when time ran out
+            hops[-1].failure, hops[-1].t = failure, since(t_zero)
+        result.failure = failure
+    except (NetworkFailure, httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+        result.failure = failure_from_exception(exc)
+    finally:
+        if own:
+            await http.aclose()
+    _finish(result, hops, t_zero)
+    return result
+
+
+async def _follow(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    resolve: Resolver,
+    headers: dict[str, str],
+    cookies: httpx.Cookies,
+    body_cap: int,
+    max_redirects: int,
+    t_zero: float,
+    result: HTTPResult,
+    hops: list[_Hop],
+) -> None:
+    for _ in range(max_redirects + 1):
+        if url.scheme not in ("http", "https"):
+            raise NetworkFailure(F.UNKNOWN_FAILURE_PREFIX + f"unsupported scheme {url.scheme}")
+        try:
+            addrs = await _addresses(url.host, resolve)
+        except Exception as exc:  # the caller's resolver: any error is a DNS-step failure
+            hop = _Hop(url=str(url), t0=since(t_zero), failure=failure_from_exception(exc))
+            hop.t = since(t_zero)
+            hops.append(hop)
+            result.failure = hop.failure
+            return
+        jar_request = httpx.Request("GET", url)
+        cookies.set_cookie_header(jar_request)
+        hop_headers = dict(headers)
+        if "cookie" in jar_request.headers:
+            hop_headers["Cookie"] = jar_request.headers["cookie"]
+        hops.append(_Hop(url=str(url), t0=since(t_zero)))  # placeholder while in flight
+        hop = await _one_hop(client, url, addrs, hop_headers, body_cap, t_zero, result)
+        hops[-1] = hop
+        result.failure = hop.failure
+        if hop.failure is not None or hop.status not in REDIRECT_CODES:
+            return
+        location = _headers_map([(k.lower(), v) for k, v in hop.response_headers]).get("location")
+        if not location:
+            return
+        cookies.extract_cookies(
+            httpx.Response(hop.status or 0, headers=hop.response_headers, request=jar_request)
+        )
+        url = url.join(location)
+    raise NetworkFailure(F.UNKNOWN_FAILURE_PREFIX + f"stopped after {max_redirects} redirects")
+
+
+def _finish(result: HTTPResult, hops: list[_Hop], t_zero: float) -> None:
+    result.t = since(t_zero)
+    result.requests = [h.record() for h in reversed(hops)]
+    if not hops:
+        return
+    last = hops[-1]
+    result.final_url = last.url
+    result.address = last.address
+    result.status_code = last.status
+    result.headers = _headers_map(last.response_headers)
+    result.body, result.body_truncated = last.body, last.truncated
+    result.title = extract_title(last.body)
+
+
+@dataclass
+class JSONReply:
+    """A JSON API reply (control helper, collector): status, decoded body, OONI failure."""
+
+    status_code: int | None
+    data: Any = None
+    failure: str | None = None
+
+
+class JSONClient:
+    """Talks JSON to our own infrastructure (helpers, collectors) with the system's DNS.
+
+    Unlike `http_get` this is not a measurement: it reuses connections and lets httpx
+    resolve names, because the helper's address is not what we are measuring.
+    """
+
+    def __init__(
+        self, *, ca_file: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        verify: ssl.SSLContext | bool = _http_ssl_context(ca_file) if ca_file else True
+        self._client = httpx.AsyncClient(verify=verify, headers=dict(headers or {}))
+
+    async def _call(
+        self, method: str, url: str, *, timeout: float, payload: Any = None
+    ) -> JSONReply:
+        try:
+            response = await self._client.request(method, url, json=payload, timeout=timeout)
+        except Exception as exc:
+            return JSONReply(status_code=None, failure=failure_from_exception(exc))
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        return JSONReply(status_code=response.status_code, data=data)
+
+    async def get_json(self, url: str, *, timeout: float) -> JSONReply:
+        return await self._call("GET", url, timeout=timeout)
+
+    async def post_json(self, url: str, payload: Any, *, timeout: float) -> JSONReply:
+        return await self._call("POST", url, timeout=timeout, payload=payload)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

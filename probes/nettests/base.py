@@ -1,0 +1,68 @@
+"""What every nettest shares: the context it runs in and the interface the runner drives.
+
+A nettest turns one input into `test_keys`; the runner wraps them into a Measurement with the
+base keys, scrubs the probe's addresses and stores it.  Network failures go *into* test_keys;
+`measure` raises only when there is nothing worth storing (as probe-cli's Measurer does).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from probes.measurement import Scrubber
+
+
+@dataclass
+class ProbeContext:
+    """Settings one run of a nettest shares across inputs."""
+
+    vantage: str = "default"
+    probe_cc: str = "ZZ"
+    probe_asn: str = "AS0"
+    probe_network_name: str = ""
+    resolver: str | None = None
+    helpers: list[str] = field(default_factory=list)
+    timeout: float = 30.0
+    ca_file: str | None = None
+    fingerprint_files: list[str] = field(default_factory=list)
+    scrubber: Scrubber = field(default_factory=Scrubber)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class SetupError(Exception):
+    """The nettest cannot start with these settings (bad usage or input: exit status 2)."""
+
+
+class Nettest(abc.ABC):
+    """One measurement kind. Subclasses set `name` and `version` and implement `measure`."""
+
+    name: str = ""
+    version: str = ""
+    # Whether the nettest needs an input per measurement (web_connectivity does).
+    needs_input: bool = True
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        self.ctx = ctx
+        # Warnings the CLI prints once at the end (e.g. "control helper unreachable").
+        self.warnings: list[str] = []
+
+    async def setup(self) -> None:  # noqa: B027 - optional hook
+        """Prepare shared resources (clients, helper checks) before the first input."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources."""
+
+    @abc.abstractmethod
+    async def measure(self, input_: str | None) -> dict[str, Any]:
+        """Measure one input and return its test_keys (with `blocking` and `blocking_detail`)."""
+
+    def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
+        """test_keys for an input the runner had to abandon (its time budget ran out)."""
+        return {"failure": failure, "blocking": None, "blocking_detail": None}
+
+    @property
+    def resolver_ip(self) -> str:
+        """The resolver address written into the base keys (empty: the system's)."""
+        return (self.ctx.resolver or "").rsplit(":", 1)[0].strip("[]") if self.ctx.resolver else ""

@@ -1,0 +1,189 @@
+"""web_connectivity: is a URL reachable from here, and if not, which layer was interfered with?
+
+Steps (ooni/spec ts-017, version 0.4 semantics): resolve the URL's host (A and AAAA) with the
+probe's resolver; ask the control helper for its view (DNS, TCP, HTTP) while connecting over TCP
+to every address; for https a TLS handshake to the first reachable address; an HTTP(S) GET
+following redirects, connected to the addresses our own DNS returned.  The verdict comes from
+`web_connectivity_analysis.analyze`, which reads only these test keys, so the same code
+re-derives verdicts from stored measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from probes.fingerprints import FingerprintError, Fingerprints
+from probes.net.addresses import is_ip
+from probes.net.dns import DNSResult, resolve_both
+from probes.net.http import DEFAULT_HEADERS, http_get
+from probes.net.tcp import TCPResult, tcp_connect
+from probes.net.tls import tls_handshake
+from probes.nettests.base import Nettest, SetupError
+from probes.nettests.control import ControlClient
+from probes.nettests.web_connectivity_analysis import analyze
+
+# Share of the per-input budget given to each step; the helper's own budget is similar.
+DNS_TIMEOUT_SHARE = 0.2
+CONNECT_TIMEOUT_SHARE = 0.2
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class WebConnectivity(Nettest):
+    name = "web_connectivity"
+    version = "0.4.3"
+
+    async def setup(self) -> None:
+        try:
+            self.fingerprints = (
+                Fingerprints.from_files(self.ctx.fingerprint_files)
+                if self.ctx.fingerprint_files
+                else None
+            )
+        except (FingerprintError, OSError) as exc:
+            raise SetupError(f"fingerprints: {exc}") from exc
+        self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+        self.exit_status = 0
+        problem = await self.control.choose()
+        if problem:
+            self.warnings.append(
+                f"control helper unreachable ({problem}); "
+                "measurements record control_failure and blocking null"
+            )
+            self.exit_status = 2
+
+    async def close(self) -> None:
+        await self.control.aclose()
+
+    @staticmethod
+    def check_input(input_: str | None) -> tuple[str, str, int]:
+        if not input_:
+            raise SetupError("web_connectivity needs a URL input")
+        try:
+            parts = urlsplit(input_)
+            port = parts.port
+        except ValueError as exc:
+            raise SetupError(f"input {input_!r}: not a valid URL: {exc}") from exc
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise SetupError(f"input {input_!r}: needs an http:// or https:// URL with a host")
+        return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+
+    async def _resolve(self, host: str, t_zero: float) -> list[DNSResult]:
+        return await resolve_both(
+            host,
+            resolver=self.ctx.resolver,
+            timeout=self.ctx.timeout * DNS_TIMEOUT_SHARE,
+            t_zero=t_zero,
+        )
+
+    async def measure(self, input_: str | None) -> dict[str, Any]:
+        scheme, host, port = self.check_input(input_)
+        assert input_ is not None
+        t_zero = time.monotonic()
+        keys: dict[str, Any] = {
+            "agent": "redirect",
+            "client_resolver": self.resolver_ip or None,
+            "retries": None,
+            "socksproxy": None,
+            "queries": [],
+            "tcp_connect": [],
+            "tls_handshakes": [],
+            "requests": [],
+            "network_events": [],
+            "dns_experiment_failure": None,
+            "http_experiment_failure": None,
+            "control_failure": None,
+            "control": {},
+        }
+        # 1. DNS with the probe's resolver (which may be the censored one).
+        if is_ip(host):
+            addrs = [host.strip("[]")]
+        else:
+            results = await self._resolve(host, t_zero)
+            addrs = []
+            for result in results:
+                keys["queries"].extend(result.queries)
+                addrs.extend(a for a in result.addrs if a not in addrs)
+            failures = [r.failure for r in results]
+            if not addrs:
+                # As OONI: the A query's failure stands for the DNS step.
+                keys["dns_experiment_failure"] = failures[0] if failures else "dns_no_answer"
+        endpoints = [_endpoint(ip, port) for ip in addrs]
+
+        # 2. Control request and TCP connects run together.
+        control_task = asyncio.create_task(self.control.measure(input_, endpoints, DEFAULT_HEADERS))
+        connects: list[TCPResult] = await asyncio.gather(
+            *(
+                tcp_connect(
+                    ip, port, timeout=self.ctx.timeout * CONNECT_TIMEOUT_SHARE, t_zero=t_zero
+                )
+                for ip in addrs
+            )
+        )
+        keys["tcp_connect"] = [c.record for c in connects]
+        reachable = [c.ip for c in connects if c.failure is None]
+
+        # 3. TLS handshake evidence for https (SNI = the URL's host).
+        if scheme == "https" and reachable:
+            tls = await tls_handshake(
+                reachable[0],
+                port,
+                host,
+                timeout=self.ctx.timeout * CONNECT_TIMEOUT_SHARE,
+                t_zero=t_zero,
+                ca_file=self.ctx.ca_file,
+            )
+            keys["tls_handshakes"].append(tls.record)
+
+        # 4. HTTP(S) GET through our own DNS answers, following redirects.
+        if addrs:
+            first_host = host.lower()
+            ordered = reachable + [a for a in addrs if a not in reachable]
+
+            async def resolve(name: str) -> list[str]:
+                if name.lower() == first_host:
+                    return ordered
+                if is_ip(name):
+                    return [name.strip("[]")]
+                found: list[str] = []
+                for result in await self._resolve(name, t_zero):
+                    keys["queries"].extend(result.queries)
+                    found.extend(a for a in result.addrs if a not in found)
+                return found
+
+            http = await http_get(
+                input_,
+                resolve=resolve,
+                timeout=self.ctx.timeout * 0.5,
+                t_zero=t_zero,
+                headers=DEFAULT_HEADERS,
+                ca_file=self.ctx.ca_file,
+            )
+            keys["requests"] = http.requests
+            keys["network_events"] = http.network_events
+            keys["http_experiment_failure"] = http.failure
+        elif keys["dns_experiment_failure"] is None:
+            keys["dns_experiment_failure"] = "dns_no_answer"
+
+        control = await control_task
+        keys["control"] = control.control
+        keys["control_failure"] = control.failure
+        keys["x_th_runtime"] = control.runtime
+        keys.update(analyze(keys, fingerprints=self.fingerprints).as_test_keys())
+        return keys
+
+    def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
+        return {
+            "control_failure": None,
+            "dns_experiment_failure": None,
+            "http_experiment_failure": failure,
+            "accessible": None,
+            "blocking": None,
+            "blocking_detail": None,
+        }

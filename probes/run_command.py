@@ -1,0 +1,184 @@
+"""`censorscope run`: from flags and config to a stored report.
+
+Kept apart from cli.py so the flow (resolve settings, open or resume a report, stream inputs,
+run, summarise) reads top to bottom and can be called from the scheduler too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from probes.config import Config
+from probes.measurement import Scrubber, new_report_id, ooni_time
+from probes.nettests import nettest_class
+from probes.nettests.base import ProbeContext, SetupError
+from probes.ownip import local_addresses
+from probes.runner import RunOptions, RunSummary, expand_repeats, run_nettest
+from probes.store import ReportManifest, ResultsStore, StoreError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for on the command line (None: take the config's value)."""
+
+    nettest: str
+    inputs: list[str] = field(default_factory=list)
+    testlists: list[Path] = field(default_factory=list)
+    keywords: Path | None = None
+    vantage: str | None = None
+    results: Path | None = None
+    helpers: list[str] = field(default_factory=list)
+    resolver: str | None = None
+    concurrency: int | None = None
+    timeout: float | None = None
+    repeat: int = 1
+    resume: str | None = None
+    fingerprints: list[Path] = field(default_factory=list)
+    ca_file: Path | None = None
+    progress: bool | None = None
+
+
+def _inputs(testlists: list[Path], inputs: list[str]) -> Iterator[str]:
+    from probes.testlists import iter_inputs
+
+    return iter_inputs(testlists, inputs)
+
+
+def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> None:
+    """Open each list and read its first row now, so a bad file fails before measuring."""
+    from probes.testlists import ListError, iter_inputs
+
+    for path in testlists:
+        try:
+            next(iter_inputs([path], []), None)
+        except ListError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"{path}: cannot read: {exc.strerror or exc}")
+
+
+def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]) -> int:
+    """Run a nettest as asked; returns the exit status (fail() exits on bad input)."""
+    try:
+        cls = nettest_class(req.nettest)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    store = ResultsStore(req.results or Path(cfg.probe.results))
+    options: dict[str, Any] = {
+        "inputs": req.inputs,
+        "testlists": [str(p) for p in req.testlists],
+        "keywords": str(req.keywords) if req.keywords else None,
+        "repeat": req.repeat,
+    }
+    vantage = req.vantage or cfg.vantage.name
+    if req.resume:
+        try:
+            manifest = store.load_manifest(req.resume)
+        except StoreError as exc:
+            fail(str(exc))
+        if manifest.test_name != cls.name:
+            fail(f"--resume {req.resume}: that report is {manifest.test_name}, not {cls.name}")
+        if req.vantage and req.vantage != manifest.vantage:
+            fail(f"--resume {req.resume}: that report is of vantage {manifest.vantage!r}")
+        vantage = manifest.vantage
+        # The report's own inputs and repeat count, unless the user names new ones.
+        saved = manifest.options
+        if not req.inputs and not req.testlists:
+            req.inputs = list(saved.get("inputs") or [])
+            req.testlists = [Path(p) for p in saved.get("testlists") or []]
+        if req.repeat == 1:
+            req.repeat = int(saved.get("repeat") or 1)
+    else:
+        now = datetime.now(UTC)
+        manifest = ReportManifest(
+            report_id=new_report_id(cls.name, cfg.vantage.probe_cc, cfg.vantage.probe_asn, now),
+            test_name=cls.name,
+            vantage=vantage,
+            date=now.strftime("%Y-%m-%d"),
+            test_start_time=ooni_time(now),
+            options=options,
+        )
+    if cls.needs_input and not req.inputs and not req.testlists:
+        fail(f"{cls.name} needs inputs: give --input URL or --testlist FILE")
+    _check_lists(req.testlists, fail)
+
+    ctx = ProbeContext(
+        vantage=vantage,
+        probe_cc=cfg.vantage.probe_cc,
+        probe_asn=cfg.vantage.probe_asn,
+        probe_network_name=cfg.vantage.network_name,
+        resolver=req.resolver or cfg.probe.resolver,
+        helpers=req.helpers or list(cfg.probe.helpers),
+        timeout=req.timeout or cfg.probe.timeout,
+        ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
+        fingerprint_files=[str(p) for p in req.fingerprints] or list(cfg.probe.fingerprints),
+        scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
+        options={"keywords": req.keywords},
+    )
+    run_options = RunOptions(
+        concurrency=req.concurrency or cfg.probe.concurrency,
+        timeout=ctx.timeout,
+        repeat=req.repeat,
+        per_host_concurrency=cfg.probe.per_host_concurrency,
+        per_host_interval=cfg.probe.per_host_interval,
+    )
+    try:
+        writer = store.open_report(manifest)
+    except (StoreError, OSError) as exc:
+        fail(f"results store {store.root}: {exc}")
+    if writer.torn_tail:
+        print(f"censorscope: moved a torn last line aside to {writer.torn_tail}", file=sys.stderr)
+    done = store.done_inputs(manifest) if req.resume else {}
+    nettest = cls(ctx)
+    inputs = expand_repeats(_inputs(req.testlists, req.inputs), req.repeat, dict(done))
+
+    async def go() -> RunSummary:
+        await nettest.setup()
+        try:
+            return await run_nettest(
+                nettest, inputs, manifest, writer, run_options, progress=req.progress
+            )
+        finally:
+            await nettest.close()
+
+    try:
+        summary = asyncio.run(go())
+    except SetupError as exc:
+        writer.close()
+        fail(str(exc))
+    except KeyboardInterrupt:
+        writer.close()
+        print(
+            f"censorscope: interrupted after {writer.written} measurements; "
+            f"continue with --resume {manifest.report_id}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    writer.close()
+    print(
+        f"{cls.name}: {summary.measured} measured, {summary.blocked} blocked, "
+        f"{summary.inconclusive} inconclusive in {summary.elapsed:.1f} s "
+        f"({summary.rate:.1f}/s); report {manifest.report_id} -> {store.report_path(manifest)}"
+    )
+    for warning in nettest.warnings:
+        print(f"censorscope: {warning}", file=sys.stderr)
+    if summary.errors:
+        print(
+            f"censorscope: {summary.errors} inputs failed with an internal error (not stored); "
+            f"retry them with --resume {manifest.report_id}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if summary.interrupted:
+        return EXIT_FAILURE
+    return getattr(nettest, "exit_status", EXIT_OK)

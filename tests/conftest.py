@@ -1,0 +1,63 @@
+"""Shared pytest fixtures. Sections: async backend, loopback servers (tests/loopback/)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# `python -m pytest` puts the repo root on sys.path; plain `pytest` does not.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.loopback import (  # noqa: E402
+    FakeDNSServer,
+    LoopbackSuite,
+    ServerThread,
+    TestCA,
+    start_suite,
+)
+
+# --- async backend ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``@pytest.mark.anyio``) run on asyncio: the probe is asyncio-only."""
+    return "asyncio"
+
+
+# --- loopback servers -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A private CA; ``test_ca.ca_pem_path`` is what the probe should trust."""
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def loopback(test_ca: TestCA) -> Iterator[LoopbackSuite]:
+    """HTTP, HTTPS, wrong-name HTTPS, blockpage, reset-on-keyword, silent, closer, closed port,
+    all on 127.0.0.2 (see tests/loopback/suite.py)."""
+    suite = start_suite("127.0.0.2", ca=test_ca)
+    yield suite
+    suite.close()
+
+
+@pytest.fixture
+def dns_server() -> Iterator[Callable[..., FakeDNSServer]]:
+    """Factory: ``dns_server(zone={...}, mode="inject_before", ...)`` -> a started
+    FakeDNSServer on its own thread (arguments as FakeDNSServer), stopped after the test."""
+    thread = ServerThread("fake-dns")
+
+    def make(*args: Any, **kwargs: Any) -> FakeDNSServer:
+        kwargs.setdefault("host", "127.0.0.3")
+        return thread.start(FakeDNSServer(*args, **kwargs))
+
+    yield make
+    thread.close()

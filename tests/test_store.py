@@ -1,0 +1,122 @@
+"""The results store: layout, durable appends, torn lines, filters, the resume index."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from probes.measurement import Measurement
+from probes.store import LineProblem, ReportManifest, ResultsStore, StoreError
+
+
+def _manifest(
+    report_id: str = "20260101T000000Z_webconnectivity_ZZ_0_n1_abc",
+    vantage: str = "vp1",
+    day: str = "2026-01-01",
+    test_name: str = "web_connectivity",
+) -> ReportManifest:
+    return ReportManifest(
+        report_id=report_id,
+        test_name=test_name,
+        vantage=vantage,
+        date=day,
+        test_start_time=f"{day} 00:00:00",
+        options={"inputs": ["a", "b"]},
+    )
+
+
+def _m(input_: str, vantage: str = "vp1") -> Measurement:
+    return Measurement(
+        test_name="web_connectivity",
+        test_version="0.4.3",
+        input=input_,
+        annotations={"vantage": vantage},
+        test_keys={"blocking": False},
+    )
+
+
+def test_layout_and_round_trip(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    manifest = _manifest()
+    with store.open_report(manifest) as writer:
+        writer.append(_m("http://a.org/"))
+        writer.append_lines(
+            [_m("http://b.org/").to_json_line(), _m("http://a.org/").to_json_line()]
+        )
+    path = (
+        tmp_path
+        / "raw/date=2026-01-01/vantage=vp1/test_name=web_connectivity"
+        / f"{manifest.report_id}.jsonl"
+    )
+    assert path.exists()
+    assert path.read_bytes().count(b"\n") == 3
+    assert store.done_inputs(manifest) == Counter({"http://a.org/": 2, "http://b.org/": 1})
+    assert store.load_manifest(manifest.report_id) == manifest
+    assert [m.input for m in store.iter_measurements()] == [
+        "http://a.org/",
+        "http://b.org/",
+        "http://a.org/",
+    ]
+
+
+def test_filters_use_partitions(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    for i, (vantage, day, test) in enumerate(
+        [
+            ("vp1", "2026-01-01", "web_connectivity"),
+            ("vp2", "2026-01-02", "web_connectivity"),
+            ("vp1", "2026-01-03", "dns_consistency"),
+        ]
+    ):
+        with store.open_report(_manifest(f"r{i}", vantage, day, test)) as w:
+            w.append(_m(f"in{i}", vantage))
+    assert [m.input for m in store.iter_measurements(vantages={"vp1"})] == ["in0", "in2"]
+    assert [m.input for m in store.iter_measurements(since=date(2026, 1, 2))] == ["in1", "in2"]
+    assert [m.input for m in store.iter_measurements(until=date(2026, 1, 1))] == ["in0"]
+    assert [m.input for m in store.iter_measurements(test_names={"dns_consistency"})] == ["in2"]
+
+
+def test_torn_tail_is_reported_and_moved_aside(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    manifest = _manifest()
+    with store.open_report(manifest) as w:
+        w.append(_m("ok"))
+    path = store.report_path(manifest)
+    with open(path, "ab") as handle:
+        handle.write(b'{"test_name": "web_conn')  # a crash in the middle of a write
+    problems: list[LineProblem] = []
+    assert [m.input for m in store.iter_measurements(on_problem=problems.append)] == ["ok"]
+    assert len(problems) == 1 and problems[0].line == 2 and "torn" in problems[0].reason
+    with store.open_report(manifest) as w:
+        assert w.torn_tail is not None and w.torn_tail.read_bytes().startswith(b'{"test_name"')
+        w.append(_m("next"))
+    assert path.read_bytes().endswith(b"\n")
+    assert [m.input for m in store.iter_measurements()] == ["ok", "next"]
+
+
+def test_bad_lines_are_reported_not_fatal(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    manifest = _manifest()
+    with store.open_report(manifest) as w:
+        w.append(_m("a"))
+        w.append_line(b"not json\n")
+        w.append_line(b"[1, 2]\n")
+        w.append_line(b'{"input": "no test name"}\n')
+        w.append(_m("b"))
+    problems: list[LineProblem] = []
+    assert [m.input for m in store.iter_measurements(on_problem=problems.append)] == ["a", "b"]
+    assert [p.line for p in problems] == [2, 3, 4]
+    assert all(str(p).startswith(str(store.report_path(manifest))) for p in problems)
+
+
+def test_refuses_multi_line_records_and_unsafe_names(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    with store.open_report(_manifest()) as w, pytest.raises(StoreError):
+        w.append_line(b"a\nb\n")
+    with pytest.raises(StoreError, match="vantage"):
+        store.open_report(_manifest(vantage="../evil"))
+    with pytest.raises(StoreError, match="no report"):
+        store.load_manifest("nope")
