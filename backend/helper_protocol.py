@@ -1,8 +1,8 @@
 """The web-connectivity test-helper protocol: request parsing, endpoint plan, legacy strings.
 
 Pure functions, no I/O, so the wire format can be tested on its own. The protocol is OONI's
-(oohelperd in ooni/probe-cli, summarised in /work/shared/OONI-NOTES.md): a probe POSTs the URL
-it measured and the endpoints it connected to; the helper answers with its own view. The
+(oohelperd in ooni/probe-cli, summarised in docs/methodology.md): a probe POSTs the URL it
+measured and the endpoints it connected to; the helper answers with its own view. The
 failure strings in the answer are the *legacy* helper's (`dns_name_error`,
 `connection_refused_error`, ...), not the probe's, because OONI's analysis matches on them.
 """

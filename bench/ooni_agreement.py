@@ -5,7 +5,7 @@ web_connectivity measurement in OONI's reference files and compares ``blocking``
 analysis keys) with what the measuring probe wrote. Prints, per test_version: n, agreement on
 blocking and on each key, and every disagreement with file:line, ours vs OONI and the reason.
 
-    python bench/ooni_agreement.py [--data /work/shared/data/ooni] [--fingerprints DIR]
+    python bench/ooni_agreement.py [--data ../shared/data/ooni] [--fingerprints DIR]
 
 Only v0.4.x implements the algorithm we reproduce, so 100% is expected there; older versions
 (Measurement Kit, ooniprobe-legacy) and v0.5.x (webconnectivitylte) decide differently.
@@ -25,8 +25,9 @@ from typing import Any
 from probes.fingerprints import Fingerprints
 from probes.nettests.web_connectivity_analysis import analyze
 
-DEFAULT_DATA = Path("/work/shared/data/ooni")
-DEFAULT_FINGERPRINTS = Path("/work/shared/data/fingerprints")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = SHARED_DATA / "ooni"
+DEFAULT_FINGERPRINTS = SHARED_DATA / "fingerprints"
 FILES = (
     "web_connectivity_real.jsonl",
     "web_connectivity_netem_qa_synthetic.jsonl",

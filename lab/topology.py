@@ -29,6 +29,10 @@ STATE_DIR = Path(os.environ.get("CENSORSCOPE_LAB_STATE", "/run/censorscope-lab")
 NETNS_ETC = Path("/etc/netns")
 READY_TIMEOUT_S = 20.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# lab.servers answers HTTP on 80 and 8080 of every address (a wildcard bind), so the helper
+# cannot have addresses.HELPER_PORT (8080): uvicorn's bind fails and the echo server answers in
+# its place. 8008 is served by nothing else.
+HELPER_PORT = 8008
 
 
 class LabError(RuntimeError):
@@ -312,11 +316,21 @@ def _wait_ready(state: Path, name: str, proc: subprocess.Popen[bytes], marker: s
     raise LabError(f"{name} not ready after {READY_TIMEOUT_S}s; see {log}")
 
 
-def _wait_port(ns: str, ip: str, port: int, proc: subprocess.Popen[bytes], name: str) -> bool:
+def _wait_helper(ns: str, ip: str, port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Wait until the helper answers its JSON greeting on ip:port.
+
+    An open port is not enough: another server may own it (the echo server answered 200 for
+    the helper once, and every control request failed).
+    """
     probe = (
-        f"import socket,sys,time\nend=time.time()+{READY_TIMEOUT_S}\nwhile time.time()<end:\n"
-        f" try:\n  socket.create_connection(({ip!r},{port}),0.5).close(); sys.exit(0)\n"
-        " except OSError: time.sleep(0.05)\nsys.exit(1)\n"
+        "import http.client,json,sys,time\n"
+        f"end=time.time()+{READY_TIMEOUT_S}\n"
+        "while time.time()<end:\n"
+        " try:\n"
+        f"  c=http.client.HTTPConnection({ip!r},{port},timeout=0.5); c.request('GET','/')\n"
+        "  r=c.getresponse(); json.loads(r.read()); sys.exit(0 if r.status==200 else 1)\n"
+        " except (OSError, ValueError): time.sleep(0.05)\n"
+        "sys.exit(1)\n"
     )
     waiter = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", probe])
     while waiter.poll() is None:
@@ -325,7 +339,7 @@ def _wait_port(ns: str, ip: str, port: int, proc: subprocess.Popen[bytes], name:
             waiter.wait()
             return False
         time.sleep(0.05)
-    return waiter.returncode == 0
+    return waiter.returncode == 0 and proc.poll() is None
 
 
 def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool = True) -> LabInfo:
@@ -388,7 +402,7 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
                     *_censorscope_argv(),
                     "helper",
                     "--listen",
-                    f"{A.HELPER_V4}:{A.HELPER_PORT}",
+                    f"{A.HELPER_V4}:{HELPER_PORT}",
                     "--resolver",
                     f"{A.RESOLVER_V4}:53",
                     "--allow-private",
@@ -399,8 +413,8 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
         _wait_ready(state, "servers", servers, "servers: ready")
         _wait_ready(state, "censor", censord, "censord: ready")
         if helper_proc is not None:
-            if _wait_port(A.NS_INTERNET, A.HELPER_V4, A.HELPER_PORT, helper_proc, "helper"):
-                helper_url = f"http://{A.HELPER_V4}:{A.HELPER_PORT}/"
+            if _wait_helper(A.NS_INTERNET, A.HELPER_V4, HELPER_PORT, helper_proc):
+                helper_url = f"http://{A.HELPER_V4}:{HELPER_PORT}/"
             else:
                 print(
                     f"lab: warning: control helper did not start; see {state / 'helper.log'}",

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from probes.config import Config
 from probes.measurement import Scrubber, new_report_id, ooni_time
+from probes.net.addresses import is_ip, parse_host_port
 from probes.nettests import nettest_class
 from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
@@ -110,6 +111,18 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         )
     if cls.needs_input and not req.inputs and not req.testlists:
         fail(f"{cls.name} needs inputs: give --input URL or --testlist FILE")
+    for value in req.inputs:
+        problem = cls.input_problem(value)
+        if problem:
+            fail(f"--input {value!r}: {problem}")
+    resolver = req.resolver or cfg.probe.resolver
+    if resolver:
+        try:
+            host, _port = parse_host_port(resolver, 53)
+        except ValueError as exc:
+            fail(f"--resolver {resolver!r}: {exc}")
+        if not is_ip(host):
+            fail(f"--resolver {resolver!r}: give an IP address, optionally with :PORT")
     _check_lists(req.testlists, fail)
 
     ctx = ProbeContext(
@@ -117,7 +130,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         probe_cc=cfg.vantage.probe_cc,
         probe_asn=cfg.vantage.probe_asn,
         probe_network_name=cfg.vantage.network_name,
-        resolver=req.resolver or cfg.probe.resolver,
+        resolver=resolver,
         helpers=req.helpers or list(cfg.probe.helpers),
         timeout=req.timeout or cfg.probe.timeout,
         ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
@@ -180,5 +193,10 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         )
         return EXIT_FAILURE
     if summary.interrupted:
+        print(
+            f"censorscope: interrupted; what finished is stored. "
+            f"Continue with --resume {manifest.report_id}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return getattr(nettest, "exit_status", EXIT_OK)

@@ -14,8 +14,9 @@ from probes.fingerprints import (
     blocking_matches,
     load_csv,
 )
+from tests.shared_data import SHARED_DATA
 
-FP_DIR = Path("/work/shared/data/fingerprints")
+FP_DIR = SHARED_DATA / "fingerprints"
 needs_data = pytest.mark.skipif(not FP_DIR.exists(), reason="shared fingerprint data absent")
 HEADER = ",".join(COLUMNS)
 

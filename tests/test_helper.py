@@ -439,6 +439,13 @@ def test_redirect_to_loopback_is_never_followed(resolver: FakeDNSServer, target:
     assert doc["x_http_request"]["failure"] == FORBIDDEN_FAILURE
 
 
+def test_measured_body_is_capped(resolver: FakeDNSServer, web: CountingServer) -> None:
+    with helper(lab_config(resolver, body_cap=16)) as base:
+        doc = control(base, f"http://site.test:{web.port}/", [])
+    assert doc["http_request"]["body_length"] == 16
+    assert doc["x_http_request"]["body_truncated"] is True
+
+
 def test_redirects_keep_cookies(resolver: FakeDNSServer, web: CountingServer) -> None:
     with helper(lab_config(resolver)) as base:
         doc = control(base, f"http://site.test:{web.port}/login", [])

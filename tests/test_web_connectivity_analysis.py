@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,9 @@ from probes.nettests.web_connectivity_analysis import (
     dns_consistency,
     is_bogon,
 )
+from tests.shared_data import SHARED_DATA
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 OONI = DATA / "ooni"
 FINGERPRINTS = DATA / "fingerprints"
 needs_data = pytest.mark.skipif(not OONI.exists(), reason="shared OONI reference data absent")
@@ -457,10 +457,11 @@ def test_reference_data_has_the_expected_measurements() -> None:
 def test_v04_agrees_with_ooni(
     name: str, line: int, m: dict[str, Any], fps: Fingerprints | None
 ) -> None:
-    """100% agreement on every analysis key for the algorithm we implement (none excluded)."""
-    ours = analyze(
-        m["test_keys"], url=m["input"], fingerprints=fps, asn_lookup=FACEBOOK_ASN.get
-    ).as_test_keys()
+    """100% agreement on every analysis key for the algorithm we implement (none excluded).
+
+    Without fingerprints: OONI's probe does not consult them (its pipeline does, later); with
+    them, real:1 is confirmed blocked (see the Kominfo test below)."""
+    ours = analyze(m["test_keys"], url=m["input"], asn_lookup=FACEBOOK_ASN.get).as_test_keys()
     assert {k: ours[k] for k in COMPARED} == {k: m["test_keys"][k] for k in COMPARED}
 
 
@@ -495,7 +496,7 @@ V05_EXPECTED_DIFFERENT = {
 def test_v05_agreement_and_every_difference_is_explained(fps: Fingerprints | None) -> None:
     differ = set()
     for name, line, m in V05:
-        ours = analyze(m["test_keys"], url=m["input"], fingerprints=fps).as_test_keys()
+        ours = analyze(m["test_keys"], url=m["input"]).as_test_keys()
         if ours["blocking"] != m["test_keys"]["blocking"]:
             differ.add((name, line))
     assert differ == V05_EXPECTED_DIFFERENT
@@ -503,14 +504,18 @@ def test_v05_agreement_and_every_difference_is_explained(fps: Fingerprints | Non
 
 
 @needs_data
-def test_known_blockpage_redirect_is_named_even_when_v04_says_accessible(
+def test_known_blockpage_redirect_confirms_blocking_where_v04_says_accessible(
     fps: Fingerprints | None,
 ) -> None:
-    """real:1 (ID, archive.org) was redirected to Kominfo's blockpage; v0.4 calls it accessible."""
+    """real:1 (ID, archive.org) was redirected to Kominfo's blockpage; v0.4 calls it accessible,
+    the fingerprint confirms the block (as OONI's fastpath does), so we say http-diff."""
     if fps is None:
         pytest.skip("fingerprint files absent")
     name, line, m = V04[0]
     assert (name, line) == ("web_connectivity_real.jsonl", 1)
+    assert analyze(m["test_keys"], url=m["input"]).blocking is False
     v = analyze(m["test_keys"], url=m["input"], fingerprints=fps)
-    assert v.blocking is False
+    assert v.blocking == "http-diff"
+    assert v.accessible is False
+    assert v.blocking_detail == "http.blockpage"
     assert v.blocking_fingerprint == "ooni.id_lamanlabuh_kominfo"

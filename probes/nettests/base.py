@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probes.measurement import Scrubber
+from probes.net.addresses import parse_host_port
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Nettest(abc.ABC):
     async def measure(self, input_: str | None) -> dict[str, Any]:
         """Measure one input and return its test_keys (with `blocking` and `blocking_detail`)."""
 
+    @classmethod
+    def input_problem(cls, input_: str) -> str | None:
+        """Why an input cannot be measured by this nettest (None: it can)."""
+        return None
+
     def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
         """test_keys for an input the runner had to abandon (its time budget ran out)."""
         return {"failure": failure, "blocking": None, "blocking_detail": None}
@@ -65,4 +71,6 @@ class Nettest(abc.ABC):
     @property
     def resolver_ip(self) -> str:
         """The resolver address written into the base keys (empty: the system's)."""
-        return (self.ctx.resolver or "").rsplit(":", 1)[0].strip("[]") if self.ctx.resolver else ""
+        if not self.ctx.resolver:
+            return ""
+        return parse_host_port(self.ctx.resolver, 53)[0]

@@ -61,18 +61,16 @@ class WebConnectivity(Nettest):
     async def close(self) -> None:
         await self.control.aclose()
 
-    @staticmethod
-    def check_input(input_: str | None) -> tuple[str, str, int]:
-        if not input_:
-            raise SetupError("web_connectivity needs a URL input")
+    @classmethod
+    def input_problem(cls, input_: str) -> str | None:
         try:
             parts = urlsplit(input_)
-            port = parts.port
+            _ = parts.port
         except ValueError as exc:
-            raise SetupError(f"input {input_!r}: not a valid URL: {exc}") from exc
+            return f"not a valid URL: {exc}"
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise SetupError(f"input {input_!r}: needs an http:// or https:// URL with a host")
-        return parts.scheme, parts.hostname, port or DEFAULT_PORTS[parts.scheme]
+            return "needs an http:// or https:// URL with a host"
+        return None
 
     async def _resolve(self, host: str, t_zero: float) -> list[DNSResult]:
         return await resolve_both(
@@ -83,8 +81,18 @@ class WebConnectivity(Nettest):
         )
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
-        scheme, host, port = self.check_input(input_)
-        assert input_ is not None
+        problem = self.input_problem(input_ or "")
+        if input_ is None or problem:
+            # A bad row in a list must not stop the run: record why it was not measured.
+            return {
+                "failure": f"unknown_failure: {problem}",
+                "blocking": None,
+                "blocking_detail": None,
+                "accessible": None,
+            }
+        parts = urlsplit(input_)
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or DEFAULT_PORTS[scheme]
         t_zero = time.monotonic()
         keys: dict[str, Any] = {
             "agent": "redirect",

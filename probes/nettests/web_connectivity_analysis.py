@@ -743,6 +743,18 @@ def analyze(
         dns_fps, http_fps = _fingerprint_matches(test_keys, hostname, fingerprints)
     dns_fp, http_fp = _best(dns_fps), _best(http_fps)
 
+    accessible = summary.accessible
+    # A known block page (or a known forged DNS answer) confirms blocking even where v0.4's
+    # comparisons pass (e.g. a block page served with the same headers and status as the
+    # site): OONI's fastpath marks such measurements "confirmed" the same way. Patterns of
+    # scope `fp` never count (blocking_matches drops them).
+    if blocking is False and not summary.website_down and (dns_fp or http_fp):
+        accessible = False
+        if dns_fp is not None or consistency == INCONSISTENT:
+            blocking = BLOCKING_DNS
+        else:
+            blocking = BLOCKING_HTTP_DIFF
+
     detail: str | None = None
     named = dns_fp or http_fp
     if blocking == BLOCKING_DNS:
@@ -756,7 +768,7 @@ def analyze(
     return WebConnectivityVerdict(
         dns_consistency=consistency,
         http=http,
-        accessible=summary.accessible,
+        accessible=accessible,
         blocking=blocking,
         blocking_detail=detail,
         blocking_fingerprint=named.name if named is not None else None,

@@ -12,11 +12,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.shared_data import SHARED_DATA
+
 _REPO = Path(__file__).resolve().parents[2]
 CANDIDATE_PATHS = (
     _REPO / "analysis" / "data" / "fingerprints_http.csv",
     _REPO / "data" / "fingerprints" / "fingerprints_http.csv",
-    Path("/work/shared/data/fingerprints/fingerprints_http.csv"),
+    SHARED_DATA / "fingerprints" / "fingerprints_http.csv",
 )
 
 

@@ -153,7 +153,8 @@ class FakeDNSServer:
         )
         out: list[tuple[float, bytes]] = []
         for delay, msg in self.plan(query):
-            out.append((delay, msg if isinstance(msg, bytes) else msg.to_wire()))
+            # Zone order, not dnspython's default shuffle: tests decide which address comes first.
+            out.append((delay, msg if isinstance(msg, bytes) else msg.to_wire(want_shuffle=False)))
         return out
 
     # -- transports --------------------------------------------------------------------------
