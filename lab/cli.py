@@ -115,6 +115,10 @@ def demo(
 
     _require_root()
     lab = _up(scenario)
+    if not lab.helper_url:
+        topology.down()
+        typer.echo("censorscope lab: the control helper did not start (see helper.log)", err=True)
+        raise typer.Exit(1)
     try:
         out = results or Path(tempfile.mkdtemp(prefix="censorscope-lab-demo-"))
         failed = False

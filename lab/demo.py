@@ -27,8 +27,12 @@ class Finding:
 
     @property
     def correct(self) -> bool:
-        open_expected = None if self.mechanism == "down" else False
-        return self.cn == self.expected and self.open == open_expected
+        """Verdict and evidence as the ground truth says at cn, nothing blocked at open."""
+        return (
+            self.cn == self.expected
+            and self.cn_detail == self.expected_detail
+            and self.open is False
+        )
 
 
 def run_probe(
@@ -47,6 +51,8 @@ def run_probe(
         vantage,
         "--ca-file",
         lab.ca_pem,
+        "--fingerprints",
+        lab.fingerprints,
         "--no-progress",
     ]
     if lab.helper_url:

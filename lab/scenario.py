@@ -18,17 +18,23 @@ from typing import Any
 from lab import addresses
 
 # Block kind -> (expected OONI web_connectivity `blocking`, `blocking_detail`, required scheme).
+# The details are the probe's vocabulary (docs/methodology.md), i.e. the evidence a probe at the
+# vantage can have: an injected DNS answer looks inconsistent with the control, an injected RST
+# is a reset, a drop is a timeout; throttling is invisible to web_connectivity; a site that is
+# down everywhere is "down, not blocked" (blocking false, as OONI v0.5 reports it). A block
+# page is "http.blockpage" when the probe knows the censor's page as a blocking fingerprint
+# (the lab publishes it, see `LabInfo.fingerprints`), as OONI knows national block pages.
 BLOCK_KINDS: dict[str, tuple[str | bool | None, str | None, str | None]] = {
     "none": (False, None, None),
-    "dns_inject": ("dns", "dns.injected", None),
+    "dns_inject": ("dns", "dns.inconsistent", None),
     "dns_nxdomain": ("dns", "dns.nxdomain", None),
     "dns_bogon": ("dns", "dns.bogon", None),
-    "http_rst": ("http-failure", "tcp.rst_injected", "http"),
+    "http_rst": ("http-failure", "http.reset", "http"),
     "sni_rst": ("http-failure", "tls.sni_reset", "https"),
-    "blackhole": ("tcp_ip", "tcp.blackhole", None),
+    "blackhole": ("tcp_ip", "tcp.timeout", None),
     "blockpage": ("http-diff", "http.blockpage", "http"),
-    "throttle": (False, "throttled", None),
-    "down": (None, None, None),
+    "throttle": (False, None, None),
+    "down": (False, None, None),
 }
 
 DEFAULT_BLOCKPAGE_TITLE = "Access Denied - National Information Security Filter"
@@ -117,7 +123,7 @@ class Scenario:
         return [d.url for d in self.domains]
 
     def ground_truth(self) -> dict[str, dict[str, Any]]:
-        """URL -> expected verdict at the censored vantage (the open vantage expects none)."""
+        """URL -> expected verdict at the censored vantage (the open vantage: blocking false)."""
         return {d.url: d.expected for d in self.domains}
 
     def to_toml(self) -> str:

@@ -9,6 +9,7 @@ start of `up` and when `up` fails half-way.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # cannot have addresses.HELPER_PORT (8080): uvicorn's bind fails and the echo server answers in
 # its place. 8008 is served by nothing else.
 HELPER_PORT = 8008
+FINGERPRINTS_FILE = "fingerprints_http.csv"
 
 
 class LabError(RuntimeError):
@@ -70,6 +72,11 @@ class LabInfo:
     @property
     def resolver(self) -> str:
         return f"{self.resolver_v4}:53"
+
+    @property
+    def fingerprints(self) -> str:
+        """The censor's block page as an OONI blocking-fingerprints CSV (give it to the probe)."""
+        return str(Path(self.state_dir) / FINGERPRINTS_FILE)
 
     def run(
         self, vantage: str, argv: list[str], *, timeout: float = 60.0, input: str | None = None
@@ -280,6 +287,37 @@ def _censorscope_argv() -> list[str]:
     return [sys.executable, "-c", "import sys; from probes.cli import main; sys.exit(main())"]
 
 
+def _write_fingerprints(scen: scenario_mod.Scenario, path: Path) -> None:
+    """The block page the censor serves, in ooni/blocking-fingerprints' HTTP CSV format.
+
+    OONI keeps such rows for national block pages; a probe that knows the page can tell a
+    block page from the site even when status and headers match (v0.4 cannot).
+    """
+    c = scen.censor
+    body = c.blockpage_body.replace("{title}", c.blockpage_title)
+    kind, pattern = ("contains", c.blockpage_title) if c.blockpage_title in body else ("full", body)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(
+            [
+                "name",
+                "scope",
+                "other_names",
+                "location_found",
+                "pattern_type",
+                "pattern",
+                "confidence_no_fp",
+                "expected_countries",
+                "source",
+                "exp_url",
+                "notes",
+            ]
+        )
+        out.writerow(
+            ["cslab.blockpage", "nat", "", "body", kind, pattern, "10", "", "censorscope-lab", "", ""]
+        )
+
+
 def _record(state: Path, name: str, pid: int, argv: list[str]) -> None:
     path = state / "pids.json"
     pids = json.loads(path.read_text()) if path.exists() else {}
@@ -360,6 +398,7 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
         if replace(scenario_mod.load(scen_path), source="") != replace(scen, source=""):
             raise LabError(f"{scen.source}: scenario did not survive a TOML round trip")
         make_ca(state / "ca.pem", state / "ca-key.pem")
+        _write_fingerprints(scen, state / FINGERPRINTS_FILE)
         _build_network(scen)
         servers = _spawn(
             state,

@@ -240,7 +240,8 @@ class Scrubber:
     """
 
     def __init__(self, own_addresses: Iterable[str] = ()) -> None:
-        self._patterns: dict[str, re.Pattern[str]] = {}
+        self._forms: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
         for ip in own_addresses:
             self.learn(ip)
 
@@ -248,23 +249,29 @@ class Scrubber:
         """Add an address of the probe's own (never the scrubbing placeholders themselves)."""
         if not ip or ip in (SCRUBBED_PROBE_IP, "::1", "0.0.0.0", "::"):
             return
-        for form in _normalised_forms(ip):
-            self._patterns.setdefault(form, _ip_pattern(form))
+        forms = _normalised_forms(ip) - self._forms
+        if forms:
+            self._forms |= forms
+            # One alternation for all addresses: one pass over the text per measurement.
+            self._pattern = re.compile(
+                "|".join(
+                    _ip_pattern(form).pattern for form in sorted(self._forms, key=len, reverse=True)
+                ),
+                re.IGNORECASE,
+            )
 
     @property
     def addresses(self) -> list[str]:
-        return sorted(self._patterns)
+        return sorted(self._forms)
 
     def scrub_text(self, text: str) -> str:
-        for pattern in self._patterns.values():
-            text = pattern.sub(SCRUBBED, text)
-        return text
+        return self._pattern.sub(SCRUBBED, text) if self._pattern is not None else text
 
     def scrub(self, measurement: Measurement) -> Measurement:
         """Return a scrubbed copy: probe_ip set to 127.0.0.1, the addresses replaced elsewhere."""
         data = measurement.to_dict()
         data["probe_ip"] = SCRUBBED_PROBE_IP
-        if not self._patterns:
+        if self._pattern is None:
             return Measurement.from_dict(data) if measurement.key_order else _rebuild(data)
         text = orjson.dumps(data).decode()
         cleaned = orjson.loads(self.scrub_text(text))
