@@ -155,9 +155,15 @@ def compare(case: Case, fingerprints: Fingerprints | None) -> dict[str, tuple[An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--fingerprints", type=Path, default=DEFAULT_FINGERPRINTS)
+    parser.add_argument(
+        "--fingerprints",
+        type=Path,
+        default=None,
+        help=f"also confirm block pages with these fingerprints (e.g. {DEFAULT_FINGERPRINTS}); "
+        "OONI's probe does not, so agreement is measured without them by default",
+    )
     args = parser.parse_args(argv)
-    fps = Fingerprints.from_dir(args.fingerprints) if args.fingerprints.exists() else None
+    fps = Fingerprints.from_dir(args.fingerprints) if args.fingerprints else None
 
     by_family: dict[str, list[tuple[Case, dict[str, tuple[Any, Any]]]]] = defaultdict(list)
     for case in cases(args.data):
@@ -179,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             if ours == theirs:
                 continue
             reason = REASONS.get(case.where)
+            if reason is None and fps is not None and result["blocking"][0] in ("http-diff", "dns"):
+                tk = case.measurement.get("test_keys") or {}
+                named = analyze(tk, url=case.measurement.get("input"), fingerprints=fps)
+                if named.blocking_fingerprint:
+                    reason = (
+                        f"confirmed by fingerprint {named.blocking_fingerprint} "
+                        "(OONI's probe does not match fingerprints; its pipeline does)"
+                    )
             if reason is None:
                 unexplained += 1
                 reason = "UNEXPLAINED"
