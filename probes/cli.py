@@ -6,9 +6,7 @@ line or field), 1 any other failure.
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -156,6 +154,21 @@ def _mount_lab() -> None:
 _mount_lab()
 
 
+def _register_commands() -> None:
+    """Add the commands of probes/commands/*.py (each module has `register(app)`)."""
+    import importlib
+    import pkgutil
+
+    import probes.commands
+
+    for info in sorted(pkgutil.iter_modules(probes.commands.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"probes.commands.{info.name}")
+        module.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -165,12 +178,5 @@ def main() -> None:
         sys.exit(EXIT_FAILURE)
 
 
-def today() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d")
-
-
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["app", "asyncio", "main"]
