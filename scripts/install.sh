@@ -13,10 +13,14 @@ if [[ "${1:-}" == "--dev" ]]; then
     dev=1
 fi
 
+# System packages: the lab's always; the test suite's (e.g. chromium for the report test) with --dev.
+lists=(lab/DEBIAN_PACKAGES.txt)
+((dev)) && lists+=(tests/DEBIAN_PACKAGES.txt)
 packages=()
-if [[ -f lab/DEBIAN_PACKAGES.txt ]]; then
-    mapfile -t packages < <(grep -v '^\s*#' lab/DEBIAN_PACKAGES.txt | grep -v '^\s*$')
-fi
+for list in "${lists[@]}"; do
+    [[ -f "$list" ]] || continue
+    mapfile -t -O "${#packages[@]}" packages < <(grep -v '^\s*#' "$list" | grep -v '^\s*$')
+done
 
 if command -v apt-get >/dev/null 2>&1 && ((${#packages[@]})); then
     missing=()
