@@ -314,7 +314,19 @@ def _write_fingerprints(scen: scenario_mod.Scenario, path: Path) -> None:
             ]
         )
         out.writerow(
-            ["cslab.blockpage", "nat", "", "body", kind, pattern, "10", "", "censorscope-lab", "", ""]
+            [
+                "cslab.blockpage",
+                "nat",
+                "",
+                "body",
+                kind,
+                pattern,
+                "10",
+                "",
+                "censorscope-lab",
+                "",
+                "",
+            ]
         )
 
 

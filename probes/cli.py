@@ -82,6 +82,46 @@ def run(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Force the progress bar on/off.")
     ] = None,
+    dns_resolver: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="dns_consistency: a resolver, repeatable: system, IP[:PORT], udp://, tcp://, "
+            "tls:// (DoT), https://... (DoH)."
+        ),
+    ] = None,
+    control_resolver: Annotated[
+        str | None, typer.Option(help="dns_consistency: a trusted resolver (same forms).")
+    ] = None,
+    dns_probe_address: Annotated[
+        list[str] | None,
+        typer.Option(help="dns_consistency: IP[:PORT] running no DNS server; answers are forged."),
+    ] = None,
+    bogon_exempt: Annotated[
+        list[str] | None,
+        typer.Option(help="CIDR holding real servers (a lab's private 'internet'); repeatable."),
+    ] = None,
+    listen_window: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="DNS: seconds to keep listening after the first answer."),
+    ] = None,
+    placement: Annotated[
+        list[str] | None,
+        typer.Option(help="http_keyword: path, query, host, body, sni (repeatable; default all)."),
+    ] = None,
+    residual_window: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="http_keyword: seconds a triggered endpoint stays tainted."),
+    ] = None,
+    keyword_tries: Annotated[
+        int | None, typer.Option(min=1, max=20, help="http_keyword: tries of a failing keyword.")
+    ] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="message_delivery: the channel adapter (relay, ...).")
+    ] = None,
+    delivery_deadline: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="message_delivery: seconds to wait for a message."),
+    ] = None,
 ) -> None:
     """Run a nettest over inputs and store OONI-format measurements."""
     from probes.run_command import RunRequest, execute_run
@@ -103,6 +143,22 @@ def run(
         fingerprints=list(fingerprints or []),
         ca_file=ca_file,
         progress=progress,
+        nettest_options={
+            key: value
+            for key, value in {
+                "dns_resolvers": dns_resolver,
+                "control_resolver": control_resolver,
+                "dns_probe_addresses": dns_probe_address,
+                "listen_window": listen_window,
+                "bogon_exempt": bogon_exempt,
+                "placements": placement,
+                "residual_window": residual_window,
+                "keyword_tries": keyword_tries,
+                "channel": channel,
+                "delivery_deadline": delivery_deadline,
+            }.items()
+            if value is not None
+        },
     )
     status = execute_run(cfg, request, fail=fail)
     raise typer.Exit(status)
@@ -118,10 +174,33 @@ def helper(
         bool, typer.Option(help="Allow connections to private/loopback addresses (labs only).")
     ] = False,
     ca_file: Annotated[Path | None, typer.Option(help="Extra CA bundle trusted for TLS.")] = None,
+    echo_ports: Annotated[
+        list[int] | None, typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable).")
+    ] = None,
+    tls_echo_ports: Annotated[
+        list[int] | None, typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable).")
+    ] = None,
+    relay: Annotated[
+        bool,
+        typer.Option(
+            "--relay/--no-relay",
+            help="Serve message mailboxes (message_delivery's relay channel); a bearer token "
+            "is required when CENSORSCOPE_RELAY_TOKEN is set.",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the control test helper (OONI web-connectivity protocol)."""
-    from backend.helper import HelperConfig, serve
+    """Serve the control test helper (OONI web-connectivity protocol), echo ports and relay."""
+    import os
 
+    from backend.helper import EchoConfig, HelperConfig, RelayConfig, parse_listen, serve
+
+    try:
+        host, _port = parse_listen(listen)
+    except ValueError as exc:
+        fail(str(exc))
+    echo = None
+    if echo_ports or tls_echo_ports:
+        echo = EchoConfig(host, list(echo_ports or []), list(tls_echo_ports or []))
     serve(
         listen,
         HelperConfig(
@@ -129,6 +208,10 @@ def helper(
             allow_private=allow_private,
             ca_file=str(ca_file) if ca_file else None,
         ),
+        echo=echo,
+        relay=RelayConfig(token=os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None)
+        if relay
+        else None,
     )
 
 
@@ -162,8 +245,15 @@ def _register_commands() -> None:
     import probes.commands
 
     for info in sorted(pkgutil.iter_modules(probes.commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"probes.commands.{info.name}")
-        module.register(app)
+        try:
+            module = importlib.import_module(f"probes.commands.{info.name}")
+            register = module.register
+        except Exception as exc:
+            # One broken optional command (e.g. a missing extra) must not take the probe down;
+            # tests/test_cli_commands.py fails on it, so it never ships broken.
+            print(f"censorscope: command module {info.name} unavailable: {exc}", file=sys.stderr)
+            continue
+        register(app)
 
 
 _register_commands()

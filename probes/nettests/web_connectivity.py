@@ -17,18 +17,38 @@ from urllib.parse import urlsplit
 
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.net.addresses import is_ip
-from probes.net.dns import DNSResult, resolve_both
+from probes.net.dns import DNSResult, resolve, resolve_both
 from probes.net.http import DEFAULT_HEADERS, http_get
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest, SetupError
-from probes.nettests.control import ControlClient
+from probes.nettests.control import ControlClient, ControlResult
 from probes.nettests.web_connectivity_analysis import analyze
 
 # Share of the per-input budget given to each step; the helper's own budget is similar.
 DNS_TIMEOUT_SHARE = 0.2
 CONNECT_TIMEOUT_SHARE = 0.2
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Retries, so that one lost datagram or a busy helper does not decide a verdict. DNS: a UDP
+# query that timed out is asked once more (glibc's stub resolver also tries twice, `attempts:2`
+# in resolv.conf(5)), each attempt getting half of the DNS share. The helper: a 503/429 ("too
+# many requests in flight, retry later") or a refused/reset connection is retried with
+# exponential backoff, as OONI's probe falls back to another helper when one fails.
+DNS_ATTEMPTS = 2
+CONTROL_ATTEMPTS = 3
+CONTROL_BACKOFF_S = 0.5
+# Control requests in flight at once. httpx's pool holds 100 connections by default and
+# httpcore re-scans every queued request against every connection on each event, so with more
+# requests than connections the probe spent most of its CPU there (cProfile, docs/benchmarks.md
+# "Throughput in the lab"); 64 also stays under the helper's max_inflight (100) before its 503.
+CONTROL_MAX_INFLIGHT = 64
+_CONTROL_RETRYABLE = (
+    "status 503",
+    "status 429",
+    "connection_refused",
+    "connection_reset",
+    "eof_error",
+)
 
 
 def _endpoint(ip: str, port: int) -> str:
@@ -49,6 +69,7 @@ class WebConnectivity(Nettest):
         except (FingerprintError, OSError) as exc:
             raise SetupError(f"fingerprints: {exc}") from exc
         self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+        self._control_slots = asyncio.Semaphore(CONTROL_MAX_INFLIGHT)
         self.exit_status = 0
         problem = await self.control.choose()
         if problem:
@@ -73,12 +94,44 @@ class WebConnectivity(Nettest):
         return None
 
     async def _resolve(self, host: str, t_zero: float) -> list[DNSResult]:
-        return await resolve_both(
-            host,
-            resolver=self.ctx.resolver,
-            timeout=self.ctx.timeout * DNS_TIMEOUT_SHARE,
-            t_zero=t_zero,
+        """A and AAAA; a query that timed out is retried once (every attempt is recorded)."""
+        timeout = self.ctx.timeout * DNS_TIMEOUT_SHARE / DNS_ATTEMPTS
+        results = await resolve_both(
+            host, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero
         )
+        for _ in range(DNS_ATTEMPTS - 1):
+            lost = [i for i, r in enumerate(results) if r.failure == "generic_timeout_error"]
+            if not lost:
+                break
+            again = await asyncio.gather(
+                *(
+                    resolve(
+                        host,
+                        query_type=results[i].query_type,
+                        resolver=self.ctx.resolver,
+                        timeout=timeout,
+                        t_zero=t_zero,
+                    )
+                    for i in lost
+                )
+            )
+            for i, retry in zip(lost, again, strict=True):
+                retry.queries = results[i].queries + retry.queries
+                results[i] = retry
+        return results
+
+    async def _control(self, url: str, endpoints: list[str]) -> ControlResult:
+        """The helper's view; retried when the helper is busy or the connection broke."""
+        result = ControlResult()
+        for attempt in range(CONTROL_ATTEMPTS):
+            async with self._control_slots:
+                result = await self.control.measure(url, endpoints, DEFAULT_HEADERS)
+            failure = result.failure or ""
+            if not any(f in failure for f in _CONTROL_RETRYABLE):
+                break
+            if attempt + 1 < CONTROL_ATTEMPTS:
+                await asyncio.sleep(CONTROL_BACKOFF_S * 2**attempt)
+        return result
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
         problem = self.input_problem(input_ or "")
@@ -125,7 +178,7 @@ class WebConnectivity(Nettest):
         endpoints = [_endpoint(ip, port) for ip in addrs]
 
         # 2. Control request and TCP connects run together.
-        control_task = asyncio.create_task(self.control.measure(input_, endpoints, DEFAULT_HEADERS))
+        control_task = asyncio.create_task(self._control(input_, endpoints))
         connects: list[TCPResult] = await asyncio.gather(
             *(
                 tcp_connect(

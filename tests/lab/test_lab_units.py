@@ -23,7 +23,8 @@ def test_default_scenario_covers_every_mechanism() -> None:
     truth = s.ground_truth()
     assert truth["http://keyword-reset.example/"]["blocking"] == "http-failure"
     assert truth["https://sni-reset.example/"]["blocking_detail"] == "tls.sni_reset"
-    assert truth["http://gone-away.example/"]["blocking"] is None
+    # Down everywhere: not blocked (OONI v0.5 and our methodology), not inconclusive.
+    assert truth["http://gone-away.example/"]["blocking"] is False
 
 
 @pytest.mark.parametrize(

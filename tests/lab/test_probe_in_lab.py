@@ -114,9 +114,7 @@ def test_censored_vantage_matches_ground_truth(
     fresh_lab: LabInfo, verdicts: dict[str, dict[str, dict[str, Any]]]
 ) -> None:
     truth = fresh_lab.scenario.ground_truth()
-    got = {
-        url: (keys["blocking"], keys["blocking_detail"]) for url, keys in verdicts["cn"].items()
-    }
+    got = {url: (keys["blocking"], keys["blocking_detail"]) for url, keys in verdicts["cn"].items()}
     want = {url: (t["blocking"], t["blocking_detail"]) for url, t in truth.items()}
     wrong = {url: {"probe": got[url], "truth": want[url]} for url in want if got[url] != want[url]}
     assert not wrong
@@ -125,7 +123,9 @@ def test_censored_vantage_matches_ground_truth(
 def test_open_vantage_sees_nothing_blocked(
     verdicts: dict[str, dict[str, dict[str, Any]]],
 ) -> None:
-    blocked = {url: k["blocking"] for url, k in verdicts["open"].items() if k["blocking"] is not False}
+    blocked = {
+        url: k["blocking"] for url, k in verdicts["open"].items() if k["blocking"] is not False
+    }
     assert not blocked
 
 

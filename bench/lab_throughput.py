@@ -1,0 +1,99 @@
+"""web_connectivity throughput in the censor lab: inputs/s and the probe's peak RSS.
+
+A generated scenario (default 1,200 domains, every mechanism in bench's default mix, no loss)
+is brought up and `censorscope run web_connectivity` runs once from cs-vp-cn over all of its
+inputs. inputs/s = inputs stored / wall time of the probe process (start-up included); peak
+RSS comes from wait4(2) on the probe process. DESIGN 7 target: >= 200 inputs/s on 2 cores.
+
+Blocked inputs that end in a timeout (blackhole, injected DNS pointing nowhere, sites that
+are down) hold a slot for seconds, so the figure depends on --concurrency and --timeout as
+much as on CPU; `--mix accessible` measures the CPU-bound case alone.
+
+    python -m bench.lab_throughput [--domains 1200] [--concurrency 256] [--timeout 30]
+        [--mix default|accessible] [--profile FILE.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.accuracy import probe_argv, read_verdicts, start_probe, wait_probe, write_testlist
+from lab import scenario as scenario_mod
+from lab import topology
+
+TARGET_INPUTS_PER_S = 200.0  # DESIGN.md section 7
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lab_throughput", description=__doc__)
+    parser.add_argument("--domains", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--mix", choices=("default", "accessible"), default="default")
+    parser.add_argument("--keep", type=Path, help="keep the probe's results here")
+    parser.add_argument(
+        "--profile", type=Path, help="run the probe under cProfile, write stats here"
+    )
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.lab_throughput: root is required (the censor lab)", file=sys.stderr)
+        return 2
+    mix: dict[str, float] | None = {} if args.mix == "accessible" else None
+    scen = scenario_mod.generate(args.domains, args.seed, mix=mix)
+    work = Path(tempfile.mkdtemp(prefix="censorscope-throughput-"))
+    results = args.keep or work / "results"
+    lab = topology.up(scen)
+    try:
+        inputs = write_testlist(scen.inputs(), work / "inputs.csv")
+        extra = ["--concurrency", str(args.concurrency), "--timeout", str(args.timeout)]
+        cmd = probe_argv(lab, "cn", results, inputs, extra)
+        if args.profile:
+            # Same command, the entry point run under cProfile instead of the console script.
+            at = len(lab.vantages["cn"].exec_prefix)
+            cmd = [
+                *cmd[:at],
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                str(args.profile),
+                "-m",
+                "probes.cli",
+                *cmd[at + len(topology._censorscope_argv()) :],
+            ]
+        started = time.monotonic()
+        run = wait_probe("cn", start_probe(cmd), started)
+    finally:
+        topology.down()
+    verdicts = read_verdicts(results, "cn")
+    shutil.rmtree(work, ignore_errors=True)
+    rate = len(verdicts) / run.seconds
+    kinds = Counter(d.block for d in scen.domains)
+    outcomes = Counter(str(k.get("blocking")) for k in verdicts.values())
+    print(f"scenario {scen.name}: {len(scen.domains)} domains")
+    print("  mechanisms: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+    print(
+        f"  probe: concurrency {args.concurrency}, timeout {args.timeout:g} s, "
+        f"exit {run.returncode}"
+    )
+    print(f"  verdicts: {dict(outcomes)}")
+    print(f"inputs stored: {len(verdicts)} in {run.seconds:.1f} s = {rate:.1f} inputs/s")
+    print(f"peak RSS of the probe: {run.max_rss_kib / 1024:.0f} MiB")
+    if run.returncode != 0:
+        print(f"probe exited {run.returncode}: {run.stderr[-2000:]}")
+    ok = run.returncode == 0 and len(verdicts) == len(scen.domains)
+    verdict = "met" if rate >= TARGET_INPUTS_PER_S else "NOT met"
+    print(f"target >= {TARGET_INPUTS_PER_S:g} inputs/s: {verdict}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
