@@ -20,12 +20,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from backend.helper_config import HelperConfig
+from backend.helper_dnszone import DNSZoneConfig, DNSZoneServer
+from backend.helper_echo import EchoConfig, EchoServer
 from backend.helper_measure import measure
 from backend.helper_protocol import BadRequest, parse_request
+from backend.helper_relay import RelayConfig, mount_relay
 from probes import __version__
 from probes.net.addresses import parse_host_port
 
-__all__ = ["GREETING", "HelperConfig", "create_app", "parse_listen", "serve"]
+__all__ = [
+    "GREETING",
+    "DNSZoneConfig",
+    "EchoConfig",
+    "HelperConfig",
+    "RelayConfig",
+    "create_app",
+    "parse_listen",
+    "serve",
+]
 
 log = logging.getLogger("censorscope.helper")
 
@@ -65,11 +77,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: HelperConfig) -> FastAPI:
-    """The helper's ASGI app for the given settings."""
+def create_app(
+    config: HelperConfig,
+    *,
+    echo: EchoConfig | None = None,
+    relay: RelayConfig | None = None,
+    dns_zone: DNSZoneConfig | None = None,
+) -> FastAPI:
+    """The helper's ASGI app for the given settings (echo ports, DNS zone and relay serve
+    http_keyword and message_delivery; their servers start and stop with the app)."""
     app = FastAPI(
         title="censorscope control helper", docs_url=None, redoc_url=None, openapi_url=None
     )
+    if relay is not None:
+        mount_relay(app, relay)
+    if echo is not None or dns_zone is not None:
+        mount_echo(
+            app,
+            EchoServer(echo or EchoConfig()),
+            DNSZoneServer(dns_zone) if dns_zone is not None else None,
+        )
     load = _Load()
     counter = itertools.count(1)
 
@@ -92,6 +119,19 @@ def create_app(config: HelperConfig) -> FastAPI:
             log.debug("<#%d> done in %.2fs", number, time.monotonic() - started)
 
     return app
+
+
+def mount_echo(app: FastAPI, server: EchoServer, zone: DNSZoneServer | None = None) -> None:
+    """Run the echo ports (and DNS zone) with the app; tell probes where they are (GET /echo)."""
+    for part in (server, zone):
+        if part is not None:
+            app.router.on_startup.append(part.start)
+            app.router.on_shutdown.append(part.stop)
+
+    @app.get("/echo")
+    async def echo_info() -> Response:
+        info = {**server.info(), **(zone.info() if zone is not None else {})}
+        return JSONResponse(info, headers={"server": SERVER_HEADER})
 
 
 async def _control(request: Request, number: int, config: HelperConfig) -> Response:
@@ -133,7 +173,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
-def serve(listen: str, config: HelperConfig) -> None:
+def serve(
+    listen: str,
+    config: HelperConfig,
+    *,
+    echo: EchoConfig | None = None,
+    relay: RelayConfig | None = None,
+    dns_zone: DNSZoneConfig | None = None,
+) -> None:
     """Run the helper under uvicorn until interrupted."""
     host, port = parse_listen(listen)
     if not logging.getLogger().handlers:
@@ -147,7 +194,7 @@ def serve(listen: str, config: HelperConfig) -> None:
         ",".join(config.exempt_networks) or "-",
     )
     uvicorn.run(
-        create_app(config),
+        create_app(config, echo=echo, relay=relay, dns_zone=dns_zone),
         host=host,
         port=port,
         access_log=False,  # we log one line per control request ourselves

@@ -100,6 +100,12 @@ def run(
         list[str] | None,
         typer.Option(help="CIDR holding real servers (a lab's private 'internet'); repeatable."),
     ] = None,
+    sni_endpoint: Annotated[
+        str | None, typer.Option(help="sni_blocking: IP:PORT to handshake with (default: DNS).")
+    ] = None,
+    control_sni: Annotated[
+        str | None, typer.Option(help="sni_blocking: the control SNI [example.com].")
+    ] = None,
     listen_window: Annotated[
         float | None,
         typer.Option(min=0.0, help="DNS: seconds to keep listening after the first answer."),
@@ -180,6 +186,16 @@ def helper(
     tls_echo_ports: Annotated[
         list[int] | None, typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable).")
     ] = None,
+    dns_zone: Annotated[
+        str | None,
+        typer.Option(help="http_keyword: serve this DNS zone (every name: --dns-answer)."),
+    ] = None,
+    dns_listen: Annotated[
+        str, typer.Option(help="IP:PORT of the zone's DNS server (UDP).")
+    ] = "127.0.0.1:5353",
+    dns_answer: Annotated[
+        str | None, typer.Option(help="The A record of every name in --dns-zone (this host's IP).")
+    ] = None,
     relay: Annotated[
         bool,
         typer.Option(
@@ -192,7 +208,14 @@ def helper(
     """Serve the control test helper (OONI web-connectivity protocol), echo ports and relay."""
     import os
 
-    from backend.helper import EchoConfig, HelperConfig, RelayConfig, parse_listen, serve
+    from backend.helper import (
+        DNSZoneConfig,
+        EchoConfig,
+        HelperConfig,
+        RelayConfig,
+        parse_listen,
+        serve,
+    )
 
     try:
         host, _port = parse_listen(listen)
@@ -201,6 +224,13 @@ def helper(
     echo = None
     if echo_ports or tls_echo_ports:
         echo = EchoConfig(host, list(echo_ports or []), list(tls_echo_ports or []))
+    zone = None
+    if dns_zone:
+        try:
+            dns_host, dns_port = parse_listen(dns_listen)
+        except ValueError as exc:
+            fail(f"--dns-listen: {exc}")
+        zone = DNSZoneConfig(dns_zone, dns_answer or host, dns_host, dns_port)
     serve(
         listen,
         HelperConfig(
@@ -209,6 +239,7 @@ def helper(
             ca_file=str(ca_file) if ca_file else None,
         ),
         echo=echo,
+        dns_zone=zone,
         relay=RelayConfig(token=os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None)
         if relay
         else None,
@@ -256,7 +287,10 @@ def _register_commands() -> None:
         register(app)
 
 
-_register_commands()
+# Under `python -m probes.cli` this file runs as __main__, a second copy of the module: only the
+# real `probes.cli` registers commands (their modules import names from it).
+if __name__ != "__main__":
+    _register_commands()
 
 
 def main() -> None:
@@ -269,4 +303,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from probes.cli import main as _real_main
+
+    _real_main()

@@ -51,14 +51,27 @@ class ProbeConfig:
 
 
 @dataclass
+class UploadConfig:
+    """Where `upload` and the scheduler send measurements (token: or CENSORSCOPE_UPLOAD_TOKEN)."""
+
+    collector: str = ""
+    token: str = ""
+
+
+@dataclass
 class Config:
     vantage: VantageConfig = field(default_factory=VantageConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
     source: str = "(defaults)"
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-_SECTIONS: dict[str, Any] = {"vantage": VantageConfig, "probe": ProbeConfig}
+_SECTIONS: dict[str, Any] = {
+    "vantage": VantageConfig,
+    "probe": ProbeConfig,
+    "upload": UploadConfig,
+}
 
 
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:

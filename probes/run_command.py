@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from probes.config import Config
 from probes.measurement import Scrubber, new_report_id, ooni_time
@@ -22,6 +22,8 @@ from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
 from probes.runner import RunOptions, RunSummary, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -47,12 +49,48 @@ class RunRequest:
     fingerprints: list[Path] = field(default_factory=list)
     ca_file: Path | None = None
     progress: bool | None = None
+    # Nettest-specific options (dns_consistency's resolvers, --pcap, ...): into ctx.options.
+    nettest_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (it roughly halves the probe's CPU per input), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run with the fastest event loop available."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(coro)
 
 
 def _inputs(testlists: list[Path], inputs: list[str]) -> Iterator[str]:
     from probes.testlists import iter_inputs
 
     return iter_inputs(testlists, inputs)
+
+
+def _keyword_inputs(path: Path) -> Iterator[str]:
+    """Keyword nettests (`keyword_inputs = True`): one input per keyword, `A+B` a combination."""
+    from probes.testlists import iter_keywords
+
+    for keyword in iter_keywords(path):
+        yield "+".join(keyword.parts)
+
+
+def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> None:
+    from probes.testlists import ListError
+
+    try:
+        next(_keyword_inputs(path), None)
+    except ListError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{path}: cannot read: {exc.strerror or exc}")
 
 
 def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> None:
@@ -80,6 +118,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "testlists": [str(p) for p in req.testlists],
         "keywords": str(req.keywords) if req.keywords else None,
         "repeat": req.repeat,
+        "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
     if req.resume:
@@ -99,6 +138,10 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             req.testlists = [Path(p) for p in saved.get("testlists") or []]
         if req.repeat == 1:
             req.repeat = int(saved.get("repeat") or 1)
+        if req.keywords is None and saved.get("keywords"):
+            req.keywords = Path(saved["keywords"])
+        if not req.nettest_options:
+            req.nettest_options = dict(saved.get("nettest_options") or {})
     else:
         now = datetime.now(UTC)
         manifest = ReportManifest(
@@ -124,6 +167,11 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         if not is_ip(host):
             fail(f"--resolver {resolver!r}: give an IP address, optionally with :PORT")
     _check_lists(req.testlists, fail)
+    keyword_inputs = getattr(cls, "keyword_inputs", False) and not req.inputs
+    if keyword_inputs:
+        if req.keywords is None:
+            fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
+        _check_keywords(req.keywords, fail)
 
     ctx = ProbeContext(
         vantage=vantage,
@@ -136,7 +184,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
         fingerprint_files=[str(p) for p in req.fingerprints] or list(cfg.probe.fingerprints),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
-        options={"keywords": req.keywords},
+        options={**req.nettest_options, "keywords": req.keywords},
     )
     run_options = RunOptions(
         concurrency=req.concurrency or cfg.probe.concurrency,
@@ -153,7 +201,12 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         print(f"censorscope: moved a torn last line aside to {writer.torn_tail}", file=sys.stderr)
     done = store.done_inputs(manifest) if req.resume else {}
     nettest = cls(ctx)
-    inputs = expand_repeats(_inputs(req.testlists, req.inputs), req.repeat, dict(done))
+    source = (
+        _keyword_inputs(req.keywords)
+        if keyword_inputs and req.keywords
+        else _inputs(req.testlists, req.inputs)
+    )
+    inputs = expand_repeats(source, req.repeat, dict(done))
 
     async def go() -> RunSummary:
         await nettest.setup()
@@ -165,7 +218,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             await nettest.close()
 
     try:
-        summary = asyncio.run(go())
+        summary = run_async(go())
     except SetupError as exc:
         writer.close()
         fail(str(exc))

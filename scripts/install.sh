@@ -41,7 +41,7 @@ fi
 
 # The lab extra compiles against libnetfilter-queue: only when the library is there.
 extras=()
-((dev)) && extras+=(dev)
+((dev)) && extras+=(dev dask)
 dpkg-query -W -f='${Status}' libnetfilter-queue-dev 2>/dev/null | grep -q "ok installed" && extras+=(lab)
 spec="."
 if ((${#extras[@]})); then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi

@@ -73,10 +73,16 @@ def _http_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
 
 
-def make_client(*, ca_file: str | None = None, max_connections: int = 1024) -> httpx.AsyncClient:
-    """A client to share between http_get calls (one pool, one cached SSL context)."""
+def make_client(
+    *, ca_file: str | None = None, max_connections: int = 1024, verify: bool = True
+) -> httpx.AsyncClient:
+    """A client to share between http_get calls (one pool, one cached SSL context).
+
+    ``verify=False`` is for echo endpoints whose names carry keywords (http_keyword): no
+    certificate could list them, and the echoed body is what is checked.
+    """
     return httpx.AsyncClient(
-        verify=_http_ssl_context(ca_file),
+        verify=_http_ssl_context(ca_file) if verify else False,
         trust_env=False,  # never let an environment proxy sit between probe and censor
         follow_redirects=False,
         timeout=None,  # http_get enforces its own deadline
@@ -123,17 +129,19 @@ class _Hop:
     truncated: bool = False
     address: str | None = None
     t: float = 0.0
+    method: str = "GET"
+    request_body: bytes = b""
 
     def record(self) -> dict[str, Any]:
         pairs = self.request_headers
         return {
             "failure": self.failure,
             "request": {
-                "body": "",
+                "body": maybe_binary(self.request_body),
                 "body_is_truncated": False,
                 "headers_list": [list(p) for p in pairs],
                 "headers": _headers_map(pairs),
-                "method": "GET",
+                "method": self.method,
                 "tor": dict(_TOR),
                 "x_transport": "tcp",
                 "url": self.url,
@@ -386,6 +394,64 @@ def _finish(result: HTTPResult, hops: list[_Hop], t_zero: float) -> None:
     result.title = extract_title(last.body)
 
 
+async def http_exchange(
+    ip: str,
+    port: int,
+    *,
+    method: str,
+    target: str,
+    host: str,
+    body: bytes = b"",
+    tls_sni: str | None = None,
+    timeout: float,
+    t_zero: float,
+    client: object,
+    body_cap: int = DEFAULT_BODY_CAP,
+) -> HTTPResult:
+    """One request to ip:port with exactly this target, Host header, body and SNI.
+
+    For http_keyword: the request carries a keyword where a censor looks for it, so nothing
+    is resolved, normalised or followed. ``target`` must already be percent-encoded; with
+    ``tls_sni`` the exchange runs over TLS with that SNI. Never raises on network failure.
+    """
+    scheme = "https" if tls_sni is not None else "http"
+    url = f"{scheme}://{format_host_port(ip, port)}{target}"
+    result = HTTPResult(url=url, failure=None, t0=since(t_zero))
+    if not isinstance(client, httpx.AsyncClient):
+        raise TypeError("client must come from probes.net.http.make_client()")
+    hop = _Hop(url=url, t0=since(t_zero), method=method, request_body=body)
+    hop.address = format_host_port(ip, port)
+    tracer = _Tracer(t_zero, hop.address, tls_sni or host)
+    extensions: dict[str, Any] = {"trace": tracer}
+    if tls_sni is not None:
+        extensions["sni_hostname"] = tls_sni
+    try:
+        request = client.build_request(
+            method,
+            httpx.URL(url),
+            headers={**DEFAULT_HEADERS, "Host": host},
+            content=body or None,
+            extensions=extensions,
+        )
+        hop.request_headers = _decode_pairs(request.headers.raw)
+        tracer._event("http_transaction_start")
+        async with asyncio.timeout(timeout):
+            response = await client.send(request, stream=True)
+            try:
+                hop.status = response.status_code
+                hop.response_headers = _decode_pairs(response.headers.raw)
+                hop.body, hop.truncated = await _read_body(response, body_cap)
+            finally:
+                await response.aclose()
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ssl.SSLError, TimeoutError) as exc:
+        hop.failure = failure_from_exception(exc)
+    hop.t = since(t_zero)
+    _collect(result, tracer, hop.failure)
+    result.failure = hop.failure
+    _finish(result, [hop], t_zero)
+    return result
+
+
 @dataclass
 class JSONReply:
     """A JSON API reply (control helper, collector): status, decoded body, OONI failure."""
@@ -426,6 +492,20 @@ class JSONClient:
 
     async def post_json(self, url: str, payload: Any, *, timeout: float) -> JSONReply:
         return await self._call("POST", url, timeout=timeout, payload=payload)
+
+    async def post_encoded(self, url: str, body: bytes, *, timeout: float) -> JSONReply:
+        """POST a body that is already JSON (the uploader sends stored lines as they are)."""
+        try:
+            response = await self._client.post(
+                url, content=body, headers={"content-type": "application/json"}, timeout=timeout
+            )
+        except Exception as exc:
+            return JSONReply(status_code=None, failure=failure_from_exception(exc))
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        return JSONReply(status_code=response.status_code, data=data)
 
     async def aclose(self) -> None:
         await self._client.aclose()

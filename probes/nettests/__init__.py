@@ -9,6 +9,12 @@ from probes.nettests.base import Nettest
 # name -> "module:Class"
 REGISTRY: dict[str, str] = {
     "web_connectivity": "probes.nettests.web_connectivity:WebConnectivity",
+    "dns_consistency": "probes.nettests.dns_consistency:DNSConsistency",
+    "tcp_connect": "probes.nettests.tcp_connect:TCPConnect",
+    "sni_blocking": "probes.nettests.sni_blocking:SNIBlocking",
+    "tls_interception": "probes.nettests.tls_interception:TLSInterception",
+    "http_keyword": "probes.nettests.http_keyword:HTTPKeyword",
+    "message_delivery": "probes.nettests.message_delivery:MessageDelivery",
 }
 
 

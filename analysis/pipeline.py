@@ -1,0 +1,68 @@
+"""From sources to tables: load + re-derive verdicts, then compare (pandas or Dask).
+
+The glue the `analyze`, `report` and `publish` commands share, so each command only chooses
+what to write.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from analysis.compare import DEFAULT_WINDOW, Comparison, compare
+from analysis.load import Filters, Loaded, load
+from analysis.verdicts import VERDICT_COLUMNS, default_classifier
+
+ENGINES = ("pandas", "dask")
+
+
+@dataclass
+class Analysis:
+    loaded: Loaded
+    comparison: Comparison
+
+
+def load_classified(
+    results: Sequence[Path],
+    ooni: Sequence[Path],
+    filters: Filters,
+    fingerprints: Path | None,
+    *,
+    observations: bool = True,
+) -> Loaded:
+    classifier = default_classifier(fingerprints)
+    return load(
+        results,
+        ooni,
+        filters,
+        classifier=classifier,
+        classifier_columns=VERDICT_COLUMNS,
+        observations=observations,
+    )
+
+
+def run(
+    results: Sequence[Path],
+    ooni: Sequence[Path],
+    filters: Filters,
+    fingerprints: Path | None,
+    *,
+    engine: str = "pandas",
+    window: str | None = DEFAULT_WINDOW,
+    workers: int = 2,
+) -> Analysis:
+    """Load, classify and compare; with engine "dask" the comparison runs over Parquet."""
+    loaded = load_classified(results, ooni, filters, fingerprints)
+    if engine == "pandas":
+        return Analysis(loaded, compare(loaded.measurements, window))
+    if engine != "dask":
+        raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
+    from analysis.dask_engine import compare_parquet, local_cluster, write_partitioned
+
+    with tempfile.TemporaryDirectory(prefix="censorscope-dask-") as tmp:
+        write_partitioned(loaded.measurements, Path(tmp))
+        with local_cluster(workers):
+            comparison = compare_parquet(Path(tmp), window)
+    return Analysis(loaded, comparison)

@@ -1,0 +1,179 @@
+"""A citable dataset package: Parquet measurements, CSV findings, datapackage.json, card, sums.
+
+Deterministic on purpose (a dataset is cited by its checksums): rows are sorted, Parquet is
+written without the pandas metadata blob, JSON keys are sorted, and no wall-clock time goes in;
+the only dates are those of the data. Probe IPs are never published (the loaded frame has no
+probe_ip column and the store scrubs them at measurement time); `drop_asn` vantages are
+published without their ASN, their vantage name redacted where it contains it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Set
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from analysis.compare import compare
+from analysis.tables import TABLES, plain, write_csv, write_parquet
+
+if TYPE_CHECKING:
+    from analysis.pipeline import Analysis
+
+# Columns of the loaded frame that are not published: where the file sat on our disk.
+PRIVATE_COLUMNS = ("source",)
+WITHHELD = "AS-withheld"
+SORT = ["time", "vantage", "test_name", "input", "measurement_uid", "line"]
+
+
+# Frictionless Table Schema types for our dtypes.
+def _field_type(dtype: Any) -> str:
+    text = str(dtype)
+    if text.startswith("datetime"):
+        return "datetime"
+    if text in ("int64", "Int64", "Int32", "int32"):
+        return "integer"
+    if text.startswith("float"):
+        return "number"
+    if text in ("bool", "boolean"):
+        return "boolean"
+    return "string"
+
+
+def redact(measurements: pd.DataFrame, drop_asn: Set[str]) -> pd.DataFrame:
+    """Withhold ASN detail of at-risk vantages (and drop private columns)."""
+    out = plain(measurements.drop(columns=[c for c in PRIVATE_COLUMNS if c in measurements]))
+    if not drop_asn:
+        return out
+    risky = out["vantage"].isin(list(drop_asn))
+    for asn in out.loc[risky, "probe_asn"].dropna().unique():
+        mask = risky & (out["probe_asn"] == asn)
+        out.loc[mask, "vantage"] = out.loc[mask, "vantage"].str.replace(str(asn), WITHHELD)
+    out.loc[risky, "probe_asn"] = None
+    return out
+
+
+def _write_measurements(frame: pd.DataFrame, root: Path) -> list[Path]:
+    frame = frame.sort_values(SORT, na_position="first", kind="stable", ignore_index=True)
+    dates = frame["time"].dt.strftime("%Y-%m-%d").fillna("unknown")
+    written = []
+    for (day, test), part in frame.groupby([dates, frame["test_name"]], sort=True):
+        path = root / f"date={day}" / f"test_name={test}" / "part-0.parquet"
+        write_parquet(part.drop(columns=["test_name"]), path)
+        written.append(path)
+    return written
+
+
+def _schema(frame: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "fields": [{"name": str(c), "type": _field_type(frame[c].dtype)} for c in frame.columns]
+    }
+
+
+def _card(result: Analysis, frame: pd.DataFrame, title: str, licence: str) -> str:
+    period = "unknown"
+    if frame["time"].notna().any():
+        period = f"{frame['time'].min():%Y-%m-%d} to {frame['time'].max():%Y-%m-%d}"
+    vantages = ", ".join(sorted(str(v) for v in frame["vantage"].dropna().unique()))
+    tests = ", ".join(sorted(str(t) for t in frame["test_name"].dropna().unique()))
+    findings = result.comparison.findings
+    blocked = int(findings["blocked_at"].notna().sum()) if len(findings) else 0
+    return f"""# {title}
+
+Measurements of Internet censorship made or collected with censorscope, with the findings
+derived from them.
+
+- Period: {period}
+- Measurements: {len(frame)}; nettests: {tests}
+- Vantages: {vantages}
+- Inputs: {len(findings)}, of which {blocked} blocked at one vantage or more
+- Licence: {licence}
+
+## Files
+
+- `data/measurements/date=YYYY-MM-DD/test_name=NAME/part-0.parquet`: one row per measurement
+  (OONI data format fields, the probe's verdict `orig_blocking` and ours `blocking`).
+- `findings.csv`: one finding per input; `vantages.csv`: rates per input and vantage with 95%
+  Wilson intervals and Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates
+  per time window; `changes.csv`: when blocking starts and stops.
+- `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
+
+## Method
+
+Verdicts are re-derived from raw observations (web_connectivity: OONI's v0.4 procedure, block
+pages confirmed by OONI and Censored Planet fingerprints); see censorscope's docs/analysis.md.
+
+## Caveats
+
+A measurement shows what one vantage saw at one time. Inconclusive measurements (control
+failed, site down) are not counted as blocking or access. Vantages published without ASN
+detail were judged at risk. Probe IP addresses are never included.
+
+## How to cite
+
+{title}, censorscope dataset, {period}. Cite with the SHA256 of `datapackage.json` from
+`SHA256SUMS`.
+"""
+
+
+def publish(
+    result: Analysis,
+    out: Path,
+    *,
+    drop_asn: Set[str] = frozenset(),
+    title: str = "censorscope measurements",
+    licence: str = "CC-BY-4.0",
+) -> list[Path]:
+    """Write the package under OUT; returns every file written (SHA256SUMS last)."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = redact(result.loaded.measurements, drop_asn)
+    comparison = compare(frame) if drop_asn else result.comparison
+    data_root = out / "data" / "measurements"
+    parts = _write_measurements(frame, data_root)
+    resources: list[dict[str, Any]] = [
+        {
+            "name": "measurements",
+            "path": [p.relative_to(out).as_posix() for p in parts],
+            "format": "parquet",
+            "mediatype": "application/vnd.apache.parquet",
+            "description": "One row per measurement, partitioned by date and nettest.",
+        }
+    ]
+    files: list[Path] = list(parts)
+    for name in TABLES:
+        table = plain(getattr(comparison, name))
+        path = out / f"{name}.csv"
+        write_csv(table, path)
+        files.append(path)
+        resources.append(
+            {
+                "name": name,
+                "path": path.name,
+                "format": "csv",
+                "mediatype": "text/csv",
+                "encoding": "utf-8",
+                "schema": _schema(table),
+            }
+        )
+    sources = sorted({Path(s).name for s in result.loaded.sources})
+    package = {
+        "name": "censorscope-dataset",
+        "title": title,
+        "licenses": [{"name": licence, "path": f"https://spdx.org/licenses/{licence}.html"}],
+        "sources": [{"title": s} for s in sources],
+        "resources": resources,
+    }
+    (out / "datapackage.json").write_text(
+        json.dumps(package, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    (out / "README.md").write_text(_card(result, frame, title, licence), encoding="utf-8")
+    files += [out / "datapackage.json", out / "README.md"]
+    sums = "".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"
+        for p in sorted(files)
+    )
+    (out / "SHA256SUMS").write_text(sums, encoding="utf-8")
+    return [*files, out / "SHA256SUMS"]

@@ -1,0 +1,229 @@
+"""One self-contained HTML report: findings, heatmap, timelines, keywords, method, provenance.
+
+Plots are matplotlib PNGs embedded as base64 data URIs and the style sheet is inline, so the file
+opens anywhere with no network. Text is escaped; nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from analysis import compare as cmp
+
+if TYPE_CHECKING:
+    from analysis.pipeline import Analysis
+
+MAX_HEATMAP_INPUTS = 40  # beyond this a heatmap stops being readable; blocked inputs come first
+# Heatmap colours: one per state (Okabe & Ito's colour-blind-safe palette).
+STATE_COLOURS = {
+    "accessible": "#009E73",
+    "inconclusive": "#BBBBBB",
+    "down": "#999999",
+    "dns": "#D55E00",
+    "tcp_ip": "#E69F00",
+    "tls": "#CC79A7",
+    "http-failure": "#0072B2",
+    "http-diff": "#56B4E9",
+    "delivery": "#F0E442",
+    "other": "#000000",
+}
+
+STYLE = """
+body{font-family:sans-serif;margin:2em;max-width:70em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .5em;
+font-size:.9em;text-align:left}th{background:#f0f0f0}.blocked{color:#b00;font-weight:bold}
+img{max-width:100%}code{background:#f4f4f4}
+"""
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def cell_states(measurements: pd.DataFrame) -> pd.DataFrame:
+    """(target x vantage) -> the state to colour: the dominant blocking type, else access."""
+    prepared = cmp.prepare(measurements, None)
+    rows = []
+    for (target, vantage), group in prepared.groupby(["target", "vantage"], sort=True):
+        blocked = group.loc[group["blocked"] == 1, "blocking"]
+        decisive = int(group["blocked"].sum() + group["ok"].sum())
+        if decisive and len(blocked) / decisive >= cmp.BLOCKED_SHARE:
+            top = blocked.value_counts().sort_index().idxmax()
+            state = top if top in STATE_COLOURS else "other"
+        elif decisive:
+            state = "accessible"
+        elif group["down"].sum():
+            state = "down"
+        else:
+            state = "inconclusive"
+        rows.append({"target": target, "vantage": vantage, "state": state})
+    return pd.DataFrame(rows, columns=["target", "vantage", "state"])
+
+
+def heatmap(result: Analysis) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    cells = cell_states(result.loaded.measurements)
+    if cells.empty:
+        return None
+    findings = result.comparison.findings
+    order = findings.sort_values(["blocked", "target"], ascending=[False, True], key=None)[
+        "target"
+    ].tolist()[:MAX_HEATMAP_INPUTS]
+    cells = cells[cells["target"].isin(order)]
+    states = list(STATE_COLOURS)
+    grid = cells.pivot(index="target", columns="vantage", values="state").reindex(order)
+    codes = grid.apply(lambda col: col.map(lambda s: states.index(s) if isinstance(s, str) else -1))
+    masked = codes.where(codes >= 0)
+    fig, ax = plt.subplots(figsize=(2 + 0.6 * grid.shape[1], 1 + 0.3 * grid.shape[0]))
+    cmap = ListedColormap([STATE_COLOURS[s] for s in states])
+    ax.imshow(masked.to_numpy(dtype=float), cmap=cmap, vmin=0, vmax=len(states) - 1, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=60, ha="right")
+    ax.set_yticks(range(grid.shape[0]), [str(t)[:60] for t in grid.index])
+    used = sorted({s for s in cells["state"]}, key=states.index)
+    ax.legend(
+        handles=[Patch(color=STATE_COLOURS[s], label=s) for s in used],
+        bbox_to_anchor=(1.02, 1),
+        loc="upper left",
+    )
+    ax.set_title("Inputs x vantages, coloured by blocking type")
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def timeline(result: Analysis) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = result.comparison.timelines
+    t = t[t["window"].notna()]
+    if t.empty or t["window"].nunique() < 2:
+        return None
+    per = t.groupby(["vantage", "window"])[["blocked", "ok"]].sum().reset_index()
+    per["rate"] = per["blocked"] / (per["blocked"] + per["ok"]).replace(0, float("nan"))
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for vantage, group in per.groupby("vantage", sort=True):
+        ax.plot(group["window"], group["rate"], marker="o", label=str(vantage))
+    ax.set_ylabel("share of decisive measurements blocked")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Blocking rate per vantage over time")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.autofmt_xdate()
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def _table(frame: pd.DataFrame, columns: list[str], limit: int = 200) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in frame[columns].head(limit).itertuples(index=False):
+        cells = []
+        for value in row:
+            text = "" if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+            if isinstance(text, float):
+                text = f"{text:.3g}"
+            klass = ' class="blocked"' if str(text).startswith("blocked at") else ""
+            cells.append(f"<td{klass}>{html.escape(str(text))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p>... and {len(frame) - limit} more rows.</p>" if len(frame) > limit else ""
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def _keywords(result: Analysis) -> str:
+    m = result.loaded.measurements
+    kw = m[m["keyword"].notna()]
+    if kw.empty:
+        return "<p>No keyword measurements in these data.</p>"
+    table = (
+        kw.assign(where=kw["placement"].fillna(kw["channel"]).fillna(""))
+        .groupby(["keyword", "where", "vantage"], observed=True, dropna=False)
+        .agg(
+            n=("row", "size"),
+            blocked=("blocking", lambda s: int((s.astype(str) != "false").mul(s.notna()).sum())),
+        )
+        .reset_index()
+    )
+    return _table(table, ["keyword", "where", "vantage", "n", "blocked"])
+
+
+def render(result: Analysis) -> str:
+    """The report as one HTML string."""
+    m = result.loaded.measurements
+    findings = result.comparison.findings
+    n_blocked = int(findings["blocked_at"].notna().sum()) if len(findings) else 0
+    period = "no timestamps"
+    if m["time"].notna().any():
+        period = f"{m['time'].min():%Y-%m-%d} to {m['time'].max():%Y-%m-%d}"
+    heat, line = heatmap(result), timeline(result)
+    changes = result.comparison.changes
+    events = changes[changes["event"].notna()] if len(changes) else changes
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>censorscope report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>censorscope report</h1>",
+        f"<p id='summary'>{len(m)} measurements from {m['vantage'].nunique()} vantages, "
+        f"{period}; {len(findings)} inputs, <b>{n_blocked} blocked somewhere</b>.</p>",
+        "<h2>Findings</h2>",
+        _table(
+            findings.sort_values(["blocked", "target"], ascending=[False, True]),
+            [
+                "target",
+                "finding",
+                "blocking_type",
+                "blocking_detail",
+                "blocking_fingerprint",
+                "n",
+                "blocked",
+                "inconclusive",
+                "min_q_value",
+            ],
+        ),
+        "<h2>Inputs by vantage</h2>",
+        f"<img alt='heatmap of inputs by vantages' src='{heat}'>" if heat else "<p>No data.</p>",
+        "<h2>Over time</h2>",
+        f"<img alt='blocking rate timeline' src='{line}'>"
+        if line
+        else "<p>Fewer than two time windows: no timeline.</p>",
+        "<h3>Blocking starts and stops</h3>",
+        _table(events, ["target", "vantage", "event", "start", "end", "windows"])
+        if len(events)
+        else "<p>No change points.</p>",
+        "<h2>Keywords</h2>",
+        _keywords(result),
+        "<h2>Method</h2>",
+        "<ul>",
+        "<li>Verdicts are re-derived from each measurement's raw observations "
+        "(web_connectivity: OONI's v0.4 procedure); other nettests keep the probe's verdict.</li>",
+        f"<li>A vantage blocks an input when at least {cmp.BLOCKED_SHARE:.0%} of its decisive "
+        "measurements (blocked or accessible) are blocked; down and inconclusive ones are not "
+        "counted.</li>",
+        f"<li>Rates carry {cmp.CONFIDENCE:.0%} Wilson score intervals; differences between a "
+        "vantage and the others use Fisher's exact test with Benjamini-Hochberg correction "
+        f"(FDR {cmp.FDR_ALPHA:.0%}).</li>",
+        f"<li>Blocking starts/stops only after {cmp.MIN_RUN_WINDOWS} consecutive windows in the "
+        "new state; shorter runs are treated as noise.</li>",
+        "</ul>",
+        "<h2>Provenance</h2>",
+        f"<p>{len(result.loaded.sources)} source files; {result.loaded.n_problems} malformed "
+        "lines skipped.</p><ul>",
+        *(f"<li><code>{html.escape(s)}</code></li>" for s in result.loaded.sources[:50]),
+        "</ul></body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,54 @@
+"""Write the comparison tables as Parquet and CSV, deterministically.
+
+Parquet for analysts (types kept), CSV for everyone else. Rows are sorted and files are written
+without timestamps or library-version noise that changes between runs, so the same input gives
+the same bytes (analysis.publish relies on it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from analysis.pipeline import Analysis
+
+TABLES = ("findings", "vantages", "timelines", "changes")
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categoricals as text and a fresh index: stable Parquet schemas and CSV text."""
+    out = frame.reset_index(drop=True).copy()
+    for name in out.columns:
+        if isinstance(out[name].dtype, pd.CategoricalDtype):
+            out[name] = out[name].astype(pd.ArrowDtype(pa.string()))
+    return out
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """One Parquet file; no pandas metadata blob (it embeds versions), fixed writer options."""
+    table = pa.Table.from_pandas(plain(frame), preserve_index=False)
+    table = table.replace_schema_metadata(None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd", write_statistics=True)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain(frame).to_csv(path, index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_tables(result: Analysis, out: Path) -> list[Path]:
+    """findings, vantages (whole-period rates), timelines (per window), changes: .parquet + .csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TABLES:
+        frame = getattr(result.comparison, name)
+        write_parquet(frame, out / f"{name}.parquet")
+        write_csv(frame, out / f"{name}.csv")
+        written += [out / f"{name}.parquet", out / f"{name}.csv"]
+    return written

@@ -1,0 +1,185 @@
+"""Re-derive each measurement's verdict from its raw observations, and name fingerprints.
+
+Why re-derive: a better heuristic should apply to old data, and OONI's measurements should get
+the same classification as ours. web_connectivity verdicts come from the probe's own pure
+function (probes.nettests.web_connectivity_analysis.analyze, OONI v0.4 procedure) on the stored
+test keys; other nettests keep the verdict their probe wrote (`verdict_source` = "probe").
+The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
+
+Fingerprints: OONI's blocking-fingerprints CSV (probes.fingerprints) are applied inside
+analyze(); Censored Planet's JSON-lines signatures (blockpage and false-positive regexes,
+censoredplanet-analysis pipeline/metadata/data/) are loaded here. As in Censored Planet's
+pipeline, a response that matches a false-positive signature is not a block page, whatever else
+it matches; the false-positive match is still recorded so an analyst sees why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from analysis.load import CAT, STR, blocking_text
+from probes.fingerprints import Fingerprints
+from probes.nettests.web_connectivity_analysis import analyze, body_bytes, header_values
+
+CP_BLOCKPAGES = "blockpage_signatures.json"
+CP_FALSE_POSITIVES = "false_positive_signatures.json"
+CP_PREFIX = "censoredplanet:"
+
+# Columns the classifier adds to the measurements frame, and their dtypes.
+VERDICT_COLUMNS: dict[str, Any] = {
+    "blocking": CAT,  # ours: "false", a blocking type, or missing (inconclusive)
+    "blocking_detail": STR,
+    "blocking_fingerprint": STR,  # the named match that confirms blocking, if any
+    "fingerprints": STR,  # every blocking fingerprint matched, ";"-joined
+    "false_positives": STR,  # every false-positive pattern matched, ";"-joined
+    "down": "bool",  # the site is down at the vantage and at the control
+    "verdict_source": CAT,  # "rederived" or "probe"
+}
+
+
+class SignatureError(ValueError):
+    """A signature file is malformed; the message names file:line and the field."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    pattern: re.Pattern[str]
+    is_false_positive: bool
+
+
+def load_signatures(path: Path, *, false_positive: bool) -> list[Signature]:
+    """One Censored Planet JSON-lines file: {"fingerprint": id, "pattern": regex} per line."""
+    out: list[Signature] = []
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    for number, line in enumerate(text.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise SignatureError(f"{path}:{number}: not valid JSON: {exc}") from exc
+        name, pattern = item.get("fingerprint"), item.get("pattern")
+        if not isinstance(name, str) or not name:
+            raise SignatureError(f"{path}:{number}: field 'fingerprint': missing or empty")
+        if not isinstance(pattern, str) or not pattern:
+            raise SignatureError(f"{path}:{number}: field 'pattern': missing or empty")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise SignatureError(f"{path}:{number}: field 'pattern': bad regex: {exc}") from exc
+        out.append(Signature(CP_PREFIX + name, compiled, false_positive))
+    return out
+
+
+class CensoredPlanetSignatures:
+    """Blockpage and false-positive signatures, matched against a response's text."""
+
+    def __init__(self, blockpages: list[Signature], false_positives: list[Signature]) -> None:
+        self.blockpages = blockpages
+        self.false_positives = false_positives
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> CensoredPlanetSignatures:
+        return cls(
+            load_signatures(directory / CP_BLOCKPAGES, false_positive=False),
+            load_signatures(directory / CP_FALSE_POSITIVES, false_positive=True),
+        )
+
+    def match(self, text: str) -> tuple[list[str], list[str]]:
+        """(blockpage names, false-positive names); no blockpage when a false positive hits."""
+        fps = [s.name for s in self.false_positives if s.pattern.search(text)]
+        if fps:
+            return [], fps
+        return [s.name for s in self.blockpages if s.pattern.search(text)], []
+
+
+def response_text(response: Mapping[str, Any]) -> str:
+    """Header lines then the body: what Censored Planet's patterns are written against."""
+    lines = [
+        f"{name}: {value}"
+        for name, values in header_values(response.get("headers")).items()
+        for value in values
+    ]
+    body = body_bytes(response.get("body"))
+    if body:
+        lines.append(body.decode("utf-8", errors="replace"))
+    return "\n".join(lines)
+
+
+@dataclass
+class Classifier:
+    """Callable on a decoded measurement; returns the VERDICT_COLUMNS values for its row."""
+
+    fingerprints: Fingerprints | None = None
+    signatures: CensoredPlanetSignatures | None = None
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        tk = data.get("test_keys")
+        if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
+            tk = tk if isinstance(tk, dict) else {}
+            return {
+                "blocking": blocking_text(tk.get("blocking")),
+                "blocking_detail": tk.get("blocking_detail"),
+                "blocking_fingerprint": tk.get("blocking_fingerprint"),
+                "down": False,
+                "verdict_source": "probe",
+            }
+        input_ = data.get("input")
+        verdict = analyze(
+            tk, url=input_ if isinstance(input_, str) else None, fingerprints=self.fingerprints
+        )
+        names = [m.name for m in verdict.fingerprint_matches if not m.is_false_positive]
+        fps = [m.name for m in verdict.fingerprint_matches if m.is_false_positive]
+        blocking = verdict.blocking
+        detail = verdict.blocking_detail
+        named = verdict.blocking_fingerprint
+        if self.signatures is not None:
+            cp_names, cp_fps = self._match_cp(tk)
+            names.extend(cp_names)
+            fps.extend(cp_fps)
+            # A Censored Planet block page confirms blocking as an OONI one does in analyze().
+            if cp_names and not verdict.website_down:
+                if blocking is False or blocking == "http-diff":
+                    blocking, detail = "http-diff", "http.blockpage"
+                named = named or cp_names[0]
+        return {
+            "blocking": blocking_text(blocking),
+            "blocking_detail": detail,
+            "blocking_fingerprint": named,
+            "fingerprints": ";".join(dict.fromkeys(names)) or None,
+            "false_positives": ";".join(dict.fromkeys(fps)) or None,
+            "down": verdict.website_down,
+            "verdict_source": "rederived",
+        }
+
+    def _match_cp(self, tk: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        assert self.signatures is not None
+        names: list[str] = []
+        fps: list[str] = []
+        for request in tk.get("requests") or ():
+            response = request.get("response") if isinstance(request, dict) else None
+            if isinstance(response, dict):
+                found, false = self.signatures.match(response_text(response))
+                names.extend(found)
+                fps.extend(false)
+        return names, fps
+
+
+def default_classifier(fingerprint_dir: Path | None) -> Classifier:
+    """OONI CSVs from DIR and Censored Planet signatures from DIR/censoredplanet when present."""
+    if fingerprint_dir is None:
+        return Classifier()
+    fps = Fingerprints.from_dir(fingerprint_dir)
+    cp_dir = fingerprint_dir / "censoredplanet"
+    sigs = CensoredPlanetSignatures.from_dir(cp_dir) if cp_dir.is_dir() else None
+    return Classifier(fps, sigs)

@@ -1,0 +1,89 @@
+"""Keyword tests per minute with residual censorship on, simulated on loopback.
+
+A helper with N echo ports on 127.0.0.4, the loopback keyword censor (tests/loopback/
+keyword_censor.py) on 127.0.0.5 resetting a keyword and tainting the (client, server, port)
+triple for W seconds; http_keyword runs K keywords (a share of them censored) through it, one
+placement, with the probe's residual window set to W. A real window is ~90 s (Bock et al.,
+FOCI 2020); the loopback run uses a short W and the model below scales it:
+a censored keyword taints `tries` endpoints for W seconds, so with N endpoints the probe
+sustains at most N * 60 / (W * tries) censored keywords per minute.
+
+    python bench/keyword_rate.py [--keywords 40] [--censored 0.25] [--ports 4] [--window 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from backend.helper import EchoConfig
+from probes.nettests.base import ProbeContext
+from probes.nettests.http_keyword import HTTPKeyword
+from tests.loopback import ServerThread
+from tests.loopback.keyword_censor import KeywordCensor, patterns_for, run_helper
+
+
+async def run(url: str, words: list[str], window: float, tries: int, placement: str) -> float:
+    ctx = ProbeContext(
+        helpers=[url],
+        timeout=10.0,
+        options={"residual_window": window, "keyword_tries": tries, "placements": [placement]},
+    )
+    nettest = HTTPKeyword(ctx)
+    await nettest.setup()
+    started = time.monotonic()
+    try:
+        for word in words:  # one at a time, as a careful probe runs keyword tests
+            await nettest.measure(word)
+    finally:
+        await nettest.close()
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keywords", type=int, default=40)
+    parser.add_argument("--censored", type=float, default=0.25)
+    parser.add_argument("--ports", type=int, default=4)
+    parser.add_argument("--window", type=float, default=2.0)
+    parser.add_argument("--tries", type=int, default=2)
+    parser.add_argument("--placement", default="path")
+    args = parser.parse_args()
+    n_censored = round(args.keywords * args.censored)
+    censored = [f"blocked{i}" for i in range(n_censored)]
+    words = censored + [f"benign{i}" for i in range(args.keywords - n_censored)]
+    words.sort(key=lambda w: w[-1])  # interleave censored and benign words
+    echo = EchoConfig("127.0.0.4", [0] * args.ports, [0] * args.ports)
+    with run_helper("127.0.0.4", echo=echo) as (base, port):
+        info = httpx.get(base + "echo", timeout=5).json()
+        ports = [port, *info["tcp_ports"], *info["tls_ports"]]
+        censor = KeywordCensor("127.0.0.5", "127.0.0.4", ports, patterns_for(censored), args.window)
+        with ServerThread("censor") as thread:
+            thread.start(censor)
+            elapsed = asyncio.run(
+                run(f"http://127.0.0.5:{port}/", words, args.window, args.tries, args.placement)
+            )
+    per_min = len(words) * 60 / elapsed
+    bound = args.ports * 60 / (args.window * args.tries)
+    bound90 = args.ports * 60 / (90 * args.tries)
+    print(
+        f"{len(words)} keywords ({n_censored} censored), {args.ports} echo ports, "
+        f"window {args.window:g} s, {args.tries} tries: {elapsed:.1f} s, "
+        f"{per_min:.0f} keywords/min; censor triggers {censor.triggers}, "
+        f"residual resets seen {censor.residual_resets}"
+    )
+    print(
+        f"model: <= {bound:.0f} censored keywords/min at W={args.window:g} s; "
+        f"<= {bound90:.2f}/min at W=90 s with {args.ports} ports"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m probes`: the censorscope command."""
+
+from probes.cli import main
+
+main()

@@ -1,0 +1,223 @@
+"""`censorscope analyze`, `report` and `publish` (DESIGN 2): findings from stored measurements.
+
+Heavy libraries (pandas, matplotlib, dask) are imported inside the commands so that
+`censorscope --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from probes.cli import EXIT_FAILURE, fail
+
+if TYPE_CHECKING:
+    from analysis.pipeline import Analysis
+
+Results = Annotated[
+    list[Path] | None,
+    typer.Option("--results", help="Results store (repeatable) [default: ./results]."),
+]
+Ooni = Annotated[
+    list[Path] | None,
+    typer.Option("--ooni", help="OONI measurements: JSON, JSONL, optionally .gz (repeatable)."),
+]
+Engine = Annotated[str, typer.Option(help="pandas, or dask (extra `dask`, large stores).")]
+Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD.")]
+Until = Annotated[str | None, typer.Option(help="Last day kept, YYYY-MM-DD.")]
+Vantage = Annotated[list[str] | None, typer.Option("--vantage", help="Keep this vantage.")]
+Test = Annotated[list[str] | None, typer.Option("--test", help="Keep this nettest.")]
+Input = Annotated[list[str] | None, typer.Option("--input", help="Keep this input.")]
+Fingerprints = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder with fingerprints_{dns,http}.csv (OONI) and optionally censoredplanet/."
+    ),
+]
+Window = Annotated[str, typer.Option(help="Time window of rates and timelines (pandas freq).")]
+
+
+def _day(option: str, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"--{option}: not a date YYYY-MM-DD: {value!r}")
+
+
+def _analysis(
+    results: list[Path] | None,
+    ooni: list[Path] | None,
+    engine: str,
+    since: str | None,
+    until: str | None,
+    vantage: list[str] | None,
+    test: list[str] | None,
+    input_: list[str] | None,
+    fingerprints: Path | None,
+    window: str,
+) -> Analysis:
+    """Validate the shared options and run load + classify + compare."""
+    from analysis.load import Filters, LoadError
+    from analysis.pipeline import ENGINES, run
+    from analysis.verdicts import SignatureError
+    from probes.fingerprints import FingerprintError
+
+    if engine not in ENGINES:
+        fail(f"--engine: unknown engine {engine!r} (use {' or '.join(ENGINES)})")
+    if engine == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
+    stores = list(results or [])
+    if not stores and not ooni:
+        stores = [Path("results")]
+    for path in [*(ooni or []), *([fingerprints] if fingerprints else [])]:
+        if not path.exists():
+            fail(f"{path}: no such file or directory")
+    filters = Filters(
+        since=_day("since", since),
+        until=_day("until", until),
+        vantages=frozenset(vantage) if vantage else None,
+        test_names=frozenset(test) if test else None,
+        inputs=frozenset(input_) if input_ else None,
+    )
+    try:
+        result = run(
+            stores, list(ooni or []), filters, fingerprints, engine=engine, window=window or None
+        )
+    except LoadError as exc:
+        fail(str(exc))
+    except (FingerprintError, SignatureError) as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        if "freq" in str(exc).lower() or "frequency" in str(exc).lower():
+            fail(f"--window: {exc}")
+        raise
+    for problem in result.loaded.problems[:20]:
+        typer.echo(f"censorscope: skipped {problem}", err=True)
+    if result.loaded.n_problems > 20:
+        typer.echo(
+            f"censorscope: skipped {result.loaded.n_problems - 20} more malformed lines", err=True
+        )
+    return result
+
+
+def _summary(result: Analysis) -> str:
+    findings = result.comparison.findings
+    m = result.loaded.measurements
+    lines = [
+        f"{len(m)} measurements, {m['vantage'].nunique()} vantages, "
+        f"{len(findings)} inputs, {result.loaded.n_problems} malformed lines skipped"
+    ]
+    if len(findings):
+        counts = findings["finding"].where(
+            ~findings["finding"].str.startswith("blocked at"), "blocked somewhere"
+        )
+        lines.append(", ".join(f"{name}: {n}" for name, n in sorted(counts.value_counts().items())))
+        blocked = findings[findings["blocked_at"].notna()]
+        for row in blocked.head(10).itertuples():
+            lines.append(
+                f"  {row.target}: {row.finding} ({row.blocking_type}, {row.blocking_detail})"
+            )
+        if len(blocked) > 10:
+            lines.append(f"  ... {len(blocked) - 10} more blocked inputs")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    """Add analyze, report and publish to the censorscope app."""
+
+    @app.command()
+    def analyze(
+        out: Annotated[Path, typer.Option(help="Directory for the Parquet and CSV tables.")],
+        results: Results = None,
+        ooni: Ooni = None,
+        engine: Engine = "pandas",
+        since: Since = None,
+        until: Until = None,
+        vantage: Vantage = None,
+        test: Test = None,
+        input_: Input = None,
+        fingerprints: Fingerprints = None,
+        window: Window = "D",
+    ) -> None:
+        """Compare vantages: findings, per-vantage rates and timelines as Parquet + CSV."""
+        from analysis.tables import write_tables
+
+        result = _analysis(
+            results, ooni, engine, since, until, vantage, test, input_, fingerprints, window
+        )
+        try:
+            written = write_tables(result, out)
+        except OSError as exc:
+            fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
+        typer.echo(_summary(result))
+        typer.echo(f"wrote {len(written)} files to {out}")
+
+    @app.command()
+    def report(
+        out: Annotated[Path, typer.Option(help="The HTML file to write.")],
+        results: Results = None,
+        ooni: Ooni = None,
+        engine: Engine = "pandas",
+        since: Since = None,
+        until: Until = None,
+        vantage: Vantage = None,
+        test: Test = None,
+        input_: Input = None,
+        fingerprints: Fingerprints = None,
+        window: Window = "D",
+    ) -> None:
+        """One self-contained HTML report (plots embedded; opens with no network)."""
+        from analysis.report import render
+
+        result = _analysis(
+            results, ooni, engine, since, until, vantage, test, input_, fingerprints, window
+        )
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render(result), encoding="utf-8")
+        except OSError as exc:
+            fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
+        typer.echo(_summary(result))
+        typer.echo(f"wrote {out}")
+
+    @app.command()
+    def publish(
+        out: Annotated[Path, typer.Option(help="Directory of the dataset package.")],
+        results: Results = None,
+        ooni: Ooni = None,
+        engine: Engine = "pandas",
+        since: Since = None,
+        until: Until = None,
+        vantage: Vantage = None,
+        test: Test = None,
+        input_: Input = None,
+        fingerprints: Fingerprints = None,
+        window: Window = "D",
+        drop_asn: Annotated[
+            list[str] | None,
+            typer.Option(help="At-risk vantage: publish it without ASN detail (repeatable)."),
+        ] = None,
+        title: Annotated[str, typer.Option(help="Dataset title.")] = "censorscope measurements",
+        licence: Annotated[str, typer.Option("--license", help="SPDX licence id.")] = "CC-BY-4.0",
+    ) -> None:
+        """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
+        from analysis.publish import publish as write_package
+
+        result = _analysis(
+            results, ooni, engine, since, until, vantage, test, input_, fingerprints, window
+        )
+        options: dict[str, Any] = {"title": title, "licence": licence}
+        try:
+            files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
+        except OSError as exc:
+            fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
+        typer.echo(_summary(result))
+        typer.echo(f"wrote {len(files)} files to {out}")

@@ -1,0 +1,334 @@
+"""dns_consistency: do the resolvers we can reach tell the truth about a name?
+
+For each name (an input, or the host of a test-list URL) we query every chosen resolver directly
+(UDP, TCP, DoT, DoH or the system's getaddrinfo) and, over UDP, keep listening after the first
+answer so that forged answers racing the genuine one are caught (every datagram is kept with its
+rcode, TTLs, arrival time and wire bytes). Optionally we also query addresses that run no DNS
+server: any answer from them was injected on the path. The control is a trusted resolver
+(`control_resolver`) and/or the control helper, which also tries a TLS handshake for the name
+with each address our resolvers gave, so that CDN and geo-DNS answers are told apart from lies.
+The verdict comes from `dns_consistency_analysis.analyze`, which reads only these test keys.
+
+Options (ProbeContext.options, set by `censorscope run`): ``dns_resolvers`` (specs, see
+`parse_resolver`), ``control_resolver``, ``dns_probe_addresses``, ``listen_window`` (seconds),
+``tls_port`` (where the helper checks TLS; 443), ``bogon_exempt`` (CIDRs that hold real
+servers in a lab or on loopback, so their addresses are not bogons).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import dns.exception
+import dns.name
+
+from probes.fingerprints import FingerprintError, Fingerprints
+from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.dns import DNSResult, resolve
+from probes.nettests.base import Nettest, ProbeContext, SetupError
+from probes.nettests.control import ControlClient
+from probes.nettests.dns_consistency_analysis import (
+    ROLE_PROBE_ADDRESS,
+    ROLE_RESOLVER,
+    analyze,
+    bogon_check,
+    query_addresses,
+)
+
+# Forged answers from an on-path injector arrive within about one round trip of the genuine one,
+# before or after it; half a second covers the round trips of most paths (GFW injections are
+# seen tens of milliseconds apart) without making each name cost much.
+DEFAULT_LISTEN_WINDOW = 0.5
+# Share of the per-input budget for one DNS attempt; a UDP query that timed out is asked once
+# more, as glibc's stub resolver does (`attempts:2` in resolv.conf(5)).
+DNS_TIMEOUT_SHARE = 0.1
+DNS_ATTEMPTS = 2
+# At most this many of the probe's addresses are sent to the helper for TLS checks (the
+# helper's own limit is 64 endpoints per request).
+MAX_TLS_CHECKS = 16
+QUERY_TYPE = "A"
+DEFAULT_TLS_PORT = 443
+_SCHEMES = {"udp": "udp", "tcp": "tcp", "tls": "dot", "dot": "dot", "https": "doh"}
+
+
+@dataclass(frozen=True)
+class ResolverSpec:
+    """Where and how to ask: transport ("system", "udp", "tcp", "dot", "doh") and address."""
+
+    transport: str
+    address: str | None  # "ip:port", a DoH URL, or None for the system resolver
+
+    @property
+    def label(self) -> str:
+        return self.address or "system"
+
+
+def parse_resolver(spec: str) -> ResolverSpec:
+    """``system``, ``IP[:PORT]`` (UDP), ``udp://``, ``tcp://``, ``tls://`` (DoT) or a DoH URL.
+
+    Raises ValueError naming what is wrong.
+    """
+    spec = spec.strip()
+    if spec == "system":
+        return ResolverSpec("system", None)
+    scheme, sep, rest = spec.partition("://")
+    if not sep:
+        scheme, rest = "udp", spec
+    transport = _SCHEMES.get(scheme.lower())
+    if transport is None:
+        raise ValueError(f"unknown scheme {scheme!r} (use udp, tcp, tls, https or system)")
+    if transport == "doh":
+        if not urlsplit(spec).hostname:
+            raise ValueError("a DoH resolver needs a URL with a host")
+        return ResolverSpec("doh", spec)
+    host, port = parse_host_port(rest.rstrip("/"), 853 if transport == "dot" else 53)
+    if not is_ip(host):
+        raise ValueError(f"{host!r} is not an IP address")
+    return ResolverSpec(transport, format_host_port(host, port))
+
+
+def name_of(input_: str) -> str:
+    """The name to resolve: the input itself, or a URL's host."""
+    if "://" in input_:
+        return (urlsplit(input_).hostname or "").rstrip(".").lower()
+    return input_.strip().rstrip(".").lower()
+
+
+def _responses_of(result: DNSResult) -> list[dict[str, Any]]:
+    """Every answer the query got: each UDP datagram, or the one TCP/DoT/DoH reply."""
+    if result.extra_responses:
+        return result.extra_responses
+    record = result.queries[0] if result.queries else {}
+    if result.engine in ("tcp", "dot", "doh") and record.get("raw_response"):
+        return [
+            {
+                "t": result.t,
+                "raw": record["raw_response"],
+                "rcode": result.rcode,
+                "answers": result.answers,
+                "addrs": result.addrs,
+                "valid": True,
+                "id_match": True,
+            }
+        ]
+    return []
+
+
+class DNSConsistency(Nettest):
+    name = "dns_consistency"
+    version = "0.1.0"
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        super().__init__(ctx)
+        opts = ctx.options
+        # A bad option is reported by setup() (SetupError there becomes exit status 2).
+        self._config_error: str | None = None
+        self.resolvers: list[ResolverSpec] = [ResolverSpec("system", None)]
+        self.control_resolver: ResolverSpec | None = None
+        self.probe_addresses: list[ResolverSpec] = []
+        try:
+            specs = [parse_resolver(s) for s in opts.get("dns_resolvers") or []]
+            if ctx.resolver:
+                specs.insert(0, parse_resolver(ctx.resolver))
+            control = opts.get("control_resolver")
+            self.control_resolver = parse_resolver(control) if control else None
+            self.probe_addresses = [
+                parse_resolver(a) for a in opts.get("dns_probe_addresses") or []
+            ]
+            self.resolvers = specs or self.resolvers
+            for cidr in opts.get("bogon_exempt") or []:
+                ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            self._config_error = f"dns_consistency option: {exc}"
+        if any(p.transport != "udp" for p in self.probe_addresses):
+            self._config_error = "--dns-probe-address takes IP[:PORT] (UDP)"
+        window = opts.get("listen_window")
+        self.listen_window = DEFAULT_LISTEN_WINDOW if window is None else float(window)
+        self.tls_port = int(opts.get("tls_port") or DEFAULT_TLS_PORT)
+        self.bogon_exempt = [str(c) for c in opts.get("bogon_exempt") or []]
+        self.dns_timeout = max(0.5, ctx.timeout * DNS_TIMEOUT_SHARE)
+        self.fingerprints: Fingerprints | None = None
+        self.control: ControlClient | None = None
+        self.helper_failure: str | None = None
+        self.exit_status = 0
+
+    @property
+    def resolver_ip(self) -> str:
+        first = self.resolvers[0]
+        if first.transport in ("udp", "tcp", "dot") and first.address:
+            return parse_host_port(first.address, 53)[0]
+        return ""
+
+    async def setup(self) -> None:
+        if self._config_error:
+            raise SetupError(self._config_error)
+        try:
+            if self.ctx.fingerprint_files:
+                self.fingerprints = Fingerprints.from_files(self.ctx.fingerprint_files)
+        except (FingerprintError, OSError) as exc:
+            raise SetupError(f"fingerprints: {exc}") from exc
+        if self.ctx.helpers:
+            self.control = ControlClient(
+                self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
+            )
+            problem = await self.control.choose()
+            if problem:
+                # Asking an unreachable helper again for every name would only add timeouts.
+                self.helper_failure = self.control.unreachable_failure
+                await self.control.aclose()
+                self.control = None
+                self.warnings.append(f"control helper unreachable ({problem})")
+                if self.control_resolver is None:
+                    self.exit_status = 2
+        elif self.control_resolver is None:
+            self.warnings.append(
+                "no control (give --helper or --control-resolver): verdicts are null "
+                "unless the evidence needs no control (injection, fingerprints, bogons)"
+            )
+
+    async def close(self) -> None:
+        if self.control is not None:
+            await self.control.aclose()
+
+    @classmethod
+    def input_problem(cls, input_: str) -> str | None:
+        try:
+            name = name_of(input_)
+        except ValueError as exc:
+            return f"not a valid URL: {exc}"
+        if not name:
+            return "needs a domain name or a URL with a host"
+        if is_ip(name.strip("[]")):
+            return "is an IP address: there is nothing to resolve"
+        try:
+            dns.name.from_text(name)
+        except dns.exception.DNSException as exc:
+            return f"not a valid domain name: {exc}"
+        return None
+
+    async def _query(
+        self, name: str, spec: ResolverSpec, role: str, t_zero: float, *, window: float
+    ) -> list[dict[str, Any]]:
+        """Query one resolver (retrying a UDP timeout once); every attempt's record is kept."""
+        records: list[dict[str, Any]] = []
+        attempts = DNS_ATTEMPTS if spec.transport == "udp" and role == ROLE_RESOLVER else 1
+        for _ in range(attempts):
+            result = await resolve(
+                name,
+                query_type=QUERY_TYPE,
+                resolver=spec.address,
+                transport="udp" if spec.transport == "system" else spec.transport,
+                timeout=self.dns_timeout,
+                t_zero=t_zero,
+                listen_window=window,
+                ca_file=self.ctx.ca_file,
+            )
+            record = result.queries[0]
+            record["x_role"] = role
+            record["x_transport"] = spec.transport
+            record["x_responses"] = _responses_of(result)
+            records.append(record)
+            if result.failure != "generic_timeout_error":
+                break
+        return records
+
+    async def _control_view(self, name: str, addrs: list[str], keys: dict[str, Any]) -> None:
+        """Ask the helper for its DNS view and a TLS handshake with each of our addresses."""
+        if self.control is None:
+            return
+        if self.tls_port == DEFAULT_TLS_PORT:
+            url = f"http://{name}/"
+        else:
+            url = f"https://{name}:{self.tls_port}/"
+        endpoints = [format_host_port(a, self.tls_port) for a in addrs[:MAX_TLS_CHECKS]]
+        result = await self.control.measure(url, endpoints, {})
+        keys["control_failure"] = result.failure
+        if result.failure is None:
+            doc = result.control
+            keys["control"] = {
+                "dns": doc.get("dns"),
+                "tcp_connect": doc.get("tcp_connect") or {},
+                "tls_handshake": doc.get("tls_handshake") or {},
+                "x_tls_certificates": doc.get("x_tls_certificates") or {},
+            }
+
+    async def measure(self, input_: str | None) -> dict[str, Any]:
+        problem = self.input_problem(input_ or "")
+        if input_ is None or problem:
+            return {
+                "failure": f"unknown_failure: {problem}",
+                "blocking": None,
+                "blocking_detail": None,
+            }
+        name = name_of(input_)
+        t_zero = time.monotonic()
+        keys: dict[str, Any] = {
+            "domain": name,
+            "queries": [],
+            "control_resolver": self.control_resolver.label if self.control_resolver else None,
+            "control_queries": [],
+            "control": {},
+            "control_failure": self.helper_failure,
+            "x_listen_window": self.listen_window,
+        }
+        if self.bogon_exempt:
+            keys["x_bogon_exempt"] = self.bogon_exempt
+        probe_steps = [
+            self._query(name, spec, ROLE_RESOLVER, t_zero, window=self.listen_window)
+            for spec in self.resolvers
+        ] + [
+            self._query(name, spec, ROLE_PROBE_ADDRESS, t_zero, window=self.listen_window)
+            for spec in self.probe_addresses
+        ]
+        control_step = (
+            self._query(name, self.control_resolver, "control", t_zero, window=0.0)
+            if self.control_resolver
+            else None
+        )
+        gathered = await asyncio.gather(*probe_steps, *([control_step] if control_step else []))
+        if control_step:
+            keys["control_queries"] = gathered.pop()
+        for records in gathered:
+            keys["queries"].extend(records)
+        # The helper checks only the addresses the control resolver did not confirm.
+        confirmed = {a for q in keys["control_queries"] for a in query_addresses(q)}
+        ours: list[str] = []
+        for query in keys["queries"]:
+            if query["x_role"] == ROLE_RESOLVER:
+                ours.extend(a for a in query_addresses(query) if a not in ours)
+        # Bogons cannot serve a public name: they are evidence already, not worth a check.
+        bogon = bogon_check(keys)
+        unconfirmed = [a for a in ours if a not in confirmed and not bogon(a)]
+        await self._control_view(name, unconfirmed, keys)
+        self._summarise(keys)
+        return keys
+
+    def _summarise(self, keys: dict[str, Any]) -> None:
+        """OONI's legacy dns_consistency keys, then our verdict."""
+        resolvers = [q for q in keys["queries"] if q["x_role"] == ROLE_RESOLVER]
+        keys["errors"] = {
+            q["resolver_address"] or "system": q["failure"] for q in resolvers if q["failure"]
+        }
+        keys["successful"] = sorted(
+            {q["resolver_address"] or "system" for q in resolvers if not q["failure"]}
+        )
+        keys["failed"] = sorted(set(keys["errors"]) - set(keys["successful"]))
+        verdict = analyze(keys, self.fingerprints)
+        keys["inconsistent"] = [r or "system" for r in verdict.inconsistent]
+        keys["dns_evidence"] = [e.as_dict() for e in verdict.evidence]
+        keys["blocking"] = verdict.blocking
+        keys["blocking_detail"] = verdict.blocking_detail
+
+    def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
+        return {"failure": failure, "blocking": None, "blocking_detail": None}
+
+
+def decode_raw(response: dict[str, Any]) -> bytes:
+    """The wire bytes of one kept answer (for re-parsing in analysis)."""
+    return base64.b64decode(response.get("raw") or "")

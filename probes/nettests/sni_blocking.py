@@ -1,0 +1,127 @@
+"""sni_blocking: is a TLS handshake cut because of the name in its SNI?
+
+To one endpoint (``sni_endpoint`` IP:PORT, else the target's first address) we run a handshake
+with a control SNI (``control_sni``, a name nobody blocks) and then one with the target SNI,
+``ROUNDS`` times. Blocking only when the target's handshake failed in every round while the
+control's passed in every round: one lost packet, or residual blocking of the pair after a
+trigger (which would fail the next control too), does not make a verdict. The control SNI runs
+first in each round for that reason. When a control helper is set, the target handshake's
+certificate is also compared with the helper's for the same endpoint (tls.intercepted).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.dns import resolve
+from probes.net.tls import tls_handshake
+from probes.nettests.base import Nettest
+from probes.nettests.control import ControlClient
+from probes.nettests.tls_compare import INTERCEPTED, compare, probe_summary
+from probes.nettests.tls_interception import control_certificates, target_of
+
+# Three rounds: a 2% loss path fails one handshake in ~25 by chance; all three in ~1 in 10^4.
+ROUNDS = 3
+# OONI's sni_blocking default control SNI (ooni/probe-cli internal/experiment/sniblocking).
+DEFAULT_CONTROL_SNI = "example.com"
+STEP_TIMEOUT_SHARE = 0.1
+_DETAILS = {
+    "connection_reset": "tls.sni_reset",
+    "generic_timeout_error": "tls.sni_timeout",
+    "eof_error": "tls.sni_eof",
+}
+
+
+def reached_tls(failure: str | None) -> bool:
+    """The handshake got as far as the certificate (a name mismatch is not SNI blocking)."""
+    return failure is None or failure.startswith("ssl_")
+
+
+class SNIBlocking(Nettest):
+    name = "sni_blocking"
+    version = "0.1.0"
+
+    async def setup(self) -> None:
+        self.control: ControlClient | None = None
+        self.control_sni = str(self.ctx.options.get("control_sni") or DEFAULT_CONTROL_SNI)
+        self.endpoint = self.ctx.options.get("sni_endpoint")
+        if self.ctx.helpers:
+            self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+            if await self.control.choose():
+                self.warnings.append("control helper unreachable: no interception check")
+                await self.control.aclose()
+                self.control = None
+
+    async def close(self) -> None:
+        if self.control is not None:
+            await self.control.aclose()
+
+    @classmethod
+    def input_problem(cls, input_: str) -> str | None:
+        try:
+            name, _ = target_of(input_)
+        except ValueError as exc:
+            return f"not a valid URL: {exc}"
+        if not name or is_ip(name.strip("[]")):
+            return "needs a domain name (the SNI) or a URL with one"
+        return None
+
+    async def measure(self, input_: str | None) -> dict[str, Any]:
+        problem = self.input_problem(input_ or "")
+        if input_ is None or problem:
+            return {"failure": f"unknown_failure: {problem}", "blocking": None,
+                    "blocking_detail": None}  # fmt: skip
+        name, port = target_of(input_)
+        t_zero = time.monotonic()
+        timeout = self.ctx.timeout * STEP_TIMEOUT_SHARE
+        keys: dict[str, Any] = {"queries": [], "control_sni": self.control_sni,
+                                "tls_handshakes": [], "control": {}}  # fmt: skip
+        if self.endpoint:
+            ip, port = parse_host_port(str(self.endpoint), port)
+        else:
+            dns = await resolve(name, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero)
+            keys["queries"] = dns.queries
+            if not dns.addrs:
+                keys.update(failure=dns.failure, blocking=None, blocking_detail=None)
+                return keys
+            ip = dns.addrs[0]
+        keys["endpoint"] = format_host_port(ip, port)
+        target_failures, control_failures = [], []
+        summary: dict[str, Any] = {}
+        for _ in range(ROUNDS):
+            control = await tls_handshake(
+                ip, port, self.control_sni, timeout=timeout, t_zero=t_zero, verify=False
+            )
+            target = await tls_handshake(
+                ip, port, name, timeout=timeout, t_zero=t_zero, ca_file=self.ctx.ca_file
+            )
+            summary = probe_summary(
+                target.record, target.leaf_spki_sha256, target.issuer, target.verified
+            )
+            keys["tls_handshakes"] += [control.record, summary]
+            control_failures.append(control.failure)
+            target_failures.append(target.failure)
+            if reached_tls(target.failure):
+                break  # the name went through: no need to repeat
+        blocking: Any = None
+        detail = None
+        if reached_tls(target_failures[-1]):
+            blocking = False
+            if self.control is not None:
+                blocking, detail = await self._interception(name, port, keys, summary)
+        elif all(f is None for f in control_failures) and len(target_failures) == ROUNDS:
+            blocking = "tls"
+            detail = _DETAILS.get(target_failures[0] or "", "tls.sni_failure")
+        keys["blocking"], keys["blocking_detail"] = blocking, detail
+        return keys
+
+    async def _interception(
+        self, name: str, port: int, keys: dict[str, Any], summary: dict[str, Any]
+    ) -> tuple[Any, str | None]:
+        control, failure = await control_certificates(self.control, name, port, [keys["endpoint"]])
+        keys["control"], keys["control_failure"] = control, failure
+        found = compare(summary, control.get("x_tls_certificates", {}).get(keys["endpoint"]))
+        keys["tls_comparison"] = found.as_dict()
+        return ("tls", INTERCEPTED) if found.intercepted else (False, None)

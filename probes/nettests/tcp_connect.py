@@ -1,0 +1,131 @@
+"""tcp_connect: can we open a TCP connection to host:port, and can the control?
+
+The input is ``host:port`` (a name is resolved with the probe's resolver) or a URL (its host and
+port). We connect to each address; the control helper connects to the same endpoints from
+outside the censor. Only a failure here with a success there is blocking (``tcp_ip``); a failure
+on both sides is a server that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.dns import resolve
+from probes.net.tcp import tcp_connect
+from probes.nettests.base import Nettest
+from probes.nettests.control import ControlClient
+
+MAX_ADDRESSES = 4
+STEP_TIMEOUT_SHARE = 0.3
+_SCHEME_PORTS = {"http": 80, "https": 443}
+# Failure strings -> evidence names (ooni/spec df-007 failures).
+_DETAILS = {
+    "connection_refused": "tcp.refused",
+    "connection_reset": "tcp.reset",
+    "generic_timeout_error": "tcp.timeout",
+}
+
+
+def endpoint_of(input_: str) -> tuple[str, int]:
+    """(host, port) from ``host:port``, ``[v6]:port`` or a URL; ValueError if there is none."""
+    if "://" in input_:
+        parts = urlsplit(input_)
+        host = parts.hostname or ""
+        port = parts.port or _SCHEME_PORTS.get(parts.scheme, 0)
+    else:
+        host, port = parse_host_port(input_.strip(), 0)
+    if not host or not 0 < port < 65536:
+        raise ValueError("needs host:port or a URL")
+    return host, port
+
+
+def tcp_detail(failure: str | None) -> str:
+    return _DETAILS.get(failure or "", "tcp.failure")
+
+
+def control_reached(control: dict[str, Any], endpoint: str) -> bool | None:
+    """Whether the helper connected to ``endpoint`` (None: it did not try)."""
+    entry = (control.get("tcp_connect") or {}).get(endpoint)
+    return None if not isinstance(entry, dict) else bool(entry.get("status"))
+
+
+class TCPConnect(Nettest):
+    name = "tcp_connect"
+    version = "0.1.0"
+
+    async def setup(self) -> None:
+        self.control: ControlClient | None = None
+        if self.ctx.helpers:
+            self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+            problem = await self.control.choose()
+            if problem:
+                self.warnings.append(f"control helper unreachable ({problem})")
+
+    async def close(self) -> None:
+        if self.control is not None:
+            await self.control.aclose()
+
+    @classmethod
+    def input_problem(cls, input_: str) -> str | None:
+        try:
+            endpoint_of(input_)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    async def measure(self, input_: str | None) -> dict[str, Any]:
+        problem = self.input_problem(input_ or "")
+        if input_ is None or problem:
+            return {"failure": f"unknown_failure: {problem}", "blocking": None,
+                    "blocking_detail": None}  # fmt: skip
+        host, port = endpoint_of(input_)
+        t_zero = time.monotonic()
+        timeout = self.ctx.timeout * STEP_TIMEOUT_SHARE
+        keys: dict[str, Any] = {"queries": [], "tcp_connect": [], "control": {},
+                                "control_failure": None}  # fmt: skip
+        if is_ip(host):
+            addrs = [host]
+        else:
+            dns = await resolve(host, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero)
+            keys["queries"] = dns.queries
+            addrs = dns.addrs[:MAX_ADDRESSES]
+            if not addrs:
+                keys.update(failure=dns.failure, blocking=None, blocking_detail=None)
+                return keys
+        endpoints = [format_host_port(a, port) for a in addrs]
+        scheme = "https" if port == 443 else "http"
+        control_task = (
+            asyncio.create_task(self.control.measure(f"{scheme}://{host}:{port}/", endpoints, {}))
+            if self.control is not None
+            else None
+        )
+        results = await asyncio.gather(
+            *(tcp_connect(a, port, timeout=timeout, t_zero=t_zero) for a in addrs)
+        )
+        keys["tcp_connect"] = [r.record for r in results]
+        control: dict[str, Any] = {}
+        if control_task is not None:
+            reply = await control_task
+            keys["control_failure"] = reply.failure
+            control = {"tcp_connect": reply.control.get("tcp_connect") or {}}
+            keys["control"] = control
+        else:
+            keys["control_failure"] = "no_control_helper"
+        blocking: Any = None
+        detail = None
+        if any(r.failure is None for r in results):
+            blocking = False
+        else:
+            blocked = [
+                r for r, ep in zip(results, endpoints, strict=True) if control_reached(control, ep)
+            ]
+            for r in blocked:
+                r.record["status"]["blocked"] = True
+            if blocked:
+                blocking, detail = "tcp_ip", tcp_detail(blocked[0].failure)
+        keys["blocking"], keys["blocking_detail"] = blocking, detail
+        return keys

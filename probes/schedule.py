@@ -1,0 +1,387 @@
+"""The scheduling daemon: nettests on cron or interval triggers, then upload (APScheduler 3.x).
+
+Jobs are declared in the TOML config (`[[schedule.jobs]]`) and kept in a SQLite job store, by
+explicit id, so that a restart of the daemon neither loses a job nor adds a second copy: a job
+whose declaration did not change keeps its stored next run time; a changed one is replaced.
+Runs are coalesced, never overlap (`max_instances=1`) and are skipped when they are later than
+the misfire grace time.
+
+Each run is a `censorscope run` subprocess. At the job's time limit it gets SIGINT, as a user's
+Ctrl-C: the runner stores every measurement that finished and the report can be resumed with
+`--resume REPORT_ID`; SIGKILL follows only if it does not stop within a grace period. After each
+run the store is uploaded when `[upload] collector` is configured. The token is read from the
+config (or CENSORSCOPE_UPLOAD_TOKEN) at run time and is never written to the job store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from probes.config import Config
+
+log = logging.getLogger("censorscope.schedule")
+
+CLI = "from probes.cli import main; main()"
+STOP_GRACE = 30.0  # seconds a stopped run gets to store what it finished before SIGKILL
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+class ScheduleError(ValueError):
+    """A bad schedule configuration; the message names the file and the key."""
+
+
+@dataclass
+class JobSpec:
+    """One `[[schedule.jobs]]` entry, as plain data (it is what the job store keeps)."""
+
+    id: str
+    nettest: str
+    inputs: list[str] = field(default_factory=list)
+    testlists: list[str] = field(default_factory=list)
+    cron: str | None = None
+    interval: float | None = None
+    jitter: int | None = None
+    concurrency: int | None = None
+    time_limit: float | None = None
+    vantage: str | None = None
+
+    def describe_trigger(self) -> str:
+        when = f"cron '{self.cron}'" if self.cron else f"every {self.interval:g} s"
+        return when + (f" (jitter {self.jitter} s)" if self.jitter else "")
+
+
+@dataclass
+class ScheduleSettings:
+    jobstore: str = "schedule.sqlite"
+    log_file: str = "censorscope-schedule.log"
+    misfire_grace_time: int = 300
+    max_parallel_jobs: int = 4
+    upload: bool = True
+    jobs: list[JobSpec] = field(default_factory=list)
+
+
+_JOB_KEYS: dict[str, str] = {
+    "id": "str",
+    "nettest": "str",
+    "inputs": "list",
+    "testlists": "list",
+    "cron": "str",
+    "interval": "number",
+    "jitter": "int",
+    "concurrency": "int",
+    "time_limit": "number",
+    "vantage": "str",
+}
+_SETTINGS_KEYS: dict[str, str] = {
+    "jobstore": "str",
+    "log_file": "str",
+    "misfire_grace_time": "int",
+    "max_parallel_jobs": "int",
+    "upload": "bool",
+    "jobs": "jobs",
+}
+
+
+def _check(where: str, key: str, value: Any, kind: str) -> Any:
+    if kind == "str" and (not isinstance(value, str) or not value):
+        raise ScheduleError(f"{where}: key '{key}': expected a non-empty string, got {value!r}")
+    if kind == "list" and (
+        not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+    ):
+        raise ScheduleError(f"{where}: key '{key}': expected a list of strings")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ScheduleError(f"{where}: key '{key}': expected true or false, got {value!r}")
+    if kind in ("int", "number"):
+        types = (int,) if kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, types) or value <= 0:
+            what = "a positive integer" if kind == "int" else "a positive number"
+            raise ScheduleError(f"{where}: key '{key}': expected {what}, got {value!r}")
+    return value
+
+
+def _trigger(spec: JobSpec) -> Any:
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    if spec.cron:
+        return CronTrigger.from_crontab(spec.cron, timezone=UTC)
+    return IntervalTrigger(seconds=spec.interval or 0, jitter=spec.jitter, timezone=UTC)
+
+
+def parse_schedule(cfg: Config) -> ScheduleSettings:
+    """`[schedule]` and its `[[schedule.jobs]]` from the loaded config; ScheduleError names
+    the key."""
+    from probes.nettests import REGISTRY
+
+    where = cfg.source
+    raw = cfg.raw.get("schedule", {})
+    if not isinstance(raw, dict):
+        raise ScheduleError(f"{where}: [schedule] must be a table")
+    out = ScheduleSettings()
+    for key, value in raw.items():
+        if key not in _SETTINGS_KEYS:
+            known = ", ".join(_SETTINGS_KEYS)
+            raise ScheduleError(f"{where}: unknown key 'schedule.{key}' (known: {known})")
+        if key != "jobs":
+            setattr(out, key, _check(where, f"schedule.{key}", value, _SETTINGS_KEYS[key]))
+    jobs = raw.get("jobs", [])
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
+        raise ScheduleError(f"{where}: 'schedule.jobs' must be [[schedule.jobs]] tables")
+    if not jobs:
+        raise ScheduleError(f"{where}: no jobs: add at least one [[schedule.jobs]] table")
+    seen: set[str] = set()
+    for n, table in enumerate(jobs):
+        prefix = f"schedule.jobs[{n}]"
+        for key, value in table.items():
+            if key not in _JOB_KEYS:
+                raise ScheduleError(
+                    f"{where}: unknown key '{prefix}.{key}' (known: {', '.join(_JOB_KEYS)})"
+                )
+            _check(where, f"{prefix}.{key}", value, _JOB_KEYS[key])
+        for required in ("id", "nettest"):
+            if required not in table:
+                raise ScheduleError(f"{where}: key '{prefix}.{required}': missing")
+        spec = JobSpec(**table)
+        if not _ID.match(spec.id):
+            raise ScheduleError(
+                f"{where}: key '{prefix}.id': use 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if spec.id in seen:
+            raise ScheduleError(f"{where}: key '{prefix}.id': {spec.id!r} is used twice")
+        seen.add(spec.id)
+        if spec.nettest not in REGISTRY:
+            raise ScheduleError(
+                f"{where}: key '{prefix}.nettest': unknown nettest {spec.nettest!r} "
+                f"(known: {', '.join(sorted(REGISTRY))})"
+            )
+        if (spec.cron is None) == (spec.interval is None):
+            raise ScheduleError(f"{where}: key '{prefix}': give exactly one of cron or interval")
+        if not spec.inputs and not spec.testlists:
+            raise ScheduleError(f"{where}: key '{prefix}': give inputs or testlists")
+        try:
+            _trigger(spec)
+        except ValueError as exc:
+            raise ScheduleError(f"{where}: key '{prefix}.cron': {exc}") from exc
+        out.jobs.append(spec)
+    return out
+
+
+# --- one run -----------------------------------------------------------------------------------
+
+
+def _command(spec: JobSpec, config_path: str | None) -> list[str]:
+    cmd = [sys.executable, "-c", CLI, "run", spec.nettest, "--no-progress"]
+    if config_path:
+        cmd += ["--config", config_path]
+    for value in spec.inputs:
+        cmd += ["--input", value]
+    for path in spec.testlists:
+        cmd += ["--testlist", path]
+    if spec.concurrency:
+        cmd += ["--concurrency", str(spec.concurrency)]
+    if spec.vantage:
+        cmd += ["--vantage", spec.vantage]
+    return cmd
+
+
+def _stop(proc: subprocess.Popen[bytes], job_id: str) -> None:
+    """SIGINT (the runner stores what finished), then SIGKILL after the grace period."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        log.error("%s: did not stop within %.0f s of SIGINT; killing it", job_id, STOP_GRACE)
+        proc.kill()
+        proc.wait()
+
+
+def run_job(spec: dict[str, Any], config_path: str | None) -> int:
+    """The scheduled function (module level, so the job store can name it): run, then upload."""
+    job = JobSpec(**spec)
+    cmd = _command(job, config_path)
+    log.info("%s: starting %s", job.id, job.nettest)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    output = b""
+    try:
+        try:
+            output, _ = proc.communicate(timeout=job.time_limit)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: time limit of %g s reached; stopping the run", job.id, job.time_limit)
+            _stop(proc, job.id)
+            output = (proc.stdout.read() if proc.stdout else b"") or b""
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+    for line in output.decode("utf-8", "replace").splitlines():
+        log.info("%s: %s", job.id, line)
+    log.info("%s: run finished with status %s", job.id, proc.returncode)
+    _upload_after_run(job.id, config_path)
+    return int(proc.returncode or 0)
+
+
+def _upload_after_run(job_id: str, config_path: str | None) -> None:
+    from probes.config import ConfigError, load_config
+    from probes.upload import UploadError, UploadSettings, upload_store
+
+    try:
+        cfg = load_config(Path(config_path) if config_path else None)
+        settings = parse_schedule(cfg)
+    except (ConfigError, ScheduleError) as exc:
+        log.error("%s: not uploading: %s", job_id, exc)
+        return
+    if not settings.upload or not cfg.upload.collector:
+        return
+    if not cfg.upload.token:
+        log.error(
+            "%s: not uploading: no token ([upload] token or CENSORSCOPE_UPLOAD_TOKEN)", job_id
+        )
+        return
+    upload = UploadSettings(collector=cfg.upload.collector, token=cfg.upload.token)
+    try:
+        summary = asyncio.run(upload_store(Path(cfg.probe.results), upload))
+    except UploadError as exc:
+        log.error("%s: upload failed: %s", job_id, exc)
+        return
+    log.info("%s: %s", job_id, summary.describe())
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+def _scheduler(settings: ScheduleSettings) -> Any:
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    store = Path(settings.jobstore)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{store.resolve()}")},
+        executors={"default": ThreadPoolExecutor(settings.max_parallel_jobs)},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": settings.misfire_grace_time,
+        },
+        timezone=UTC,
+    )
+
+
+def sync_jobs(scheduler: Any, settings: ScheduleSettings, config_path: str | None) -> list[str]:
+    """Make the job store match the config: keep unchanged jobs, replace changed ones, drop
+    removed ones. Returns what was done, one line per job."""
+    done = []
+    wanted = {spec.id: spec for spec in settings.jobs}
+    for job in scheduler.get_jobs():
+        if job.id not in wanted:
+            scheduler.remove_job(job.id)
+            done.append(f"{job.id}: removed (no longer in the config)")
+    for spec in settings.jobs:
+        kwargs = {"spec": asdict(spec), "config_path": config_path}
+        stored = scheduler.get_job(spec.id)
+        if stored is not None and stored.kwargs == kwargs:
+            done.append(f"{spec.id}: kept, next run {_when(stored.next_run_time)}")
+            continue
+        job = scheduler.add_job(
+            run_job,
+            _trigger(spec),
+            id=spec.id,
+            name=f"{spec.nettest} ({spec.describe_trigger()})",
+            kwargs=kwargs,
+            replace_existing=True,
+        )
+        done.append(
+            f"{spec.id}: {'replaced' if stored else 'added'}, next run {_when(job.next_run_time)}"
+        )
+    return done
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "paused"
+
+
+def setup_logging(log_file: str) -> None:
+    """Log to a rotating file and to the console."""
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    file_handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=5 * 1024 * 1024, backupCount=5, encoding="utf-8"
+    )
+    console = logging.StreamHandler(sys.stderr)
+    for handler in (file_handler, console):
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(file_handler)
+    root.addHandler(console)
+
+
+def _config_path(cfg: Config) -> str | None:
+    return str(Path(cfg.source).resolve()) if cfg.source != "(defaults)" else None
+
+
+def run_daemon(cfg: Config) -> None:
+    """Schedule the configured jobs and run until SIGINT or SIGTERM."""
+    settings = parse_schedule(cfg)
+    setup_logging(settings.log_file)
+    scheduler = _scheduler(settings)
+    scheduler.start(paused=True)
+    for line in sync_jobs(scheduler, settings, _config_path(cfg)):
+        log.info("job %s", line)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    scheduler.resume()
+    log.info("scheduler running: %d jobs, job store %s", len(settings.jobs), settings.jobstore)
+    stop.wait()
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:  # let runs in progress store what they finished
+        proc.send_signal(signal.SIGINT)
+    scheduler.shutdown(wait=True)
+    log.info("scheduler stopped")
+
+
+def list_jobs(cfg: Config) -> list[str]:
+    """One line per configured job with its next run time (from the job store if the daemon
+    has scheduled it already)."""
+    settings = parse_schedule(cfg)
+    scheduler = _scheduler(settings)
+    scheduler.start(paused=True)
+    try:
+        lines = []
+        now = datetime.now(UTC)
+        for spec in settings.jobs:
+            stored = scheduler.get_job(spec.id)
+            if stored is not None:
+                nxt, origin = stored.next_run_time, "scheduled"
+            else:
+                nxt, origin = _trigger(spec).get_next_fire_time(None, now), "not yet scheduled"
+            lines.append(
+                f"{spec.id}\t{spec.nettest}\t{spec.describe_trigger()}\t"
+                f"next run {_when(nxt)} ({origin})"
+            )
+        return lines
+    finally:
+        scheduler.shutdown(wait=False)

@@ -1,0 +1,358 @@
+"""Sending stored measurements to a collector, each exactly once, across crashes and outages.
+
+The queue is not a second copy of the data: it is the results store minus an *uploaded index*,
+an append-only file of the measurement_uids the collector has acknowledged
+(`RESULTS/upload/<collector>/uploaded.log`). A uid is appended (and fsynced, in batches) only
+after the collector answered 200, so a crash can only forget acknowledgements, never invent
+them; the forgotten ones are sent again on the next run and the collector, idempotent by
+measurement_uid, answers "duplicate" without storing a second copy. Measurements the collector
+refuses for good (400, 403, 413) go to `rejected.log` with the reason, so they do not block the
+queue on every run.
+
+Transient failures (no connection, timeouts, 5xx, 429) are retried with exponential backoff and
+full jitter; when the collector stays away past the retry budget the run stops, and the next
+run carries on where this one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from probes.net.http import JSONClient, JSONReply
+from probes.store import ResultsStore
+
+UPLOAD_DIR = "upload"
+INDEX_FLUSH_EVERY = 256
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+REJECT_STATUSES = frozenset({400, 403, 409, 413, 422})
+
+
+class UploadError(Exception):
+    """The upload cannot go on; `bad_input` when the user must fix something (URL, token)."""
+
+    def __init__(self, message: str, *, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
+
+
+class _Unavailable(Exception):
+    """The collector did not answer within the retry budget."""
+
+
+class _ReportGone(Exception):
+    """The collector no longer accepts this report (closed or unknown): open a new one."""
+
+
+@dataclass
+class UploadSettings:
+    collector: str
+    token: str
+    attempts: int = 8
+    backoff_base: float = 0.25
+    backoff_cap: float = 30.0
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass
+class UploadSummary:
+    uploaded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    pending: int = 0
+    reports: int = 0
+    retries: int = 0
+    stopped: str | None = None
+    rejections: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None
+
+    def describe(self) -> str:
+        text = (
+            f"upload: {self.uploaded} uploaded, {self.duplicates} already at the collector, "
+            f"{self.rejected} rejected, {self.retries} retries, {self.reports} reports"
+        )
+        if self.stopped:
+            text += f"; stopped: {self.stopped} ({self.pending} left for the next run)"
+        return text
+
+
+def collector_key(url: str) -> str:
+    """A directory name for one collector: readable host part plus a short hash of the URL."""
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", url.split("://", 1)[-1]).strip("_")[:48]
+    return f"{readable or 'collector'}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+class UploadIndex:
+    """The uploaded and rejected uids for one collector, append-only and fsynced."""
+
+    def __init__(self, store_root: Path, collector: str) -> None:
+        self.dir = Path(store_root) / UPLOAD_DIR / collector_key(collector)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.uploaded_path = self.dir / "uploaded.log"
+        self.rejected_path = self.dir / "rejected.log"
+        self.done: set[str] = set()
+        self._buffer: list[bytes] = []
+        self._lock_fd = -1
+
+    def lock(self) -> None:
+        """One uploader per store and collector at a time (the scheduler, a manual run)."""
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise UploadError(f"another upload to this collector is running ({self.dir})") from exc
+        self._lock_fd = fd
+
+    def load(self) -> None:
+        for path in (self.uploaded_path, self.rejected_path):
+            if not path.exists():
+                continue
+            with open(path, "rb") as handle:
+                for line in handle:
+                    if line.endswith(b"\n"):  # a torn last line is an acknowledgement lost
+                        self.done.add(line.split(b" ", 1)[0].strip().decode("ascii", "replace"))
+
+    def mark(self, uid: str) -> None:
+        self.done.add(uid)
+        self._buffer.append(uid.encode() + b"\n")
+        if len(self._buffer) >= INDEX_FLUSH_EVERY:
+            self.flush()
+
+    def reject(self, uid: str, reason: str) -> None:
+        self.done.add(uid)
+        reason = " ".join(reason.split())[:300]
+        _append_durably(self.rejected_path, [f"{uid} {reason}\n".encode()])
+
+    def flush(self) -> None:
+        if self._buffer:
+            _append_durably(self.uploaded_path, self._buffer)
+            self._buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _append_durably(path: Path, lines: list[bytes]) -> None:
+    """One write of whole lines on an O_APPEND descriptor, then fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = memoryview(b"".join(lines))
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pending_reports(
+    store: ResultsStore, done: set[str]
+) -> Iterator[tuple[Path, list[tuple[str, bytes, dict[str, Any]]]]]:
+    """Per report file, the measurements not yet uploaded: (uid, raw line, decoded)."""
+    for path in store.iter_report_files():
+        todo: list[tuple[str, bytes, dict[str, Any]]] = []
+        with open(path, "rb") as handle:
+            for line in handle:
+                if not line.endswith(b"\n") or not line.strip():
+                    continue
+                try:
+                    data = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                uid = data.get("measurement_uid") if isinstance(data, dict) else None
+                if isinstance(uid, str) and uid not in done:
+                    todo.append((uid, line, data))
+        if todo:
+            yield path, todo
+
+
+def count_pending(store_root: Path, collector: str) -> int:
+    """How many measurements of the store are not uploaded to this collector yet."""
+    index = UploadIndex(store_root, collector)
+    index.load()
+    return sum(len(todo) for _p, todo in pending_reports(ResultsStore(store_root), index.done))
+
+
+class _Uploader:
+    def __init__(self, client: JSONClient, settings: UploadSettings, summary: UploadSummary):
+        self.client = client
+        self.settings = settings
+        self.summary = summary
+        self.base = settings.collector.rstrip("/")
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+        ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2**attempt)
+        return random.uniform(0, ceiling)
+
+    async def request(self, path: str, body: bytes) -> JSONReply:
+        """POST with retries of transient failures; 401 stops the whole upload."""
+        last = ""
+        for attempt in range(self.settings.attempts):
+            if attempt:
+                self.summary.retries += 1
+                await asyncio.sleep(self._backoff(attempt - 1))
+            reply = await self.client.post_encoded(
+                self.base + path, body, timeout=self.settings.timeout
+            )
+            if reply.status_code is None:
+                last = reply.failure or "no answer"
+                continue
+            if reply.status_code in RETRY_STATUSES:
+                last = f"HTTP {reply.status_code}"
+                continue
+            if reply.status_code == 401:
+                raise UploadError(
+                    f"collector {self.settings.collector} refused the token: {_reason(reply)}",
+                    bad_input=True,
+                )
+            return reply
+        raise _Unavailable(f"collector {self.settings.collector} unavailable ({last})")
+
+    async def open_report(self, first: dict[str, Any]) -> str:
+        meta = {
+            key: first.get(key, "")
+            for key in (
+                "data_format_version",
+                "probe_asn",
+                "probe_cc",
+                "software_name",
+                "software_version",
+                "test_name",
+                "test_start_time",
+                "test_version",
+            )
+        }
+        meta["format"] = "json"
+        reply = await self.request("/report", orjson.dumps(meta))
+        report_id = reply.data.get("report_id") if isinstance(reply.data, dict) else None
+        if reply.status_code != 200 or not isinstance(report_id, str):
+            raise _ReportRefused(f"opening a report: HTTP {reply.status_code}: {_reason(reply)}")
+        self.summary.reports += 1
+        return report_id
+
+    async def submit(self, report_id: str, line: bytes) -> JSONReply:
+        body = b'{"format":"json","content":' + line.rstrip(b"\n") + b"}"
+        reply = await self.request(f"/report/{report_id}", body)
+        if reply.status_code in (404, 409) and _is_report_problem(reply):
+            raise _ReportGone
+        return reply
+
+    async def close_report(self, report_id: str) -> None:
+        # Closing is a courtesy: the measurements are stored already.
+        with contextlib.suppress(_Unavailable):
+            await self.request(f"/report/{report_id}/close", b"{}")
+
+
+class _ReportRefused(Exception):
+    """The collector will not open a report for these measurements."""
+
+
+def _reason(reply: JSONReply) -> str:
+    if isinstance(reply.data, dict) and isinstance(reply.data.get("error"), str):
+        return str(reply.data["error"])
+    return reply.failure or f"HTTP {reply.status_code}"
+
+
+def _is_report_problem(reply: JSONReply) -> bool:
+    return "report" in _reason(reply) and "measurement_uid" not in _reason(reply)
+
+
+async def _upload_report(
+    up: _Uploader, index: UploadIndex, todo: list[tuple[str, bytes, dict[str, Any]]]
+) -> None:
+    summary = up.summary
+    try:
+        report_id = await up.open_report(todo[0][2])
+    except _ReportRefused as exc:
+        for uid, _line, _data in todo:
+            index.reject(uid, str(exc))
+            summary.rejected += 1
+        summary.rejections.append(str(exc))
+        return
+    position = 0
+    reopened = 0
+    while position < len(todo):
+        uid, line, _data = todo[position]
+        try:
+            reply = await up.submit(report_id, line)
+        except _ReportGone:
+            reopened += 1
+            if reopened > 3:
+                raise _Unavailable("the collector keeps losing our report") from None
+            report_id = await up.open_report(todo[position][2])
+            continue
+        if reply.status_code == 200:
+            index.mark(uid)
+            duplicate = isinstance(reply.data, dict) and reply.data.get("duplicate") is True
+            if duplicate:
+                summary.duplicates += 1
+            else:
+                summary.uploaded += 1
+        elif reply.status_code in REJECT_STATUSES:
+            reason = f"HTTP {reply.status_code}: {_reason(reply)}"
+            index.reject(uid, reason)
+            summary.rejected += 1
+            if len(summary.rejections) < 20:
+                summary.rejections.append(f"{uid}: {reason}")
+        else:
+            raise _Unavailable(f"unexpected HTTP {reply.status_code}: {_reason(reply)}")
+        position += 1
+    await up.close_report(report_id)
+
+
+async def upload_store(
+    store_root: Path, settings: UploadSettings, *, client: JSONClient | None = None
+) -> UploadSummary:
+    """Upload every measurement of the store not yet acknowledged by this collector."""
+    if not re.match(r"^https?://[^/\s]+", settings.collector):
+        raise UploadError(
+            f"--collector {settings.collector!r}: expected http(s)://HOST[:PORT]", bad_input=True
+        )
+    root = Path(store_root)
+    if not root.is_dir():
+        raise UploadError(f"results directory {root} does not exist", bad_input=True)
+    summary = UploadSummary()
+    index = UploadIndex(root, settings.collector)
+    index.lock()
+    own_client = client is None
+    client = client or JSONClient(
+        ca_file=settings.ca_file, headers={"authorization": f"Bearer {settings.token}"}
+    )
+    try:
+        index.load()
+        up = _Uploader(client, settings, summary)
+        reports = pending_reports(ResultsStore(root), index.done)
+        for _path, todo in reports:
+            try:
+                await _upload_report(up, index, todo)
+            except _Unavailable as exc:
+                summary.stopped = str(exc)
+                summary.pending += sum(1 for uid, _l, _d in todo if uid not in index.done)
+                summary.pending += sum(len(rest) for _p, rest in reports)
+                break
+            finally:
+                index.flush()
+    finally:
+        index.close()
+        if own_client:
+            await client.aclose()
+    return summary

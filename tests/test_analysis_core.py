@@ -1,0 +1,176 @@
+"""analysis: loading, verdict re-derivation, comparison of vantages (synthetic + real OONI)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.compare import compare, wilson
+from analysis.load import Filters, load
+from analysis.pipeline import run
+from analysis.verdicts import (
+    VERDICT_COLUMNS,
+    CensoredPlanetSignatures,
+    Classifier,
+    SignatureError,
+    default_classifier,
+    load_signatures,
+)
+from tests import analysis_helpers as h
+from tests.shared_data import SHARED_DATA
+
+OONI = SHARED_DATA / "ooni"
+FINGERPRINTS = SHARED_DATA / "fingerprints"
+WC_REAL = OONI / "web_connectivity_real.jsonl"
+NETEM = OONI / "web_connectivity_netem_qa_synthetic.jsonl"
+needs_data = pytest.mark.skipif(not WC_REAL.exists(), reason=f"reference data absent: {OONI}")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    h.write_store(root)
+    return root
+
+
+def test_store_loads_with_dtypes_and_partition_filters(store: Path) -> None:
+    loaded = load([store])
+    m = loaded.measurements
+    assert len(m) == 2 * h.DAYS * h.REPEATS * 3
+    assert str(m["time"].dtype) == "datetime64[s, UTC]"
+    assert isinstance(m["vantage"].dtype, pd.CategoricalDtype)
+    assert set(m["vantage"]) == {"censored", "open"}
+    assert m["domain"].iloc[0] in {h.BLOCKED, h.OPEN, h.DOWN}
+    only = load(
+        [store],
+        filters=Filters(
+            since=h.START.date(),
+            until=h.START.date(),
+            vantages=frozenset({"open"}),
+            inputs=frozenset({h.OPEN}),
+        ),
+    )
+    assert len(only.measurements) == h.REPEATS
+    assert set(only.measurements["input"]) == {h.OPEN}
+    # every file opened belongs to the one partition kept
+    assert all("vantage=open" in s and "date=2024-03-01" in s for s in only.sources)
+
+
+def test_malformed_lines_are_counted_with_file_line_and_not_fatal(tmp_path: Path) -> None:
+    good = WC_REAL.read_bytes().split(b"\n")[0] if WC_REAL.exists() else b'{"test_name": "x"}'
+    path = tmp_path / "mixed.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join([good, b"{not json", b"[1, 2]", b"{}", good])))
+    loaded = load(ooni=[path])
+    assert len(loaded.measurements) == 2
+    assert loaded.n_problems == 3
+    assert [p.line for p in loaded.problems] == [2, 3, 4]
+    assert "not valid JSON" in str(loaded.problems[0]) and str(path) in str(loaded.problems[0])
+    assert "test_name" in loaded.problems[2].reason
+
+
+def test_torn_store_line_is_reported(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "s"
+    shutil.copytree(store, copy)
+    victim = next((copy / "raw").rglob("*.jsonl"))
+    victim.write_bytes(victim.read_bytes() + b'{"test_name": "tcp_co')
+    loaded = load([copy])
+    assert loaded.n_problems == 1 and "torn" in loaded.problems[0].reason
+
+
+@needs_data
+def test_single_json_document_and_observations(tmp_path: Path) -> None:
+    import orjson
+
+    first = orjson.loads(WC_REAL.read_bytes().split(b"\n")[2])
+    doc = tmp_path / "one.json"
+    doc.write_bytes(orjson.dumps(first, option=orjson.OPT_INDENT_2))
+    loaded = load(ooni=[doc])
+    assert len(loaded.measurements) == 1
+    obs = loaded.observations
+    assert set(obs["kind"]) >= {"dns", "http"}
+    assert (obs["row"] == 0).all()
+    n_answers = sum(len(q.get("answers") or [1]) for q in first["test_keys"]["queries"])
+    assert (obs["kind"] == "dns").sum() == n_answers
+
+
+def test_wilson_interval_known_values() -> None:
+    # Wilson 95% for 0/10 is [0, 0.2775]; for 5/10 [0.2366, 0.7634] (Brown, Cai & DasGupta).
+    low, high = wilson([0, 5], [10, 10])
+    assert low[0] == 0 and high[0] == pytest.approx(0.2775, abs=1e-4)
+    assert low[1] == pytest.approx(0.2366, abs=1e-4) and high[1] == pytest.approx(0.7634, abs=1e-4)
+
+
+def test_synthetic_store_findings_and_change_points(store: Path) -> None:
+    result = run([store], [], Filters(), None)
+    findings = result.comparison.findings.set_index("target")
+    assert findings.loc[h.BLOCKED, "finding"] == "blocked at censored"
+    assert findings.loc[h.BLOCKED, "blocking_type"] == "dns"
+    assert findings.loc[h.BLOCKED, "blocking_detail"] == "dns.injected"
+    assert bool(findings.loc[h.BLOCKED, "significant"])
+    assert findings.loc[h.DOWN, "finding"] == "inconclusive"
+    assert findings.loc[h.OPEN, "finding"] == "accessible everywhere"
+    changes = result.comparison.changes
+    events = changes[changes["event"].notna()]
+    got = [(r.target, r.vantage, r.event, r.start.day) for r in events.itertuples()]
+    first = h.START.day
+    assert got == [
+        (h.OPEN, "censored", "start", first + h.BLOCK_FROM),
+        (h.OPEN, "censored", "stop", first + h.BLOCK_UNTIL + 1),
+    ]  # and the one-day flip at the open vantage is no change point
+    vantages = result.comparison.vantages.set_index(["target", "vantage"])
+    row = vantages.loc[(h.BLOCKED, "censored")]
+    assert row["rate"] == 1.0 and row["n"] == h.DAYS * h.REPEATS and row["q_value"] < 0.05
+
+
+@needs_data
+def test_rederived_verdicts_keep_the_original_and_name_fingerprints() -> None:
+    classifier = default_classifier(FINGERPRINTS)
+    loaded = load(ooni=[WC_REAL], classifier=classifier, classifier_columns=VERDICT_COLUMNS)
+    m = loaded.measurements.set_index("line")
+    assert (m.drop(index=7)["verdict_source"] == "rederived").all()  # 7: test_keys null
+    # line 17: RU rutor.org, the probe said http-diff; a known block page names it
+    assert m.loc[17, "orig_blocking"] == "http-diff"
+    assert m.loc[17, "blocking_detail"] == "http.blockpage"
+    assert m.loc[17, "blocking_fingerprint"] in m.loc[17, "fingerprints"].split(";")
+    assert "ooni.ru_5" in m.loc[17, "fingerprints"].split(";")
+    # line 1: ID archive.org, the 0.4 probe said accessible; the Kominfo page confirms blocking
+    assert m.loc[1, "orig_blocking"] == "false" and m.loc[1, "blocking"] == "http-diff"
+    assert m.loc[1, "blocking_fingerprint"] == "ooni.id_lamanlabuh_kominfo"
+
+
+def test_censored_planet_false_positive_wins(tmp_path: Path) -> None:
+    (tmp_path / "b.json").write_text('{"fingerprint": "b_x", "pattern": "Access denied"}\n\n')
+    (tmp_path / "f.json").write_text('{"fingerprint": "x_fp", "pattern": "Thank you for"}\n')
+    sigs = CensoredPlanetSignatures(
+        load_signatures(tmp_path / "b.json", false_positive=False),
+        load_signatures(tmp_path / "f.json", false_positive=True),
+    )
+    assert sigs.match("<h1>Access denied</h1>") == (["censoredplanet:b_x"], [])
+    assert sigs.match("Access denied. Thank you for") == ([], ["censoredplanet:x_fp"])
+    (tmp_path / "bad.json").write_text('{"fingerprint": "y", "pattern": "(unclosed"}\n')
+    with pytest.raises(SignatureError, match=r"bad.json:1: field 'pattern'"):
+        load_signatures(tmp_path / "bad.json", false_positive=False)
+
+
+@needs_data
+def test_real_censored_planet_signatures_load() -> None:
+    sigs = CensoredPlanetSignatures.from_dir(FINGERPRINTS / "censoredplanet")
+    assert len(sigs.blockpages) == 622 and len(sigs.false_positives) == 460
+    assert "censoredplanet:a_prod_fortinet_1" in sigs.match("x FortiGuard Web Filtering y")[0]
+
+
+@needs_data
+def test_real_ooni_measurements_compare() -> None:
+    loaded = load(
+        ooni=[WC_REAL, NETEM], classifier=Classifier(), classifier_columns=VERDICT_COLUMNS
+    )
+    findings = compare(loaded.measurements).findings.set_index("target")
+    assert findings.loc["https://fa.wikipedia.org", "finding"] == "blocked at IR-AS197207"
+    assert findings.loc["https://fa.wikipedia.org", "blocking_type"] == "dns"
+    assert (findings["finding"] == "down everywhere").sum() >= 1
+    assert loaded.n_problems == 0

@@ -1,0 +1,89 @@
+"""`censorscope analyze` and `publish`: tables, a valid and reproducible dataset, no probe IPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from probes.cli import app
+from tests import analysis_helpers as h
+from tests.shared_data import SHARED_DATA
+
+WC_REAL = SHARED_DATA / "ooni" / "web_connectivity_real.jsonl"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    h.write_store(root)
+    return root
+
+
+def _publish(store: Path, out: Path, *extra: str) -> None:
+    result = CliRunner().invoke(
+        app, ["publish", "--results", str(store), "--out", str(out), *extra]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_analyze_writes_tables_and_summary(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    result = CliRunner().invoke(app, ["analyze", "--results", str(store), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "blocked.example: blocked at censored (dns, dns.injected)" in result.output
+    findings = pd.read_parquet(out / "findings.parquet")
+    assert list(findings["target"]) == [h.BLOCKED, h.DOWN, h.OPEN]
+    assert pd.read_csv(out / "changes.csv")["event"].dropna().tolist() == ["start", "stop"]
+
+
+def test_analyze_bad_usage_exits_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["analyze", "--ooni", str(tmp_path / "x.jsonl"), "--out", "o"])
+    assert missing.exit_code == 2 and "x.jsonl" in missing.output
+    bad_day = runner.invoke(
+        app, ["analyze", "--results", str(tmp_path), "--since", "2024-13-01", "--out", "o"]
+    )
+    assert bad_day.exit_code == 2 and "--since" in bad_day.output
+
+
+def test_publish_is_valid_reproducible_and_withholds_asn(store: Path, tmp_path: Path) -> None:
+    from frictionless import Package
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    _publish(store, first, "--drop-asn", "censored")
+    _publish(store, second, "--drop-asn", "censored")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+    assert Path("data/measurements/date=2024-03-01/test_name=tcp_connect/part-0.parquet") in files
+    report = Package(str(first / "datapackage.json")).validate()
+    assert report.valid, report.flatten(["type", "note"])
+    sums = (first / "SHA256SUMS").read_text().splitlines()
+    assert len(sums) == len(files) - 1  # every file but SHA256SUMS itself
+    m = pd.read_parquet(first / "data" / "measurements")
+    assert len(m) == 2 * h.DAYS * h.REPEATS * 3
+    assert m.loc[m["vantage"] == "censored", "probe_asn"].isna().all()
+    assert (m.loc[m["vantage"] == "open", "probe_asn"] == "AS64501").all()
+    assert "probe_ip" not in m.columns and "source" not in m.columns
+    card = (first / "README.md").read_text()
+    assert "How to cite" in card and "2024-03-01 to 2024-03-10" in card
+
+
+@pytest.mark.skipif(not WC_REAL.exists(), reason="reference data absent")
+def test_publish_real_ooni_has_no_probe_ip(tmp_path: Path) -> None:
+    import orjson
+
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["publish", "--ooni", str(WC_REAL), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    probe_ips = {
+        orjson.loads(line).get("probe_ip") for line in WC_REAL.read_bytes().splitlines() if line
+    } - {None, "127.0.0.1"}
+    m = pd.read_parquet(out / "data" / "measurements")
+    text = m.astype(str).to_csv() + "".join(p.read_text() for p in out.glob("*.csv"))
+    assert not any(ip in text for ip in probe_ips)
+    assert len(m) == 28

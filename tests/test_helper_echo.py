@@ -1,0 +1,145 @@
+"""The helper's echo ports and message relay, on loopback under a real uvicorn."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from backend.helper import DNSZoneConfig, EchoConfig, RelayConfig
+from tests.loopback.keyword_censor import run_helper
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def echo_helper() -> Iterator[tuple[str, dict[str, list[int]]]]:
+    with run_helper(HOST, echo=EchoConfig(HOST, [0, 0], [0])) as (base, _port):
+        info = httpx.get(base + "echo", timeout=5).json()
+        yield base, info
+
+
+def _talk(port: int, data: bytes, *, tls_sni: str | None = None) -> bytes:
+    raw = socket.create_connection((HOST, port), timeout=5)
+    sock: socket.socket = raw
+    if tls_sni is not None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        sock = ctx.wrap_socket(raw, server_hostname=tls_sni)
+    with sock:
+        sock.sendall(data)
+        if tls_sni is None:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+            if tls_sni is not None and b"}" in chunk:
+                break
+        return b"".join(chunks)
+
+
+def test_echo_info_lists_the_ports(echo_helper: tuple[str, dict[str, list[int]]]) -> None:
+    _base, info = echo_helper
+    assert len(info["tcp_ports"]) == 2 and len(info["tls_ports"]) == 1
+    assert all(p > 0 for p in info["tcp_ports"] + info["tls_ports"])
+
+
+def test_http_echo_reports_the_request_as_received(
+    echo_helper: tuple[str, dict[str, list[int]]],
+) -> None:
+    _base, info = echo_helper
+    port = info["tcp_ports"][1]
+    reply = httpx.post(
+        f"http://{HOST}:{port}/kw/%E6%B3%95%E8%BD%AE?q=x",
+        headers={"Host": "falun.kw.censorscope.test"},
+        content="q=法轮".encode(),
+        timeout=5,
+    )
+    echo = reply.json()
+    assert reply.status_code == 200
+    assert echo["method"] == "POST"
+    assert echo["target"] == "/kw/%E6%B3%95%E8%BD%AE?q=x"
+    assert echo["host"] == "falun.kw.censorscope.test"
+    assert echo["body"] == "q=法轮"
+    assert echo["sni"] is None
+
+
+def test_raw_tcp_echo(echo_helper: tuple[str, dict[str, list[int]]]) -> None:
+    _base, info = echo_helper
+    assert _talk(info["tcp_ports"][0], b"\x00\x01 not http \xff") == b"\x00\x01 not http \xff"
+
+
+def test_tls_echo_accepts_any_sni_and_reports_it(
+    echo_helper: tuple[str, dict[str, list[int]]],
+) -> None:
+    _base, info = echo_helper
+    request = b"GET /kw HTTP/1.1\r\nHost: echo.kw.censorscope.test\r\n\r\n"
+    reply = _talk(info["tls_ports"][0], request, tls_sni="xn--fiq228c.kw.censorscope.test")
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b'"sni":"xn--fiq228c.kw.censorscope.test"' in reply
+
+
+# --- relay -----------------------------------------------------------------------------------
+
+
+def test_relay_delivers_in_order_and_after_filters() -> None:
+    with run_helper(HOST, relay=RelayConfig()) as (base, _):
+        first = httpx.post(base + "relay/box-1", json={"text": "hello 1"}).json()["id"]
+        httpx.post(base + "relay/box-1", json={"text": "hello 2"})
+        httpx.post(base + "relay/other", json={"text": "elsewhere"})
+        got = httpx.get(base + "relay/box-1").json()["messages"]
+        later = httpx.get(base + "relay/box-1", params={"after": first}).json()["messages"]
+        bad = httpx.post(base + "relay/bad name!", json={"text": "x"})
+        not_json = httpx.post(base + "relay/box-1", content=b"text")
+    assert [m["text"] for m in got] == ["hello 1", "hello 2"]
+    assert [m["text"] for m in later] == ["hello 2"]
+    assert bad.status_code in (400, 404)
+    assert not_json.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "stored"),
+    [("drop", 200, None), ("reject", 403, None), ("modify", 200, "say ***** and B")],
+)
+def test_relay_rules_filter_like_a_platform(action: str, status: int, stored: str | None) -> None:
+    rules = (("falun",), ("A", "B"))
+    with run_helper(HOST, relay=RelayConfig(rules=rules, action=action)) as (base, _):  # type: ignore[arg-type]
+        reply = httpx.post(base + "relay/box", json={"text": "say falun and B"})
+        httpx.post(base + "relay/box", json={"text": "only A here"})
+        texts = [m["text"] for m in httpx.get(base + "relay/box").json()["messages"]]
+    assert reply.status_code == status
+    assert texts == ([stored] if stored else []) + ["only A here"]
+
+
+def test_relay_token_is_required_when_set() -> None:
+    with run_helper(HOST, relay=RelayConfig(token="s3cret")) as (base, _):
+        anonymous = httpx.post(base + "relay/box", json={"text": "x"})
+        wrong = httpx.get(base + "relay/box", headers={"Authorization": "Bearer nope"})
+        good = httpx.post(
+            base + "relay/box", json={"text": "x"}, headers={"Authorization": "Bearer s3cret"}
+        )
+    assert anonymous.status_code == 401 and wrong.status_code == 401
+    assert good.status_code == 200
+
+
+# --- DNS zone ----------------------------------------------------------------------------------
+
+
+def test_dns_zone_answers_every_name_in_the_zone_and_refuses_others() -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    zone = DNSZoneConfig("probe.censorscope.test", "192.0.2.44", HOST, 0)
+    with run_helper(HOST, dns_zone=zone) as (base, _):
+        port = httpx.get(base + "echo", timeout=5).json()["dns_port"]
+        inside = dns.query.udp(
+            dns.message.make_query("xn--fiq228c.probe.censorscope.test", "A"), HOST, 3, port
+        )
+        outside = dns.query.udp(dns.message.make_query("example.org", "A"), HOST, 3, port)
+    assert [r.to_text() for rrset in inside.answer for r in rrset] == ["192.0.2.44"]
+    assert inside.rcode() == dns.rcode.NOERROR
+    assert outside.rcode() == dns.rcode.REFUSED and not outside.answer

@@ -1,0 +1,197 @@
+"""Keyword isolation against simulated conjunctive filters (pure logic), then over the relay.
+
+The simulated filter is the ground truth: a message is blocked when it holds every word of at
+least one planted rule. Properties: every rule returned blocks on its own, is minimal (no word
+can go), and, with a complete search, every minimal planted rule present is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probes.isolation import IsolationResult, isolate
+
+
+class SimulatedFilter:
+    """A conjunctive keyword filter with optional flakiness (None answers, lost messages)."""
+
+    def __init__(self, rules: list[frozenset[str]], *, flaky: float = 0.0, seed: int = 0) -> None:
+        self.rules = rules
+        self.flaky = flaky
+        self.random = random.Random(seed)
+        self.calls = 0
+
+    def blocks(self, words: set[str] | frozenset[str]) -> bool:
+        return any(rule <= words for rule in self.rules)
+
+    async def __call__(self, words: list[str]) -> bool | None:
+        self.calls += 1
+        if self.flaky and self.random.random() < self.flaky:
+            return None
+        return self.blocks(set(words))
+
+
+def minimal_rules(rules: list[frozenset[str]], words: set[str]) -> set[frozenset[str]]:
+    """The planted rules present in `words` that contain no other present rule."""
+    present = [r for r in rules if r <= words]
+    return {r for r in present if not any(o < r for o in present)}
+
+
+def run(words: list[str], oracle: SimulatedFilter, **kw: object) -> IsolationResult:
+    return asyncio.run(isolate(words, oracle, **kw))  # type: ignore[arg-type]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[str], list[frozenset[str]]]:
+    n = draw(st.integers(min_value=1, max_value=60))
+    words = [f"w{i}" for i in range(n)]
+    rule_count = draw(st.integers(min_value=0, max_value=3))
+    rules = []
+    for _ in range(rule_count):
+        size = draw(st.integers(min_value=1, max_value=min(5, n)))
+        rules.append(frozenset(draw(st.permutations(words))[:size]))
+    return words, rules
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_returns_exactly_the_minimal_planted_rules(
+    scenario: tuple[list[str], list[frozenset[str]]],
+) -> None:
+    words, rules = scenario
+    oracle = SimulatedFilter(rules)
+    result = run(words, oracle)
+    assert result.complete
+    assert result.tests == oracle.calls
+    found = {frozenset(r) for r in result.rules}
+    for rule in found:
+        assert oracle.blocks(rule)  # truly triggering
+        assert not any(oracle.blocks(rule - {w}) for w in rule)  # minimal
+    assert found == minimal_rules(rules, set(words))
+    assert result.blocked == bool(found)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(), st.integers(min_value=0, max_value=10_000))
+def test_flaky_oracle_still_gives_true_minimal_rules(
+    scenario: tuple[list[str], list[frozenset[str]]], seed: int
+) -> None:
+    """A third of the answers are lost: retries make the search as exact as without loss."""
+    words, rules = scenario
+    oracle = SimulatedFilter(rules, flaky=0.3, seed=seed)
+    result = run(words, oracle, retries=8)
+    found = {frozenset(r) for r in result.rules}
+    for rule in found:
+        assert oracle.blocks(rule) and not any(oracle.blocks(rule - {w}) for w in rule)
+    if result.complete:
+        assert found == minimal_rules(rules, set(words))
+
+
+def test_a_lying_answer_is_outvoted() -> None:
+    """One false 'delivered' for the rule itself is caught when the rule is confirmed."""
+    rule = frozenset({"w3", "w7"})
+    truth = SimulatedFilter([rule])
+    lies = {frozenset(rule)}
+
+    async def oracle(words: list[str]) -> bool | None:
+        key = frozenset(words)
+        if key in lies:
+            lies.discard(key)  # lie once, then tell the truth
+            return False
+        return await truth(words)
+
+    result = asyncio.run(isolate([f"w{i}" for i in range(10)], oracle))
+    assert result.rules == [["w3", "w7"]]
+    assert result.complete
+
+
+def test_budget_stops_the_search() -> None:
+    oracle = SimulatedFilter([frozenset({"w1", "w20", "w33"})])
+    result = run([f"w{i}" for i in range(40)], oracle, budget=5)
+    assert not result.complete and result.stopped_by == "budget"
+    assert result.tests == 5 == oracle.calls
+
+
+def test_an_oracle_that_never_answers_is_reported() -> None:
+    oracle = SimulatedFilter([frozenset({"a"})], flaky=1.0)
+    result = run(["a", "b"], oracle, retries=2)
+    assert not result.complete and result.stopped_by == "inconclusive"
+    assert result.tests == 3 and result.rules == []
+
+
+def test_cost_is_logarithmic_in_the_message_length() -> None:
+    """A two-word rule among 128 words takes a few dozen tests, not 128."""
+    oracle = SimulatedFilter([frozenset({"w17", "w99"})])
+    result = run([f"w{i}" for i in range(128)], oracle)
+    assert result.rules == [["w17", "w99"]]
+    assert result.tests < 40
+
+
+# --- over the relay channel, end to end --------------------------------------------------------
+
+
+def test_isolate_over_the_relay_stores_every_test(tmp_path: Path) -> None:
+    """A relay dropping `tiananmen+1989` and `falun`: both found, each test stored and linked."""
+    from backend.helper import RelayConfig
+    from probes.channels.relay import RelayChannel
+    from probes.commands.isolate import run_isolation
+    from tests.loopback.keyword_censor import run_helper
+
+    words = [
+        "the",
+        "square",
+        "in",
+        "1989",
+        "saw",
+        "tiananmen",
+        "protests",
+        "and",
+        "falun",
+        "practice",
+        "today",
+    ]
+    config = RelayConfig(rules=(("tiananmen", "1989"), ("falun",)), action="drop")
+    with run_helper("127.0.0.7", relay=config) as (base, _):
+        summary = asyncio.run(
+            run_isolation(
+                RelayChannel(base), words, results=tmp_path, vantage="t", deadline=0.25, poll=0.02
+            )
+        )
+    assert summary["complete"]
+    assert sorted(summary["rules"]) == [["1989", "tiananmen"], ["falun"]]
+    stored = [json.loads(x) for p in tmp_path.rglob("*.jsonl") for x in p.read_text().splitlines()]
+    tests = [m for m in stored if m["test_name"] == "message_delivery"]
+    result = [m for m in stored if m["test_name"] == "keyword_isolation"]
+    assert len(tests) == summary["tests"]
+    assert {m["test_keys"]["isolation"]["run_id"] for m in tests} == {summary["isolation_run"]}
+    assert [m["test_keys"]["isolation"]["step"] for m in tests] == list(range(1, len(tests) + 1))
+    assert len(result) == 1 and result[0]["test_keys"]["blocking"] == "delivery"
+    assert result[0]["test_keys"]["tests_report_id"] == tests[0]["report_id"]
+
+
+def test_cli_isolate(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from backend.helper import RelayConfig
+    from tests.loopback.keyword_censor import run_helper
+
+    text = tmp_path / "message.txt"
+    text.write_text("please read about falun gong today", encoding="utf-8")
+    with run_helper("127.0.0.7", relay=RelayConfig(rules=(("falun",),))) as (base, _):
+        proc = subprocess.run(
+            [sys.executable, "-c", "from probes.cli import main; main()", "isolate",
+             "--channel", "relay", "--text", str(text), "--helper", base,
+             "--results", str(tmp_path / "r"), "--delivery-deadline", "0.3"],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ),
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "rules: falun" in proc.stdout

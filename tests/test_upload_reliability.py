@@ -1,0 +1,117 @@
+"""Reliability under load and faults: many concurrent uploaders, kill -9 of the collector.
+
+Each test runs at a small scale by default (the same code paths, seconds) and at the full
+scale of the issue (50 uploaders x 2,000 measurements) under the `slow` mark; CI runs both.
+On 2 cores the full scale takes minutes: each submission is one HTTP request and one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from probes.upload import UploadSettings, UploadSummary, upload_store
+from tests.test_collector_support import CollectorProcess, fill_store, make_token, stored_uids
+
+SCALES = [
+    pytest.param(50, 40, id="50x40"),
+    pytest.param(50, 2000, id="50x2000", marks=pytest.mark.slow),
+]
+
+
+def _setup(
+    tmp_path: Path, uploaders: int, per: int
+) -> tuple[CollectorProcess, list[str], set[str]]:
+    tokens = [make_token() for _ in range(uploaders)]
+    (tmp_path / "tokens").write_text("".join(f"v{i} {t}\n" for i, t in enumerate(tokens)))
+    expected: set[str] = set()
+    for i in range(uploaders):
+        expected.update(fill_store(tmp_path / f"probe{i}", f"v{i}", per, reports=2))
+    proc = CollectorProcess(data=tmp_path / "collected", tokens=tmp_path / "tokens").start()
+    return proc, tokens, expected
+
+
+def _upload_all(tmp_path: Path, url: str, tokens: list[str]) -> list[UploadSummary]:
+    async def all_of_them() -> list[UploadSummary]:
+        return list(
+            await asyncio.gather(
+                *(
+                    upload_store(
+                        tmp_path / f"probe{i}",
+                        UploadSettings(collector=url, token=t, attempts=14, backoff_base=0.1),
+                    )
+                    for i, t in enumerate(tokens)
+                )
+            )
+        )
+
+    return asyncio.run(all_of_them())
+
+
+def _assert_exactly_once(proc: CollectorProcess, expected: set[str]) -> None:
+    uids = stored_uids(proc.data)  # asserts every line is whole
+    assert len(uids) == len(expected), f"{len(uids) - len(set(uids))} stored twice"
+    assert set(uids) == expected
+    assert not list(proc.data.rglob("*.torn"))
+    assert proc.get("/stats")["measurements"] == len(expected)
+
+
+@pytest.mark.parametrize(("uploaders", "per"), SCALES)
+def test_concurrent_uploaders_store_every_measurement_exactly_once(
+    tmp_path: Path, uploaders: int, per: int
+) -> None:
+    proc, tokens, expected = _setup(tmp_path, uploaders, per)
+    try:
+        summaries = _upload_all(tmp_path, proc.url, tokens)
+        assert all(s.complete for s in summaries), [s.describe() for s in summaries]
+        assert sum(s.uploaded for s in summaries) == len(expected)
+        assert sum(s.duplicates + s.rejected for s in summaries) == 0
+        _assert_exactly_once(proc, expected)
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize(("uploaders", "per"), SCALES)
+def test_kill_9_mid_load_loses_nothing_and_stores_nothing_twice(
+    tmp_path: Path, uploaders: int, per: int
+) -> None:
+    proc, tokens, expected = _setup(tmp_path, uploaders, per)
+    killed_at: list[int] = []
+    problems: list[BaseException] = []
+
+    def killer() -> None:
+        try:
+            while True:
+                done = proc.get("/stats")["measurements"]
+                if done >= len(expected) // 3:
+                    break
+                time.sleep(0.01)
+            proc.kill()
+            killed_at.append(done)
+            time.sleep(0.5)  # uploaders see connection refused and back off
+            proc.start()
+        except BaseException as exc:  # surfaced below
+            problems.append(exc)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        summaries = _upload_all(tmp_path, proc.url, tokens)
+        thread.join()
+        assert not problems, problems
+        assert killed_at and killed_at[0] < len(expected)
+        assert all(s.complete for s in summaries), [s.describe() for s in summaries]
+        assert sum(s.retries for s in summaries) > 0
+        # Every measurement was acknowledged once as new or, if its 200 was lost, as duplicate.
+        assert sum(s.uploaded + s.duplicates for s in summaries) == len(expected)
+        _assert_exactly_once(proc, expected)
+        # And a second full pass finds nothing left to send.
+        again = _upload_all(tmp_path, proc.url, tokens)
+        assert sum(s.uploaded + s.duplicates for s in again) == 0
+    finally:
+        thread.join()
+        proc.stop()
