@@ -159,7 +159,7 @@ async def _resolve_udp(
     )
     first: dict[str, Any] | None = None
     first_raw: bytes | None = None
-    seen = 0
+    parsed: list[dict[str, Any]] = []  # each datagram parsed once, in arrival order
     try:
         transport.sendto(query.to_wire())
         try:
@@ -167,10 +167,10 @@ async def _resolve_udp(
                 while first is None:
                     await collector.wakeup.wait()
                     collector.wakeup.clear()
-                    while seen < len(collector.datagrams) and first is None:
-                        t, data = collector.datagrams[seen]
-                        seen += 1
+                    while len(parsed) < len(collector.datagrams) and first is None:
+                        t, data = collector.datagrams[len(parsed)]
                         entry = _parse_response(query, t, data)
+                        parsed.append(entry)
                         if entry["valid"]:
                             first, first_raw = entry, data
                     if first is None and collector.error is not None:
@@ -183,7 +183,9 @@ async def _resolve_udp(
             await asyncio.sleep(listen_window)
     finally:
         transport.close()
-    res.extra_responses = [_parse_response(query, t, d) for t, d in collector.datagrams]
+    res.extra_responses = parsed + [
+        _parse_response(query, t, d) for t, d in collector.datagrams[len(parsed) :]
+    ]
     if first is None:
         return None, []
     res.rcode = first["rcode"]

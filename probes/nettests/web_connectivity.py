@@ -203,7 +203,11 @@ class WebConnectivity(Nettest):
             keys["tls_handshakes"].append(tls.record)
 
         # 4. HTTP(S) GET through our own DNS answers, following redirects.
-        if addrs:
+        if addrs and not reachable:
+            # Every connect failed: the verdict is already decided (ts-017 rule "all TCP
+            # connects failed"), and a fetch would only wait out the same timeouts again.
+            keys["http_experiment_failure"] = connects[0].failure
+        elif addrs:
             first_host = host.lower()
             ordered = reachable + [a for a in addrs if a not in reachable]
 
