@@ -74,14 +74,31 @@ def _write_list(path: Path, size: int, port: int) -> None:
             out.write(f"http://site{i}.bench.test:{port}/,NEWS,News Media,2026-01-01,bench,\n")
 
 
-def run_one(size: int, concurrency: int, dns: str, port: int, helper: str, workdir: Path) -> dict[str, float]:
+def run_one(
+    size: int, concurrency: int, dns: str, port: int, helper: str, workdir: Path
+) -> dict[str, float]:
     testlist = workdir / f"list-{size}.csv"
     _write_list(testlist, size, port)
     results = workdir / f"results-{size}"
     cmd = [
-        sys.executable, "-m", "probes.cli", "run", "web_connectivity", "--testlist", str(testlist),
-        "--results", str(results), "--resolver", dns, "--helper", helper, "--no-progress",
-        "--concurrency", str(concurrency), "--timeout", "20",
+        sys.executable,
+        "-m",
+        "probes.cli",
+        "run",
+        "web_connectivity",
+        "--testlist",
+        str(testlist),
+        "--results",
+        str(results),
+        "--resolver",
+        dns,
+        "--helper",
+        helper,
+        "--no-progress",
+        "--concurrency",
+        str(concurrency),
+        "--timeout",
+        "20",
     ]
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
@@ -92,12 +109,12 @@ def run_one(size: int, concurrency: int, dns: str, port: int, helper: str, workd
     cpu = (usage.ru_utime + usage.ru_stime) - (usage_before.ru_utime + usage_before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"probe failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    stored = sum(1 for f in results.glob("raw/*/*/*/*.jsonl") for _ in open(f, "rb"))
-    blocked = 0
-    for f in results.glob("raw/*/*/*/*.jsonl"):
-        for line in open(f, "rb"):
-            if json.loads(line)["test_keys"].get("blocking") not in (False,):
-                blocked += 1
+    stored = blocked = 0
+    for path in results.glob("raw/*/*/*/*.jsonl"):
+        with open(path, "rb") as lines:
+            for line in lines:
+                stored += 1
+                blocked += json.loads(line)["test_keys"].get("blocking") is not False
     return {
         "inputs": size,
         "stored": stored,
@@ -113,7 +130,9 @@ def run_one(size: int, concurrency: int, dns: str, port: int, helper: str, workd
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
@@ -127,17 +146,31 @@ def main() -> int:
         raise RuntimeError("servers did not start")
     helper_port = _free_port()
     helper = subprocess.Popen(
-        [sys.executable, "-m", "probes.cli", "helper", "--listen", f"127.0.0.1:{helper_port}",
-         "--resolver", info["dns"], "--allow-private"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "probes.cli",
+            "helper",
+            "--listen",
+            f"127.0.0.1:{helper_port}",
+            "--resolver",
+            info["dns"],
+            "--allow-private",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     helper_url = f"http://127.0.0.1:{helper_port}/"
     try:
         _wait_http(helper_url)
-        print(f"# web_connectivity on loopback, {os.cpu_count()} cores, concurrency {args.concurrency}")
+        print(
+            f"# web_connectivity on loopback, {os.cpu_count()} cores, concurrency {args.concurrency}"
+        )
         with tempfile.TemporaryDirectory(prefix="censorscope-bench-") as tmp:
             for size in args.sizes:
-                row = run_one(size, args.concurrency, info["dns"], int(info["port"]), helper_url, Path(tmp))
+                row = run_one(
+                    size, args.concurrency, info["dns"], int(info["port"]), helper_url, Path(tmp)
+                )
                 print(json.dumps(row), flush=True)
     finally:
         helper.terminate()

@@ -143,3 +143,48 @@ def test_dns_zone_answers_every_name_in_the_zone_and_refuses_others() -> None:
     assert [r.to_text() for rrset in inside.answer for r in rrset] == ["192.0.2.44"]
     assert inside.rcode() == dns.rcode.NOERROR
     assert outside.rcode() == dns.rcode.REFUSED and not outside.answer
+
+
+def test_helper_command_serves_echo_zone_and_relay() -> None:
+    """`censorscope helper` with the new options, as an operator runs it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.loopback.web import closed_port
+
+    host = "127.0.0.11"
+    port, echo_port, tls_port, dns_port = (closed_port(host) for _ in range(4))
+    args = [sys.executable, "-c", "from probes.cli import main; main()", "helper",
+            "--listen", f"{host}:{port}", "--echo-ports", str(echo_port),
+            "--tls-echo-ports", str(tls_port), "--dns-zone", "kw.censorscope.test",
+            "--dns-listen", f"{host}:{dns_port}"]  # fmt: skip
+    env = {**os.environ, "CENSORSCOPE_RELAY_TOKEN": "tok-123"}
+    proc = subprocess.Popen(
+        args, cwd=Path(__file__).resolve().parents[1], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                info = httpx.get(f"http://{host}:{port}/echo", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "helper did not start"
+                time.sleep(0.05)
+        open_post = httpx.post(f"http://{host}:{port}/relay/box", json={"text": "x"})
+        echoed = httpx.get(f"http://{host}:{echo_port}/kw/x", timeout=5).json()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert info == {
+        "tcp_ports": [echo_port],
+        "tls_ports": [tls_port],
+        "dns_zone": "kw.censorscope.test",
+        "dns_port": dns_port,
+        "dns_answer": host,
+    }
+    assert open_post.status_code == 401  # the token from the environment is required
+    assert echoed["target"] == "/kw/x"

@@ -35,9 +35,11 @@ ZONE = "probe.censorscope.test"
 
 
 class Setup:
-    def __init__(self, base_port: int, censor: KeywordCensor) -> None:
+    def __init__(self, base_port: int, censor: KeywordCensor, ports: list[int]) -> None:
         self.helper_url = f"http://{CENSOR_HOST}:{base_port}/"
+        self.base_port = base_port
         self.censor = censor
+        self.ports = ports
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +54,23 @@ def censored() -> Iterator[Setup]:
         )
         with ServerThread("keyword-censor") as thread:
             thread.start(censor)
-            yield Setup(port, censor)
+            yield Setup(port, censor, ports)
 
 
-def measure(setup: Setup, keyword: str, **options: Any) -> dict[str, Any]:
+def measure(
+    setup: Setup, keyword: str, helper_url: str | None = None, **options: Any
+) -> dict[str, Any]:
     options.setdefault("residual_window", RESIDUAL)
     # Each call is a new probe run that knows nothing of the last one's triggers: let the
     # censor's residual windows from earlier tests expire first.
     time.sleep(RESIDUAL)
-    ctx = ProbeContext(helpers=[setup.helper_url], timeout=5.0, options=options)
+    fingerprints = options.pop("fingerprints", [])
+    ctx = ProbeContext(
+        helpers=[helper_url or setup.helper_url],
+        timeout=5.0,
+        options=options,
+        fingerprint_files=fingerprints,
+    )
 
     async def go() -> dict[str, Any]:
         nettest = HTTPKeyword(ctx)
@@ -162,3 +172,33 @@ def test_cli_run_http_keyword(censored: Setup, tmp_path: Path) -> None:
     assert by_input["falun"]["blocking"] == "tcp_ip"
     assert set(by_input["falun"]["placements"]) == {"path", "sni"}
     assert lines[0]["test_name"] == "http_keyword"
+
+
+def test_block_page_instead_of_the_echo(censored: Setup, tmp_path: Path) -> None:
+    """A censor answering a national block page: http-diff, with the fingerprint named."""
+    import csv as csv_module
+
+    from tests.loopback import blockpage_fingerprint
+
+    fp = blockpage_fingerprint()
+    csv = tmp_path / "http.csv"
+    with csv.open("w", newline="", encoding="utf-8") as fh:
+        out = csv_module.writer(fh)
+        out.writerow(["name", "scope", "other_names", "location_found", "pattern_type",
+                      "pattern", "confidence_no_fp", "expected_countries", "source", "exp_url",
+                      "notes"])  # fmt: skip
+        out.writerow([fp.name, "nat", "", "body", "contains", fp.pattern, "5", "", "test", "", ""])
+    host = "127.0.0.12"
+    censor = KeywordCensor(host, HELPER_HOST, censored.ports, patterns_for(["falun"]), 0.0,
+                           action="blockpage")  # fmt: skip
+    with ServerThread("blockpage-censor") as thread:
+        thread.start(censor)
+        keys = measure(
+            censored, "falun", f"http://{host}:{censored.base_port}/",
+            placements=["path", "body"], keyword_tries=1, fingerprints=[str(csv)],
+        )  # fmt: skip
+    assert keys["blocking"] == "http-diff"
+    assert keys["blocking_detail"] == "http.blockpage.path"
+    tries = keys["placements"]["body"]["keyword_tries"]
+    assert tries[0]["outcome"] == "blockpage" and tries[0]["fingerprints"] == [fp.name]
+    assert tries[0]["status_code"] == 403

@@ -141,6 +141,7 @@ def test_isolate_over_the_relay_stores_every_test(tmp_path: Path) -> None:
     from backend.helper import RelayConfig
     from probes.channels.relay import RelayChannel
     from probes.commands.isolate import run_isolation
+    from probes.nettests.keyword_isolation import DeliveryTester
     from tests.loopback.keyword_censor import run_helper
 
     words = [
@@ -160,7 +161,7 @@ def test_isolate_over_the_relay_stores_every_test(tmp_path: Path) -> None:
     with run_helper("127.0.0.7", relay=config) as (base, _):
         summary = asyncio.run(
             run_isolation(
-                RelayChannel(base), words, results=tmp_path, vantage="t", deadline=0.25, poll=0.02
+                DeliveryTester(RelayChannel(base), 0.25, 0.02), words, results=tmp_path, vantage="t"
             )
         )
     assert summary["complete"]
@@ -172,6 +173,7 @@ def test_isolate_over_the_relay_stores_every_test(tmp_path: Path) -> None:
     assert {m["test_keys"]["isolation"]["run_id"] for m in tests} == {summary["isolation_run"]}
     assert [m["test_keys"]["isolation"]["step"] for m in tests] == list(range(1, len(tests) + 1))
     assert len(result) == 1 and result[0]["test_keys"]["blocking"] == "delivery"
+    assert result[0]["test_keys"]["blocking_detail"] == "delivery.dropped"
     assert result[0]["test_keys"]["tests_report_id"] == tests[0]["report_id"]
 
 
@@ -195,3 +197,35 @@ def test_cli_isolate(tmp_path: Path) -> None:
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "rules: falun" in proc.stdout
+
+
+def test_isolate_through_http_keyword_against_an_on_path_censor(tmp_path: Path) -> None:
+    """http-path: the loopback censor resets `falun`, with a residual window; found exactly."""
+    from backend.helper import EchoConfig
+    from probes.commands.isolate import run_isolation
+    from probes.nettests.base import ProbeContext
+    from probes.nettests.keyword_isolation import make_tester
+    from tests.loopback import ServerThread
+    from tests.loopback.keyword_censor import KeywordCensor, patterns_for, run_helper
+
+    helper_host, censor_host, window = "127.0.0.8", "127.0.0.9", 0.3
+    words = ["read", "about", "falun", "gong", "and", "the", "weather", "today"]
+    with run_helper(helper_host, echo=EchoConfig(helper_host, [0, 0, 0])) as (base, port):
+        import httpx
+
+        ports = [port, *httpx.get(base + "echo", timeout=5).json()["tcp_ports"]]
+        censor = KeywordCensor(censor_host, helper_host, ports, patterns_for(["falun"]), window)
+        with ServerThread("censor") as thread:
+            thread.start(censor)
+            ctx = ProbeContext(
+                helpers=[f"http://{censor_host}:{port}/"],
+                timeout=5.0,
+                options={"residual_window": window, "keyword_tries": 1},
+            )
+            tester = make_tester("http-path", ctx, deadline=1.0)
+            summary = asyncio.run(run_isolation(tester, words, results=tmp_path, vantage="t"))
+    assert summary["complete"] and summary["rules"] == [["falun"]]
+    assert summary["blocking"] == "tcp_ip"
+    assert summary["blocking_detail"] == "tcp.rst_injected.path"
+    stored = [json.loads(x) for p in tmp_path.rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert sum(m["test_name"] == "http_keyword" for m in stored) == summary["tests"]

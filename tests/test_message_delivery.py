@@ -83,10 +83,7 @@ def test_broken_channel_is_inconclusive_and_token_never_stored(relay: tuple[str,
     assert "Xq9-bad-secret" not in json.dumps(keys) and "t0ken" not in json.dumps(keys)
 
 
-def test_cli_run_message_delivery(relay: tuple[str, str], tmp_path: Path) -> None:
-    base, action = relay
-    if action != "drop":
-        pytest.skip("one CLI run is enough")
+def test_cli_run_message_delivery(tmp_path: Path) -> None:
     keywords = tmp_path / "kw.csv"
     keywords.write_text(
         "keyword,language,category,source\nhello,en,control,t\nfalun,en,religion,t\n"
@@ -95,13 +92,15 @@ def test_cli_run_message_delivery(relay: tuple[str, str], tmp_path: Path) -> Non
     )
     results = tmp_path / "results"
     env = {**os.environ, "CENSORSCOPE_RELAY_TOKEN": "t0ken"}
-    proc = subprocess.run(
-        [sys.executable, "-c", "from probes.cli import main; main()", "run", "message_delivery",
-         "--channel", "relay", "--keywords", str(keywords), "--helper", base,
-         "--results", str(results), "--delivery-deadline", str(DEADLINE)],
-        capture_output=True, text=True, timeout=60, env=env,
-        cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
+    config = RelayConfig(rules=RULES, action="drop", token="t0ken")
+    with run_helper("127.0.0.13", relay=config) as (base, _):
+        proc = subprocess.run(
+            [sys.executable, "-c", "from probes.cli import main; main()", "run",
+             "message_delivery", "--channel", "relay", "--keywords", str(keywords),
+             "--helper", base, "--results", str(results), "--delivery-deadline", str(DEADLINE)],
+            capture_output=True, text=True, timeout=60, env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     stored = [json.loads(x) for p in results.rglob("*.jsonl") for x in p.read_text().splitlines()]
     by_input = {m["input"]: m["test_keys"] for m in stored}
@@ -109,3 +108,176 @@ def test_cli_run_message_delivery(relay: tuple[str, str], tmp_path: Path) -> Non
     assert by_input["falun"]["blocking_detail"] == "delivery.dropped"
     assert by_input["tiananmen+1989"]["blocking_detail"] == "delivery.dropped"
     assert "t0ken" not in "".join(p.read_text() for p in results.rglob("*.jsonl"))
+
+
+# --- smtp: a real SMTP server (aiosmtpd) delivering into a Maildir read by a real Dovecot ------
+
+MAIL_HOST = "127.0.0.10"
+REFUSE = ("falun",)  # answered "550 Mail content denied", as QQ Mail does
+SWALLOW = ("tiananmen", "1989")  # accepted, never delivered
+MAIL_UID = 65534  # Dovecot will not serve mail as root
+
+
+class FilteringMailHandler:
+    """aiosmtpd handler: refuses or swallows messages by content, delivers the rest."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import email
+        import email.policy
+        import mailbox
+
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        text = message.get_content() if not message.is_multipart() else ""
+        if all(p in text for p in REFUSE):
+            return "550 Mail content denied"
+        if all(p in text for p in SWALLOW):
+            return "250 OK"
+        mailbox.Maildir(str(self.maildir), create=True).add(envelope.content)
+        for root, dirs, files in os.walk(self.maildir):
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(root, name), MAIL_UID, MAIL_UID)
+        os.chown(self.maildir, MAIL_UID, MAIL_UID)
+        return "250 OK"
+
+
+DOVECOT_CONF = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = {host}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{root}/home/%u/Maildir
+passdb {{
+  driver = passwd-file
+  args = {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={uid} home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = {host}
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  chroot =
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def mail_servers() -> Iterator[dict[str, str]]:
+    import shutil
+    import socket
+    import tempfile
+    import time
+
+    if shutil.which("dovecot") is None or os.geteuid() != 0:
+        pytest.skip("needs Dovecot (apt-get install dovecot-imapd) and root")
+    from aiosmtpd.controller import Controller
+
+    from tests.loopback.web import closed_port
+
+    root = Path(tempfile.mkdtemp(prefix="cs-mail-"))
+    root.chmod(0o755)
+    (root / "home" / "bob").mkdir(parents=True)
+    os.chown(root / "home" / "bob", MAIL_UID, MAIL_UID)
+    (root / "passwd").write_text("bob:{PLAIN}imap-pass-Z7\n")
+    imap_port = closed_port(MAIL_HOST)
+    conf = root / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(root=root, host=MAIL_HOST, port=imap_port, uid=MAIL_UID))
+    dovecot = subprocess.Popen(
+        ["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    smtp_port = closed_port(MAIL_HOST)
+    controller = Controller(
+        FilteringMailHandler(root / "home" / "bob" / "Maildir"), hostname=MAIL_HOST, port=smtp_port
+    )
+    controller.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((MAIL_HOST, imap_port), timeout=1).close()
+                break
+            except OSError:
+                assert dovecot.poll() is None, dovecot.stderr.read() if dovecot.stderr else ""
+                assert time.monotonic() < deadline, "dovecot did not start"
+                time.sleep(0.05)
+        yield {
+            "CENSORSCOPE_SMTP_HOST": MAIL_HOST,
+            "CENSORSCOPE_SMTP_PORT": str(smtp_port),
+            "CENSORSCOPE_SMTP_FROM": "alice@censorscope.test",
+            "CENSORSCOPE_SMTP_TO": "bob@censorscope.test",
+            "CENSORSCOPE_IMAP_HOST": MAIL_HOST,
+            "CENSORSCOPE_IMAP_PORT": str(imap_port),
+            "CENSORSCOPE_IMAP_USER": "bob",
+            "CENSORSCOPE_IMAP_PASSWORD": "imap-pass-Z7",
+        }
+    finally:
+        controller.stop()
+        dovecot.terminate()
+        dovecot.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_smtp(env: dict[str, str], keyword: str) -> dict[str, Any]:
+    from probes.channels.smtp import SMTPChannel
+    from probes.nettests.message_delivery import Postman
+
+    ctx = ProbeContext(options={"channel": "smtp", "delivery_deadline": DEADLINE})
+
+    async def go() -> dict[str, Any]:
+        nettest = MessageDelivery(ctx)
+        nettest.channel = SMTPChannel.from_settings([], None, env)
+        nettest.postman = Postman(nettest.channel, DEADLINE, 0.05)
+        try:
+            return await nettest.measure(keyword)
+        finally:
+            await nettest.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("keyword", "outcome", "detail"),
+    [
+        ("hello", "delivered", None),
+        ("法轮 falun", "rejected", "delivery.rejected"),
+        ("tiananmen+1989", "dropped", "delivery.dropped"),
+        ("1989", "delivered", None),
+    ],
+)
+def test_smtp_channel(
+    mail_servers: dict[str, str], keyword: str, outcome: str, detail: str | None
+) -> None:
+    keys = measure_smtp(mail_servers, keyword)
+    assert keys["control_before"]["outcome"] == keys["control_after"]["outcome"] == "delivered"
+    assert keys["outcome"] == outcome
+    assert keys["blocking_detail"] == detail
+    if outcome == "rejected":
+        assert keys["message"]["status_code"] == 550
+        assert keys["message"]["refusal"] == "Mail content denied"
+    if outcome == "delivered":
+        assert keys["message"]["received_text"] == keys["message"]["text"]
+    assert "imap-pass-Z7" not in json.dumps(keys)
+
+
+def test_smtp_settings_come_from_the_environment_only() -> None:
+    from probes.channels.base import ChannelError
+    from probes.channels.smtp import SMTPChannel
+
+    with pytest.raises(ChannelError, match="CENSORSCOPE_SMTP_HOST"):
+        SMTPChannel.from_settings([], None, {})

@@ -12,6 +12,7 @@ from probes.channels.base import Channel
 # name -> "module:Class"
 CHANNELS: dict[str, str] = {
     "relay": "probes.channels.relay:RelayChannel",
+    "smtp": "probes.channels.smtp:SMTPChannel",
 }
 
 

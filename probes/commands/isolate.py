@@ -1,8 +1,9 @@
 """`censorscope isolate --channel NAME --text FILE`: which words of a blocked message trigger.
 
-Wires probes.isolation (pure search) to a message channel: each test sends the chosen words
-as one message between two controls (message_delivery's method) and is stored as a
-message_delivery measurement linked to the run (`test_keys.isolation`); the result (minimal
+Wires probes.isolation (pure search) to a tester (probes/nettests/keyword_isolation.py): a
+message channel, where each test is one message between two controls (message_delivery's
+method), or http_keyword in one placement (`--channel http-path`, ...). Every test is stored as
+a measurement of that nettest linked to the run (`test_keys.isolation`); the result (minimal
 combinations, tests used, whether the search finished) is stored as a `keyword_isolation`
 measurement in its own report, pointing at the tests' report.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,9 +39,11 @@ def split_words(text: str, mode: str) -> list[str]:
 def isolate(
     channel: Annotated[
         str,
-        typer.Option(help="relay (a message channel) or http-path, http-query, http-host, "
-                     "http-body, http-sni, http-dns (http_keyword in one placement)."),
-    ],  # fmt: skip
+        typer.Option(
+            help="relay (a message channel) or http-path, http-query, http-host, "
+            "http-body, http-sni, http-dns (http_keyword in one placement)."
+        ),
+    ],
     text: Annotated[Path, typer.Option(help="UTF-8 file with the blocked message.")],
     helper: Annotated[
         list[str] | None, typer.Option(help="Helper URL (the relay channel's server).")
@@ -94,10 +98,10 @@ def isolate(
             run_isolation(
                 tester,
                 words,
-            results=results or Path(cfg.probe.results),
-            vantage=vantage or cfg.vantage.name,
-            probe_cc=cfg.vantage.probe_cc,
-            probe_asn=cfg.vantage.probe_asn,
+                results=results or Path(cfg.probe.results),
+                vantage=vantage or cfg.vantage.name,
+                probe_cc=cfg.vantage.probe_cc,
+                probe_asn=cfg.vantage.probe_asn,
                 budget=budget,
             )
         )
@@ -160,6 +164,7 @@ async def run_isolation(
 
     tests_manifest, tests_writer = open_report(tester.test_name)
     step = 0
+    evidence: Counter[tuple[str, str | None]] = Counter()
 
     async def oracle(chosen: list[str]) -> bool | None:
         nonlocal step
@@ -171,6 +176,8 @@ async def run_isolation(
                      time.monotonic() - t0)  # fmt: skip
         tests_writer.append(line)
         blocking = keys["blocking"]
+        if blocking not in (None, False):
+            evidence[(blocking, keys.get("blocking_detail"))] += 1
         return None if blocking is None else blocking is not False
 
     started, t0 = datetime.now(UTC), time.monotonic()
@@ -179,6 +186,7 @@ async def run_isolation(
     finally:
         tests_writer.close()
         await tester.close()
+    layer, detail = evidence.most_common(1)[0][0] if evidence else (None, None)
     summary: dict[str, Any] = {
         "isolation_run": run_id,
         "words": words,
@@ -190,8 +198,9 @@ async def run_isolation(
         "unconfirmed": found.unconfirmed,
         "tests_report_id": tests_manifest.report_id,
         "channel": tester.describe(),
-        "blocking": ("delivery" if found.rules else False) if found.complete else None,
-        "blocking_detail": "keyword_combination" if found.rules else None,
+        # the layer and evidence most of the blocked tests showed
+        "blocking": (layer if found.rules else False) if found.complete else None,
+        "blocking_detail": detail if found.rules else None,
     }
     result_manifest, result_writer = open_report("keyword_isolation")
     with result_writer:

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from probes.fingerprints import FingerprintError, Fingerprints, blocking_matches
 from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import resolve
 from probes.net.http import JSONClient, aclose, http_exchange, make_client
@@ -103,8 +104,14 @@ class HTTPKeyword(Nettest):
         self._client: Any = None
         self._host = ""
         self._zone: tuple[str, int, str] | None = None  # (zone, DNS port, true answer)
+        self.fingerprints: Fingerprints | None = None
 
     async def setup(self) -> None:
+        try:
+            if self.ctx.fingerprint_files:
+                self.fingerprints = Fingerprints.from_files(self.ctx.fingerprint_files)
+        except (FingerprintError, OSError) as exc:
+            raise SetupError(f"fingerprints: {exc}") from exc
         for placement in self.placements:
             if placement not in PLACEMENTS:
                 raise SetupError(f"unknown placement {placement!r} (known: {PLACEMENTS})")
@@ -169,8 +176,13 @@ class HTTPKeyword(Nettest):
         foreign_taint = ep is None and tracker.tainted_during(chosen, started, time.monotonic())
         if outcome != "delivered" and foreign_taint:
             outcome = "residual"
+        matched: list[str] = []
+        if outcome in ("blockpage", "modified") and self.fingerprints is not None:
+            found = self.fingerprints.match_http(res.body, res.headers)
+            matched = sorted({m.name for m in blocking_matches(found)})
         record = {
             "outcome": outcome,
+            "fingerprints": matched,
             "failure": res.failure,
             "address": f"{chosen[0]}:{chosen[1]}",
             "status_code": res.status_code,

@@ -39,7 +39,10 @@ class DeliveryTester:
     async def test(self, words: list[str]) -> dict[str, Any]:
         from probes.nettests.message_delivery import deliver_once
 
-        return {"channel": self.channel.describe(), **await deliver_once(self.postman, " ".join(words))}
+        return {
+            "channel": self.channel.describe(),
+            **await deliver_once(self.postman, " ".join(words)),
+        }
 
     def describe(self) -> dict[str, Any]:
         return dict(self.channel.describe())

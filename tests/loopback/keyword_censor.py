@@ -26,6 +26,7 @@ import dns.rrset
 import uvicorn
 
 from backend.helper import DNSZoneConfig, EchoConfig, HelperConfig, RelayConfig, create_app
+from tests.loopback.blockpage import blockpage_body
 from tests.loopback.web import arm_reset
 
 _SCAN_BYTES = 64 * 1024
@@ -51,6 +52,7 @@ class KeywordCensor:
     patterns: list[bytes]
     residual: float = 0.0
     dns_port: int | None = None  # also relay DNS over UDP, forging answers for keywords
+    action: str = "reset"  # or "blockpage": answer a national block page instead
     triggers: int = 0
     residual_resets: int = 0
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
@@ -107,7 +109,12 @@ class KeywordCensor:
                         if self.residual > 0:
                             self._tainted[key] = time.monotonic() + self.residual
                         up_writer.close()
-                        self._reset(writer)
+                        if self.action == "blockpage":
+                            writer.write(_blockpage_response())
+                            await writer.drain()
+                            writer.close()
+                        else:
+                            self._reset(writer)
                         return
                 up_writer.write(data)
                 await up_writer.drain()
@@ -124,6 +131,15 @@ class KeywordCensor:
         with contextlib.suppress(OSError, RuntimeError):
             up_writer.close()
             writer.close()
+
+
+def _blockpage_response() -> bytes:
+    body = blockpage_body()
+    head = (
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/html; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 # What the GFW's injected answers look like: an address of someone else (here TEST-NET-3).
