@@ -164,7 +164,8 @@ def main() -> int:
     try:
         _wait_http(helper_url)
         print(
-            f"# web_connectivity on loopback, {os.cpu_count()} cores, concurrency {args.concurrency}"
+            f"# web_connectivity on loopback, {os.cpu_count()} cores, "
+            f"concurrency {args.concurrency}"
         )
         with tempfile.TemporaryDirectory(prefix="censorscope-bench-") as tmp:
             for size in args.sizes:
