@@ -122,7 +122,7 @@ def run(
         int | None, typer.Option(min=1, max=20, help="http_keyword: tries of a failing keyword.")
     ] = None,
     channel: Annotated[
-        str | None, typer.Option(help="message_delivery: the channel adapter (relay, smtp).")
+        str | None, typer.Option(help="message_delivery: channel adapter (relay, smtp, matrix).")
     ] = None,
     delivery_deadline: Annotated[
         float | None,

@@ -11,6 +11,7 @@ from probes.channels.base import Channel
 
 # name -> "module:Class"
 CHANNELS: dict[str, str] = {
+    "matrix": "probes.channels.matrix:MatrixChannel",
     "relay": "probes.channels.relay:RelayChannel",
     "smtp": "probes.channels.smtp:SMTPChannel",
 }

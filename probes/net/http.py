@@ -493,6 +493,10 @@ class JSONClient:
     async def post_json(self, url: str, payload: Any, *, timeout: float) -> JSONReply:
         return await self._call("POST", url, timeout=timeout, payload=payload)
 
+    async def put_json(self, url: str, payload: Any, *, timeout: float) -> JSONReply:
+        """PUT (idempotent sends keyed by the URL, e.g. Matrix transaction IDs)."""
+        return await self._call("PUT", url, timeout=timeout, payload=payload)
+
     async def post_encoded(self, url: str, body: bytes, *, timeout: float) -> JSONReply:
         """POST a body that is already JSON (the uploader sends stored lines as they are)."""
         try:
