@@ -204,7 +204,10 @@ async def _resolve_lib(
     """TCP, DoT and DoH through dnspython; raises on network failure."""
     query = dns.message.make_query(res.domain, res.query_type)
     if transport == "doh":
-        verify: bool | str = ca_file or True
+        # An SSLContext, not a CA path: httpx deprecated verify=<str>.
+        verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
         reply = await dns.asyncquery.https(query, resolver, timeout=timeout, verify=verify)
     else:
         ip, port = parse_host_port(resolver, DOT_PORT if transport == "dot" else DNS_PORT)
