@@ -1,6 +1,12 @@
 """dns_consistency throughput on loopback: names per second with the listening window on.
 
     python -m bench.dns_throughput [--names 20000] [--concurrency 2048] [--window 0.5]
+    python -m bench.dns_throughput --lab [--names 2000]      # as root: in the censor lab
+
+In lab mode a generated scenario of --names domains is brought up and the probe runs inside
+cs-vp-cn against the lab resolver, across the censor (which injects, forges NXDOMAIN and bogons
+for its share of the names). The control resolver is the same lab resolver: the probe's work per
+name is the same as with a trusted one, and the lab has no DNS server outside the censor.
 
 A minimal UDP responder runs in its own process (answering every A query with 127.0.0.2 for the
 probe's resolver, and again for the control resolver) so that the probe, not a test server, is
@@ -46,12 +52,59 @@ def _free_udp_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _report(label: str, args: argparse.Namespace, stdout: str, wall: float) -> int:
+    match = re.search(r"(\d+) measured, (\d+) blocked, (\d+) inconclusive .*\(([\d.]+)/s\)", stdout)
+    if not match:
+        print(stdout, file=sys.stderr)
+        return 1
+    measured, blocked, inconclusive, rate = match.groups()
+    print(
+        f"dns_consistency {label}: {measured} names, window {args.window}s, "
+        f"concurrency {args.concurrency}: {float(rate):.0f} names/s "
+        f"(run loop), {int(measured) / wall:.0f} names/s (process wall incl. start-up); "
+        f"{blocked} blocked, {inconclusive} inconclusive"
+    )
+    return 0
+
+
+def lab_mode(args: argparse.Namespace) -> int:
+    from lab import scenario, topology
+
+    scen = scenario.generate(args.names, args.seed)
+    info = topology.up(scen, helper=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                *topology._censorscope_argv(), "run", "dns_consistency",
+                "--results", str(Path(tmp) / "results"),
+                "--resolver", info.resolver, "--control-resolver", info.resolver,
+                "--listen-window", str(args.window), "--concurrency", str(args.concurrency),
+                "--no-progress", "--timeout", "10", "--vantage", args.vantage,
+            ]  # fmt: skip
+            for d in scen.domains:
+                cmd += ["--input", d.name]
+            started = time.monotonic()
+            proc = info.run(args.vantage, cmd, timeout=600)
+            wall = time.monotonic() - started
+    finally:
+        topology.down()
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr, file=sys.stderr)
+        return 1
+    return _report(f"in the lab (cs-vp-{args.vantage})", args, proc.stdout, wall)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--names", type=int, default=20000)
     ap.add_argument("--concurrency", type=int, default=2048)
     ap.add_argument("--window", type=float, default=0.5)
+    ap.add_argument("--lab", action="store_true", help="run in the censor lab (root)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--vantage", default="cn", choices=["cn", "open"], help="lab mode only")
     args = ap.parse_args(argv)
+    if args.lab:
+        return lab_mode(args)
     host = "127.0.8.1"
     probe_port, control_port = _free_udp_port(host), _free_udp_port(host)
     servers = [

@@ -18,23 +18,25 @@ from cryptography.x509.oid import NameOID
 _VALID = dt.timedelta(days=30)
 
 
-def _name(cn: str) -> x509.Name:
+def _name(cn: str, org: str = "censorscope lab") -> x509.Name:
     return x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "censorscope lab"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
             x509.NameAttribute(NameOID.COMMON_NAME, cn),
         ]
     )
 
 
-def make_ca(cert_path: Path, key_path: Path) -> None:
+def make_ca(
+    cert_path: Path, key_path: Path, cn: str = "censorscope lab CA", org: str = "censorscope lab"
+) -> None:
     """Write a fresh self-signed CA (PEM) to cert_path and its key to key_path."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("censorscope lab CA"))
-        .issuer_name(_name("censorscope lab CA"))
+        .subject_name(_name(cn, org))
+        .issuer_name(_name(cn, org))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))

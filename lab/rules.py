@@ -14,6 +14,7 @@ from lab.scenario import Scenario
 
 QUEUE_NUM = 0
 CHAIN = "CS_LAB"
+INTERCEPT_PORT = 8443  # lab.interceptor's listening port in cs-censor
 
 
 def _endpoint(value: str) -> tuple[str, int | None]:
@@ -82,5 +83,23 @@ def iptables_rules(scen: Scenario, version: int) -> str:
     if scen.faults.delay_ms > 0:
         # Delay applies to every vantage: queue the rest too (the censor only delays it).
         lines.append(f"-A {CHAIN} {q}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def nat_rules(scen: Scenario) -> str | None:
+    """IPv4 nat table sending the censored vantage's HTTPS to the interceptor's domains into
+    lab.interceptor (None when the scenario intercepts nothing). Other SNIs to those addresses
+    are relayed untouched by the interceptor itself."""
+    names = scen.tls_sni_names()
+    if not names:
+        return None
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             ":POSTROUTING ACCEPT [0:0]"]  # fmt: skip
+    for ip in sorted({scen.domain(n).a for n in names}):
+        lines.append(
+            f"-A PREROUTING -s {A.CN_SUBNET_V4} -d {ip} -p tcp --dport 443 "
+            f"-j REDIRECT --to-ports {INTERCEPT_PORT}"
+        )
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"

@@ -91,6 +91,11 @@ class Censor:
     blockpage_status: int = 200
     residual_seconds: float = 0.0
     residual_action: str = "rst"  # or "drop"
+    # TLS for these scenario domains is re-signed by the censor's own CA (lab.interceptor) at
+    # the censored vantage; regional_cert_sni get another key from the public (lab) CA there,
+    # like a CDN's regional edge: not interception.
+    intercept_sni: tuple[str, ...] = ()
+    regional_cert_sni: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,10 @@ class Scenario:
 
     def inputs(self) -> list[str]:
         return [d.url for d in self.domains]
+
+    def tls_sni_names(self) -> list[str]:
+        """Domains whose TLS goes through lab.interceptor at the censored vantage."""
+        return [*self.censor.intercept_sni, *self.censor.regional_cert_sni]
 
     def ground_truth(self) -> dict[str, dict[str, Any]]:
         """URL -> expected verdict at the censored vantage (the open vantage: blocking false)."""
@@ -249,6 +258,10 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         blockpage_status=status,
         residual_seconds=residual,
         residual_action=residual_action,
+        intercept_sni=tuple(s.lower() for s in _string_list(c, "intercept_sni", source, "censor")),
+        regional_cert_sni=tuple(
+            s.lower() for s in _string_list(c, "regional_cert_sni", source, "censor")
+        ),
     )
 
     f = data.get("faults", {})
@@ -304,6 +317,11 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         )
         title = _get(d, "title", str, f"Welcome to {dname}", source, where)
         domains.append(Domain(name=dname, block=block, scheme=scheme, a=a, aaaa=aaaa, title=title))
+    for key in ("intercept_sni", "regional_cert_sni"):
+        for n in getattr(censor, key):
+            if n not in seen:
+                # The interceptor is reached through the domain's address: it must have one.
+                raise _err(source, f"censor.{key}", f"{n!r} is not a [[domain]] of the scenario")
     return Scenario(
         name=name,
         description=description,
@@ -365,6 +383,8 @@ def _to_toml(s: Scenario) -> str:
         "blockpage_status",
         "residual_seconds",
         "residual_action",
+        "intercept_sni",
+        "regional_cert_sni",
     ):
         value = getattr(c, key)
         if key == "keywords":

@@ -35,6 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # its place. 8008 is served by nothing else.
 HELPER_PORT = 8008
 FINGERPRINTS_FILE = "fingerprints_http.csv"
+INTERCEPTOR_CA = "interceptor-ca.pem"  # the same names lab.interceptor reads
+INTERCEPTOR_KEY = "interceptor-ca-key.pem"
+CN_TRUST = "cn-trust.pem"
 
 
 class LabError(RuntimeError):
@@ -68,6 +71,11 @@ class LabInfo:
     echo_v4: str
     echo_v6: str
     vantages: dict[str, Vantage] = field(default_factory=dict)
+    # The censor's own CA (lab.interceptor signs with it) and the trust store of a censored
+    # user who was made to install it: the lab CA plus that CA. Give `cn_trust_pem` to the
+    # probe at cn with --ca-file; the helper outside trusts only `ca_pem`.
+    interceptor_ca_pem: str = ""
+    cn_trust_pem: str = ""
 
     @property
     def resolver(self) -> str:
@@ -267,6 +275,10 @@ def _build_network(scen: scenario_mod.Scenario) -> None:
     )
     for version, text in ((4, rules.iptables_rules(scen, 4)), (6, rules.iptables_rules(scen, 6))):
         _ns(A.NS_CENSOR, "iptables-restore" if version == 4 else "ip6tables-restore", input=text)
+    nat = rules.nat_rules(scen)
+    if nat:
+        # --noflush: keep the filter table just restored.
+        _ns(A.NS_CENSOR, "iptables-restore", "--noflush", input=nat)
     for ns in (A.NS_VP_CN, A.NS_VP_OPEN):
         etc = NETNS_ETC / ns
         etc.mkdir(parents=True, exist_ok=True)
@@ -410,6 +422,15 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
         if replace(scenario_mod.load(scen_path), source="") != replace(scen, source=""):
             raise LabError(f"{scen.source}: scenario did not survive a TOML round trip")
         make_ca(state / "ca.pem", state / "ca-key.pem")
+        make_ca(
+            state / INTERCEPTOR_CA,
+            state / INTERCEPTOR_KEY,
+            cn="National Information Security Root CA",
+            org="National Information Security Center",
+        )
+        (state / CN_TRUST).write_bytes(
+            (state / "ca.pem").read_bytes() + (state / INTERCEPTOR_CA).read_bytes()
+        )
         _write_fingerprints(scen, state / FINGERPRINTS_FILE)
         _build_network(scen)
         servers = _spawn(
@@ -442,6 +463,24 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
                 str(state / "censor-stats.json"),
             ],
         )
+        interceptor = None
+        if scen.tls_sni_names():
+            interceptor = _spawn(
+                state,
+                "interceptor",
+                A.NS_CENSOR,
+                [
+                    sys.executable,
+                    "-m",
+                    "lab.interceptor",
+                    "--scenario",
+                    str(scen_path),
+                    "--state",
+                    str(state),
+                    "--port",
+                    str(rules.INTERCEPT_PORT),
+                ],
+            )
         helper_url = None
         helper_proc = None
         if helper:
@@ -463,6 +502,8 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
             )
         _wait_ready(state, "servers", servers, "servers: ready")
         _wait_ready(state, "censor", censord, "censord: ready")
+        if interceptor is not None:
+            _wait_ready(state, "interceptor", interceptor, "interceptor: ready")
         if helper_proc is not None:
             if _wait_helper(A.NS_INTERNET, A.HELPER_V4, HELPER_PORT, helper_proc):
                 helper_url = f"http://{A.HELPER_V4}:{HELPER_PORT}/"
@@ -485,6 +526,8 @@ def _info(scen: scenario_mod.Scenario, state: Path, helper_url: str | None) -> L
         scenario_path=str(state / "scenario.toml"),
         state_dir=str(state),
         ca_pem=str(state / "ca.pem"),
+        interceptor_ca_pem=str(state / INTERCEPTOR_CA),
+        cn_trust_pem=str(state / CN_TRUST),
         resolver_v4=A.RESOLVER_V4,
         resolver_v6=A.RESOLVER_V6,
         helper_url=helper_url,

@@ -128,6 +128,10 @@ def run(
         float | None,
         typer.Option(min=0.1, help="message_delivery: seconds to wait for a message."),
     ] = None,
+    pcap: Annotated[
+        Path | None,
+        typer.Option(help="Keep one pcap per measurement here (needs CAP_NET_RAW; sni_blocking)."),
+    ] = None,
 ) -> None:
     """Run a nettest over inputs and store OONI-format measurements."""
     from probes.run_command import RunRequest, execute_run
@@ -162,6 +166,9 @@ def run(
                 "keyword_tries": keyword_tries,
                 "channel": channel,
                 "delivery_deadline": delivery_deadline,
+                "sni_endpoint": sni_endpoint,
+                "control_sni": control_sni,
+                "pcap_dir": str(pcap) if pcap else None,
             }.items()
             if value is not None
         },

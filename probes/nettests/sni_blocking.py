@@ -2,20 +2,31 @@
 
 To one endpoint (``sni_endpoint`` IP:PORT, else the target's first address) we run a handshake
 with a control SNI (``control_sni``, a name nobody blocks) and then one with the target SNI,
-``ROUNDS`` times. Blocking only when the target's handshake failed in every round while the
-control's passed in every round: one lost packet, or residual blocking of the pair after a
-trigger (which would fail the next control too), does not make a verdict. The control SNI runs
-first in each round for that reason. When a control helper is set, the target handshake's
-certificate is also compared with the helper's for the same endpoint (tls.intercepted).
+``ROUNDS`` times. Blocking when the target's handshake failed in every round while the
+control's passed in every round, so that one lost packet does not make a verdict. The control
+SNI runs first in each round so that residual blocking shows: a censor that keeps blocking the
+(client, server, port) triple after a trigger (the GFW does, for minutes) fails the next
+control too. A control that passed, a target that was *reset* (loss never forges a reset), and
+then a control that fails at once is that residual blocking: it is kept as evidence
+(``x_residual_blocking``) and the verdict stands on the reset. A timeout followed by a failing
+control could be a path going down, so it stays inconclusive. When a control helper is set, the
+target handshake's certificate is also compared with the helper's for the same endpoint
+(tls.intercepted).
+
+As root the rounds' packets are captured (`probes.net.packets.FlowRecorder`): a reset whose
+IP TTL differs from the server's SYN-ACK was forged on the path (``x_packets.evidence`` is
+``tcp.rst_injected``). Options: ``packet_capture`` (default on), ``pcap_dir`` (keep a pcap).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import resolve
+from probes.net.packets import FlowRecorder, capture_unavailable
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
 from probes.nettests.control import ControlClient
@@ -39,6 +50,22 @@ def reached_tls(failure: str | None) -> bool:
     return failure is None or failure.startswith("ssl_")
 
 
+def residual_after_reset(
+    control_failures: list[str | None], target_failures: list[str | None]
+) -> bool:
+    """The first round's control passed and its target was reset, and a later control failed.
+
+    Loss cannot forge a reset, so the first round alone is active interference triggered by the
+    SNI; the later control failing is the censor's residual blocking of the endpoint.
+    """
+    return (
+        len(control_failures) >= 2
+        and control_failures[0] is None
+        and target_failures[0] == "connection_reset"
+        and control_failures[-1] is not None
+    )
+
+
 class SNIBlocking(Nettest):
     name = "sni_blocking"
     version = "0.1.0"
@@ -47,6 +74,10 @@ class SNIBlocking(Nettest):
         self.control: ControlClient | None = None
         self.control_sni = str(self.ctx.options.get("control_sni") or DEFAULT_CONTROL_SNI)
         self.endpoint = self.ctx.options.get("sni_endpoint")
+        self.capture = bool(self.ctx.options.get("packet_capture", True))
+        self.pcap_dir = self.ctx.options.get("pcap_dir")
+        if self.capture and (why := capture_unavailable()):
+            self.warnings.append(f"packet capture unavailable: {why}")
         if self.ctx.helpers:
             self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
             if await self.control.choose():
@@ -88,8 +119,47 @@ class SNIBlocking(Nettest):
                 return keys
             ip = dns.addrs[0]
         keys["endpoint"] = format_host_port(ip, port)
-        target_failures, control_failures = [], []
+        target_failures: list[str | None] = []
+        control_failures: list[str | None] = []
         summary: dict[str, Any] = {}
+        residual = False
+        pcap = None
+        if self.pcap_dir:
+            Path(self.pcap_dir).mkdir(parents=True, exist_ok=True)
+            pcap = str(Path(self.pcap_dir) / f"sni_blocking-{name}-{time.time_ns()}.pcap")
+        recorder = FlowRecorder(ip, port, enabled=self.capture, pcap=pcap)
+        async with recorder:
+            residual = await self._rounds(ip, port, name, t_zero, timeout, keys,
+                                          control_failures, target_failures, summary)  # fmt: skip
+        keys.update(recorder.keys())
+        blocking: Any = None
+        detail = None
+        if reached_tls(target_failures[-1]):
+            blocking = False
+            if self.control is not None:
+                blocking, detail = await self._interception(name, port, keys, summary)
+        elif residual or (
+            all(f is None for f in control_failures) and len(target_failures) == ROUNDS
+        ):
+            blocking = "tls"
+            detail = _DETAILS.get(target_failures[0] or "", "tls.sni_failure")
+        keys["x_residual_blocking"] = residual
+        keys["blocking"], keys["blocking_detail"] = blocking, detail
+        return keys
+
+    async def _rounds(
+        self,
+        ip: str,
+        port: int,
+        name: str,
+        t_zero: float,
+        timeout: float,
+        keys: dict[str, Any],
+        control_failures: list[str | None],
+        target_failures: list[str | None],
+        summary: dict[str, Any],
+    ) -> bool:
+        """Control then target, up to ROUNDS times; True when residual blocking showed."""
         for _ in range(ROUNDS):
             control = await tls_handshake(
                 ip, port, self.control_sni, timeout=timeout, t_zero=t_zero, verify=False
@@ -97,25 +167,21 @@ class SNIBlocking(Nettest):
             target = await tls_handshake(
                 ip, port, name, timeout=timeout, t_zero=t_zero, ca_file=self.ctx.ca_file
             )
-            summary = probe_summary(
-                target.record, target.leaf_spki_sha256, target.issuer, target.verified
+            summary.clear()
+            summary.update(
+                probe_summary(
+                    target.record, target.leaf_spki_sha256, target.issuer, target.verified
+                )
             )
-            keys["tls_handshakes"] += [control.record, summary]
+            keys["tls_handshakes"] += [control.record, dict(summary)]
             control_failures.append(control.failure)
             target_failures.append(target.failure)
             if reached_tls(target.failure):
                 break  # the name went through: no need to repeat
-        blocking: Any = None
-        detail = None
-        if reached_tls(target_failures[-1]):
-            blocking = False
-            if self.control is not None:
-                blocking, detail = await self._interception(name, port, keys, summary)
-        elif all(f is None for f in control_failures) and len(target_failures) == ROUNDS:
-            blocking = "tls"
-            detail = _DETAILS.get(target_failures[0] or "", "tls.sni_failure")
-        keys["blocking"], keys["blocking_detail"] = blocking, detail
-        return keys
+            if control.failure is not None:
+                # The endpoint itself is failing now: more rounds tell nothing.
+                return residual_after_reset(control_failures, target_failures)
+        return False
 
     async def _interception(
         self, name: str, port: int, keys: dict[str, Any], summary: dict[str, Any]
