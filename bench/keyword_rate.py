@@ -9,6 +9,12 @@ a censored keyword taints `tries` endpoints for W seconds, so with N endpoints t
 sustains at most N * 60 / (W * tries) censored keywords per minute.
 
     python bench/keyword_rate.py [--keywords 40] [--censored 0.25] [--ports 4] [--window 2]
+
+`--lab` runs the same measurement in the censor lab instead (root; docs/lab.md): the lab's
+censor plants the censored words as keyword rules with a residual window of --window seconds
+(residual_action "rst"), `censorscope run http_keyword` runs at cs-vp-cn against the lab
+helper's echo ports (lab.addresses.HELPER_ECHO_PORTS), with the probe's window LAB_MARGIN_S
+above the censor's, and every verdict is checked against the planted rules.
 """
 
 from __future__ import annotations
@@ -47,6 +53,71 @@ async def run(url: str, words: list[str], window: float, tries: int, placement: 
     return time.monotonic() - started
 
 
+# The probe's window is set this much above the lab censor's: the two start their clocks at
+# slightly different moments, and a probe that forgets a taint early reports false blocking.
+LAB_MARGIN_S = 1.0
+
+
+def lab_main(args: argparse.Namespace, censored: list[str], words: list[str]) -> None:
+    """The keyword rate through the lab's on-path censor (see the module docstring)."""
+    import json
+    import subprocess
+    import tempfile
+    from dataclasses import replace
+
+    from lab import addresses, topology
+    from lab import scenario as scenario_mod
+
+    base = scenario_mod.load()
+    scen = replace(
+        base,
+        name="keyword-rate",
+        censor=replace(
+            base.censor,
+            keywords=tuple((w,) for w in censored),
+            residual_seconds=args.window,
+            residual_action="rst",
+        ),
+    )
+    info = topology.up(scen)
+    try:
+        assert info.helper_url, "the lab helper did not start"
+        with tempfile.TemporaryDirectory() as tmp:
+            kw = Path(tmp) / "keywords.csv"
+            kw.write_text(
+                "keyword,language,category,source\n" + "".join(f"{w},en,t,b\n" for w in words)
+            )
+            window = args.window + LAB_MARGIN_S
+            argv = [*info.vantages["cn"].exec_prefix, *topology._censorscope_argv(), "run",
+                    "http_keyword", "--keywords", str(kw), "--helper", info.helper_url,
+                    "--residual-window", str(window), "--keyword-tries", str(args.tries),
+                    "--placement", args.placement, "--concurrency", "1", "--timeout", "600",
+                    "--results", f"{tmp}/results", "--vantage", "cn", "--no-progress"]  # fmt: skip
+            started = time.monotonic()
+            proc = subprocess.run(argv, capture_output=True, text=True, env=topology._python_env())
+            elapsed = time.monotonic() - started
+            if proc.returncode != 0:
+                raise SystemExit(f"censorscope run failed: {proc.stderr[-2000:]}")
+            verdicts = {}
+            for f in Path(tmp, "results").glob("raw/date=*/vantage=cn/test_name=http_keyword/*"):
+                for line in f.read_text().splitlines():
+                    m = json.loads(line)
+                    verdicts[m["input"]] = m["test_keys"]["blocking"]
+        stats = info.censor_stats()
+    finally:
+        topology.down()
+    right = sum((verdicts.get(w) not in (False, None)) == (w in censored) for w in words)
+    ports = len(addresses.HELPER_ECHO_PORTS)
+    bound = ports * 60 / (window * args.tries)
+    print(
+        f"lab: {len(words)} keywords ({len(censored)} censored), {ports} echo ports, censor "
+        f"window {args.window:g} s (probe {window:g} s), {args.tries} tries, placement "
+        f"{args.placement}: {elapsed:.1f} s, {len(words) * 60 / elapsed:.1f} keywords/min; "
+        f"verdicts right {right}/{len(words)}; censor stats {stats}"
+    )
+    print(f"model: <= {bound:.1f} censored keywords/min at the probe's window {window:g} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keywords", type=int, default=40)
@@ -55,11 +126,15 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--tries", type=int, default=2)
     parser.add_argument("--placement", default="path")
+    parser.add_argument("--lab", action="store_true", help="measure in the censor lab (root)")
     args = parser.parse_args()
     n_censored = round(args.keywords * args.censored)
     censored = [f"blocked{i}" for i in range(n_censored)]
     words = censored + [f"benign{i}" for i in range(args.keywords - n_censored)]
     words.sort(key=lambda w: w[-1])  # interleave censored and benign words
+    if args.lab:
+        lab_main(args, censored, words)
+        return
     echo = EchoConfig("127.0.0.4", [0] * args.ports, [0] * args.ports)
     with run_helper("127.0.0.4", echo=echo) as (base, port):
         info = httpx.get(base + "echo", timeout=5).json()

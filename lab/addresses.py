@@ -41,9 +41,24 @@ RESOLVER_V4 = "11.0.0.53"
 RESOLVER_V6 = "2a0c:cafe::53"
 HELPER_V4 = "11.0.0.8"
 HELPER_PORT = 8080
+# The control helper's API port (lab.topology): only this port of HELPER_V4 is exempt from the
+# censor; the helper's echo ports and DNS zone sit behind it like any server.
+HELPER_CONTROL_PORT = 8008
 ECHO_V4 = "11.0.0.7"
 ECHO_V6 = "2a0c:cafe::7"
 ECHO_PORT = 7
+# The message platform (lab.servers.Platform): the helper relay's protocol, with the scenario's
+# [platform] rules applied to senders from the cn vantage (served on PLATFORM_PORT of every
+# internet address; these are the addresses to use).
+PLATFORM_V4 = "11.0.0.25"
+PLATFORM_V6 = "2a0c:cafe::25"
+PLATFORM_PORT = 8025
+# The lab helper's echo endpoints for http_keyword (topology): several ports so the probe can
+# rotate away from endpoints under residual censorship; none of them is served by lab.servers.
+HELPER_ECHO_PORTS = (9101, 9102, 9103)
+HELPER_TLS_ECHO_PORTS = (9443, 9444, 9445)
+# The helper's DNS zone for the dns placement, on port 53 where the censor looks at queries.
+HELPER_DNS_ZONE = "kw.lab.example"
 
 # Per-domain addresses: index i -> 11.1.(i // 250).(i % 250 + 1), 2a0c:cafe:1::(i + 1).
 DOMAIN_BASE_V4 = 0x0B010000  # 11.1.0.0

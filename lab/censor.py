@@ -85,6 +85,7 @@ class Censor:
         self.blockpage_hosts = {d.name for d in scenario.by_block("blockpage")}
         self.sni = {d.name for d in scenario.by_block("sni_rst")} | set(c.blocked_sni)
         self.keywords = c.keywords
+        self.keyword_at = set(c.keyword_placements)
         self.flows: dict[tuple[str, int, str, int], Flow] = {}
         self.residual: dict[tuple[str, str, int], float] = {}
         self.ip_id = 0
@@ -154,14 +155,15 @@ class Censor:
             return Decision(reason="pass")
         qname = question.name.to_text().rstrip(".").lower()
         c = self.s.censor
-        if self._name_in(qname, self.dns_inject):
+        keyword = "dns" in self.keyword_at and matching.keyword_match(qname, self.keywords)
+        if keyword or self._name_in(qname, self.dns_inject):
             forged = []
             for i in range(c.dns_injectors):
                 digest = hashlib.sha256(f"{qname}/{i}".encode()).digest()
                 ip = c.inject_pool[digest[0] % len(c.inject_pool)]
                 # GFW-style: an A record even when AAAA was asked.
                 forged.append(self._dns_reply(pkt, query, "A", ip, ttl=64 + i * 13))
-            return Decision(forged=forged, reason="dns_inject")
+            return Decision(forged=forged, reason="keyword_dns" if keyword else "dns_inject")
         if self._name_in(qname, self.dns_nxdomain):
             return Decision(
                 accept=False,
@@ -284,10 +286,13 @@ class Censor:
         return bytes(flow.data)
 
     def _inspect(self, stream: bytes, pkt: Packet) -> str | None:
-        """'http_rst', 'keyword_rst', 'sni_rst', 'blockpage' or None."""
+        """'http_rst', 'keyword_rst', 'sni_rst', 'keyword_sni_rst', 'blockpage' or None."""
         if matching.looks_like_http(stream):
             request_line, host = matching.http_fields(stream)
-            if matching.keyword_match(request_line + " " + (host or ""), self.keywords):
+            path, query = matching.request_target(request_line)
+            fields = {"path": path, "query": query, "host": host or ""}
+            text = " ".join(v for k, v in fields.items() if k in self.keyword_at)
+            if matching.keyword_match(text, self.keywords):
                 return "keyword_rst"
             if host is not None:
                 if matching.host_matches(host, self.http_hosts):
@@ -298,4 +303,6 @@ class Censor:
         sni = matching.tls_sni(stream)
         if sni is not None and matching.host_matches(sni, self.sni):
             return "sni_rst"
+        if sni and "sni" in self.keyword_at and matching.keyword_match(sni, self.keywords):
+            return "keyword_sni_rst"
         return None

@@ -25,6 +25,14 @@ def http_fields(stream: bytes) -> tuple[str, str | None]:
     return request_line.decode("latin-1").lower(), host
 
 
+def request_target(request_line: str) -> tuple[str, str]:
+    """(path, query) of a (possibly incomplete) request line: what a URL keyword filter sees."""
+    parts = request_line.split(" ")
+    target = parts[1] if len(parts) > 1 else ""
+    path, _, query = target.partition("?")
+    return path, query
+
+
 def looks_like_http(stream: bytes) -> bool:
     return re.match(rb"[A-Z]{3,7} ", stream[:8]) is not None
 

@@ -55,8 +55,13 @@ def iptables_rules(scen: Scenario, version: int) -> str:
             f"-A {CHAIN} -m statistic --mode random --probability {scen.faults.loss:.6f} -j DROP"
         )
     if helper:
-        # The control helper sits outside the censor: its traffic is never inspected.
-        lines += [f"-A {CHAIN} -d {helper} -j ACCEPT", f"-A {CHAIN} -s {helper} -j ACCEPT"]
+        # The control helper's API sits outside the censor: never inspected. Its echo ports and
+        # DNS zone (http_keyword's endpoints) are servers behind the censor like any other.
+        api = A.HELPER_CONTROL_PORT
+        lines += [
+            f"-A {CHAIN} -d {helper} -p tcp --dport {api} -j ACCEPT",
+            f"-A {CHAIN} -s {helper} -p tcp --sport {api} -j ACCEPT",
+        ]
     for ip, port in blackholes(scen):
         if ipaddress.ip_address(ip).version != version:
             continue

@@ -43,6 +43,10 @@ DEFAULT_BLOCKPAGE_BODY = (
     "<h1>{title}</h1><p>Access to this website has been restricted in accordance with "
     "national regulations. Reference: CS-LAB-451.</p></body></html>"
 )
+# Where on-path keyword rules can look: the HTTP request target's path and query, the Host
+# header, the TLS ClientHello's SNI and DNS query names (the GFW's keyword placements).
+KEYWORD_PLACEMENTS = ("path", "query", "host", "sni", "dns")
+PLATFORM_ACTIONS = ("drop", "reject", "modify")
 DEFAULT_SCENARIO = Path(__file__).parent / "scenarios" / "default.toml"
 
 
@@ -96,6 +100,21 @@ class Censor:
     # like a CDN's regional edge: not interception.
     intercept_sni: tuple[str, ...] = ()
     regional_cert_sni: tuple[str, ...] = ()
+    # Where on-path keyword rules look (KEYWORD_PLACEMENTS); the default is the historical
+    # request line and Host only, so older scenarios keep their meaning.
+    keyword_placements: tuple[str, ...] = ("path", "query", "host")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The lab's message platform (lab.servers): server-side rules applied to cn senders only.
+
+    Like a national chat app's per-region filter (Citizen Lab's WeChat and QQ studies): the
+    same service delivers the same message for a sender outside the region.
+    """
+
+    keywords: tuple[tuple[str, ...], ...] = ()
+    action: str = "drop"  # "drop" (accept, never deliver), "reject" (403), "modify" (mask)
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,7 @@ class Scenario:
     censor: Censor = field(default_factory=Censor)
     faults: Faults = field(default_factory=Faults)
     source: str = "<memory>"
+    platform: Platform = field(default_factory=Platform)
 
     def domain(self, name: str) -> Domain:
         for d in self.domains:
@@ -190,9 +210,29 @@ def _string_list(table: dict[str, Any], key: str, src: str, where: str) -> list[
     return list(value)
 
 
+def _keywords(table: dict[str, Any], source: str, where: str) -> tuple[tuple[str, ...], ...]:
+    """`keywords`: words and combinations (a list: every word needed), lower-cased."""
+    raw_kw = table.get("keywords", [])
+    keywords: list[tuple[str, ...]] = []
+    if not isinstance(raw_kw, list):
+        raise _err(source, f"{where}.keywords", "expected a list of strings or lists of strings")
+    for i, kw in enumerate(raw_kw):
+        combo = [kw] if isinstance(kw, str) else kw
+        if (
+            not isinstance(combo, list)
+            or not combo
+            or not all(isinstance(w, str) and w for w in combo)
+        ):
+            raise _err(
+                source, f"{where}.keywords[{i}]", f"expected a word or a list of words, got {kw!r}"
+            )
+        keywords.append(tuple(w.lower() for w in combo))
+    return tuple(keywords)
+
+
 def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Build a Scenario from parsed TOML, validating every field."""
-    known = {"lab", "censor", "faults", "domain"}
+    known = {"lab", "censor", "faults", "domain", "platform"}
     for key in data:
         if key not in known:
             raise _err(source, key, f"unknown table (expected one of {sorted(known)})")
@@ -213,21 +253,19 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         _check_ip(ip, source, "censor.inject_pool")
         for ip in _string_list(c, "inject_pool", source, "censor")
     ]
-    raw_kw = c.get("keywords", [])
-    keywords: list[tuple[str, ...]] = []
-    if not isinstance(raw_kw, list):
-        raise _err(source, "censor.keywords", "expected a list of strings or lists of strings")
-    for i, kw in enumerate(raw_kw):
-        combo = [kw] if isinstance(kw, str) else kw
-        if (
-            not isinstance(combo, list)
-            or not combo
-            or not all(isinstance(w, str) and w for w in combo)
-        ):
+    keywords = _keywords(c, source, "censor")
+    placements = _string_list(c, "keyword_placements", source, "censor") or [
+        "path",
+        "query",
+        "host",
+    ]
+    for pl in placements:
+        if pl not in KEYWORD_PLACEMENTS:
             raise _err(
-                source, f"censor.keywords[{i}]", f"expected a word or a list of words, got {kw!r}"
+                source,
+                "censor.keyword_placements",
+                f"unknown {pl!r} (expected some of {list(KEYWORD_PLACEMENTS)})",
             )
-        keywords.append(tuple(w.lower() for w in combo))
     residual_action = _get(c, "residual_action", str, "rst", source, "censor")
     if residual_action not in ("rst", "drop"):
         raise _err(
@@ -246,7 +284,8 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         bogon=_check_ip(
             _get(c, "bogon", str, addresses.DEFAULT_BOGON, source, "censor"), source, "censor.bogon"
         ),
-        keywords=tuple(keywords),
+        keywords=keywords,
+        keyword_placements=tuple(placements),
         blocked_sni=tuple(s.lower() for s in _string_list(c, "blocked_sni", source, "censor")),
         blackhole=tuple(
             _check_endpoint(e, source, f"censor.blackhole[{i}]")
@@ -272,6 +311,14 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     if delay < 0:
         raise _err(source, "faults.delay_ms", "must be >= 0")
     faults = Faults(loss=loss, delay_ms=delay)
+
+    p = data.get("platform", {})
+    if not isinstance(p, dict):
+        raise _err(source, "platform", "expected a table")
+    action = _get(p, "action", str, "drop", source, "platform")
+    if action not in PLATFORM_ACTIONS:
+        raise _err(source, "platform.action", f"expected one of {list(PLATFORM_ACTIONS)}")
+    platform = Platform(keywords=_keywords(p, source, "platform"), action=action)
 
     raw_domains = data.get("domain", [])
     if not isinstance(raw_domains, list):
@@ -329,6 +376,7 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         censor=censor,
         faults=faults,
         source=source,
+        platform=platform,
     )
 
 
@@ -358,6 +406,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _combos_toml(combos: tuple[tuple[str, ...], ...]) -> list[Any]:
+    return [list(k) if len(k) > 1 else k[0] for k in combos]
+
+
 def _to_toml(s: Scenario) -> str:
     c = s.censor
     lines = [
@@ -385,12 +437,19 @@ def _to_toml(s: Scenario) -> str:
         "residual_action",
         "intercept_sni",
         "regional_cert_sni",
+        "keyword_placements",
     ):
         value = getattr(c, key)
         if key == "keywords":
-            value = [list(k) if len(k) > 1 else k[0] for k in value]
+            value = _combos_toml(value)
         lines.append(f"{key} = {_toml_value(value)}")
     lines += ["", "[faults]", f"loss = {s.faults.loss!r}", f"delay_ms = {s.faults.delay_ms!r}"]
+    lines += [
+        "",
+        "[platform]",
+        f"keywords = {_toml_value(_combos_toml(s.platform.keywords))}",
+        f"action = {_toml_value(s.platform.action)}",
+    ]
     for d in s.domains:
         lines += [
             "",

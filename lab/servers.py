@@ -3,7 +3,8 @@
 Authoritative DNS (only on the resolver addresses, so every other address has no DNS server:
 a probe can use them to detect injection), HTTP on 80/8080 and HTTPS on 443 on every local
 address (AnyIP routes), serving a page per scenario domain and echoing anything else, and a
-TCP echo on port 7. Run as `python -m lab.servers --scenario FILE --state DIR`.
+TCP echo on port 7, and the message platform (Platform) on PLATFORM_V4/V6:PLATFORM_PORT.
+Run as `python -m lab.servers --scenario FILE --state DIR`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import itertools
+import json
+import re
 import signal
 import socket
 import ssl
@@ -24,7 +29,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from lab import addresses
+from lab import addresses, matching
 from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 
@@ -132,6 +137,109 @@ class Web:
                 writer.close()
 
 
+_RELAY_PATH = re.compile(r"^/relay/([A-Za-z0-9_-]{1,64})(?:\?after=(\d+))?$")
+MAILBOX_LIMIT = 1000  # messages kept per mailbox (the helper relay's default)
+
+
+class Platform:
+    """A message platform speaking the helper relay's protocol (probes/channels/relay.py).
+
+    POST /relay/{box} {"text": ...} sends, GET /relay/{box}?after=N receives. The scenario's
+    [platform] rules apply only when the sender's address is in the cn vantage's subnet, as a
+    national platform filters its own region's users: that is the ground truth message_delivery
+    and isolation are checked against. Matching is on the lower-cased text, every word of a
+    combination present (as the helper relay's rules).
+    """
+
+    def __init__(self, scen: scenario_mod.Scenario) -> None:
+        self.rules = scen.platform.keywords
+        self.action = scen.platform.action
+        self.cn = [
+            ipaddress.ip_network(addresses.CN_SUBNET_V4),
+            ipaddress.ip_network(addresses.CN_SUBNET_V6),
+        ]
+        self.boxes: dict[str, list[dict[str, object]]] = {}
+        self.ids = itertools.count(1)
+        self.stats = {"sent": 0, "dropped": 0, "rejected": 0, "modified": 0}
+
+    def _censored(self, peer: str, text: str) -> tuple[str, ...] | None:
+        addr = ipaddress.ip_address(peer.split("%", 1)[0])
+        if not any(addr in net for net in self.cn):
+            return None
+        return matching.keyword_match(text.lower(), self.rules)
+
+    def post(self, box: str, peer: str, body: bytes) -> tuple[int, dict[str, object]]:
+        try:
+            text = json.loads(body)["text"]
+        except (ValueError, KeyError, TypeError):
+            return 400, {"error": 'body must be {"text": "..."}'}
+        if not isinstance(text, str):
+            return 400, {"error": "text must be a string"}
+        self.stats["sent"] += 1
+        message_id = next(self.ids)
+        rule = self._censored(peer, text)
+        if rule is not None:
+            if self.action == "reject":
+                self.stats["rejected"] += 1
+                return 403, {"error": "message content denied"}
+            if self.action == "drop":
+                self.stats["dropped"] += 1
+                return 200, {"id": message_id}  # acknowledged like any other: a silent drop
+            self.stats["modified"] += 1
+            for word in rule:
+                text = re.sub(re.escape(word), "*" * len(word), text, flags=re.IGNORECASE)
+        box_list = self.boxes.setdefault(box, [])
+        box_list.append({"id": message_id, "text": text})
+        del box_list[:-MAILBOX_LIMIT]
+        return 200, {"id": message_id}
+
+    def get(self, box: str, after: int) -> tuple[int, dict[str, object]]:
+        return 200, {"messages": [m for m in self.boxes.get(box, []) if int(m["id"]) > after]}  # type: ignore[call-overload]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = str(writer.get_extra_info("peername")[0])
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target = [*lines[0].split(" "), "", ""][:2]
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                length = min(int(headers.get("content-length", "0") or 0), BODY_LIMIT)
+                body = await reader.readexactly(length) if length else b""
+                m = _RELAY_PATH.match(target)
+                doc: dict[str, object]
+                if m is None:
+                    status, doc = 404, {"error": "no such mailbox path"}
+                elif method == "POST":
+                    status, doc = self.post(m.group(1), peer, body)
+                elif method == "GET":
+                    status, doc = self.get(m.group(1), int(m.group(2) or 0))
+                else:
+                    status, doc = 405, {"error": "POST or GET"}
+                content = json.dumps(doc).encode()
+                writer.write(
+                    (
+                        f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
+                        "Server: cs-lab-platform\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(content)}\r\n\r\n"
+                    ).encode()
+                    + content
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
@@ -192,6 +300,12 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
         await asyncio.start_server(web.handle, host=None, port=443, ssl=ctx, backlog=1024)
     )
     servers.append(await asyncio.start_server(echo, host=None, port=addresses.ECHO_PORT))
+    # A wildcard bind, like the web ports (AnyIP IPv6 addresses cannot be bound one by one);
+    # PLATFORM_V4/V6 are the platform's names in the address plan.
+    platform = Platform(scen)
+    servers.append(
+        await asyncio.start_server(platform.handle, host=None, port=addresses.PLATFORM_PORT)
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # lab.servers answers HTTP on 80 and 8080 of every address (a wildcard bind), so the helper
 # cannot have addresses.HELPER_PORT (8080): uvicorn's bind fails and the echo server answers in
 # its place. 8008 is served by nothing else.
-HELPER_PORT = 8008
+HELPER_PORT = A.HELPER_CONTROL_PORT
 FINGERPRINTS_FILE = "fingerprints_http.csv"
 INTERCEPTOR_CA = "interceptor-ca.pem"  # the same names lab.interceptor reads
 INTERCEPTOR_KEY = "interceptor-ca-key.pem"
@@ -76,6 +76,9 @@ class LabInfo:
     # probe at cn with --ca-file; the helper outside trusts only `ca_pem`.
     interceptor_ca_pem: str = ""
     cn_trust_pem: str = ""
+    # The message platform (lab.servers.Platform), for message_delivery's relay channel:
+    # CENSORSCOPE_RELAY_URL=platform_url.
+    platform_url: str = f"http://{A.PLATFORM_V4}:{A.PLATFORM_PORT}"
 
     @property
     def resolver(self) -> str:
@@ -498,6 +501,12 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
                     "--allow-private",
                     "--ca-file",
                     str(state / "ca.pem"),
+                    # http_keyword's echo endpoints and DNS zone, behind the censor from cn.
+                    *[f"--echo-ports={p}" for p in A.HELPER_ECHO_PORTS],
+                    *[f"--tls-echo-ports={p}" for p in A.HELPER_TLS_ECHO_PORTS],
+                    f"--dns-zone={A.HELPER_DNS_ZONE}",
+                    f"--dns-listen={A.HELPER_V4}:53",
+                    f"--dns-answer={A.HELPER_V4}",
                 ],
             )
         _wait_ready(state, "servers", servers, "servers: ready")
