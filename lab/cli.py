@@ -109,6 +109,20 @@ def _verdict(v: object) -> str:
 def demo(
     scenario: ScenarioOpt = None,
     results: Annotated[Path | None, typer.Option(help="Keep the probe's results here")] = None,
+    scheduled: Annotated[
+        bool,
+        typer.Option(
+            "--scheduled",
+            help="Run both vantages as scheduling daemons uploading to one collector, "
+            "then analyze the collector's store",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=1.0, help="With --scheduled: seconds between runs")
+    ] = 3.0,
+    runs: Annotated[
+        int, typer.Option(min=1, max=20, help="With --scheduled: runs uploaded per vantage")
+    ] = 2,
 ) -> None:
     """Up, run the probe from both vantages, print its verdicts beside the ground truth, down."""
     from lab.demo import compare, run_probe
@@ -119,6 +133,9 @@ def demo(
         topology.down()
         typer.echo("censorscope lab: the control helper did not start (see helper.log)", err=True)
         raise typer.Exit(1)
+    if scheduled:
+        _scheduled_demo(lab, results, interval, runs)
+        return
     try:
         out = results or Path(tempfile.mkdtemp(prefix="censorscope-lab-demo-"))
         failed = False
@@ -149,4 +166,58 @@ def demo(
     good = sum(f.correct for f in findings)
     console.print(f"{good}/{len(findings)} inputs as the scenario says; results in {out}")
     if failed:
+        raise typer.Exit(1)
+
+
+def _scheduled_demo(lab: topology.LabInfo, work: Path | None, interval: float, runs: int) -> None:
+    """The deployment of docs/deployment.md in miniature: collector, two daemons, analysis."""
+    from collections import Counter
+
+    from lab.demo import VANTAGES, run_scheduled
+
+    out = work or Path(tempfile.mkdtemp(prefix="censorscope-lab-scheduled-"))
+    try:
+        result = run_scheduled(
+            lab, out, interval=interval, runs=runs, progress=lambda m: console.print(m)
+        )
+    except topology.LabError as exc:
+        typer.echo(f"censorscope lab: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        topology.down()
+    failed = False
+    for v in VANTAGES:
+        stored = result.collected.get(v, [])
+        dupes = sum(n - 1 for n in Counter(stored).values())
+        lost = len(set(result.local[v]) - set(stored))
+        console.print(
+            f"vantage {v}: {len(result.local[v])} measured, {len(stored)} in the collector's "
+            f"store, {dupes} duplicates, {lost} missing; daemon exit {result.daemon_status[v]}"
+        )
+        failed |= bool(dupes or lost or not stored or result.daemon_status[v] != 0)
+    if result.analyze is None or result.analyze.returncode != 0:
+        err = result.analyze.stderr[-1500:] if result.analyze else ""
+        console.print(f"[red]censorscope analyze failed[/]: {err}")
+        failed = True
+    table = Table(title=f"scenario {lab.scenario.name}: analysis of the collector's store")
+    for col in ("input", "mechanism", "expected", "analysis finding", "ok"):
+        table.add_column(col)
+    good = 0
+    for url in result.inputs:
+        got = result.findings.get(url, "missing")
+        ok = got == result.expected[url]
+        good += ok
+        table.add_row(
+            url,
+            result.mechanisms[url],
+            result.expected[url],
+            got,
+            "[green]yes[/]" if ok else "[red]no[/]",
+        )
+    console.print(table)
+    console.print(
+        f"{good}/{len(result.inputs)} findings as the scenario says; collector store in "
+        f"{result.collector_data}, analysis in {out / 'analysis'}"
+    )
+    if failed or good != len(result.inputs):
         raise typer.Exit(1)

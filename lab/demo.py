@@ -1,18 +1,30 @@
 """`lab demo`: run the probe from both vantages and set its verdicts beside the ground truth.
 
+`lab demo --scheduled` (run_scheduled) is the deployment in miniature: a collector in the lab
+internet, one scheduling daemon per vantage uploading to it, and `censorscope analyze` over the
+collector's store.
+
 The probe is only ever run as the `censorscope` command inside a namespace and read back from
 its results files: the lab judges the probe, it does not import it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import os
+import secrets
+import signal
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.topology import LabInfo, _censorscope_argv, _python_env
+from lab.topology import LabInfo, _censorscope_argv, _python_env, start_collector, stop_collector
 
 
 @dataclass(frozen=True)
@@ -89,3 +101,225 @@ def compare(lab: LabInfo, results: Path) -> list[Finding]:
             Finding(d.url, d.block, exp["blocking"], exp["blocking_detail"], c[0], c[1], o[0])
         )
     return findings
+
+
+# -- two scheduled vantages, one collector ------------------------------------------------------
+# Block kinds the probe settles in well under a second (no connect or read timeouts), so a
+# short interval gives several complete runs.
+FAST_KINDS = ("none", "dns_inject", "dns_nxdomain", "blockpage")
+VANTAGES = ("cn", "open")
+JOB_ID = "lab-web"
+
+
+@dataclass
+class ScheduledRun:
+    """What the scheduled demo left behind, for a person or a test to check."""
+
+    work: Path
+    collector_data: Path
+    inputs: list[str]
+    # vantage -> measurement_uid of every line the collector stored (duplicates kept, to count)
+    collected: dict[str, list[str]]
+    # vantage -> measurement_uid of every measurement in the vantage's own results store
+    local: dict[str, list[str]]
+    # input -> the analysis finding, and what the scenario says it should be
+    findings: dict[str, str]
+    expected: dict[str, str]
+    mechanisms: dict[str, str]
+    daemon_status: dict[str, int | None]
+    analyze: subprocess.CompletedProcess[str] | None = None
+
+
+def scheduled_inputs(lab: LabInfo, limit: int = 6) -> list[str]:
+    """A handful of the scenario's inputs, blocked and accessible, that never time out."""
+    fast = [d for d in lab.scenario.domains if d.block in FAST_KINDS]
+    # One of each kind first, so the blocked ones are not crowded out by accessible ones.
+    firsts = {d.block: d for d in reversed(fast)}
+    chosen = [*firsts.values()] + [d for d in fast if d not in firsts.values()]
+    return [d.url for d in chosen[:limit]]
+
+
+def expected_finding(lab: LabInfo, url: str) -> str:
+    """The ground truth in the analysis' words: only the censored vantage sees blocking."""
+    d = next(d for d in lab.scenario.domains if d.url == url)
+    return "accessible everywhere" if d.expected["blocking"] is False else "blocked at cn"
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def write_vantage_config(
+    lab: LabInfo, vantage: str, home: Path, collector: str, inputs: list[str], interval: float
+) -> Path:
+    """One probe's config: the lab's resolver and helper, the collector, one interval job.
+
+    The token is not written here: the daemon reads CENSORSCOPE_UPLOAD_TOKEN, as a deployment
+    keeps secrets out of config files.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    text = f"""[vantage]
+name = {json.dumps(vantage)}
+
+[probe]
+helpers = {_toml_list([lab.helper_url] if lab.helper_url else [])}
+resolver = {json.dumps(lab.resolver)}
+ca_file = {json.dumps(lab.ca_pem)}
+fingerprints = {_toml_list([lab.fingerprints])}
+results = {json.dumps(str(home / "results"))}
+timeout = 10.0
+
+[upload]
+collector = {json.dumps(collector)}
+
+[schedule]
+jobstore = {json.dumps(str(home / "schedule.sqlite"))}
+log_file = {json.dumps(str(home / "schedule.log"))}
+misfire_grace_time = 60
+
+[[schedule.jobs]]
+id = {json.dumps(JOB_ID)}
+nettest = "web_connectivity"
+inputs = {_toml_list(inputs)}
+interval = {interval:g}
+time_limit = 120
+"""
+    path = home / "censorscope.toml"
+    path.write_text(text)
+    return path
+
+
+def collector_stats(lab: LabInfo, collector: str) -> dict[str, int]:
+    """Stored measurements per vantage, asked from inside the open vantage (as a probe would)."""
+    code = (
+        "import json,sys,urllib.request\n"
+        f"print(urllib.request.urlopen({collector + '/stats'!r}, timeout=5).read().decode())\n"
+    )
+    proc = lab.run("open", [sys.executable, "-c", code], timeout=20)
+    if proc.returncode != 0:
+        return {}
+    counts: dict[str, int] = json.loads(proc.stdout).get("vantages", {})
+    return counts
+
+
+def read_uids(store: Path) -> dict[str, list[str]]:
+    """vantage -> measurement_uid of every stored line (a duplicate appears twice)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(store.glob("raw/date=*/vantage=*/test_name=*/*.jsonl")):
+        vantage = path.parent.parent.name.removeprefix("vantage=")
+        for line in path.read_text().splitlines():
+            try:
+                uid = json.loads(line).get("measurement_uid")
+            except ValueError:
+                continue
+            out.setdefault(vantage, []).append(str(uid))
+    return out
+
+
+def read_findings(out: Path) -> dict[str, str]:
+    """target -> finding from the analysis' findings.csv."""
+    path = out / "findings.csv"
+    if not path.exists():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["target"]: row["finding"] for row in csv.DictReader(fh)}
+
+
+def _stop_daemon(proc: subprocess.Popen[bytes], grace: float = 60.0) -> int | None:
+    """SIGTERM by PID (the daemon lets its run finish and upload), SIGKILL its group if stuck."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the daemon and its run
+        proc.wait()
+        return None
+
+
+def run_scheduled(
+    lab: LabInfo,
+    work: Path,
+    *,
+    interval: float = 3.0,
+    runs: int = 2,
+    inputs: list[str] | None = None,
+    deadline_s: float = 300.0,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> ScheduledRun:
+    """Collector + one scheduling daemon per vantage until each uploaded `runs` runs, then
+    `censorscope analyze` over the collector's store."""
+    inputs = inputs or scheduled_inputs(lab)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "collector"
+    tokens = {v: secrets.token_urlsafe(24) for v in VANTAGES}
+    token_file = work / "collector-tokens.txt"
+    token_file.write_text("".join(f"{v} {t}\n" for v, t in tokens.items()))
+    token_file.chmod(0o600)
+    url = start_collector(data, token_file)
+    progress(f"collector at {url}, store {data}")
+    daemons: dict[str, subprocess.Popen[bytes]] = {}
+    status: dict[str, int | None] = {}
+    try:
+        for v in VANTAGES:
+            home = work / v
+            config = write_vantage_config(lab, v, home, url, inputs, interval)
+            env = {**_python_env(), "CENSORSCOPE_UPLOAD_TOKEN": tokens[v]}
+            with (home / "daemon.out").open("ab") as log:
+                daemons[v] = subprocess.Popen(
+                    [
+                        *lab.vantages[v].exec_prefix,
+                        *_censorscope_argv(),
+                        "schedule",
+                        "run",
+                        "--config",
+                        str(config),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=str(home),
+                    start_new_session=True,
+                )
+            progress(f"schedule daemon at {v}: pid {daemons[v].pid}, every {interval:g} s")
+        want = runs * len(inputs)
+        end = time.monotonic() + deadline_s
+        counts: dict[str, int] = {}
+        while time.monotonic() < end:
+            counts = collector_stats(lab, url)
+            if all(counts.get(v, 0) >= want for v in VANTAGES):
+                break
+            if any(p.poll() is not None for p in daemons.values()):
+                break
+            time.sleep(0.5)
+        progress(f"collector holds {counts}; stopping the daemons")
+    finally:
+        for v, proc in daemons.items():
+            status[v] = _stop_daemon(proc)
+        stop_collector()
+    out = work / "analysis"
+    analyze = subprocess.run(
+        [*_censorscope_argv(), "analyze", "--results", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        timeout=300,
+        check=False,
+    )
+    local: dict[str, list[str]] = {}
+    for v in VANTAGES:
+        local[v] = read_uids(work / v / "results").get(v, [])
+    return ScheduledRun(
+        work=work,
+        collector_data=data,
+        inputs=inputs,
+        collected=read_uids(data),
+        local=local,
+        findings=read_findings(out),
+        expected={u: expected_finding(lab, u) for u in inputs},
+        mechanisms={d.url: d.block for d in lab.scenario.domains},
+        daemon_status=status,
+        analyze=analyze,
+    )

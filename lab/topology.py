@@ -38,6 +38,9 @@ FINGERPRINTS_FILE = "fingerprints_http.csv"
 INTERCEPTOR_CA = "interceptor-ca.pem"  # the same names lab.interceptor reads
 INTERCEPTOR_KEY = "interceptor-ca-key.pem"
 CN_TRUST = "cn-trust.pem"
+# `censorscope collector` of the scheduled demo, on the helper's address: served by nothing
+# else there, and exempt from the censor while it runs (start_collector).
+COLLECTOR_PORT = 8009
 
 
 class LabError(RuntimeError):
@@ -381,8 +384,10 @@ def _wait_ready(state: Path, name: str, proc: subprocess.Popen[bytes], marker: s
     raise LabError(f"{name} not ready after {READY_TIMEOUT_S}s; see {log}")
 
 
-def _wait_helper(ns: str, ip: str, port: int, proc: subprocess.Popen[bytes]) -> bool:
-    """Wait until the helper answers its JSON greeting on ip:port.
+def _wait_helper(
+    ns: str, ip: str, port: int, proc: subprocess.Popen[bytes], path: str = "/"
+) -> bool:
+    """Wait until the helper (or the collector, at /health) answers JSON on ip:port.
 
     An open port is not enough: another server may own it (the echo server answered 200 for
     the helper once, and every control request failed).
@@ -392,7 +397,7 @@ def _wait_helper(ns: str, ip: str, port: int, proc: subprocess.Popen[bytes]) -> 
         f"end=time.time()+{READY_TIMEOUT_S}\n"
         "while time.time()<end:\n"
         " try:\n"
-        f"  c=http.client.HTTPConnection({ip!r},{port},timeout=0.5); c.request('GET','/')\n"
+        f"  c=http.client.HTTPConnection({ip!r},{port},timeout=0.5); c.request('GET',{path!r})\n"
         "  r=c.getresponse(); json.loads(r.read()); sys.exit(0 if r.status==200 else 1)\n"
         " except (OSError, ValueError): time.sleep(0.05)\n"
         "sys.exit(1)\n"
@@ -560,6 +565,80 @@ def info() -> LabInfo | None:
     except (scenario_mod.ScenarioError, OSError, ValueError):
         return None
     return _info(scen, state, extra.get("helper_url"))
+
+
+# -- the collector ----------------------------------------------------------------------------
+def _collector_exemption(action: str) -> None:
+    """Insert (-I) or delete (-D) the censor's pass rules for the collector's port.
+
+    The collector is infrastructure beside the control helper, not a measured site: uploads
+    from cn must not be queued to the censor, whose keyword rules would see blocked URLs in
+    the measurements they carry.
+    """
+    for direction in (("-d", A.HELPER_V4, "--dport"), ("-s", A.HELPER_V4, "--sport")):
+        where = ["1"] if action == "-I" else []
+        _ns(
+            A.NS_CENSOR,
+            "iptables",
+            action,
+            rules.CHAIN,
+            *where,
+            direction[0],
+            direction[1],
+            "-p",
+            "tcp",
+            direction[2],
+            str(COLLECTOR_PORT),
+            "-j",
+            "ACCEPT",
+        )
+
+
+def start_collector(data: Path, tokens: Path) -> str:
+    """Run `censorscope collector` in cs-internet, reachable from both vantages; its URL.
+
+    It is recorded like the lab's servers, so `down` stops it if the caller does not.
+    """
+    state = STATE_DIR
+    _collector_exemption("-I")
+    proc = _spawn(
+        state,
+        "collector",
+        A.NS_INTERNET,
+        [
+            *_censorscope_argv(),
+            "collector",
+            "--listen",
+            f"{A.HELPER_V4}:{COLLECTOR_PORT}",
+            "--data",
+            str(data),
+            "--tokens",
+            str(tokens),
+        ],
+    )
+    if not _wait_helper(A.NS_INTERNET, A.HELPER_V4, COLLECTOR_PORT, proc, "/health"):
+        stop_collector()
+        log = (state / "collector.log").read_text(errors="replace")[-2000:]
+        raise LabError(f"collector did not start: {log}")
+    return f"http://{A.HELPER_V4}:{COLLECTOR_PORT}"
+
+
+def stop_collector() -> None:
+    """Stop the collector by its recorded PID and lift its exemption (no-op when not running)."""
+    state = STATE_DIR
+    path = state / "pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    rec = pids.pop("collector", None)
+    if rec is None:
+        return
+    if _alive(rec["pid"], rec.get("argv", [])):
+        _terminate([rec["pid"]], grace=10.0)
+    path.write_text(json.dumps(pids, indent=1))
+    with contextlib.suppress(LabError):
+        _collector_exemption("-D")
 
 
 # -- down -------------------------------------------------------------------------------------
