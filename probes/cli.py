@@ -132,6 +132,23 @@ def run(
         Path | None,
         typer.Option(help="Keep one pcap per measurement here (needs CAP_NET_RAW; sni_blocking)."),
     ] = None,
+    keyword: Annotated[
+        str | None, typer.Option(help="censor_trace: the one word that triggers the censor.")
+    ] = None,
+    trace_max_ttl: Annotated[
+        int | None, typer.Option(min=1, max=64, help="censor_trace: highest TTL tried [30].")
+    ] = None,
+    trace_step_pause: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="censor_trace: seconds between TTL steps [1]."),
+    ] = None,
+    trace_run_pause: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="censor_trace: seconds between runs to one endpoint [100]."),
+    ] = None,
+    trace_runs: Annotated[
+        int | None, typer.Option(min=1, max=20, help="censor_trace: runs per input [3].")
+    ] = None,
 ) -> None:
     """Run a nettest over inputs and store OONI-format measurements."""
     from probes.run_command import RunRequest, execute_run
@@ -169,6 +186,11 @@ def run(
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
                 "pcap_dir": str(pcap) if pcap else None,
+                "trace_keyword": keyword,
+                "trace_max_ttl": trace_max_ttl,
+                "trace_step_pause": trace_step_pause,
+                "trace_run_pause": trace_run_pause,
+                "trace_runs": trace_runs,
             }.items()
             if value is not None
         },

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "tls_interception": "probes.nettests.tls_interception:TLSInterception",
     "http_keyword": "probes.nettests.http_keyword:HTTPKeyword",
     "message_delivery": "probes.nettests.message_delivery:MessageDelivery",
+    "censor_trace": "probes.nettests.censor_trace:CensorTrace",
 }
 
 
