@@ -42,6 +42,16 @@ def write_partitioned(frame: pd.DataFrame, root: Path) -> None:
     )
 
 
+def write_piece(frame: pd.DataFrame, path: Path) -> None:
+    """One chunk of a streamed load as one Parquet file (date and test_name as columns).
+
+    A chunk split by date and test makes many tiny files (a 1M-line run made 10,000), and
+    Dask pays per file; `read_partitioned` reads a directory of these the same way.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_arrow_table(frame), str(path))
+
+
 def read_partitioned(root: Path) -> Any:
     import dask.dataframe as dd
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 from urllib.parse import urlsplit
@@ -201,6 +201,27 @@ def domain_of(input_: str | None) -> str | None:
     return input_.strip().lower() or None
 
 
+_TIME_YEARS = (1678, 2262)  # inside pandas' nanosecond range, where both parsers agree
+
+
+def parse_time(text: str) -> datetime:
+    """A measurement time in UTC (naive times are UTC, as OONI writes them).
+
+    datetime.fromisoformat (C) reads OONI's "YYYY-MM-DD HH:MM:SS" and ISO 8601 about 20 times
+    faster than pd.Timestamp, which stays the fallback for anything else it understands.
+    """
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or not _TIME_YEARS[0] < parsed.year < _TIME_YEARS[1]:
+        # pd.Timestamp's answer, error included, for what it alone reads or cannot hold
+        return pd.Timestamp(text, tz="UTC").to_pydatetime()
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
 def blocking_text(value: Any) -> str | None:
     """test_keys.blocking as text: False -> "false", a type stays, null/other -> None."""
     if value is False:
@@ -238,6 +259,9 @@ def _body_length(body: Any) -> int | None:
     return None
 
 
+_OBS_VALUE_COLUMNS = tuple(name for name in OBSERVATION_DTYPES if name not in ("row", "kind"))
+
+
 class _Columns:
     """Column lists for both frames."""
 
@@ -245,14 +269,16 @@ class _Columns:
         self.m: dict[str, list[Any]] = {name: [] for name in MEASUREMENT_DTYPES}
         self.extra: dict[str, list[Any]] = {name: [] for name in extra_columns}
         self.o: dict[str, list[Any]] = {name: [] for name in OBSERVATION_DTYPES}
+        self._obs_value_lists = [self.o[name] for name in _OBS_VALUE_COLUMNS]
 
     def add_observation(self, row: int, kind: str, **values: Any) -> None:
+        # One append per column; `_OBS_VALUE_COLUMNS` is precomputed (this runs per answer).
         o = self.o
         o["row"].append(row)
         o["kind"].append(kind)
-        for name in OBSERVATION_DTYPES:
-            if name not in ("row", "kind"):
-                o[name].append(values.get(name))
+        get = values.get
+        for name, column in zip(_OBS_VALUE_COLUMNS, self._obs_value_lists, strict=True):
+            column.append(get(name))
 
     def observations(self, row: int, tk: Mapping[str, Any]) -> None:
         for query in tk.get("queries") or ():
@@ -403,7 +429,7 @@ class Loader:
             return
         when = _str(data.get("measurement_start_time")) or _str(data.get("test_start_time"))
         try:
-            stamp = pd.Timestamp(when, tz="UTC") if when else None
+            stamp = parse_time(when) if when else None
         except ValueError:
             self.problem(path, number, f"field measurement_start_time: bad time {when!r}")
             return

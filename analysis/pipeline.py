@@ -52,9 +52,14 @@ def run(
     engine: str = "pandas",
     window: str | None = DEFAULT_WINDOW,
     workers: int = 2,
+    observations: bool = False,
 ) -> Analysis:
-    """Load, classify and compare; with engine "dask" the comparison runs over Parquet."""
-    loaded = load_classified(results, ooni, filters, fingerprints)
+    """Load, classify and compare; with engine "dask" the comparison runs over Parquet.
+
+    The observations frame (one row per DNS answer, connect, handshake, response) is built only
+    when asked: no command writes it, and it costs as much as the verdicts.
+    """
+    loaded = load_classified(results, ooni, filters, fingerprints, observations=observations)
     if engine == "pandas":
         return Analysis(loaded, compare(loaded.measurements, window))
     if engine != "dask":
