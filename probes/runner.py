@@ -202,6 +202,14 @@ async def run_nettest(
     async def measure_one(input_: str | None) -> Measurement | None:
         t0_wall = datetime.now(UTC)
         t0 = time.monotonic()
+        problem = (
+            nettest.input_problem(input_)
+            if input_ is not None
+            else ("this nettest needs an input" if nettest.needs_input else None)
+        )
+        if problem:
+            # Stored, not raised: the reason is kept and the rest of the list still runs.
+            return build(input_, nettest.invalid_input_keys(problem), t0_wall, 0.0)
         try:
             keys = await asyncio.wait_for(
                 nettest.measure(input_), timeout=options.timeout + ABANDON_GRACE_SECONDS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.loopback import FakeDNSServer, ServerThread, WebServer
+from tests.loopback.control_helper import free_port_on
 from tests.loopback.web import closed_port
 from tests.shared_data import SHARED_DATA
 
@@ -45,25 +45,6 @@ class World:
         return f"http://{host}:{port or self.port}{path}"
 
 
-def _free_port_on(hosts: list[str]) -> int:
-    """A port that is free on every one of these addresses."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
-        ok = True
-        for host in hosts[1:]:
-            with socket.socket() as other:
-                try:
-                    other.bind((host, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-    raise RuntimeError("no common free port")
-
-
 def _wait_http(url: str, deadline: float = 20.0) -> None:
     import urllib.request
 
@@ -80,7 +61,7 @@ def _wait_http(url: str, deadline: float = 20.0) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    port = _free_port_on(["127.0.0.2", "127.0.0.6", "127.0.0.7"])
+    port = free_port_on(["127.0.0.2", "127.0.0.6", "127.0.0.7"])
     servers = ServerThread("wc-world")
     many = [f"h{i}.test" for i in range(120)]
     try:
@@ -104,7 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         }
         truthful = servers.start(FakeDNSServer("127.0.0.3", 0, real))
         censored = servers.start(FakeDNSServer("127.0.0.4", 0, censored_zone))
-        helper_port = _free_port_on(["127.0.0.1"])
+        helper_port = free_port_on(["127.0.0.1"])
         helper = subprocess.Popen(
             [
                 *CENSORSCOPE,

@@ -173,3 +173,23 @@ def test_pacer_spaces_starts_to_one_host() -> None:
     starts = asyncio.run(go())
     # Spacing, not speed: each start comes at least `interval` after the previous one.
     assert all(b - a >= 0.049 for a, b in itertools.pairwise(starts))
+
+
+class PickyNettest(CountingNettest):
+    @classmethod
+    def input_problem(cls, input_: str) -> str | None:
+        return "not a test URL" if "bad" in input_ else None
+
+
+def test_an_invalid_input_is_stored_with_its_reason_and_not_measured(tmp_path: Path) -> None:
+    nettest = PickyNettest(ProbeContext())
+    summary, stored = _run(nettest, ["http://bad.test/", "http://ok.test/"], tmp_path)
+    by_input = {m.input: m.test_keys for m in stored}
+    assert by_input["http://bad.test/"] == {
+        "failure": "unknown_failure: not a test URL",
+        "blocking": None,
+        "blocking_detail": None,
+    }
+    assert by_input["http://ok.test/"]["blocking"] is False
+    assert nettest.peak_per_host["bad.test"] == 0  # measure() never ran for it
+    assert summary.measured == 2 and summary.errors == 0

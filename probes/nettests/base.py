@@ -64,6 +64,10 @@ class Nettest(abc.ABC):
         """Why an input cannot be measured by this nettest (None: it can)."""
         return None
 
+    def invalid_input_keys(self, problem: str) -> dict[str, Any]:
+        """test_keys for an input this nettest cannot measure (a bad row must not stop a run)."""
+        return {"failure": f"unknown_failure: {problem}", "blocking": None, "blocking_detail": None}
+
     def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
         """test_keys for an input the runner had to abandon (its time budget ran out)."""
         return {"failure": failure, "blocking": None, "blocking_detail": None}

@@ -78,10 +78,7 @@ class TCPConnect(Nettest):
         return None
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
-        problem = self.input_problem(input_ or "")
-        if input_ is None or problem:
-            return {"failure": f"unknown_failure: {problem}", "blocking": None,
-                    "blocking_detail": None}  # fmt: skip
+        assert input_ is not None  # the runner checked it with input_problem()
         host, port = endpoint_of(input_)
         t_zero = time.monotonic()
         timeout = self.ctx.timeout * STEP_TIMEOUT_SHARE

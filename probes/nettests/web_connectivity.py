@@ -134,15 +134,7 @@ class WebConnectivity(Nettest):
         return result
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
-        problem = self.input_problem(input_ or "")
-        if input_ is None or problem:
-            # A bad row in a list must not stop the run: record why it was not measured.
-            return {
-                "failure": f"unknown_failure: {problem}",
-                "blocking": None,
-                "blocking_detail": None,
-                "accessible": None,
-            }
+        assert input_ is not None  # the runner checked it with input_problem()
         parts = urlsplit(input_)
         scheme, host = parts.scheme, parts.hostname or ""
         port = parts.port or DEFAULT_PORTS[scheme]
@@ -242,6 +234,9 @@ class WebConnectivity(Nettest):
         keys["x_th_runtime"] = control.runtime
         keys.update(analyze(keys, fingerprints=self.fingerprints).as_test_keys())
         return keys
+
+    def invalid_input_keys(self, problem: str) -> dict[str, Any]:
+        return {**super().invalid_input_keys(problem), "accessible": None}
 
     def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
         return {
