@@ -49,6 +49,7 @@ class ProbeRun:
     seconds: float
     max_rss_kib: int
     stderr: str
+    cpu_seconds: float = 0.0
 
 
 def probe_argv(
@@ -104,7 +105,9 @@ def wait_probe(vantage: str, proc: subprocess.Popen[str], started: float) -> Pro
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return ProbeRun(vantage, proc.returncode, time.monotonic() - started, usage.ru_maxrss, err)
+    cpu = usage.ru_utime + usage.ru_stime
+    seconds = time.monotonic() - started
+    return ProbeRun(vantage, proc.returncode, seconds, usage.ru_maxrss, err, cpu)
 
 
 def read_verdicts(results: Path, vantage: str) -> dict[str, dict[str, Any]]:

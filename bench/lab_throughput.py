@@ -16,6 +16,7 @@ much as on CPU; `--mix accessible` measures the CPU-bound case alone.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -29,6 +30,24 @@ from lab import scenario as scenario_mod
 from lab import topology
 
 TARGET_INPUTS_PER_S = 200.0  # DESIGN.md section 7
+
+
+def lab_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process the lab recorded."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    pids_file = topology.STATE_DIR / "pids.json"
+    if not pids_file.exists():
+        return out
+    for name, rec in json.loads(pids_file.read_text()).items():
+        try:
+            stat = Path(f"/proc/{rec['pid']}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of proc(5); fields[0] here is field 3.
+        out[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 "probes.cli",
                 *cmd[at + len(topology._censorscope_argv()) :],
             ]
+        cpu_before = lab_cpu_seconds()
         started = time.monotonic()
         run = wait_probe("cn", start_probe(cmd), started)
+        cpu_after = lab_cpu_seconds()
     finally:
         topology.down()
     verdicts = read_verdicts(results, "cn")
@@ -87,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  verdicts: {dict(outcomes)}")
     print(f"inputs stored: {len(verdicts)} in {run.seconds:.1f} s = {rate:.1f} inputs/s")
     print(f"peak RSS of the probe: {run.max_rss_kib / 1024:.0f} MiB")
+    n = max(len(verdicts), 1)
+    print(f"CPU per input: probe {run.cpu_seconds / n * 1000:.1f} ms", end="")
+    for name in sorted(cpu_after):
+        used = cpu_after[name] - cpu_before.get(name, 0.0)
+        print(f", {name} {used / n * 1000:.1f} ms", end="")
+    print()
     if run.returncode != 0:
         print(f"probe exited {run.returncode}: {run.stderr[-2000:]}")
     ok = run.returncode == 0 and len(verdicts) == len(scen.domains)
