@@ -265,17 +265,32 @@ class Scrubber:
         return sorted(self._forms)
 
     def scrub_text(self, text: str) -> str:
-        return self._pattern.sub(SCRUBBED, text) if self._pattern is not None else text
+        if self._pattern is None or not self._may_contain(text):
+            return text
+        return self._pattern.sub(SCRUBBED, text)
+
+    def _may_contain(self, text: str) -> bool:
+        """A plain substring search first: the anchored regex costs ~0.5 ms on a 40 KB line,
+        and most measurements hold none of our addresses."""
+        lowered: str | None = None
+        for form in self._forms:
+            if ":" in form:
+                lowered = text.lower() if lowered is None else lowered
+                if form.lower() in lowered:
+                    return True
+            elif form in text:
+                return True
+        return False
 
     def scrub(self, measurement: Measurement) -> Measurement:
         """Return a scrubbed copy: probe_ip set to 127.0.0.1, the addresses replaced elsewhere."""
         data = measurement.to_dict()
         data["probe_ip"] = SCRUBBED_PROBE_IP
-        if self._pattern is None:
-            return Measurement.from_dict(data) if measurement.key_order else _rebuild(data)
-        text = orjson.dumps(data).decode()
-        cleaned = orjson.loads(self.scrub_text(text))
-        return Measurement.from_dict(cleaned) if measurement.key_order else _rebuild(cleaned)
+        if self._pattern is not None:
+            text = orjson.dumps(data).decode()
+            if self._may_contain(text):
+                data = orjson.loads(self._pattern.sub(SCRUBBED, text))
+        return Measurement.from_dict(data) if measurement.key_order else _rebuild(data)
 
 
 def _rebuild(data: dict[str, Any]) -> Measurement:

@@ -112,3 +112,10 @@ def test_ids_look_like_ooni() -> None:
     assert "_webconnectivity_IT_30722_n1_" in rid
     uid = new_measurement_uid("web_connectivity", "IT")
     assert "_IT_webconnectivity_" in uid and len(uid.split("_")[-1]) == 16
+
+
+def test_scrubber_matches_ipv6_in_any_case_and_leaves_clean_text_alone() -> None:
+    scrubber = Scrubber(["2001:db8::abcd"])
+    assert scrubber.scrub_text("peer 2001:DB8::ABCD said hi") == f"peer {SCRUBBED} said hi"
+    clean = "nothing of ours: 2001:db8::abce, 11.0.0.1"
+    assert scrubber.scrub_text(clean) is clean

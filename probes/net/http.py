@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import html
+import itertools
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -461,6 +462,30 @@ class JSONReply:
     failure: str | None = None
 
 
+class _ShardedTransport(httpx.AsyncBaseTransport):
+    """Requests spread round-robin over several small connection pools.
+
+    httpcore's pool re-scans all of its connections and queued requests whenever a request
+    starts or ends, so its cost grows with (connections x requests in flight): with 64 control
+    requests in flight to one helper that scan was ~2 ms of CPU per request. Eight pools of a
+    few connections each keep every scan short.
+    """
+
+    def __init__(self, shards: int, **transport_options: Any) -> None:
+        self._pools = [httpx.AsyncHTTPTransport(**transport_options) for _ in range(shards)]
+        self._turn = itertools.cycle(self._pools)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await next(self._turn).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+JSON_CLIENT_SHARDS = 8
+
+
 class JSONClient:
     """Talks JSON to our own infrastructure (helpers, collectors) with the system's DNS.
 
@@ -472,7 +497,12 @@ class JSONClient:
         self, *, ca_file: str | None = None, headers: Mapping[str, str] | None = None
     ) -> None:
         verify: ssl.SSLContext | bool = _http_ssl_context(ca_file) if ca_file else True
-        self._client = httpx.AsyncClient(verify=verify, headers=dict(headers or {}))
+        transport = _ShardedTransport(
+            JSON_CLIENT_SHARDS,
+            verify=verify,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        )
+        self._client = httpx.AsyncClient(transport=transport, headers=dict(headers or {}))
 
     async def _call(
         self, method: str, url: str, *, timeout: float, payload: Any = None
