@@ -2,8 +2,9 @@
 
 Steps (ooni/spec ts-017, version 0.4 semantics): resolve the URL's host (A and AAAA) with the
 probe's resolver; ask the control helper for its view (DNS, TCP, HTTP) while connecting over TCP
-to every address; for https a TLS handshake to the first reachable address; an HTTP(S) GET
-following redirects, connected to the addresses our own DNS returned.  The verdict comes from
+to every address; an HTTP(S) GET following redirects, connected to the addresses our own DNS
+returned; for https the TLS handshake with the first reachable address (the GET's own when it
+succeeded there, else a separate one that keeps the chain as evidence).  The verdict comes from
 `web_connectivity_analysis.analyze`, which reads only these test keys, so the same code
 re-derives verdicts from stored measurements.
 """
@@ -16,9 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from probes.fingerprints import FingerprintError, Fingerprints
-from probes.net.addresses import is_ip
+from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import DNSResult, resolve, resolve_both
 from probes.net.http import DEFAULT_HEADERS, http_get
+from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest, SetupError
@@ -42,6 +44,10 @@ CONTROL_BACKOFF_S = 0.5
 # requests than connections the probe spent most of its CPU there (cProfile, docs/benchmarks.md
 # "Throughput in the lab"); 64 also stays under the helper's max_inflight (100) before its 503.
 CONTROL_MAX_INFLIGHT = 64
+# Packet capture (RST evidence, docs/methodology.md) is opt-in here: option `packet_capture`,
+# or `pcap_dir` (`--pcap DIR`). One capture costs ~5.5 ms of CPU (a sniffer thread, a BPF
+# socket, scapy's dissection) and 50 ms of drain, against ~1 ms budgeted per input at 200/s.
+CAPTURE_DEFAULT = False
 _CONTROL_RETRYABLE = (
     "status 503",
     "status 429",
@@ -71,6 +77,11 @@ class WebConnectivity(Nettest):
         self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
         self._control_slots = asyncio.Semaphore(CONTROL_MAX_INFLIGHT)
         self.exit_status = 0
+        self.pcap_dir = self.ctx.options.get("pcap_dir")
+        opted = self.ctx.options.get("packet_capture", CAPTURE_DEFAULT or bool(self.pcap_dir))
+        self.capture = bool(opted)
+        if self.capture and (why := capture_unavailable()):
+            self.warnings.append(f"packet capture unavailable: {why}")
         problem = await self.control.choose()
         if problem:
             self.warnings.append(
@@ -135,6 +146,19 @@ class WebConnectivity(Nettest):
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
         assert input_ is not None  # the runner checked it with input_problem()
+        recorder = FlowRecorder(
+            enabled=self.capture, pcap=pcap_path(self.pcap_dir, self.name, input_)
+        )
+        async with recorder:  # stops the capture even when the input is abandoned
+            keys = await self._measure(input_, recorder)
+        packet_keys = recorder.keys()
+        if "x_packets" in packet_keys:
+            # Evidence only: the v0.4 verdict above never reads it (OONI agreement).
+            packet_keys["x_packet_detail"] = packet_keys["x_packets"]["evidence"]
+        keys.update(packet_keys)
+        return keys
+
+    async def _measure(self, input_: str, recorder: FlowRecorder) -> dict[str, Any]:
         parts = urlsplit(input_)
         scheme, host = parts.scheme, parts.hostname or ""
         port = parts.port or DEFAULT_PORTS[scheme]
@@ -168,6 +192,8 @@ class WebConnectivity(Nettest):
                 # As OONI: the A query's failure stands for the DNS step.
                 keys["dns_experiment_failure"] = failures[0] if failures else "dns_no_answer"
         endpoints = [_endpoint(ip, port) for ip in addrs]
+        # Before the first SYN: the connects' and the fetch's flows (same addresses and port).
+        await recorder.start(addrs, port)
 
         # 2. Control request and TCP connects run together.
         control_task = asyncio.create_task(self._control(input_, endpoints))
@@ -182,19 +208,8 @@ class WebConnectivity(Nettest):
         keys["tcp_connect"] = [c.record for c in connects]
         reachable = [c.ip for c in connects if c.failure is None]
 
-        # 3. TLS handshake evidence for https (SNI = the URL's host).
-        if scheme == "https" and reachable:
-            tls = await tls_handshake(
-                reachable[0],
-                port,
-                host,
-                timeout=self.ctx.timeout * CONNECT_TIMEOUT_SHARE,
-                t_zero=t_zero,
-                ca_file=self.ctx.ca_file,
-            )
-            keys["tls_handshakes"].append(tls.record)
-
-        # 4. HTTP(S) GET through our own DNS answers, following redirects.
+        # 3. HTTP(S) GET through our own DNS answers, following redirects.
+        fetch_handshakes: list[dict[str, Any]] = []
         if addrs and not reachable:
             # Every connect failed: the verdict is already decided (ts-017 rule "all TCP
             # connects failed"), and a fetch would only wait out the same timeouts again.
@@ -225,9 +240,37 @@ class WebConnectivity(Nettest):
             keys["requests"] = http.requests
             keys["network_events"] = http.network_events
             keys["http_experiment_failure"] = http.failure
+            fetch_handshakes = http.tls_handshakes
         elif keys["dns_experiment_failure"] is None:
             keys["dns_experiment_failure"] = "dns_no_answer"
 
+        # 4. TLS handshake evidence for https (SNI = the URL's host) with the first reachable
+        # address: the fetch's own handshake when it succeeded there (a second one would double
+        # the TLS work of every input), else a handshake of its own, which keeps the chain the
+        # server sent when verification failed.
+        if scheme == "https" and reachable:
+            address = format_host_port(reachable[0], port)
+            done = next(
+                (
+                    hs
+                    for hs in fetch_handshakes[:1]
+                    if hs["address"] == address and hs["failure"] is None
+                ),
+                None,
+            )
+            if done is None:
+                tls = await tls_handshake(
+                    reachable[0],
+                    port,
+                    host,
+                    timeout=self.ctx.timeout * CONNECT_TIMEOUT_SHARE,
+                    t_zero=t_zero,
+                    ca_file=self.ctx.ca_file,
+                )
+                done = tls.record
+            keys["tls_handshakes"].append(done)
+
+        await recorder.stop()
         control = await control_task
         keys["control"] = control.control
         keys["control_failure"] = control.failure
