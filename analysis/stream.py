@@ -27,7 +27,7 @@ from analysis.compare import (
     merge_partials,
     partial_counts,
 )
-from analysis.load import Filters, Loader, iter_ooni_file, iter_store_file
+from analysis.load import Filters, Loader, LoadError, iter_ooni_file, iter_store_file
 from analysis.verdicts import VERDICT_COLUMNS, Classifier, default_classifier
 from probes.store import LineProblem, ResultsStore
 
@@ -91,6 +91,8 @@ def pieces(
     out: list[Piece] = []
     f = filters or Filters()
     for root in results:
+        if not Path(root).is_dir():
+            raise LoadError(f"{root}: no such results directory")
         for path in ResultsStore(Path(root)).iter_report_files(
             since=f.since,
             until=f.until,

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
-    from analysis.pipeline import Analysis
+    from analysis.compare import Comparison
 
 TABLES = ("findings", "vantages", "timelines", "changes")
 
@@ -42,12 +42,12 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     plain(frame).to_csv(path, index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_tables(result: Analysis, out: Path) -> list[Path]:
+def write_tables(comparison: Comparison, out: Path) -> list[Path]:
     """findings, vantages (whole-period rates), timelines (per window), changes: .parquet + .csv."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES:
-        frame = getattr(result.comparison, name)
+        frame = getattr(comparison, name)
         write_parquet(frame, out / f"{name}.parquet")
         write_csv(frame, out / f"{name}.csv")
         written += [out / f"{name}.parquet", out / f"{name}.csv"]

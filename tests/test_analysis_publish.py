@@ -39,6 +39,38 @@ def test_analyze_writes_tables_and_summary(store: Path, tmp_path: Path) -> None:
     assert pd.read_csv(out / "changes.csv")["event"].dropna().tolist() == ["start", "stop"]
 
 
+def test_analyze_streamed_writes_the_same_tables(store: Path, tmp_path: Path) -> None:
+    tables = {}
+    for engine in ("pandas", "stream"):
+        out = tmp_path / engine
+        args = ["analyze", "--results", str(store), "--ooni", str(WC_REAL), "--out", str(out)]
+        result = CliRunner().invoke(app, [*args, "--engine", engine])
+        assert result.exit_code == 0, result.output
+        assert "blocked.example: blocked at censored (dns, dns.injected)" in result.output
+        tables[engine] = {
+            name: pd.read_parquet(out / f"{name}.parquet")
+            for name in ("findings", "vantages", "timelines", "changes")
+        }
+    for name, frame in tables["pandas"].items():
+        pd.testing.assert_frame_equal(frame, tables["stream"][name], check_dtype=False)
+
+
+def test_stream_engine_is_for_analyze_only(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(
+        app, ["report", "--results", str(store), "--out", str(out), "--engine", "stream"]
+    )
+    assert result.exit_code == 2 and "--engine" in result.output
+
+
+def test_stream_engine_names_a_missing_store(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = CliRunner().invoke(
+        app, ["analyze", "--results", str(missing), "--out", "o", "--engine", "stream"]
+    )
+    assert result.exit_code == 2 and f"{missing}: no such results directory" in result.output
+
+
 def test_analyze_bad_usage_exits_2(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(app, ["analyze", "--ooni", str(tmp_path / "x.jsonl"), "--out", "o"])

@@ -6,6 +6,9 @@ Heavy libraries (pandas, matplotlib, dask) are imported inside the commands so t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,7 +18,10 @@ import typer
 from probes.cli import EXIT_FAILURE, fail
 
 if TYPE_CHECKING:
+    from analysis.compare import Comparison
+    from analysis.load import Filters
     from analysis.pipeline import Analysis
+    from analysis.stream import Streamed
 
 Results = Annotated[
     list[Path] | None,
@@ -26,6 +32,13 @@ Ooni = Annotated[
     typer.Option("--ooni", help="OONI measurements: JSON, JSONL, optionally .gz (repeatable)."),
 ]
 Engine = Annotated[str, typer.Option(help="pandas, or dask (extra `dask`, large stores).")]
+AnalyzeEngine = Annotated[
+    str,
+    typer.Option(
+        help="pandas; dask (extra `dask`); stream (every core, memory bounded by distinct "
+        "inputs x vantages x windows, not by lines: for millions of measurements)."
+    ),
+]
 Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD.")]
 Until = Annotated[str | None, typer.Option(help="Last day kept, YYYY-MM-DD.")]
 Vantage = Annotated[list[str] | None, typer.Option("--vantage", help="Keep this vantage.")]
@@ -49,10 +62,20 @@ def _day(option: str, value: str | None) -> date | None:
         fail(f"--{option}: not a date YYYY-MM-DD: {value!r}")
 
 
-def _analysis(
+@dataclass(frozen=True)
+class _Sources:
+    """The shared options, checked: what to read and which measurements to keep."""
+
+    stores: list[Path]
+    ooni: list[Path]
+    filters: Filters
+    fingerprints: Path | None
+    window: str | None
+
+
+def _sources(
     results: list[Path] | None,
     ooni: list[Path] | None,
-    engine: str,
     since: str | None,
     until: str | None,
     vantage: list[str] | None,
@@ -60,20 +83,9 @@ def _analysis(
     input_: list[str] | None,
     fingerprints: Path | None,
     window: str,
-) -> Analysis:
-    """Validate the shared options and run load + classify + compare."""
-    from analysis.load import Filters, LoadError
-    from analysis.pipeline import ENGINES, run
-    from analysis.verdicts import SignatureError
-    from probes.fingerprints import FingerprintError
+) -> _Sources:
+    from analysis.load import Filters
 
-    if engine not in ENGINES:
-        fail(f"--engine: unknown engine {engine!r} (use {' or '.join(ENGINES)})")
-    if engine == "dask":
-        try:
-            import dask.distributed  # noqa: F401
-        except ImportError:
-            fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
     stores = list(results or [])
     if not stores and not ooni:
         stores = [Path("results")]
@@ -87,33 +99,71 @@ def _analysis(
         test_names=frozenset(test) if test else None,
         inputs=frozenset(input_) if input_ else None,
     )
+    return _Sources(stores, list(ooni or []), filters, fingerprints, window or None)
+
+
+@contextmanager
+def _analysis_errors() -> Iterator[None]:
+    """Bad sources, fingerprints or window: a clear message and exit 2, not a traceback."""
+    from analysis.load import LoadError
+    from analysis.verdicts import SignatureError
+    from probes.fingerprints import FingerprintError
+
     try:
-        result = run(
-            stores, list(ooni or []), filters, fingerprints, engine=engine, window=window or None
-        )
-    except LoadError as exc:
-        fail(str(exc))
-    except (FingerprintError, SignatureError) as exc:
+        yield
+    except (LoadError, FingerprintError, SignatureError) as exc:
         fail(str(exc))
     except ValueError as exc:
         if "freq" in str(exc).lower() or "frequency" in str(exc).lower():
             fail(f"--window: {exc}")
         raise
-    for problem in result.loaded.problems[:20]:
+
+
+def _report_problems(problems: Sequence[object], n_problems: int) -> None:
+    for problem in problems[:20]:
         typer.echo(f"censorscope: skipped {problem}", err=True)
-    if result.loaded.n_problems > 20:
-        typer.echo(
-            f"censorscope: skipped {result.loaded.n_problems - 20} more malformed lines", err=True
+    if n_problems > 20:
+        typer.echo(f"censorscope: skipped {n_problems - 20} more malformed lines", err=True)
+
+
+def _analysis(engine: str, src: _Sources) -> Analysis:
+    """Run load + classify + compare in memory (pandas or dask)."""
+    from analysis.pipeline import ENGINES, run
+
+    if engine == "stream":
+        fail("--engine stream is for analyze: report and publish need every measurement's row")
+    if engine not in ENGINES:
+        fail(f"--engine: unknown engine {engine!r} (use {' or '.join(ENGINES)})")
+    if engine == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
+    with _analysis_errors():
+        result = run(
+            src.stores, src.ooni, src.filters, src.fingerprints, engine=engine, window=src.window
         )
+    _report_problems(result.loaded.problems, result.loaded.n_problems)
     return result
 
 
-def _summary(result: Analysis) -> str:
-    findings = result.comparison.findings
-    m = result.loaded.measurements
+def _streamed(src: _Sources) -> Streamed:
+    """Load, classify and count piece by piece on every core (analysis.stream)."""
+    from analysis.stream import run_streamed
+
+    with _analysis_errors():
+        result = run_streamed(
+            src.ooni, src.stores, src.filters, src.fingerprints, window=src.window
+        )
+    _report_problems(result.problems, result.n_problems)
+    return result
+
+
+def _summary(comparison: Comparison, measurements: int, vantages: int, skipped: int) -> str:
+    findings = comparison.findings
     lines = [
-        f"{len(m)} measurements, {m['vantage'].nunique()} vantages, "
-        f"{len(findings)} inputs, {result.loaded.n_problems} malformed lines skipped"
+        f"{measurements} measurements, {vantages} vantages, "
+        f"{len(findings)} inputs, {skipped} malformed lines skipped"
     ]
     if len(findings):
         counts = findings["finding"].where(
@@ -130,6 +180,11 @@ def _summary(result: Analysis) -> str:
     return "\n".join(lines)
 
 
+def _summary_of(result: Analysis) -> str:
+    m = result.loaded.measurements
+    return _summary(result.comparison, len(m), m["vantage"].nunique(), result.loaded.n_problems)
+
+
 def register(app: typer.Typer) -> None:
     """Add analyze, report and publish to the censorscope app."""
 
@@ -138,7 +193,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Directory for the Parquet and CSV tables.")],
         results: Results = None,
         ooni: Ooni = None,
-        engine: Engine = "pandas",
+        engine: AnalyzeEngine = "pandas",
         since: Since = None,
         until: Until = None,
         vantage: Vantage = None,
@@ -150,14 +205,21 @@ def register(app: typer.Typer) -> None:
         """Compare vantages: findings, per-vantage rates and timelines as Parquet + CSV."""
         from analysis.tables import write_tables
 
-        result = _analysis(
-            results, ooni, engine, since, until, vantage, test, input_, fingerprints, window
-        )
+        src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        if engine == "stream":
+            streamed = _streamed(src)
+            comparison = streamed.comparison
+            vantages = streamed.comparison.vantages
+            n_vantages = vantages["vantage"].nunique() if len(vantages) else 0
+            summary = _summary(comparison, streamed.rows, n_vantages, streamed.n_problems)
+        else:
+            result = _analysis(engine, src)
+            comparison, summary = result.comparison, _summary_of(result)
         try:
-            written = write_tables(result, out)
+            written = write_tables(comparison, out)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
-        typer.echo(_summary(result))
+        typer.echo(summary)
         typer.echo(f"wrote {len(written)} files to {out}")
 
     @app.command()
@@ -177,15 +239,14 @@ def register(app: typer.Typer) -> None:
         """One self-contained HTML report (plots embedded; opens with no network)."""
         from analysis.report import render
 
-        result = _analysis(
-            results, ooni, engine, since, until, vantage, test, input_, fingerprints, window
-        )
+        src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        result = _analysis(engine, src)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(render(result), encoding="utf-8")
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
-        typer.echo(_summary(result))
+        typer.echo(_summary_of(result))
         typer.echo(f"wrote {out}")
 
     @app.command()
@@ -211,13 +272,12 @@ def register(app: typer.Typer) -> None:
         """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
         from analysis.publish import publish as write_package
 
-        result = _analysis(
-            results, ooni, engine, since, until, vantage, test, input_, fingerprints, window
-        )
+        src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        result = _analysis(engine, src)
         options: dict[str, Any] = {"title": title, "licence": licence}
         try:
             files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
-        typer.echo(_summary(result))
+        typer.echo(_summary_of(result))
         typer.echo(f"wrote {len(files)} files to {out}")
