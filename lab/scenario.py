@@ -37,6 +37,18 @@ BLOCK_KINDS: dict[str, tuple[str | bool | None, str | None, str | None]] = {
     "down": (False, None, None),
 }
 
+# dns_consistency's verdict per block kind (the lab resolver, the control helper as control):
+# the injectors' answers race the genuine one (dns.injected); the other kinds are not DNS-blocked.
+DNS_CONSISTENCY_KINDS: dict[str, tuple[str, str]] = {
+    "dns_inject": ("dns", "dns.injected"),
+    "dns_nxdomain": ("dns", "dns.nxdomain"),
+    "dns_bogon": ("dns", "dns.bogon"),
+}
+# Block kinds whose name resolves to its own server and whose TLS handshake (any SNI) goes
+# through from the censored vantage: candidates for "not blocked" in the TLS nettests' truth.
+TLS_OPEN_KINDS = ("none", "http_rst", "blockpage", "throttle")
+_OPEN: tuple[bool, None] = (False, None)
+
 DEFAULT_BLOCKPAGE_TITLE = "Access Denied - National Information Security Filter"
 DEFAULT_BLOCKPAGE_BODY = (
     "<html><head><title>{title}</title></head><body>"
@@ -155,8 +167,87 @@ class Scenario:
         """URL -> expected verdict at the censored vantage (the open vantage: blocking false)."""
         return {d.url: d.expected for d in self.domains}
 
+    def dns_truth(self) -> dict[str, dict[str, Any]]:
+        """Name -> expected dns_consistency verdict at the censored vantage."""
+        return {
+            d.name: _expect(DNS_CONSISTENCY_KINDS.get(d.block, _OPEN), d.block)
+            for d in self.domains
+        }
+
+    def tcp_truth(self) -> dict[str, dict[str, Any]]:
+        """IP:PORT -> expected tcp_connect verdict at the censored vantage.
+
+        Each domain's IPv4 address on its scheme's port (blackholed: a timeout; a site that is
+        down times out at the control too: not blocked), and the censor's own IPv4 blackhole
+        rules (an IP alone on port 80). IPv6 is left out: the lab's control helper has none.
+        Residual censorship is not modelled: score it on a fresh lab or residual_seconds = 0.
+        """
+        timeout = ("tcp_ip", "tcp.timeout")
+        out = {
+            f"{d.a}:{80 if d.scheme == 'http' else 443}": _expect(
+                timeout if d.block == "blackhole" else _OPEN, d.block
+            )
+            for d in self.domains
+        }
+        for rule in self.censor.blackhole:
+            endpoint = rule if rule.count(":") == 1 else f"{rule}:80"
+            if ipaddress.ip_address(endpoint.rpartition(":")[0]).version == 4:
+                out[endpoint] = _expect(timeout, "blackhole_rule")
+        return out
+
+    def sni_truth(self, open_sample: int | None = None) -> dict[str, dict[str, Any]]:
+        """Name -> expected sni_blocking verdict at the censored vantage.
+
+        Every SNI-blocked domain (`sni_rst` or in `blocked_sni`): reset after the ClientHello;
+        and `open_sample` (all when None) of the names whose TLS goes through untouched (not
+        re-signed by the interceptor): not blocked.
+        """
+        blocked = set(self.censor.blocked_sni)
+        out = {
+            d.name: _expect(("tls", "tls.sni_reset"), "sni_rst")
+            for d in self.domains
+            if d.block == "sni_rst" or (d.name in blocked and d.block in TLS_OPEN_KINDS)
+        }
+        names = [n for n in self._tls_open_names() if n not in out]
+        for name in _sample(names, open_sample, self.name):
+            out[name] = _expect(_OPEN, self.domain(name).block)
+        return out
+
+    def tls_truth(self, open_sample: int | None = None) -> dict[str, dict[str, Any]]:
+        """Name -> expected tls_interception verdict at the censored vantage.
+
+        `intercept_sni` names are re-signed by the censor's CA (tls.intercepted);
+        `regional_cert_sni` names get another key from the public CA (not interception); and
+        `open_sample` (all when None) of the other names whose TLS goes through: not blocked.
+        """
+        out = {
+            n: _expect(("tls", "tls.intercepted"), "intercept") for n in self.censor.intercept_sni
+        }
+        out |= {n: _expect(_OPEN, "regional_cert") for n in self.censor.regional_cert_sni}
+        names = [n for n in self._tls_open_names() if n not in out]
+        for name in _sample(names, open_sample, self.name):
+            out[name] = _expect(_OPEN, self.domain(name).block)
+        return out
+
+    def _tls_open_names(self) -> list[str]:
+        """Names whose handshake reaches their own server, certificate untouched, at cn."""
+        special = set(self.tls_sni_names()) | set(self.censor.blocked_sni)
+        return [d.name for d in self.domains if d.block in TLS_OPEN_KINDS and d.name not in special]
+
     def to_toml(self) -> str:
         return _to_toml(self)
+
+
+def _expect(verdict: tuple[str | bool | None, str | None], mechanism: str) -> dict[str, Any]:
+    """A truth entry: (blocking, blocking_detail) and the mechanism that explains it."""
+    return {"blocking": verdict[0], "blocking_detail": verdict[1], "mechanism": mechanism}
+
+
+def _sample(names: list[str], k: int | None, salt: str) -> list[str]:
+    """k of names (all when k is None), the same ones for the same scenario."""
+    if k is None or k >= len(names):
+        return list(names)
+    return sorted(random.Random(f"sample:{salt}").sample(names, k))
 
 
 def _err(source: str, where: str, msg: str) -> ScenarioError:
@@ -497,6 +588,18 @@ _WORDS = (
 )
 
 
+def _tls_shares(
+    raw: list[dict[str, str]], seed: int, n_intercept: int, n_regional: int
+) -> dict[str, list[str]]:
+    """`intercept_sni` and `regional_cert_sni` picked among the accessible http:// domains."""
+    if n_intercept <= 0 and n_regional <= 0:
+        return {}
+    pool = [r["name"] for r in raw if r["block"] == "none" and r["scheme"] == "http"]
+    picked = random.Random(f"tls:{seed}").sample(pool, min(len(pool), n_intercept + n_regional))
+    out = {"intercept_sni": picked[:n_intercept], "regional_cert_sni": picked[n_intercept:]}
+    return {k: v for k, v in out.items() if v}
+
+
 def generate(
     n_domains: int,
     seed: int,
@@ -504,8 +607,16 @@ def generate(
     mix: dict[str, float] | None = None,
     loss: float = 0.0,
     residual_seconds: float = 0.0,
+    intercept: float = 0.0,
+    regional_cert: float = 0.0,
 ) -> Scenario:
-    """A random but reproducible scenario of n_domains (benchmarks and accuracy runs)."""
+    """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
+
+    `intercept` and `regional_cert` are shares of n_domains put in the censor's
+    `intercept_sni` and `regional_cert_sni`, taken from the accessible http:// domains (so
+    web_connectivity, which makes no TLS handshake with them, expects the same verdicts) by
+    a random generator of their own: with both 0 the scenario is exactly the one before.
+    """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
     rng = random.Random(seed)
@@ -523,12 +634,17 @@ def generate(
         need = BLOCK_KINDS[kind][2]
         scheme = need or rng.choice(("http", "https"))
         raw.append({"name": name, "block": kind, "scheme": scheme})
+    censor: dict[str, Any] = {
+        "residual_seconds": residual_seconds,
+        "keywords": [["forbidden", "words"]],
+    }
+    censor |= _tls_shares(raw, seed, round(intercept * n_domains), round(regional_cert * n_domains))
     data = {
         "lab": {
             "name": f"generated-{n_domains}-{seed}",
             "description": f"generated by lab.scenario.generate({n_domains}, seed={seed})",
         },
-        "censor": {"residual_seconds": residual_seconds, "keywords": [["forbidden", "words"]]},
+        "censor": censor,
         "faults": {"loss": loss},
         "domain": raw,
     }
@@ -544,6 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--loss", type=float, default=0.0)
     gen.add_argument("--residual", type=float, default=0.0)
+    gen.add_argument("--intercept", type=float, default=0.0, help="share re-signed by the censor")
+    gen.add_argument(
+        "--regional-cert", type=float, default=0.0, help="share with a CDN-like regional cert"
+    )
     check = sub.add_parser("check", help="validate scenario files")
     check.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
@@ -551,7 +671,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "generate":
             sys.stdout.write(
                 generate(
-                    args.domains, args.seed, loss=args.loss, residual_seconds=args.residual
+                    args.domains,
+                    args.seed,
+                    loss=args.loss,
+                    residual_seconds=args.residual,
+                    intercept=args.intercept,
+                    regional_cert=args.regional_cert,
                 ).to_toml()
             )
         else:

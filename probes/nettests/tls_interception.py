@@ -6,19 +6,24 @@ censor. The chains are compared by `tls_compare.compare`: a different leaf key w
 validate to the public roots (``ctx.ca_file`` or the system store) is ``tls.intercepted``. A
 disagreement is measured a second time before it counts (a key rotation mid-test, a flaky
 middlebox). Both sides' certificates stay in the measurement as evidence.
+
+So that one lost datagram or a busy helper does not decide a verdict, a DNS query that timed
+out is asked once more (`resolve_retrying`) and a helper answering 503/429 or a broken helper
+connection is asked again with backoff (`control_certificates`), as web_connectivity does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from probes.net.addresses import format_host_port, is_ip
-from probes.net.dns import resolve
+from probes.net.dns import DNSResult, resolve
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
-from probes.nettests.control import ControlClient
+from probes.nettests.control import ControlClient, ControlResult
 from probes.nettests.tls_compare import INTERCEPTED, Comparison, compare, probe_summary
 
 # Addresses of one name we check (each costs a handshake here and at the helper).
@@ -27,6 +32,13 @@ MAX_ADDRESSES = 4
 ROUNDS_TO_CONFIRM = 2
 STEP_TIMEOUT_SHARE = 0.2
 DEFAULT_TLS_PORT = 443
+# A timed-out DNS query is asked once more, each attempt getting half of the DNS time share.
+DNS_ATTEMPTS = 2
+# The helper: busy (503/429) or a broken connection is retried with exponential backoff.
+CONTROL_ATTEMPTS = 3
+CONTROL_BACKOFF_S = 0.5
+_CONTROL_RETRYABLE = ("status 503", "status 429", "connection_refused", "connection_reset",
+                      "eof_error")  # fmt: skip
 
 
 def target_of(input_: str) -> tuple[str, int]:
@@ -48,13 +60,40 @@ def handshake_detail(failure: str | None) -> str:
     return "tls.failure"
 
 
+async def resolve_retrying(
+    name: str, *, resolver: str | None, timeout: float, t_zero: float
+) -> DNSResult:
+    """A for ``name``; a query that timed out is asked again (every attempt is recorded)."""
+    per_attempt = timeout / DNS_ATTEMPTS
+    result = await resolve(name, resolver=resolver, timeout=per_attempt, t_zero=t_zero)
+    for _ in range(DNS_ATTEMPTS - 1):
+        if result.failure != "generic_timeout_error":
+            break
+        retry = await resolve(name, resolver=resolver, timeout=per_attempt, t_zero=t_zero)
+        retry.queries = result.queries + retry.queries
+        result = retry
+    return result
+
+
+async def _measure_control(control: ControlClient, url: str, endpoints: list[str]) -> ControlResult:
+    """The helper's view, asked again while it is busy or the connection broke."""
+    result = ControlResult()
+    for attempt in range(CONTROL_ATTEMPTS):
+        result = await control.measure(url, endpoints, {})
+        if not any(f in (result.failure or "") for f in _CONTROL_RETRYABLE):
+            break
+        if attempt + 1 < CONTROL_ATTEMPTS:
+            await asyncio.sleep(CONTROL_BACKOFF_S * 2**attempt)
+    return result
+
+
 async def control_certificates(
     control: ControlClient | None, name: str, port: int, endpoints: list[str]
 ) -> tuple[dict[str, Any], str | None]:
     """The helper's TLS view of our endpoints for SNI ``name`` ({} and a failure if none)."""
     if control is None:
         return {}, "no_control_helper"
-    result = await control.measure(f"https://{name}:{port}/", endpoints, {})
+    result = await _measure_control(control, f"https://{name}:{port}/", endpoints)
     if result.failure is not None:
         return {}, result.failure
     doc = result.control
@@ -126,7 +165,7 @@ class TLSInterception(Nettest):
             "control_failure": None,
             "tls_comparisons": [],
         }
-        dns = await resolve(
+        dns = await resolve_retrying(
             name,
             resolver=self.ctx.resolver,
             timeout=self.ctx.timeout * STEP_TIMEOUT_SHARE,

@@ -60,6 +60,44 @@ def test_generator_is_seeded_and_round_trips(tmp_path: Path) -> None:
     assert sc.main(["generate", "--domains", "5", "--seed", "3"]) == 0
 
 
+def test_generator_tls_shares_are_optional_and_leave_the_rest_alone() -> None:
+    plain = sc.generate(300, 1, loss=0.02)
+    assert (plain.censor.intercept_sni, plain.censor.regional_cert_sni) == ((), ())
+    tls = sc.generate(300, 1, loss=0.02, intercept=0.02, regional_cert=0.02)
+    assert tls.domains == plain.domains and tls.ground_truth() == plain.ground_truth()
+    assert len(tls.censor.intercept_sni) == len(tls.censor.regional_cert_sni) == 6
+    assert not set(tls.censor.intercept_sni) & set(tls.censor.regional_cert_sni)
+    for name in tls.tls_sni_names():
+        d = tls.domain(name)
+        assert (d.block, d.scheme) == ("none", "http"), name  # web_connectivity makes no TLS
+    again = sc.generate(300, 1, loss=0.02, intercept=0.02, regional_cert=0.02)
+    assert again.censor == tls.censor
+
+
+def test_per_nettest_truths() -> None:
+    s = sc.generate(300, 2, intercept=0.02, regional_cert=0.02)
+    dns = s.dns_truth()
+    assert set(dns) == {d.name for d in s.domains}
+    assert {(v["mechanism"], v["blocking_detail"]) for v in dns.values() if v["blocking"]} == {
+        ("dns_inject", "dns.injected"),
+        ("dns_nxdomain", "dns.nxdomain"),
+        ("dns_bogon", "dns.bogon"),
+    }
+    tcp = s.tcp_truth()
+    blocked = {e for e, v in tcp.items() if v["blocking"] == "tcp_ip"}
+    assert blocked == {
+        f"{d.a}:{80 if d.scheme == 'http' else 443}" for d in s.by_block("blackhole")
+    }
+    sni = s.sni_truth(open_sample=50)
+    assert {n for n, v in sni.items() if v["blocking"]} == {d.name for d in s.by_block("sni_rst")}
+    assert sum(1 for v in sni.values() if v["blocking"] is False) == 50
+    assert not set(sni) & set(s.tls_sni_names())
+    tls = s.tls_truth(open_sample=20)
+    assert {n for n, v in tls.items() if v["blocking"]} == set(s.censor.intercept_sni)
+    assert set(s.censor.regional_cert_sni) <= set(tls) and len(tls) == 20 + 12
+    assert s.tls_truth(open_sample=20) == tls  # the same sample every time
+
+
 def test_service_addresses_are_not_bogons() -> None:
     import ipaddress
 

@@ -1,0 +1,103 @@
+"""bench.accuracy's scorer: on made-up verdicts (no root), and end to end in a small lab.
+
+The lab test brings up its own 40-domain generated scenario (every mechanism, one intercepted
+and one regional-certificate domain, no loss), runs every nettest the bench scores from both
+vantages through `bench.accuracy.measure`, and checks that each input got a verdict and that
+the targets are met; the session's lab is restored afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import accuracy
+from lab import scenario as scenario_mod
+from lab import topology
+from lab.topology import LabInfo
+
+SMALL_DOMAINS = 40
+SMALL_SEED = 3
+PROBE_TIMEOUT_S = "10"
+
+
+def _keys(blocking: Any, detail: str | None = None) -> dict[str, Any]:
+    return {"blocking": blocking, "blocking_detail": detail}
+
+
+def _truth(blocking: Any, detail: str | None, mechanism: str) -> dict[str, Any]:
+    return {"blocking": blocking, "blocking_detail": detail, "mechanism": mechanism}
+
+
+def test_score_counts_precision_recall_detail_and_open() -> None:
+    truth = {
+        "a": _truth("tls", "tls.sni_reset", "sni_rst"),
+        "b": _truth("tls", "tls.sni_reset", "sni_rst"),
+        "c": _truth(False, None, "none"),
+        "d": _truth(False, None, "none"),
+    }
+    cn = {
+        "a": _keys("tls", "tls.sni_reset"),
+        "b": _keys("tls", "tls.sni_timeout"),  # right type, wrong detail
+        "c": _keys("tls", "tls.sni_reset"),  # a false positive
+        "d": _keys(None),  # inconclusive: no precision or recall cost
+    }
+    open_ = {"a": _keys(False), "b": _keys(None), "c": _keys("tls", "tls.sni_reset")}
+    s = accuracy.score(truth, cn, open_, ("tls",), "blocking_detail")
+    tls = s["per_type"]["tls"]
+    assert (tls["n_truth"], tls["n_said"], tls["n_hit"], tls["n_detail"]) == (2, 3, 2, 1)
+    assert tls["precision"] == pytest.approx(2 / 3) and tls["recall"] == 1.0
+    assert s["type_accuracy"] == 0.5  # the detail is the type of a one-layer nettest
+    assert s["null_at_cn"] == 1 and s["missing"] == {"cn": 0, "open": 1}
+    assert s["open_not_false"] == {"b": None, "c": "tls", "d": None}  # d: counted as missing
+    missed = accuracy.misses(s)
+    assert any("precision" in m for m in missed) and any("blocked at open" in m for m in missed)
+    assert not accuracy.meets_targets(s)
+
+
+def test_score_meets_targets_when_all_right() -> None:
+    truth = {"x": _truth("dns", "dns.bogon", "dns_bogon"), "y": _truth(False, None, "none")}
+    verdicts = {"x": _keys("dns", "dns.bogon"), "y": _keys(False)}
+    open_ = {"x": _keys(False), "y": _keys(False)}
+    s = accuracy.score(truth, verdicts, open_, ("dns",), "blocking_detail")
+    assert accuracy.misses(s) == [] and s["detail_accuracy"] == 1.0
+
+
+def test_nettests_option_checks_names() -> None:
+    assert accuracy.parse_args(["--nettests", "tcp_connect,dns_consistency"]).nettests == [
+        "tcp_connect",
+        "dns_consistency",
+    ]
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--nettests", "nope"])
+
+
+@pytest.fixture(scope="module")
+def small_lab(lab: LabInfo) -> Iterator[LabInfo]:
+    """A small generated scenario; the session's scenario is restored afterwards."""
+    scen = scenario_mod.generate(
+        SMALL_DOMAINS, SMALL_SEED, loss=0.0, intercept=0.025, regional_cert=0.025
+    )
+    try:
+        yield topology.up(scen)
+    finally:
+        topology.up(lab.scenario)
+
+
+def test_accuracy_bench_end_to_end(small_lab: LabInfo, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    extra = ["--concurrency", "32", "--timeout", PROBE_TIMEOUT_S]
+    nettests = list(accuracy.NETTESTS)
+    scores, runs = accuracy.measure(small_lab, nettests, results, tmp_path, extra)
+    assert [(r.nettest, r.vantage, r.returncode) for r in runs] == [
+        (n, v, 0) for n in nettests for v in ("cn", "open")
+    ], [r.stderr[-500:] for r in runs if r.returncode]
+    assert set(scores) == set(nettests)
+    for name, s in scores.items():
+        assert s["missing"] == {"cn": 0, "open": 0}, name
+        planted = sum(v["n_truth"] for v in s["per_type"].values())
+        assert planted > 0, f"{name}: the scenario planted nothing to find"
+        assert accuracy.misses(s) == [], f"{name}: {accuracy.misses(s)} {s['wrong_at_cn']}"
