@@ -7,6 +7,7 @@ prove that a refused address was never connected to (not merely reported as refu
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import ssl
@@ -40,6 +41,7 @@ from backend.helper_protocol import (
     plan_endpoints,
 )
 from backend.ssrf import FORBIDDEN_FAILURE, AddressGuard, is_special
+from probes.nettests.control import ControlClient, ControlResult
 from tests.loopback.dns_server import FakeDNSServer
 
 PAGE = b"<html><head><title>Censorscope test page</title></head><body>hello</body></html>"
@@ -534,6 +536,28 @@ def test_throttled_when_too_many_in_flight(resolver: FakeDNSServer, web: Countin
     assert "in flight" in second.json()["error"]
     assert results == [200]
     assert third.status_code == 200  # the slot is free again
+
+
+def test_control_client_asks_a_busy_helper_again(
+    resolver: FakeDNSServer, web: CountingServer
+) -> None:
+    """Two nettest requests, one helper slot: the second gets 503, backs off and succeeds."""
+
+    web.delay = 0.3
+    url = f"http://site.test:{web.port}/"
+
+    async def both(base: str) -> list[ControlResult]:
+        client = ControlClient([base], timeout=10.0, ca_file=None)
+        try:
+            return list(await asyncio.gather(*(client.measure(url, [], {}) for _ in range(2))))
+        finally:
+            await client.aclose()
+
+    with helper(lab_config(resolver, max_inflight=1)) as base:
+        results = asyncio.run(both(base))
+    assert [r.failure for r in results] == [None, None]
+    assert sorted(r.attempts for r in results) == [1, 2]
+    assert all(r.control["http_request"]["status_code"] == 200 for r in results)
 
 
 def test_slow_site_times_out(resolver: FakeDNSServer, web: CountingServer) -> None:

@@ -7,6 +7,7 @@ Several helper URLs are fallbacks: `choose()` picks the first that answers its g
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,20 @@ from probes.net.http import JSONClient
 
 # A greeting should come back fast; a control measurement may take the helper's full budget.
 GREETING_TIMEOUT = 5.0
+# A busy helper (503/429) or a broken connection to it is asked again with exponential backoff;
+# a timeout is not (it already took the whole budget).
+CONTROL_ATTEMPTS = 3
+CONTROL_BACKOFF_S = 0.5
+RETRYABLE_FAILURES = (
+    "status 503",
+    "status 429",
+    "connection_refused",
+    "connection_reset",
+    "eof_error",
+)
+# Control requests in flight at once per probe: a helper answers 503 past its own limit
+# (ours: 100), and two probes at full concurrency would otherwise make it refuse half of them.
+CONTROL_MAX_INFLIGHT = 64
 
 
 @dataclass
@@ -22,6 +37,7 @@ class ControlResult:
     control: dict[str, Any] = field(default_factory=dict)
     failure: str | None = None
     runtime: float = 0.0
+    attempts: int = 1
 
 
 class ControlClient:
@@ -31,6 +47,7 @@ class ControlClient:
         self.chosen: str | None = self.helpers[0] if self.helpers else None
         self.unreachable_failure: str | None = None
         self._client = JSONClient(ca_file=ca_file)
+        self._slots = asyncio.Semaphore(CONTROL_MAX_INFLIGHT)
 
     async def choose(self) -> str | None:
         """Pick the first helper that answers; return a description of the problem if none does."""
@@ -51,7 +68,25 @@ class ControlClient:
     async def measure(
         self, url: str, endpoints: list[str], headers: dict[str, str]
     ) -> ControlResult:
-        """Ask the chosen helper for its view of `url` and the probe's endpoints."""
+        """Ask the chosen helper for its view of `url` and the probe's endpoints.
+
+        Asked again while the helper is busy or the connection to it broke, so that a loaded
+        helper does not turn into `control_failure` and a null verdict.
+        """
+        result = ControlResult()
+        for attempt in range(CONTROL_ATTEMPTS):
+            async with self._slots:
+                result = await self._measure_once(url, endpoints, headers)
+            result.attempts = attempt + 1
+            if not any(f in (result.failure or "") for f in RETRYABLE_FAILURES):
+                break
+            if attempt + 1 < CONTROL_ATTEMPTS:
+                await asyncio.sleep(CONTROL_BACKOFF_S * 2**attempt)
+        return result
+
+    async def _measure_once(
+        self, url: str, endpoints: list[str], headers: dict[str, str]
+    ) -> ControlResult:
         if self.chosen is None:
             return ControlResult(failure="no_control_helper")
         payload = {

@@ -14,7 +14,6 @@ connection is asked again with backoff (`control_certificates`), as web_connecti
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import DNSResult, resolve
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
-from probes.nettests.control import ControlClient, ControlResult
+from probes.nettests.control import ControlClient
 from probes.nettests.tls_compare import INTERCEPTED, Comparison, compare, probe_summary
 
 # Addresses of one name we check (each costs a handshake here and at the helper).
@@ -34,11 +33,6 @@ STEP_TIMEOUT_SHARE = 0.2
 DEFAULT_TLS_PORT = 443
 # A timed-out DNS query is asked once more, each attempt getting half of the DNS time share.
 DNS_ATTEMPTS = 2
-# The helper: busy (503/429) or a broken connection is retried with exponential backoff.
-CONTROL_ATTEMPTS = 3
-CONTROL_BACKOFF_S = 0.5
-_CONTROL_RETRYABLE = ("status 503", "status 429", "connection_refused", "connection_reset",
-                      "eof_error")  # fmt: skip
 
 
 def target_of(input_: str) -> tuple[str, int]:
@@ -75,25 +69,13 @@ async def resolve_retrying(
     return result
 
 
-async def _measure_control(control: ControlClient, url: str, endpoints: list[str]) -> ControlResult:
-    """The helper's view, asked again while it is busy or the connection broke."""
-    result = ControlResult()
-    for attempt in range(CONTROL_ATTEMPTS):
-        result = await control.measure(url, endpoints, {})
-        if not any(f in (result.failure or "") for f in _CONTROL_RETRYABLE):
-            break
-        if attempt + 1 < CONTROL_ATTEMPTS:
-            await asyncio.sleep(CONTROL_BACKOFF_S * 2**attempt)
-    return result
-
-
 async def control_certificates(
     control: ControlClient | None, name: str, port: int, endpoints: list[str]
 ) -> tuple[dict[str, Any], str | None]:
     """The helper's TLS view of our endpoints for SNI ``name`` ({} and a failure if none)."""
     if control is None:
         return {}, "no_control_helper"
-    result = await _measure_control(control, f"https://{name}:{port}/", endpoints)
+    result = await control.measure(f"https://{name}:{port}/", endpoints, {})
     if result.failure is not None:
         return {}, result.failure
     doc = result.control
