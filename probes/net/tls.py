@@ -148,8 +148,12 @@ async def handshake_on_socket(
     return obj
 
 
+@functools.lru_cache(maxsize=1024)
 def _describe(der: bytes) -> tuple[str | None, str | None]:
-    """(sha256 of the leaf's SubjectPublicKeyInfo in hex, issuer RFC 4514 string)."""
+    """(sha256 of the leaf's SubjectPublicKeyInfo in hex, issuer RFC 4514 string).
+
+    Cached: parsing costs ~0.2 ms and the same leaf comes back for every address of a site.
+    """
     try:
         cert = x509.load_der_x509_certificate(der)
         spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
