@@ -140,7 +140,7 @@ def run_probe(
 
 
 def stored(results: Path) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for path in sorted(results.glob("raw/date=*/vantage=*/test_name=*/*.jsonl")):
         data = path.read_bytes()
         assert data.endswith(b"\n"), f"{path}: torn last line"
@@ -226,6 +226,31 @@ def test_repeat_makes_separate_measurements(world: World, tmp_path: Path) -> Non
     measurements = stored(tmp_path)
     assert len(measurements) == 3
     assert len({m["measurement_uid"] for m in measurements}) == 3
+
+
+def test_packet_capture_is_opt_in(world: World, tmp_path: Path) -> None:
+    """Off by default (no capture key, nothing to pay); `--pcap DIR` turns it on: the keyword
+    reset (the server's own kernel resets, with its own TTL) is captured and judged genuine, and
+    the verdict is the same as without capture. Without CAP_NET_RAW the run notes "unavailable"
+    in each measurement and goes on."""
+    from probes.net.packets import capture_unavailable
+
+    url = world.url("kw.test", f"/{KEYWORD}")
+    run_probe(world, tmp_path / "off", "--input", url)
+    [off] = [m["test_keys"] for m in stored(tmp_path / "off")]
+    assert "packet_capture" not in off and "x_packets" not in off
+    proc = run_probe(world, tmp_path / "on", "--input", url, "--pcap", str(tmp_path / "pcap"))
+    [on] = [m["test_keys"] for m in stored(tmp_path / "on")]
+    assert (on["blocking"], on["blocking_detail"]) == (off["blocking"], off["blocking_detail"])
+    if capture_unavailable() is not None:
+        assert on["packet_capture"] == "unavailable" and "x_packets" not in on
+        assert proc.stderr.count("packet capture unavailable") == 1
+        return
+    assert on["packet_capture"] == "ok" and Path(on["x_pcap"]).stat().st_size > 0
+    pkts = on["x_packets"]
+    assert pkts["synack"]["ttl"] == 64 and pkts["resets"], pkts
+    assert {r["ttl_differs"] for r in pkts["resets"]} == {False}
+    assert (pkts["evidence"], on["x_packet_detail"]) == (None, None)
 
 
 def test_unreachable_helper_still_measures_and_exits_2(world: World, tmp_path: Path) -> None:

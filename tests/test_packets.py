@@ -19,6 +19,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_filter() -> None:
     assert packets.flow_filter("2001:db8::1", 443) == "ip6 host 2001:db8::1 and tcp port 443"
+    assert packets.endpoints_filter(["192.0.2.1", "2001:db8::1"], [80, 443]) == (
+        "(ip host 192.0.2.1 or ip6 host 2001:db8::1) and (tcp port 80 or tcp port 443)"
+    )
+
+
+@pytest.mark.skipif(packets.capture_unavailable() is not None, reason="needs root and scapy")
+@pytest.mark.anyio
+async def test_too_many_captures_degrade_to_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CAPTURES at once a measurement gets the "unavailable" note, not a crash (scapy's
+    select() loop breaks on descriptors above 1024)."""
+    monkeypatch.setattr(packets, "MAX_CAPTURES", 0)
+    async with packets.FlowRecorder("127.0.0.1", 9) as rec:
+        pass
+    assert rec.keys() == {"packet_capture": packets.UNAVAILABLE,
+                          "x_packet_capture_reason": "more than 0 captures at once"}  # fmt: skip
+    assert packets._active == 0
 
 
 def test_unavailable_is_a_reason_or_none() -> None:

@@ -21,12 +21,11 @@ IP TTL differs from the server's SYN-ACK was forged on the path (``x_packets.evi
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import resolve
-from probes.net.packets import FlowRecorder, capture_unavailable
+from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
 from probes.nettests.control import ControlClient
@@ -120,10 +119,7 @@ class SNIBlocking(Nettest):
         control_failures: list[str | None] = []
         summary: dict[str, Any] = {}
         residual = False
-        pcap = None
-        if self.pcap_dir:
-            Path(self.pcap_dir).mkdir(parents=True, exist_ok=True)
-            pcap = str(Path(self.pcap_dir) / f"sni_blocking-{name}-{time.time_ns()}.pcap")
+        pcap = pcap_path(self.pcap_dir, self.name, name)
         recorder = FlowRecorder(ip, port, enabled=self.capture, pcap=pcap)
         async with recorder:
             residual = await self._rounds(ip, port, name, t_zero, timeout, keys,

@@ -3,7 +3,16 @@
 The input is ``host:port`` (a name is resolved with the probe's resolver) or a URL (its host and
 port). We connect to each address; the control helper connects to the same endpoints from
 outside the censor. Only a failure here with a success there is blocking (``tcp_ip``); a failure
-on both sides is a server that is down.
+on both sides is a server that is down (``blocking: false``, ``x_down_everywhere: true``, the
+project's convention, as web_connectivity's "website down").
+
+As root the connects' packets are captured (`probes.net.packets.FlowRecorder`, option
+``packet_capture``, default on; ``pcap_dir`` keeps one pcap per measurement). A RST that came
+with no SYN-ACK to compare it with (a refused connect) is judged against a *reference*: one
+connect to the same address on another port (80, or 443 when the input is port 80), whose
+SYN-ACK or RST carries the host's own TTL. A RST whose TTL is not its baseline's was forged on
+the path: ``x_packets.evidence`` and ``x_packet_detail`` are ``tcp.rst_injected``. The verdict
+itself never depends on packets (it must not change with privileges).
 """
 
 from __future__ import annotations
@@ -15,13 +24,16 @@ from urllib.parse import urlsplit
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import resolve
-from probes.net.tcp import tcp_connect
+from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
+from probes.net.tcp import TCPResult, tcp_connect
 from probes.nettests.base import Nettest
 from probes.nettests.control import ControlClient
 
 MAX_ADDRESSES = 4
 STEP_TIMEOUT_SHARE = 0.3
 _SCHEME_PORTS = {"http": 80, "https": 443}
+# Ports a reference connect tries (the first that is not the input's): most hosts answer on them.
+REFERENCE_PORTS = (80, 443)
 # Failure strings -> evidence names (ooni/spec df-007 failures).
 _DETAILS = {
     "connection_refused": "tcp.refused",
@@ -47,6 +59,28 @@ def tcp_detail(failure: str | None) -> str:
     return _DETAILS.get(failure or "", "tcp.failure")
 
 
+def reference_port(port: int) -> int:
+    """The port of the reference connect that gives a host's own TTL when ``port`` gave none."""
+    return next(p for p in REFERENCE_PORTS if p != port)
+
+
+def verdict(
+    results: list[TCPResult], endpoints: list[str], control: dict[str, Any]
+) -> tuple[Any, str | None, bool]:
+    """(blocking, detail, down everywhere): blocked only where the helper connected."""
+    if any(r.failure is None for r in results):
+        return False, None, False
+    reached = [control_reached(control, ep) for ep in endpoints]
+    blocked = [r for r, ok in zip(results, reached, strict=True) if ok]
+    for r in blocked:
+        r.record["status"]["blocked"] = True
+    if blocked:
+        return "tcp_ip", tcp_detail(blocked[0].failure), False
+    if reached and all(ok is False for ok in reached):
+        return False, None, True  # the helper failed every endpoint too: down, not blocked
+    return None, None, False
+
+
 def control_reached(control: dict[str, Any], endpoint: str) -> bool | None:
     """Whether the helper connected to ``endpoint`` (None: it did not try)."""
     entry = (control.get("tcp_connect") or {}).get(endpoint)
@@ -59,6 +93,10 @@ class TCPConnect(Nettest):
 
     async def setup(self) -> None:
         self.control: ControlClient | None = None
+        self.capture = bool(self.ctx.options.get("packet_capture", True))
+        self.pcap_dir = self.ctx.options.get("pcap_dir")
+        if self.capture and (why := capture_unavailable()):
+            self.warnings.append(f"packet capture unavailable: {why}")
         if self.ctx.helpers:
             self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
             problem = await self.control.choose()
@@ -100,10 +138,23 @@ class TCPConnect(Nettest):
             if self.control is not None
             else None
         )
-        results = await asyncio.gather(
-            *(tcp_connect(a, port, timeout=timeout, t_zero=t_zero) for a in addrs)
+        recorder = FlowRecorder(
+            addrs,
+            port,
+            enabled=self.capture,
+            pcap=pcap_path(self.pcap_dir, self.name, f"{host}_{port}"),
+            reference_port=reference_port(port),
         )
+        async with recorder:
+            results = await asyncio.gather(
+                *(tcp_connect(a, port, timeout=timeout, t_zero=t_zero) for a in addrs)
+            )
+            if any(r.failure for r in results):
+                await self._references(recorder, timeout, t_zero)
         keys["tcp_connect"] = [r.record for r in results]
+        keys.update(recorder.keys())
+        if "x_packets" in keys:
+            keys["x_packet_detail"] = keys["x_packets"]["evidence"]
         control: dict[str, Any] = {}
         if control_task is not None:
             reply = await control_task
@@ -112,17 +163,17 @@ class TCPConnect(Nettest):
             keys["control"] = control
         else:
             keys["control_failure"] = "no_control_helper"
-        blocking: Any = None
-        detail = None
-        if any(r.failure is None for r in results):
-            blocking = False
-        else:
-            blocked = [
-                r for r, ep in zip(results, endpoints, strict=True) if control_reached(control, ep)
-            ]
-            for r in blocked:
-                r.record["status"]["blocked"] = True
-            if blocked:
-                blocking, detail = "tcp_ip", tcp_detail(blocked[0].failure)
+        blocking, detail, down = verdict(list(results), endpoints, control)
+        keys["x_down_everywhere"] = down
         keys["blocking"], keys["blocking_detail"] = blocking, detail
         return keys
+
+    async def _references(self, recorder: FlowRecorder, timeout: float, t_zero: float) -> None:
+        """Connect to the reference port of each address whose RST has nothing to be compared
+        with, while the capture runs: the host's answer there carries its own TTL."""
+        ips = await recorder.unjudged_resets()
+        if ips and recorder.reference_port:
+            ref = recorder.reference_port
+            await asyncio.gather(
+                *(tcp_connect(ip, ref, timeout=timeout, t_zero=t_zero) for ip in ips)
+            )

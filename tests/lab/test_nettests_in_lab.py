@@ -196,7 +196,9 @@ def test_dns_consistency_at_open(runs: Runs) -> None:
 def test_tcp_connect_at_cn(nlab: LabInfo, runs: Runs) -> None:
     scen = nlab.scenario
     hole = scen.censor.blackhole[0]
-    want = {f"{d.name}:443": (False, None) for d in scen.domains if d.block == "none"}
+    want: dict[str, tuple[Any, Any]] = {
+        f"{d.name}:443": (False, None) for d in scen.domains if d.block == "none"
+    }
     want |= {f"{d.name}:443": ("tcp_ip", "tcp.timeout") for d in scen.by_block("blackhole")}
     # The IP:PORT rule drops one port only.
     want |= {hole: ("tcp_ip", "tcp.timeout"), hole.rpartition(":")[0] + ":80": (False, None)}
@@ -205,6 +207,53 @@ def test_tcp_connect_at_cn(nlab: LabInfo, runs: Runs) -> None:
 
 def test_tcp_connect_at_open(runs: Runs) -> None:
     assert not _open_blocked(runs, "tcp_connect")
+
+
+@pytest.mark.parametrize("vantage", ["cn", "open"])
+def test_tcp_connect_packets_without_resets(runs: Runs, vantage: str) -> None:
+    """Every connect is captured; the blackholes time out with no RST at all, so there is no
+    forgery to see at either vantage."""
+    for name, keys in runs[("tcp_connect", vantage)].items():
+        assert keys["packet_capture"] == "ok", name
+        pkts = keys["x_packets"]
+        assert (pkts["resets"], pkts["evidence"], keys["x_packet_detail"]) == ([], None, None)
+        assert bool(pkts["synack"]) == (keys["blocking"] is False), name
+
+
+@pytest.mark.parametrize("vantage", ["cn", "open"])
+def test_tcp_connect_sees_the_residual_rst_forged(
+    nlab: LabInfo, spares: Any, tmp_path: Path, vantage: str
+) -> None:
+    """A keyword request taints (vantage, server, port 80) for the censor's residual window;
+    tcp_connect to that port then is refused at cn by a RST the censor forges (TTL 64, its
+    IP-ID counter) in answer to the SYN. No SYN-ACK to compare it with: the reference connect
+    to port 443 of the same server gets the server's SYN-ACK (TTL 63), so the RST is
+    tcp.rst_injected. From the open vantage the same sequence connects, with no RST."""
+    ip = spares.v4()
+    flow = [sys.executable, "-c", _KEYWORD_FLOW, ip, "keyword-reset.example"]
+    trigger = nlab.run(vantage, [*flow, str(tmp_path / "trigger.pcap")])
+    assert trigger.returncode == 0, trigger.stderr
+    results = tmp_path / "results"
+    argv = _argv(nlab, vantage, "tcp_connect", [f"{ip}:80"], results, "--pcap",
+                 str(tmp_path / "pcap"))  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                          env=topology._python_env(), check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    keys = _stored(results, vantage, "tcp_connect")[f"{ip}:80"]
+    pkts = keys["x_packets"]
+    assert keys["packet_capture"] == "ok" and Path(keys["x_pcap"]).stat().st_size > 0
+    if vantage == "open":
+        assert (keys["blocking"], pkts["resets"], pkts["evidence"]) == (False, [], None)
+        assert pkts["synack"]["ttl"] == 63
+        return
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tcp_ip", "tcp.refused")
+    assert (pkts["evidence"], keys["x_packet_detail"]) == ("tcp.rst_injected",) * 2
+    [reference] = pkts["references"]
+    assert (reference["port"], reference["flags"], reference["ttl"]) == (443, "SA", 63)
+    assert pkts["resets"] and all(
+        (r["ttl"], r["baseline_ttl"], r["ttl_differs"]) == (64, 63, True) for r in pkts["resets"]
+    )
+    assert all(r["ip_id"] != reference["ip_id"] for r in pkts["resets"])
 
 
 def test_sni_blocking_at_cn(nlab: LabInfo, runs: Runs) -> None:

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -51,6 +52,9 @@ def _probe_argv(lab: LabInfo, vantage: str, results: Path) -> list[str]:
         "--vantage",
         vantage,
         "--no-progress",
+        # Packet capture on (opt-in in web_connectivity): the verdicts must not change.
+        "--pcap",
+        str(results / f"pcap-{vantage}"),
     ]
     return argv
 
@@ -134,3 +138,23 @@ def test_every_mechanism_was_exercised(fresh_lab: LabInfo) -> None:
     kinds = {d.block for d in fresh_lab.scenario.domains}
     assert {"dns_inject", "dns_nxdomain", "dns_bogon", "http_rst", "sni_rst"} <= kinds
     assert {"blackhole", "blockpage", "throttle", "down", "none"} <= kinds
+
+
+def test_forged_resets_show_in_the_packets(
+    fresh_lab: LabInfo, verdicts: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    """At cn the keyword and SNI resets are the censor's (TTL 64 against the server's 63):
+    x_packets says tcp.rst_injected beside the unchanged verdict; at open no flow is reset."""
+    rst_blocks = {"http_rst", "sni_rst"}
+    for url, keys in verdicts["cn"].items():
+        block = fresh_lab.scenario.domain(urlsplit(url).hostname or "").block
+        if keys.get("packet_capture") is None:
+            assert block not in rst_blocks, url  # no address, nothing to capture
+            continue
+        assert keys["packet_capture"] == "ok", url
+        injected = keys["x_packets"]["evidence"] == "tcp.rst_injected"
+        assert injected == (block in rst_blocks), (url, block, keys["x_packets"])
+        assert keys["x_packet_detail"] == keys["x_packets"]["evidence"]
+    for url, keys in verdicts["open"].items():
+        if keys.get("packet_capture") is not None:
+            assert keys["x_packets"]["evidence"] is None, url
