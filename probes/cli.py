@@ -128,9 +128,18 @@ def run(
         float | None,
         typer.Option(min=0.1, help="message_delivery: seconds to wait for a message."),
     ] = None,
+    packet_capture: Annotated[
+        bool | None,
+        typer.Option(
+            "--packet-capture/--no-packet-capture",
+            help="Record each flow's packets for RST/injection evidence (needs CAP_NET_RAW). "
+            "Default: on for tcp_connect, sni_blocking, dns_consistency; off for "
+            "web_connectivity (it costs ~6 ms of CPU per input).",
+        ),
+    ] = None,
     pcap: Annotated[
         Path | None,
-        typer.Option(help="Keep one pcap per measurement here (needs CAP_NET_RAW; sni_blocking)."),
+        typer.Option(help="Keep one pcap per measurement here (CAP_NET_RAW; implies capture)."),
     ] = None,
     keyword: Annotated[
         str | None, typer.Option(help="censor_trace: the one word that triggers the censor.")
@@ -185,6 +194,7 @@ def run(
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
+                "packet_capture": packet_capture,
                 "pcap_dir": str(pcap) if pcap else None,
                 "trace_keyword": keyword,
                 "trace_max_ttl": trace_max_ttl,

@@ -42,3 +42,17 @@ def test_sni_endpoint_control_sni_and_pcap_reach_sni_blocking(
         assert list((tmp_path / "pcap").glob("*.pcap"))
     else:
         assert keys["packet_capture"] == "unavailable"
+
+
+def test_no_packet_capture_reaches_tcp_connect(tmp_path: Path) -> None:
+    closed = f"127.0.0.2:{closed_port('127.0.0.2')}"
+    proc = subprocess.run(
+        [*CENSORSCOPE, "run", "tcp_connect", "--input", closed, "--no-packet-capture",
+         "--results", str(tmp_path / "r"), "--no-progress", "--timeout", "5"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode in (0, 2), proc.stderr  # 2: no control helper configured
+    [path] = list((tmp_path / "r").glob("raw/*/*/*/*.jsonl"))
+    keys = json.loads(path.read_text().splitlines()[0])["test_keys"]
+    # Switched off, nothing is captured or noted (on, it would say "ok" or "unavailable").
+    assert "packet_capture" not in keys and "x_packets" not in keys
