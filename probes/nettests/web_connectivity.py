@@ -24,37 +24,21 @@ from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest, SetupError
-from probes.nettests.control import ControlClient, ControlResult
+from probes.nettests.control import ControlClient
 from probes.nettests.web_connectivity_analysis import analyze
 
 # Share of the per-input budget given to each step; the helper's own budget is similar.
 DNS_TIMEOUT_SHARE = 0.2
 CONNECT_TIMEOUT_SHARE = 0.2
 DEFAULT_PORTS = {"http": 80, "https": 443}
-# Retries, so that one lost datagram or a busy helper does not decide a verdict. DNS: a UDP
-# query that timed out is asked once more (glibc's stub resolver also tries twice, `attempts:2`
-# in resolv.conf(5)), each attempt getting half of the DNS share. The helper: a 503/429 ("too
-# many requests in flight, retry later") or a refused/reset connection is retried with
-# exponential backoff, as OONI's probe falls back to another helper when one fails.
+# Retries, so that one lost datagram does not decide a verdict: a UDP query that timed out is
+# asked once more (glibc's stub resolver also tries twice, `attempts:2` in resolv.conf(5)),
+# each attempt getting half of the DNS share. A busy helper is asked again by ControlClient.
 DNS_ATTEMPTS = 2
-CONTROL_ATTEMPTS = 3
-CONTROL_BACKOFF_S = 0.5
-# Control requests in flight at once. httpx's pool holds 100 connections by default and
-# httpcore re-scans every queued request against every connection on each event, so with more
-# requests than connections the probe spent most of its CPU there (cProfile, docs/benchmarks.md
-# "Throughput in the lab"); 64 also stays under the helper's max_inflight (100) before its 503.
-CONTROL_MAX_INFLIGHT = 64
 # Packet capture (RST evidence, docs/methodology.md) is opt-in here: option `packet_capture`,
 # or `pcap_dir` (`--pcap DIR`). One capture costs ~5.5 ms of CPU (a sniffer thread, a BPF
 # socket, scapy's dissection) and 50 ms of drain, against ~1 ms budgeted per input at 200/s.
 CAPTURE_DEFAULT = False
-_CONTROL_RETRYABLE = (
-    "status 503",
-    "status 429",
-    "connection_refused",
-    "connection_reset",
-    "eof_error",
-)
 
 
 def _endpoint(ip: str, port: int) -> str:
@@ -75,7 +59,6 @@ class WebConnectivity(Nettest):
         except (FingerprintError, OSError) as exc:
             raise SetupError(f"fingerprints: {exc}") from exc
         self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
-        self._control_slots = asyncio.Semaphore(CONTROL_MAX_INFLIGHT)
         self.exit_status = 0
         self.pcap_dir = self.ctx.options.get("pcap_dir")
         opted = self.ctx.options.get("packet_capture", CAPTURE_DEFAULT or bool(self.pcap_dir))
@@ -131,19 +114,6 @@ class WebConnectivity(Nettest):
                 results[i] = retry
         return results
 
-    async def _control(self, url: str, endpoints: list[str]) -> ControlResult:
-        """The helper's view; retried when the helper is busy or the connection broke."""
-        result = ControlResult()
-        for attempt in range(CONTROL_ATTEMPTS):
-            async with self._control_slots:
-                result = await self.control.measure(url, endpoints, DEFAULT_HEADERS)
-            failure = result.failure or ""
-            if not any(f in failure for f in _CONTROL_RETRYABLE):
-                break
-            if attempt + 1 < CONTROL_ATTEMPTS:
-                await asyncio.sleep(CONTROL_BACKOFF_S * 2**attempt)
-        return result
-
     async def measure(self, input_: str | None) -> dict[str, Any]:
         assert input_ is not None  # the runner checked it with input_problem()
         recorder = FlowRecorder(
@@ -196,7 +166,7 @@ class WebConnectivity(Nettest):
         await recorder.start(addrs, port)
 
         # 2. Control request and TCP connects run together.
-        control_task = asyncio.create_task(self._control(input_, endpoints))
+        control_task = asyncio.create_task(self.control.measure(input_, endpoints, DEFAULT_HEADERS))
         connects: list[TCPResult] = await asyncio.gather(
             *(
                 tcp_connect(
