@@ -220,3 +220,41 @@ async def test_sni_silence_everywhere_is_inconclusive(world: World) -> None:
     keys = await run(SNIBlocking, BLOCKED, world, sni_endpoint=f"{HOST}:{world.silent.port}")
     assert keys["blocking"] is None
     assert keys["tls_handshakes"][0]["failure"] == "generic_timeout_error"
+
+
+@pytest.mark.anyio
+async def test_sni_blocking_asks_dns_again_when_a_query_is_lost(world: World) -> None:
+    """The first A query for each name is dropped (as 2% loss does): the retry resolves it."""
+    seen: set[str] = set()
+    lossy_thread = ServerThread("lossy-dns")
+
+    def lose_first(query: Any) -> list[Any]:
+        name = query.question[0].name.to_text()
+        if name not in seen:
+            seen.add(name)
+            return []
+        return [(0.0, lossy._answer(query, [HOST]))]
+
+    lossy = lossy_thread.start(
+        FakeDNSServer("127.0.7.58", 0, {BLOCKED: [HOST]}, handler=lose_first)
+    )
+    try:
+        ctx = ProbeContext(
+            timeout=3,
+            helpers=[world.helper_url],
+            ca_file=world.ca_file,
+            resolver=lossy.address,
+            options={"packet_capture": False},
+        )
+        nettest = SNIBlocking(ctx)
+        await nettest.setup()
+        try:
+            keys = await nettest.measure(f"https://{BLOCKED}:{world.sni.port}/")
+        finally:
+            await nettest.close()
+    finally:
+        lossy_thread.close()
+    failures = [q["failure"] for q in keys["queries"]]
+    assert failures == ["generic_timeout_error", None]  # both attempts recorded
+    assert keys["endpoint"] == f"{HOST}:{world.sni.port}"
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.sni_reset")

@@ -24,13 +24,12 @@ import time
 from typing import Any
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
-from probes.net.dns import resolve
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
 from probes.nettests.control import ControlClient
 from probes.nettests.tls_compare import INTERCEPTED, compare, probe_summary
-from probes.nettests.tls_interception import control_certificates, target_of
+from probes.nettests.tls_interception import control_certificates, resolve_retrying, target_of
 
 # Three rounds: a 2% loss path fails one handshake in ~25 by chance; all three in ~1 in 10^4.
 ROUNDS = 3
@@ -108,7 +107,10 @@ class SNIBlocking(Nettest):
         if self.endpoint:
             ip, port = parse_host_port(str(self.endpoint), port)
         else:
-            dns = await resolve(name, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero)
+            # A lost datagram must not end the input: a timed-out query is asked once more.
+            dns = await resolve_retrying(
+                name, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero
+            )
             keys["queries"] = dns.queries
             if not dns.addrs:
                 keys.update(failure=dns.failure, blocking=None, blocking_detail=None)
