@@ -181,3 +181,19 @@ def test_censor_survives_eperm_on_forged_packets(lab: LabInfo, spares) -> None:
     while lab.censor_stats().get("send_failures", 0) == before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert lab.censor_stats()["send_failures"] > before
+
+
+def test_lab_resolver_has_room_for_query_bursts(lab: LabInfo) -> None:
+    """The lab DNS server's receive buffer is enlarged (bursts of thousands of queries)."""
+    import re
+
+    from lab import servers
+
+    for resolver in (lab.resolver_v4, lab.resolver_v6):
+        out = subprocess.run(
+            ["ip", "netns", "exec", "cs-internet", "ss", "-ulnm", f"src [{resolver}]:53"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        buffers = [int(rb) for rb in re.findall(r"\brb(\d+)", out)]
+        assert len(buffers) == 1, out
+        assert buffers[0] >= servers.DNS_RECEIVE_BUFFER, out
