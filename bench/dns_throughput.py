@@ -68,10 +68,13 @@ def _report(label: str, args: argparse.Namespace, stdout: str, wall: float) -> i
 
 
 def lab_mode(args: argparse.Namespace) -> int:
+    from bench.lab_throughput import lab_cpu_seconds
     from lab import scenario, topology
 
     scen = scenario.generate(args.names, args.seed)
     info = topology.up(scen, helper=False)
+    cpu_before: dict[str, float] = {}
+    cpu_after: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [
@@ -81,17 +84,30 @@ def lab_mode(args: argparse.Namespace) -> int:
                 "--listen-window", str(args.window), "--concurrency", str(args.concurrency),
                 "--no-progress", "--timeout", "10", "--vantage", args.vantage,
             ]  # fmt: skip
+            if not args.capture:
+                cmd.append("--no-packet-capture")
             for d in scen.domains:
                 cmd += ["--input", d.name]
+            cpu_before = lab_cpu_seconds()
             started = time.monotonic()
             proc = info.run(args.vantage, cmd, timeout=600)
             wall = time.monotonic() - started
+            cpu_after = lab_cpu_seconds()
     finally:
         topology.down()
     if proc.returncode != 0:
         print(proc.stdout, proc.stderr, file=sys.stderr)
         return 1
-    return _report(f"in the lab (cs-vp-{args.vantage})", args, proc.stdout, wall)
+    status = _report(f"in the lab (cs-vp-{args.vantage})", args, proc.stdout, wall)
+    # Which lab process could be the limit: its CPU seconds over the probe's wall time.
+    busy = {
+        name: (cpu_after[name] - cpu_before.get(name, 0.0)) / wall
+        for name in cpu_after
+        if cpu_after[name] - cpu_before.get(name, 0.0) > 0.05
+    }
+    print("lab processes busy (CPU s / probe wall s): "
+          + ", ".join(f"{n} {b:.0%}" for n, b in sorted(busy.items())))  # fmt: skip
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lab", action="store_true", help="run in the censor lab (root)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--vantage", default="cn", choices=["cn", "open"], help="lab mode only")
+    ap.add_argument(
+        "--no-packet-capture",
+        dest="capture",
+        action="store_false",
+        help="switch off the answers' packet capture (on by default when privileged)",
+    )
     args = ap.parse_args(argv)
     if args.lab:
         return lab_mode(args)
@@ -125,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--bogon-exempt", "127.0.0.0/8", "--listen-window", str(args.window),
                 "--concurrency", str(args.concurrency), "--no-progress", "--timeout", "10",
             ]  # fmt: skip
+            if not args.capture:
+                cmd.append("--no-packet-capture")
             for name in inputs:
                 cmd += ["--input", name]
             names.write_text("\n".join(inputs))

@@ -246,3 +246,55 @@ def test_cli_end_to_end(world: World, tmp_path: Path) -> None:
     verdicts = {m["input"]: m["test_keys"]["blocking_detail"] for m in lines}
     assert verdicts == {"site.test": "dns.injected", "http://other.test/page": None}
     assert all(m["resolver_ip"] == "127.0.7.4" for m in lines)
+
+
+@pytest.mark.anyio
+async def test_gc_settings_are_restored_after_overlapping_runs() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    first, second = (
+        DNSConsistency(ProbeContext(options={"dns_resolvers": ["127.0.0.1:5"]})) for _ in range(2)
+    )
+    await first.setup()
+    await second.setup()
+    assert gc.get_threshold()[0] >= 100_000 and gc.get_freeze_count() > 0
+    await first.close()
+    assert gc.get_threshold()[0] >= 100_000  # the other run still goes on
+    await second.close()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def _answer(addr: str, ip_ttl: int | None, *, valid: bool = True) -> dict[str, Any]:
+    answers = [{"answer_type": "A", "ttl": 60, "ipv4": addr}]
+    entry: dict[str, Any] = {"valid": valid, "rcode": 0, "addrs": [addr], "answers": answers}
+    if ip_ttl is not None:
+        entry["ip_ttl"] = ip_ttl
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("responses", "expected"),
+    [
+        # Same address twice, from two senders: only the IP TTLs tell.
+        ([_answer(SITE, 57), _answer(SITE, 63)], ("dns", "dns.injected")),
+        ([_answer(SITE, 63), _answer(SITE, 63)], (False, None)),
+        # An invalid datagram (wrong ID) is not an answer to the query: no evidence.
+        ([_answer(SITE, 57, valid=False), _answer(SITE, 63)], (False, None)),
+        # Without capture there is nothing to compare.
+        ([_answer(SITE, None), _answer(SITE, None)], (False, None)),
+    ],
+    ids=["ttls_differ", "one_ttl", "invalid_other_ttl", "no_capture"],
+)
+def test_ip_ttl_evidence_from_stored_keys(
+    responses: list[dict[str, Any]], expected: tuple[Any, Any]
+) -> None:
+    query = {"x_role": "resolver", "resolver_address": "127.0.7.2:53", "failure": None,
+             "answers": [], "x_responses": responses}  # fmt: skip
+    control = {"x_role": "control", "failure": None, "x_responses": [_answer(SITE, 64)]}
+    keys = {"queries": [query], "control_queries": [control], "control": {},
+            "x_bogon_exempt": EXEMPT}  # fmt: skip
+    verdict = analyze(keys)
+    assert (verdict.blocking, verdict.blocking_detail) == expected
+    if expected[0]:
+        assert [e.detail for e in verdict.evidence] == ["answers' IP TTLs differ: 57,63"]

@@ -7,7 +7,8 @@ control helper's ``control``), so stored measurements can be re-judged with bett
 Evidence, strongest first (the first one found names ``blocking_detail``):
 
 - ``dns.injected``: one query got several *differing* valid answers (a forged answer raced the
-  genuine one), or an address that runs no DNS server answered at all.
+  genuine one), or valid answers that arrived with different IP TTLs (packet capture: two
+  senders), or an address that runs no DNS server answered at all.
 - ``dns.known_forged``: an answer is a known censor address (OONI's DNS fingerprints).
 - ``dns.bogon``: an answer is a bogon the control did not also give.
 - ``dns.nxdomain``: NXDOMAIN while the control resolves the name.
@@ -18,8 +19,9 @@ Evidence, strongest first (the first one found names ``blocking_detail``):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +81,20 @@ def _valid(query: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [r for r in query.get("x_responses") or [] if r.get("valid")]
 
 
+def ip_ttls(responses: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The distinct IP TTLs (packet capture) of a query's valid answers, in order of arrival.
+
+    One host sends its answers over one path, so they arrive with one TTL; a second TTL is a
+    second sender on the path (an injector a few hops away).
+    """
+    out: list[str] = []
+    for response in responses:
+        ttl = response.get("ip_ttl")
+        if isinstance(ttl, int) and not isinstance(ttl, bool) and str(ttl) not in out:
+            out.append(str(ttl))
+    return out
+
+
 def query_addresses(query: Mapping[str, Any]) -> list[str]:
     """Every address of every valid answer the query got (or of its record, for getaddrinfo)."""
     responses = _valid(query)
@@ -122,18 +138,23 @@ def tls_valid_addresses(test_keys: Mapping[str, Any]) -> set[str] | None:
     return valid
 
 
-def bogon_check(test_keys: Mapping[str, Any]) -> Any:
-    """is_bogon, except for networks the run declared real (``x_bogon_exempt``: a lab's or a
-    loopback test's "internet" lives in private space, where every answer would be a bogon)."""
+# Answers repeat (a censor's few forged addresses, a resolver's CDN pool): caching the bogon
+# test per address saves parsing it again for every name of a large run.
+_is_bogon = functools.lru_cache(maxsize=65536)(is_bogon)
+
+
+@functools.lru_cache(maxsize=256)
+def _bogon_checker(exempt_cidrs: tuple[str, ...]) -> Callable[[str], bool]:
     exempt = []
-    for cidr in test_keys.get("x_bogon_exempt") or []:
+    for cidr in exempt_cidrs:
         try:
             exempt.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
             continue
 
+    @functools.lru_cache(maxsize=65536)
     def check(address: str) -> bool:
-        if not is_bogon(address):
+        if not _is_bogon(address):
             return False
         try:
             ip = ipaddress.ip_address(address)
@@ -142,6 +163,13 @@ def bogon_check(test_keys: Mapping[str, Any]) -> Any:
         return not any(ip in net for net in exempt if net.version == ip.version)
 
     return check
+
+
+def bogon_check(test_keys: Mapping[str, Any]) -> Callable[[str], bool]:
+    """is_bogon, except for networks the run declared real (``x_bogon_exempt``: a lab's or a
+    loopback test's "internet" lives in private space, where every answer would be a bogon)."""
+    exempt = test_keys.get("x_bogon_exempt") or []
+    return _bogon_checker(tuple(str(c) for c in exempt))
 
 
 def _fingerprinted(values: Iterable[str], fingerprints: Fingerprints | None) -> list[str]:
@@ -159,7 +187,7 @@ def _query_evidence(
     control_ok: bool,
     tls_valid: set[str] | None,
     fingerprints: Fingerprints | None,
-    bogon: Any = is_bogon,
+    bogon: Callable[[str], bool] = _is_bogon,
 ) -> list[Evidence]:
     resolver = str(query.get("resolver_address") or query.get("engine") or "")
     found: list[Evidence] = []
@@ -173,6 +201,9 @@ def _query_evidence(
     signatures = {_signature(r) for r in responses}
     if len(signatures) > 1:
         found.append(Evidence(INJECTED, resolver, f"{len(signatures)} differing answers"))
+    ttls = ip_ttls(responses)
+    if len(ttls) > 1:
+        found.append(Evidence(INJECTED, resolver, "answers' IP TTLs differ: " + ",".join(ttls)))
     values = [v for r in responses for v in _answer_values(r.get("answers") or [])]
     values += _answer_values(query.get("answers") or []) if not responses else []
     forged = _fingerprinted(values, fingerprints)
