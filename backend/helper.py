@@ -26,6 +26,7 @@ from backend.helper_measure import measure
 from backend.helper_protocol import BadRequest, parse_request
 from backend.helper_relay import RelayConfig, mount_relay
 from probes import __version__
+from probes.gc_tuning import tuned_gc
 from probes.net.addresses import parse_host_port
 
 __all__ = [
@@ -193,8 +194,14 @@ def serve(
         config.allow_private,
         ",".join(config.exempt_networks) or "-",
     )
+    app = create_app(config, echo=echo, relay=relay, dns_zone=dns_zone)
+    with tuned_gc():  # hundreds of requests in flight: as a probe's run (probes/gc_tuning.py)
+        _run_uvicorn(app, host, port)
+
+
+def _run_uvicorn(app: FastAPI, host: str, port: int) -> None:
     uvicorn.run(
-        create_app(config, echo=echo, relay=relay, dns_zone=dns_zone),
+        app,
         host=host,
         port=port,
         access_log=False,  # we log one line per control request ourselves

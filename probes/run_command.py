@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from probes.config import Config
+from probes.gc_tuning import tuned_gc
 from probes.measurement import Scrubber, new_report_id, ooni_time
 from probes.net.addresses import is_ip, parse_host_port
 from probes.nettests import nettest_class
@@ -218,7 +219,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             await nettest.close()
 
     try:
-        summary = run_async(go())
+        with tuned_gc():
+            summary = run_async(go())
     except SetupError as exc:
         writer.close()
         fail(str(exc))

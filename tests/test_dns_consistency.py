@@ -248,23 +248,6 @@ def test_cli_end_to_end(world: World, tmp_path: Path) -> None:
     assert all(m["resolver_ip"] == "127.0.7.4" for m in lines)
 
 
-@pytest.mark.anyio
-async def test_gc_settings_are_restored_after_overlapping_runs() -> None:
-    import gc
-
-    before = gc.get_threshold()
-    first, second = (
-        DNSConsistency(ProbeContext(options={"dns_resolvers": ["127.0.0.1:5"]})) for _ in range(2)
-    )
-    await first.setup()
-    await second.setup()
-    assert gc.get_threshold()[0] >= 100_000 and gc.get_freeze_count() > 0
-    await first.close()
-    assert gc.get_threshold()[0] >= 100_000  # the other run still goes on
-    await second.close()
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
-
-
 def _answer(addr: str, ip_ttl: int | None, *, valid: bool = True) -> dict[str, Any]:
     answers = [{"answer_type": "A", "ttl": 60, "ipv4": addr}]
     entry: dict[str, Any] = {"valid": valid, "rcode": 0, "addrs": [addr], "answers": answers}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import ipaddress
 import re
 import time
@@ -66,39 +65,6 @@ _T = TypeVar("_T")
 # A name that is certainly valid and not an IP address (letters in its last label), checked
 # without dnspython; anything else goes through dns.name.from_text.
 _PLAIN_NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*(?=[0-9]*[a-z_-])[a-z0-9_-]{1,63}")
-# Young-generation GC threshold while the test runs (CPython's default is 700). Thousands of
-# names in flight keep hundreds of thousands of objects alive; at the default, collections
-# rescanned them every few names and took a quarter of the probe's CPU (loopback bench, 8,000
-# names). Cyclic garbage waits for at most this many allocations: a few MB.
-GC_YOUNG_THRESHOLD = 100_000
-
-
-class _GCTuning:
-    """Keep what exists before the first name (modules, the input list, the helper client) out
-    of every later collection (gc.freeze) and collect the young generation less often, while
-    any dns_consistency run of this process is going; the first run in saves the settings and
-    the last one out restores them."""
-
-    def __init__(self) -> None:
-        self.users = 0
-        self.saved: tuple[int, int, int] | None = None
-
-    def acquire(self) -> None:
-        if self.users == 0:
-            self.saved = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(max(GC_YOUNG_THRESHOLD, self.saved[0]), *self.saved[1:])
-        self.users += 1
-
-    def release(self) -> None:
-        self.users -= 1
-        if self.users == 0 and self.saved is not None:
-            gc.set_threshold(*self.saved)
-            gc.unfreeze()
-            self.saved = None
-
-
-_GC_TUNING = _GCTuning()
 
 
 @dataclass(frozen=True)
@@ -201,7 +167,6 @@ class DNSConsistency(Nettest):
         self.control: ControlClient | None = None
         self.helper_failure: str | None = None
         self.exit_status = 0
-        self._gc_tuned = False
         self.packet_capture = bool(opts.get("packet_capture", True))
         self.pcap_dir = opts.get("pcap_dir")
         self.capture: DNSCapture | None = None
@@ -241,7 +206,6 @@ class DNSConsistency(Nettest):
                 "unless the evidence needs no control (injection, fingerprints, bogons)"
             )
         self._start_capture()
-        self._tune_gc()
 
     def _udp_servers(self) -> list[tuple[str, int]]:
         specs = [*self.resolvers, *self.probe_addresses, self.control_resolver]
@@ -284,14 +248,6 @@ class DNSConsistency(Nettest):
         if self.capture is not None:
             self.capture.close()
             self.capture = None
-        if self._gc_tuned:
-            self._gc_tuned = False
-            _GC_TUNING.release()
-
-    def _tune_gc(self) -> None:
-        if not self._gc_tuned:
-            self._gc_tuned = True
-            _GC_TUNING.acquire()
 
     @classmethod
     def input_problem(cls, input_: str) -> str | None:
