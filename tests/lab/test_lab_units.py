@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lab import cli, matching, packets, rules
@@ -227,3 +229,19 @@ def test_struct_sanity_of_dns_forgery() -> None:
     answer = dns.message.from_wire(reply.payload)
     assert answer.id == q.id and answer.answer[0].rdtype == 1  # an A record for an AAAA query
     assert struct.unpack("!H", reply.payload[:2])[0] == q.id
+
+
+_LABELS = st.sampled_from(["a", "b", "example", "www", "x-y"])
+_NAMES = st.lists(_LABELS, min_size=1, max_size=4).map(".".join)
+
+
+@given(host=_NAMES, names=st.lists(_NAMES, max_size=6), port=st.sampled_from(["", ":80"]))
+def test_host_matching_by_suffix_lookup_agrees_with_the_scan(
+    host: str, names: list[str], port: str
+) -> None:
+    by_lookup = matching.host_matches(host + port, set(names))
+    by_scan = matching.host_matches(host + port, list(names))
+    # Either finds a blocked name the host is (a subdomain of), or neither does.
+    assert (by_lookup is None) == (by_scan is None)
+    if by_lookup is not None:
+        assert host == by_lookup or host.endswith("." + by_lookup)
