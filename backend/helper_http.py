@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from backend.ssrf import FORBIDDEN_FAILURE, AddressGuard, parse_ip
-from probes.net.http import HTTPResult, http_get
+from probes.net.http import HTTPResult, TLSListener, http_get
 
 # Go's http.Client, which oohelperd uses, stops after 10 redirects.
 MAX_REDIRECTS = 10
@@ -91,8 +91,10 @@ async def fetch(
     t_zero: float,
     body_cap: int,
     ca_file: str | None,
+    on_tls: TLSListener | None = None,
 ) -> Fetch:
-    """GET `url` following up to MAX_REDIRECTS redirects within `timeout` in total."""
+    """GET `url` following up to MAX_REDIRECTS redirects within `timeout` in total;
+    `on_tls` hears of each TLS handshake as it ends."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     jar = http.cookiejar.CookieJar()
@@ -118,6 +120,7 @@ async def fetch(
             headers=send,
             ca_file=ca_file,
             max_redirects=0,
+            on_tls=on_tls,
         )
         location = {k.lower(): v for k, v in result.headers.items()}.get("location")
         if result.status_code not in REDIRECT_CODES or not location:

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,10 +32,10 @@ from backend.helper_protocol import (
     split_endpoint,
 )
 from backend.ssrf import FORBIDDEN_FAILURE, parse_ip
-from probes.net.addresses import is_bogon
+from probes.net.addresses import format_host_port, is_bogon
 from probes.net.dns import DNSResult, resolve_both
 from probes.net.tcp import tcp_connect
-from probes.net.tls import tls_handshake
+from probes.net.tls import TLSResult, tls_handshake
 
 log = logging.getLogger("censorscope.helper")
 
@@ -65,6 +65,10 @@ class _Context:
     cache: dict[str, tuple[str | None, list[str]]] = field(default_factory=dict)
     refused_hosts: list[str] = field(default_factory=list)
     http_dns_failure: str | None = None  # why a hop of the GET did not resolve
+    # The GET's first TLS handshake (None when it made none) and the endpoint it goes to first:
+    # that endpoint's handshake is the GET's own when it succeeded (one handshake, not two).
+    fetch_tls: asyncio.Future[TLSResult | None] | None = None
+    fetch_first: str | None = None
 
 
 async def _bounded(step: Awaitable[T], deadline: float) -> T:
@@ -119,6 +123,10 @@ async def _measure_endpoint(ctx: _Context, ep: Endpoint) -> tuple[dict[str, Any]
     tcp_doc = {"status": tcp_failure is None, "failure": map_tcp_failure(tcp_failure)}
     if tcp_failure is not None or not ep.tls:
         return tcp_doc, None
+    if ep.key == ctx.fetch_first:
+        shared = await _fetch_handshake(ctx, ep)
+        if shared is not None:
+            return tcp_doc, shared
     try:
         tls = await _bounded(
             tls_handshake(
@@ -138,6 +146,45 @@ async def _measure_endpoint(ctx: _Context, ep: Endpoint) -> tuple[dict[str, Any]
         log.exception("TLS handshake with %s raised", ep.key)
         return tcp_doc, _INTERNAL_FAILURE
     return tcp_doc, tls
+
+
+async def _fetch_handshake(ctx: _Context, ep: Endpoint) -> TLSResult | None:
+    """The GET's handshake with ``ep`` when it succeeded (else None: measure it apart).
+
+    Same address, port and SNI, verified against the same trust store; only the ALPN offer
+    differs (the GET offers http/1.1 alone), which servers do not answer differently.
+    """
+    if ctx.fetch_tls is None:
+        return None
+    try:
+        heard = await _bounded(asyncio.shield(ctx.fetch_tls), ctx.config.timeout + 1.0)
+    except TimeoutError:
+        return None
+    if heard is None or heard.failure is not None or heard.address != ep.key:
+        return None
+    return heard if heard.server_name == ctx.req.hostname else None
+
+
+def _first_fetch_endpoint(ctx: _Context, th_addrs: list[str]) -> str | None:
+    """The endpoint the GET connects to first (https only): the URL's IP, or the helper's
+    first allowed address for its host (the GET's resolver keeps that order)."""
+    if ctx.req.scheme != "https":
+        return None
+    if ctx.req.host_is_ip:
+        ip: str | None = ctx.req.hostname.strip("[]")
+    else:
+        ip = next((a for a in th_addrs if ctx.config.guard.allows(a)), None)
+    if ip is None:
+        return None
+    return format_host_port(ip, ctx.req.port or 443)
+
+
+def _heard_tls(ctx: _Context) -> Callable[[TLSResult], None]:
+    def heard(result: TLSResult) -> None:
+        if ctx.fetch_tls is not None and not ctx.fetch_tls.done():
+            ctx.fetch_tls.set_result(result)
+
+    return heard
 
 
 async def _resolve_for_http(ctx: _Context, host: str) -> list[str]:
@@ -176,6 +223,7 @@ async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
                 t_zero=ctx.t_zero,
                 body_cap=ctx.config.body_cap,
                 ca_file=ctx.config.ca_file,
+                on_tls=_heard_tls(ctx),
             ),
             timeout + 1.0,
         )
@@ -185,6 +233,9 @@ async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception:
         log.exception("GET %s raised", ctx.req.url)
         failure = _INTERNAL_FAILURE
+    finally:
+        if ctx.fetch_tls is not None and not ctx.fetch_tls.done():
+            ctx.fetch_tls.set_result(None)  # no handshake to share: endpoints measure their own
     # Whatever http_get called these, we know the cause: the guard, or a hop's DNS lookup.
     if failure is not None and ctx.refused_hosts:
         failure = FORBIDDEN_FAILURE
@@ -245,6 +296,8 @@ async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
     # name with thousands of addresses cannot turn one request into thousands of connects.
     addrs = list(dict.fromkeys(probe_ips + th_addrs[: config.max_tcp_endpoints]))
     endpoints = plan_endpoints(req, addrs, config.guard)
+    ctx.fetch_tls = asyncio.get_running_loop().create_future()
+    ctx.fetch_first = _first_fetch_endpoint(ctx, th_addrs)
 
     *outcomes, (http_doc, http_extra) = await asyncio.gather(
         *(_measure_endpoint(ctx, ep) for ep in endpoints), _measure_http(ctx)

@@ -294,6 +294,9 @@ def test_accessible_https_site(
     assert certs["verify_failure"] is None
     assert certs["issuer"] == root.subject.rfc4514_string()
     assert len(certs["leaf_spki_sha256"]) == 64
+    # The endpoint's TCP connect, then the GET, whose handshake is also the endpoint's: two
+    # connections, not three (a separate handshake for the endpoint would be the third).
+    assert tls_web.connections == 2
 
 
 def test_tls_failure_is_reported_with_certificate(
@@ -317,6 +320,7 @@ def test_tls_failure_is_reported_with_certificate(
     )
     assert doc["http_request"]["status_code"] == -1
     assert doc["http_request"]["body_length"] == -1
+    assert tls_web.connections == 3 + 1  # connect, GET, a handshake of its own; + _leaf_der
 
 
 def _leaf_der(server: CountingServer) -> bytes:

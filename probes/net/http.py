@@ -68,6 +68,9 @@ class HTTPResult:
     address: str | None = None  # "ip:port" that served the final response
 
 
+TLSListener = Callable[[TLSResult], None]
+
+
 @functools.lru_cache(maxsize=16)
 def _http_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """One verifying context per CA file; building contexts per request is costly."""
@@ -164,8 +167,11 @@ class _Hop:
 class _Tracer:
     """Turns httpcore trace callbacks into df-008 network events and df-006 records."""
 
-    def __init__(self, t_zero: float, address: str, server_name: str) -> None:
+    def __init__(
+        self, t_zero: float, address: str, server_name: str, on_tls: TLSListener | None = None
+    ) -> None:
         self.t_zero, self.address, self.server_name = t_zero, address, server_name
+        self.on_tls = on_tls
         self.events: list[dict[str, Any]] = []
         self.tls: list[dict[str, Any]] = []
         self.tcp_connected = False
@@ -212,7 +218,10 @@ class _Tracer:
         if obj is not None:
             fill_from_ssl_object(res, obj)
             res.verified = True
-        self.tls.append(tls_record(res, no_tls_verify=False))
+        res.record = tls_record(res, no_tls_verify=False)
+        self.tls.append(res.record)
+        if self.on_tls is not None:
+            self.on_tls(res)
 
 
 async def _read_body(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
@@ -236,6 +245,7 @@ async def _one_hop(
     body_cap: int,
     t_zero: float,
     result: HTTPResult,
+    on_tls: TLSListener | None = None,
 ) -> _Hop:
     """GET ``url`` from the first address that accepts a TCP connection."""
     hop = _Hop(url=str(url), t0=since(t_zero))
@@ -244,7 +254,7 @@ async def _one_hop(
     send_headers = {**headers, "Host": url.netloc.decode("ascii")}
     for ip in addrs:
         hop.address = format_host_port(ip, port)
-        tracer = _Tracer(t_zero, hop.address, host)
+        tracer = _Tracer(t_zero, hop.address, host, on_tls)
         extensions: dict[str, Any] = {"trace": tracer}
         if url.scheme == "https":
             extensions["sni_hostname"] = host
@@ -302,6 +312,7 @@ async def http_get(
     ca_file: str | None = None,
     max_redirects: int = 20,
     client: object | None = None,
+    on_tls: TLSListener | None = None,
 ) -> HTTPResult:
     """GET ``url`` following redirects; never raises on network failure.
 
@@ -309,7 +320,8 @@ async def http_get(
     NetworkFailure carries its OONI string) or return [] (dns_no_answer).
     ``timeout`` bounds the whole fetch, redirects included. ``client`` comes from
     make_client(); without one a client is made for this call (``ca_file`` is then
-    the trust store; with a client, the client's own store applies).
+    the trust store; with a client, the client's own store applies). ``on_tls`` hears of
+    every TLS handshake as soon as it ends (the control helper reuses the GET's own).
     """
     result = HTTPResult(url=url, failure=None, t0=since(t_zero))
     own = client is None
@@ -322,7 +334,7 @@ async def http_get(
     try:
         async with asyncio.timeout(timeout):
             await _follow(http, httpx.URL(url), resolve, send_headers, cookies, body_cap,
-                          max_redirects, t_zero, result, hops)  # fmt: skip
+                          max_redirects, t_zero, result, hops, on_tls)  # fmt: skip
     except TimeoutError as exc:
         failure = failure_from_exception(exc)
         if hops and hops[-1].t == 0.0:  # the hop in flight when time ran out
@@ -348,6 +360,7 @@ async def _follow(
     t_zero: float,
     result: HTTPResult,
     hops: list[_Hop],
+    on_tls: TLSListener | None = None,
 ) -> None:
     for _ in range(max_redirects + 1):
         if url.scheme not in ("http", "https"):
@@ -366,7 +379,7 @@ async def _follow(
         if "cookie" in jar_request.headers:
             hop_headers["Cookie"] = jar_request.headers["cookie"]
         hops.append(_Hop(url=str(url), t0=since(t_zero)))  # placeholder while in flight
-        hop = await _one_hop(client, url, addrs, hop_headers, body_cap, t_zero, result)
+        hop = await _one_hop(client, url, addrs, hop_headers, body_cap, t_zero, result, on_tls)
         hops[-1] = hop
         result.failure = hop.failure
         if hop.failure is not None or hop.status not in REDIRECT_CODES:
