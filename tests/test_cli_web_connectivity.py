@@ -63,7 +63,8 @@ def _wait_http(url: str, deadline: float = 20.0) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     port = free_port_on(["127.0.0.2", "127.0.0.6", "127.0.0.7"])
     servers = ServerThread("wc-world")
-    many = [f"h{i}.test" for i in range(120)]
+    # Enough inputs that an interrupted run is still going when the signal lands.
+    many = [f"h{i}.test" for i in range(600)]
     try:
         servers.start(WebServer("127.0.0.2", port, title="The real site"))
         servers.start(WebServer("127.0.0.6", port, behaviour="blockpage"))

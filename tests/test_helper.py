@@ -710,3 +710,20 @@ def test_parse_listen() -> None:
     assert parse_listen("[::1]:9000") == ("::1", 9000)
     with pytest.raises(ValueError):
         parse_listen("127.0.0.1:http")
+
+
+def test_control_client_asks_an_unreachable_helper_once() -> None:
+    """A helper that did not answer its greeting is not retried for every input."""
+    closed = f"http://127.0.0.1:{closed_port()}/"
+
+    async def ask() -> ControlResult:
+        client = ControlClient([closed], timeout=5.0, ca_file=None)
+        try:
+            assert await client.choose() is not None  # unreachable
+            return await client.measure("http://site.test/", [], {})
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(ask())
+    assert result.failure is not None and "connection_refused" in result.failure
+    assert result.attempts == 1

@@ -71,16 +71,18 @@ class ControlClient:
         """Ask the chosen helper for its view of `url` and the probe's endpoints.
 
         Asked again while the helper is busy or the connection to it broke, so that a loaded
-        helper does not turn into `control_failure` and a null verdict.
+        helper does not turn into `control_failure` and a null verdict; asked once when it did
+        not answer its greeting (every input would otherwise wait out the backoff).
         """
         result = ControlResult()
-        for attempt in range(CONTROL_ATTEMPTS):
+        attempts = 1 if self.unreachable_failure else CONTROL_ATTEMPTS
+        for attempt in range(attempts):
             async with self._slots:
                 result = await self._measure_once(url, endpoints, headers)
             result.attempts = attempt + 1
             if not any(f in (result.failure or "") for f in RETRYABLE_FAILURES):
                 break
-            if attempt + 1 < CONTROL_ATTEMPTS:
+            if attempt + 1 < attempts:
                 await asyncio.sleep(CONTROL_BACKOFF_S * 2**attempt)
         return result
 
