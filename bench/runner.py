@@ -27,14 +27,14 @@ from pathlib import Path
 HOST = "127.0.0.2"
 
 
-def _serve(ready: multiprocessing.synchronize.Event, info: dict[str, str]) -> None:  # type: ignore[name-defined]
+def _serve(ready: multiprocessing.synchronize.Event, info: dict[str, str]) -> None:
     """The servers' process: a wildcard DNS server and a plain HTTP site on one event loop."""
     import dns.message
     import dns.rrset
 
     from tests.loopback import FakeDNSServer, ServerThread, WebServer
 
-    def wildcard(query: dns.message.Message) -> list[tuple[float, dns.message.Message]]:
+    def wildcard(query: dns.message.Message) -> list[tuple[float, dns.message.Message | bytes]]:
         response = dns.message.make_response(query)
         question = query.question[0]
         if question.rdtype == 1:  # A

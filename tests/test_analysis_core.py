@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -100,7 +101,7 @@ def test_single_json_document_and_observations(tmp_path: Path) -> None:
 
 def test_wilson_interval_known_values() -> None:
     # Wilson 95% for 0/10 is [0, 0.2775]; for 5/10 [0.2366, 0.7634] (Brown, Cai & DasGupta).
-    low, high = wilson([0, 5], [10, 10])
+    low, high = wilson(np.array([0, 5]), np.array([10, 10]))
     assert low[0] == 0 and high[0] == pytest.approx(0.2775, abs=1e-4)
     assert low[1] == pytest.approx(0.2366, abs=1e-4) and high[1] == pytest.approx(0.7634, abs=1e-4)
 

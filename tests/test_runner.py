@@ -149,7 +149,7 @@ def test_a_nettest_bug_skips_the_input_and_is_counted(tmp_path: Path) -> None:
 
 
 def test_expand_repeats_subtracts_done_measurements() -> None:
-    done = {"a": 2, "b": 3}
+    done: dict[str | None, int] = {"a": 2, "b": 3}
     assert list(expand_repeats(["a", "b", "c"], 3, done)) == ["a", "c", "c", "c"]
 
 
