@@ -366,7 +366,14 @@ def test_killed_run_resumes_and_measures_each_input_once(
         "--timeout",
         "10",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT back to its default in the child: a shell that started us in the background set
+    # it to "ignore", and Python would then never raise KeyboardInterrupt.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         _wait_for_lines(results, 10, proc)
         proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
