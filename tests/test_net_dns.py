@@ -7,7 +7,7 @@ from collections.abc import Callable
 import dns.message
 import pytest
 
-from probes.net.dns import resolve, resolve_both
+from probes.net.dns import resolve, resolve_both, resolve_retrying
 from tests.loopback import BOGON_ANSWERS, FakeDNSServer, TestCA
 
 pytestmark = pytest.mark.anyio
@@ -178,6 +178,35 @@ async def test_resolve_both(dns_server: MakeDNS) -> None:
     a, aaaa = await resolve_both("example.test", resolver=srv.address, t_zero=time.monotonic())
     assert (a.query_type, a.addrs) == ("A", ["127.0.0.2"])
     assert (aaaa.query_type, aaaa.addrs) == ("AAAA", ["::2"])
+
+
+async def test_resolve_retrying_asks_again_after_a_lost_query(dns_server: MakeDNS) -> None:
+    """The first query of each name gets no answer (a lost datagram): the second does."""
+    seen: set[str] = set()
+    srv: FakeDNSServer
+
+    def lose_first(query: dns.message.Message) -> list[tuple[float, dns.message.Message | bytes]]:
+        name = query.question[0].name.to_text()
+        if name in seen:
+            return [(0.0, srv._answer(query, ZONE["example.test"]))]
+        seen.add(name)
+        return []
+
+    srv = dns_server(handler=lose_first)
+    res = await resolve_retrying(
+        "example.test", resolver=srv.address, timeout=1.0, t_zero=time.monotonic()
+    )
+    assert (res.failure, res.addrs) == (None, ["127.0.0.2"])
+    assert [q["failure"] for q in res.queries] == ["generic_timeout_error", None]
+    assert len(srv.log) == 2
+
+
+async def test_resolve_retrying_does_not_ask_again_after_an_answer(dns_server: MakeDNS) -> None:
+    srv = dns_server(zone=ZONE, nxdomain=["gone.test"])
+    res = await resolve_retrying(
+        "gone.test", resolver=srv.address, timeout=1.0, t_zero=time.monotonic()
+    )
+    assert res.failure == "dns_nxdomain_error" and len(res.queries) == 1
 
 
 async def test_system_resolver_localhost() -> None:

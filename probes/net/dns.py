@@ -408,6 +408,27 @@ async def resolve(
     return res
 
 
+# Attempts of a query that timed out (glibc's stub resolver also tries twice, `attempts:2` in
+# resolv.conf(5)): one lost datagram must not decide a measurement.
+DNS_ATTEMPTS = 2
+
+
+async def resolve_retrying(
+    domain: str, *, timeout: float, attempts: int = DNS_ATTEMPTS, **kw: Any
+) -> DNSResult:
+    """resolve(), asking again while the query times out, each attempt getting an equal share
+    of ``timeout``; the result is the last attempt's, with every attempt's record in queries."""
+    per_attempt = timeout / attempts
+    result = await resolve(domain, timeout=per_attempt, **kw)
+    for _ in range(attempts - 1):
+        if result.failure != "generic_timeout_error":
+            break
+        retry = await resolve(domain, timeout=per_attempt, **kw)
+        retry.queries = result.queries + retry.queries
+        result = retry
+    return result
+
+
 async def resolve_both(domain: str, **kw: Any) -> list[DNSResult]:
     """A and AAAA concurrently (web_connectivity needs both); the caller merges addrs."""
     kw.pop("query_type", None)

@@ -24,12 +24,13 @@ import time
 from typing import Any
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.dns import resolve_retrying
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
 from probes.nettests.control import ControlClient
 from probes.nettests.tls_compare import INTERCEPTED, compare, probe_summary
-from probes.nettests.tls_interception import control_certificates, resolve_retrying, target_of
+from probes.nettests.tls_interception import control_certificates, target_of
 
 # Three rounds: a 2% loss path fails one handshake in ~25 by chance; all three in ~1 in 10^4.
 ROUNDS = 3

@@ -9,7 +9,7 @@ middlebox). Both sides' certificates stay in the measurement as evidence.
 
 So that one lost datagram or a busy helper does not decide a verdict, a DNS query that timed
 out is asked once more (`resolve_retrying`) and a helper answering 503/429 or a broken helper
-connection is asked again with backoff (`control_certificates`), as web_connectivity does.
+connection is asked again with backoff (`ControlClient.measure`), as in every nettest.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from probes.net.addresses import format_host_port, is_ip
-from probes.net.dns import DNSResult, resolve
+from probes.net.dns import resolve_retrying
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
 from probes.nettests.control import ControlClient
@@ -31,8 +31,6 @@ MAX_ADDRESSES = 4
 ROUNDS_TO_CONFIRM = 2
 STEP_TIMEOUT_SHARE = 0.2
 DEFAULT_TLS_PORT = 443
-# A timed-out DNS query is asked once more, each attempt getting half of the DNS time share.
-DNS_ATTEMPTS = 2
 
 
 def target_of(input_: str) -> tuple[str, int]:
@@ -52,21 +50,6 @@ def handshake_detail(failure: str | None) -> str:
     if failure == "eof_error":
         return "tls.eof"
     return "tls.failure"
-
-
-async def resolve_retrying(
-    name: str, *, resolver: str | None, timeout: float, t_zero: float
-) -> DNSResult:
-    """A for ``name``; a query that timed out is asked again (every attempt is recorded)."""
-    per_attempt = timeout / DNS_ATTEMPTS
-    result = await resolve(name, resolver=resolver, timeout=per_attempt, t_zero=t_zero)
-    for _ in range(DNS_ATTEMPTS - 1):
-        if result.failure != "generic_timeout_error":
-            break
-        retry = await resolve(name, resolver=resolver, timeout=per_attempt, t_zero=t_zero)
-        retry.queries = result.queries + retry.queries
-        result = retry
-    return result
 
 
 async def control_certificates(

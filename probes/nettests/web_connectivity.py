@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.net.addresses import format_host_port, is_ip
-from probes.net.dns import DNSResult, resolve, resolve_both
+from probes.net.dns import DNSResult, resolve_retrying
 from probes.net.http import DEFAULT_HEADERS, http_get
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
@@ -31,10 +31,8 @@ from probes.nettests.web_connectivity_analysis import analyze
 DNS_TIMEOUT_SHARE = 0.2
 CONNECT_TIMEOUT_SHARE = 0.2
 DEFAULT_PORTS = {"http": 80, "https": 443}
-# Retries, so that one lost datagram does not decide a verdict: a UDP query that timed out is
-# asked once more (glibc's stub resolver also tries twice, `attempts:2` in resolv.conf(5)),
-# each attempt getting half of the DNS share. A busy helper is asked again by ControlClient.
-DNS_ATTEMPTS = 2
+# Retries, so that one lost datagram does not decide a verdict: a query that timed out is asked
+# once more (probes.net.dns.resolve_retrying); a busy helper is asked again by ControlClient.
 # Packet capture (RST evidence, docs/methodology.md) is opt-in here: option `packet_capture`,
 # or `pcap_dir` (`--pcap DIR`). One capture costs ~5.5 ms of CPU (a sniffer thread, a BPF
 # socket, scapy's dissection) and 50 ms of drain, against ~1 ms budgeted per input at 200/s.
@@ -88,31 +86,22 @@ class WebConnectivity(Nettest):
         return None
 
     async def _resolve(self, host: str, t_zero: float) -> list[DNSResult]:
-        """A and AAAA; a query that timed out is retried once (every attempt is recorded)."""
-        timeout = self.ctx.timeout * DNS_TIMEOUT_SHARE / DNS_ATTEMPTS
-        results = await resolve_both(
-            host, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero
-        )
-        for _ in range(DNS_ATTEMPTS - 1):
-            lost = [i for i, r in enumerate(results) if r.failure == "generic_timeout_error"]
-            if not lost:
-                break
-            again = await asyncio.gather(
+        """A and AAAA; a query that timed out is asked once more (every attempt is recorded)."""
+        timeout = self.ctx.timeout * DNS_TIMEOUT_SHARE
+        return list(
+            await asyncio.gather(
                 *(
-                    resolve(
+                    resolve_retrying(
                         host,
-                        query_type=results[i].query_type,
+                        query_type=query_type,
                         resolver=self.ctx.resolver,
                         timeout=timeout,
                         t_zero=t_zero,
                     )
-                    for i in lost
+                    for query_type in ("A", "AAAA")
                 )
             )
-            for i, retry in zip(lost, again, strict=True):
-                retry.queries = results[i].queries + retry.queries
-                results[i] = retry
-        return results
+        )
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
         assert input_ is not None  # the runner checked it with input_problem()
