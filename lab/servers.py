@@ -21,6 +21,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -112,6 +113,37 @@ class DnsUdp(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]  # names lower-cased
+    head: bytes  # as received, the blank line included
+    body: bytes
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """One HTTP/1.1 request: its head and a Content-Length body (at most BODY_LIMIT bytes);
+    None when the peer closed or the head is over HEAD_LIMIT. A bad Content-Length raises
+    ValueError, a short body IncompleteReadError: the caller drops the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    if len(head) > HEAD_LIMIT:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target = [*lines[0].split(" "), "", ""][:2]
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    length = min(int(headers.get("content-length", "0") or 0), BODY_LIMIT)
+    body = await reader.readexactly(length) if length else b""
+    return Request(method, target, headers, head, body)
+
+
 class Web:
     """HTTP(S) handler: a domain's page when Host names one that is up, otherwise an echo."""
 
@@ -121,20 +153,10 @@ class Web:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                if len(head) > HEAD_LIMIT:
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                length = min(int(headers.get("content-length", "0") or 0), BODY_LIMIT)
-                body = await reader.readexactly(length) if length else b""
+                head, body, headers = request.head, request.body, request.headers
                 host = headers.get("host", "").lower()
                 host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
                 page = self.pages.get(host)
@@ -224,26 +246,16 @@ class Platform:
         peer = str(writer.get_extra_info("peername")[0])
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                request = await read_request(reader)
+                if request is None:
                     return
-                lines = head.decode("latin-1").split("\r\n")
-                method, target = [*lines[0].split(" "), "", ""][:2]
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, v = line.split(":", 1)
-                        headers[k.strip().lower()] = v.strip()
-                length = min(int(headers.get("content-length", "0") or 0), BODY_LIMIT)
-                body = await reader.readexactly(length) if length else b""
-                m = _RELAY_PATH.match(target)
+                m = _RELAY_PATH.match(request.target)
                 doc: dict[str, object]
                 if m is None:
                     status, doc = 404, {"error": "no such mailbox path"}
-                elif method == "POST":
-                    status, doc = self.post(m.group(1), peer, body)
-                elif method == "GET":
+                elif request.method == "POST":
+                    status, doc = self.post(m.group(1), peer, request.body)
+                elif request.method == "GET":
                     status, doc = self.get(m.group(1), int(m.group(2) or 0))
                 else:
                     status, doc = 405, {"error": "POST or GET"}
