@@ -171,7 +171,7 @@ def _first_fetch_endpoint(ctx: _Context, th_addrs: list[str]) -> str | None:
     if ctx.req.scheme != "https":
         return None
     if ctx.req.host_is_ip:
-        ip: str | None = ctx.req.hostname.strip("[]")
+        ip: str | None = ctx.req.hostname  # IPv6 without brackets (ControlRequest)
     else:
         ip = next((a for a in th_addrs if ctx.config.guard.allows(a)), None)
     if ip is None:

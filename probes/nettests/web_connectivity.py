@@ -209,14 +209,8 @@ class WebConnectivity(Nettest):
         # server sent when verification failed.
         if scheme == "https" and reachable:
             address = format_host_port(reachable[0], port)
-            done = next(
-                (
-                    hs
-                    for hs in fetch_handshakes[:1]
-                    if hs["address"] == address and hs["failure"] is None
-                ),
-                None,
-            )
+            first = fetch_handshakes[0] if fetch_handshakes else None
+            done = first if first and first["address"] == address and not first["failure"] else None
             if done is None:
                 tls = await tls_handshake(
                     reachable[0],
