@@ -1,15 +1,14 @@
 """HTTP(S) GET as an observation: the ``requests`` entries of ooni/spec df-001-httpt.
 
-This is the only module that imports httpx. We never let httpx resolve names: each
-hop's host goes through the caller's ``resolve`` callable (the probe's own DNS,
-which may be the censored resolver), the URL is rewritten to the address, and the
-Host header and TLS SNI (``sni_hostname``) carry the real name, so certificate
-verification is for the real hostname. Redirects are followed here, one hop at a
-time, so that every hop is recorded (df-001 lists them newest first).
-
-Connections are never reused (``max_keepalive_connections=0``): a pooled
-connection would skip the TCP/TLS steps that censorship interferes with, and could
-carry one hostname's SNI into another's request.
+Names are never resolved behind our back: each hop's host goes through the caller's
+``resolve`` callable (the probe's own DNS, which may be the censored resolver), the
+connection goes to the address, and the Host header and TLS SNI carry the real name, so
+certificate verification is for the real hostname. Redirects are followed here, one hop
+at a time, so that every hop is recorded (df-001 lists them newest first). Each request
+runs on a new connection (probes.net.http_wire): a reused one would skip the TCP/TLS
+steps that censorship interferes with, and could carry one name's SNI into another's
+request. httpx parses and joins URLs, keeps cookies, and carries JSONClient's calls to
+our own services (the helper, the collector).
 """
 
 from __future__ import annotations
@@ -20,17 +19,20 @@ import html
 import itertools
 import re
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import httpx
 
 from probes.net import failures as F
 from probes.net.addresses import format_host_port, is_ip
 from probes.net.failures import NetworkFailure, failure_from_exception
+from probes.net.http_wire import Exchange, exchange, request_head
 from probes.net.records import maybe_binary, since
-from probes.net.tls import TLSResult, fill_from_ssl_object, tls_record
+from probes.net.tls import TLSResult, client_context, fill_from_ssl_object, tls_record
 
 # What a desktop browser sends, as OONI's web_connectivity does, so that servers
 # (and censors) treat the probe like an ordinary visitor.
@@ -77,26 +79,24 @@ def _http_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
 
 
-def make_client(
-    *, ca_file: str | None = None, max_connections: int = 1024, verify: bool = True
-) -> httpx.AsyncClient:
-    """A client to share between http_get calls (one pool, one cached SSL context).
+@dataclass(frozen=True)
+class HTTPClient:
+    """How http_get and http_exchange speak TLS: shared between calls, holds no connection."""
+
+    ssl_context: ssl.SSLContext
+
+
+def make_client(*, ca_file: str | None = None, verify: bool = True) -> HTTPClient:
+    """Options to share between calls (one cached SSL context, offering http/1.1 alone).
 
     ``verify=False`` is for echo endpoints whose names carry keywords (http_keyword): no
     certificate could list them, and the echoed body is what is checked.
     """
-    return httpx.AsyncClient(
-        verify=_http_ssl_context(ca_file) if verify else False,
-        trust_env=False,  # never let an environment proxy sit between probe and censor
-        follow_redirects=False,
-        timeout=None,  # http_get enforces its own deadline
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
-    )
+    return HTTPClient(client_context(ca_file, verify, ("http/1.1",)))
 
 
 async def aclose(client: object) -> None:
-    if isinstance(client, httpx.AsyncClient):
-        await client.aclose()
+    """Nothing to release (kept so callers need not know what a client holds)."""
 
 
 def extract_title(body: bytes) -> str | None:
@@ -113,10 +113,6 @@ def _headers_map(pairs: list[tuple[str, str]]) -> dict[str, str]:
     for k, v in pairs:
         out.setdefault(k, v)
     return out
-
-
-def _decode_pairs(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
 
 @dataclass
@@ -165,7 +161,7 @@ class _Hop:
 
 
 class _Tracer:
-    """Turns httpcore trace callbacks into df-008 network events and df-006 records."""
+    """Turns the steps of an exchange into df-008 network events and df-006 records."""
 
     def __init__(
         self, t_zero: float, address: str, server_name: str, on_tls: TLSListener | None = None
@@ -175,7 +171,8 @@ class _Tracer:
         self.events: list[dict[str, Any]] = []
         self.tls: list[dict[str, Any]] = []
         self.tcp_connected = False
-        self._t0: dict[str, float] = {}
+        self._t0 = since(t_zero)
+        self._tls_t0 = 0.0
 
     def _event(self, operation: str, failure: str | None = None, t0: float | None = None) -> None:
         t = since(self.t_zero)
@@ -191,99 +188,85 @@ class _Tracer:
             }
         )
 
-    async def __call__(self, name: str, info: dict[str, Any]) -> None:
-        step, _, phase = name.rpartition(".")
-        if phase == "started":
-            self._t0[step] = since(self.t_zero)
-        failure = failure_from_exception(info["exception"]) if phase == "failed" else None
-        if step == "connection.connect_tcp" and phase != "started":
-            self.tcp_connected = phase == "complete"
-            self._event("connect", failure, self._t0.get(step))
-        elif step == "connection.start_tls":
-            if phase == "started":
-                self._event("tls_handshake_start")
-            else:
-                self._event("tls_handshake_done", failure, self._t0.get(step))
-                self._tls_record(info, failure)
-        elif step == "http11.send_request_headers" and phase == "complete":
-            self._event("http_wrote_headers")
-        elif step == "http11.receive_response_headers" and phase == "complete":
-            self._event("http_first_response_byte")
+    def connected(self, failure: str | None) -> None:
+        self.tcp_connected = failure is None
+        self._event("connect", failure, self._t0)
 
-    def _tls_record(self, info: dict[str, Any], failure: str | None) -> None:
-        t0 = self._t0.get("connection.start_tls", since(self.t_zero))
-        res = TLSResult(self.address, self.server_name, failure, t0, since(self.t_zero))
-        stream = info.get("return_value")
-        obj = stream.get_extra_info("ssl_object") if stream is not None else None
+    def tls_started(self) -> None:
+        self._tls_t0 = since(self.t_zero)
+        self._event("tls_handshake_start")
+
+    def tls_done(self, failure: str | None, obj: ssl.SSLObject | None) -> None:
+        self._event("tls_handshake_done", failure, self._tls_t0)
+        res = TLSResult(self.address, self.server_name, failure, self._tls_t0, since(self.t_zero))
         if obj is not None:
             fill_from_ssl_object(res, obj)
-            res.verified = True
+            res.verified = failure is None
         res.record = tls_record(res, no_tls_verify=False)
         self.tls.append(res.record)
         if self.on_tls is not None:
             self.on_tls(res)
 
+    def wrote_headers(self) -> None:
+        self._event("http_wrote_headers")
 
-async def _read_body(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        room = cap - size
-        if len(chunk) > room:
-            chunks.append(chunk[:room])
-            return b"".join(chunks), True
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks), False
+    def first_response_byte(self) -> None:
+        self._event("http_first_response_byte")
 
 
 async def _one_hop(
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     url: httpx.URL,
     addrs: list[str],
     headers: dict[str, str],
     body_cap: int,
     t_zero: float,
+    timeout: float,
     result: HTTPResult,
     on_tls: TLSListener | None = None,
 ) -> _Hop:
     """GET ``url`` from the first address that accepts a TCP connection."""
     hop = _Hop(url=str(url), t0=since(t_zero))
     host = url.host
-    port = url.port or (443 if url.scheme == "https" else 80)
-    send_headers = {**headers, "Host": url.netloc.decode("ascii")}
+    https = url.scheme == "https"
+    port = url.port or (443 if https else 80)
+    hop.request_headers = request_head(url.netloc.decode("ascii"), headers)
+    target = url.raw_path.decode("ascii")
     for ip in addrs:
         hop.address = format_host_port(ip, port)
         tracer = _Tracer(t_zero, hop.address, host, on_tls)
-        extensions: dict[str, Any] = {"trace": tracer}
-        if url.scheme == "https":
-            extensions["sni_hostname"] = host
-        request = client.build_request(
-            "GET", url.copy_with(host=ip), headers=send_headers, extensions=extensions
-        )
-        hop.request_headers = _decode_pairs(request.headers.raw)
         tracer._event("http_transaction_start")
         try:
-            response = await client.send(request, stream=True)
-        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            response = await exchange(
+                ip,
+                port,
+                method="GET",
+                target=target,
+                head=hop.request_headers,
+                sni=host if https else None,
+                ssl_context=client.ssl_context if https else None,
+                body_cap=body_cap,
+                timeout=timeout,
+                listener=tracer,
+            )
+        except (h11.ProtocolError, OSError, EOFError, ssl.SSLError, zlib.error) as exc:
             hop.failure = failure_from_exception(exc)
             _collect(result, tracer, hop.failure)
             if tracer.tcp_connected:
                 break  # the TCP connect worked: the failure is this address's answer
             continue
-        try:
-            hop.status = response.status_code
-            hop.response_headers = _decode_pairs(response.headers.raw)
-            hop.body, hop.truncated = await _read_body(response, body_cap)
-            hop.failure = None
-        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
-            hop.failure = failure_from_exception(exc)
-        finally:
-            await response.aclose()
-        _collect(result, tracer, hop.failure)
+        _take(hop, response)
+        _collect(result, tracer, None)
         break
     hop.t = since(t_zero)
     return hop
+
+
+def _take(hop: _Hop, response: Exchange) -> None:
+    hop.status = response.status
+    hop.response_headers = response.headers
+    hop.body, hop.truncated = response.body, response.truncated
+    hop.failure = None
 
 
 def _collect(result: HTTPResult, tracer: _Tracer, failure: str | None) -> None:
@@ -319,14 +302,13 @@ async def http_get(
     ``resolve(host)`` returns the addresses to try (in order); it may raise (a
     NetworkFailure carries its OONI string) or return [] (dns_no_answer).
     ``timeout`` bounds the whole fetch, redirects included. ``client`` comes from
-    make_client(); without one a client is made for this call (``ca_file`` is then
-    the trust store; with a client, the client's own store applies). ``on_tls`` hears of
-    every TLS handshake as soon as it ends (the control helper reuses the GET's own).
+    make_client(); without one, ``ca_file`` is the trust store (with a client, the
+    client's own store applies). ``on_tls`` hears of every TLS handshake as soon as it
+    ends (the control helper reuses the GET's own).
     """
     result = HTTPResult(url=url, failure=None, t0=since(t_zero))
-    own = client is None
-    http = make_client(ca_file=ca_file) if own else client
-    if not isinstance(http, httpx.AsyncClient):
+    http = make_client(ca_file=ca_file) if client is None else client
+    if not isinstance(http, HTTPClient):
         raise TypeError("client must come from probes.net.http.make_client()")
     send_headers = {**DEFAULT_HEADERS, **(headers or {})}
     cookies = httpx.Cookies()
@@ -334,23 +316,20 @@ async def http_get(
     try:
         async with asyncio.timeout(timeout):
             await _follow(http, httpx.URL(url), resolve, send_headers, cookies, body_cap,
-                          max_redirects, t_zero, result, hops, on_tls)  # fmt: skip
+                          max_redirects, t_zero, timeout, result, hops, on_tls)  # fmt: skip
     except TimeoutError as exc:
         failure = failure_from_exception(exc)
         if hops and hops[-1].t == 0.0:  # the hop in flight when time ran out
             hops[-1].failure, hops[-1].t = failure, since(t_zero)
         result.failure = failure
-    except (NetworkFailure, httpx.HTTPError, httpx.InvalidURL, OSError, ValueError) as exc:
+    except (NetworkFailure, httpx.InvalidURL, OSError, ValueError) as exc:
         result.failure = failure_from_exception(exc)
-    finally:
-        if own:
-            await http.aclose()
     _finish(result, hops, t_zero)
     return result
 
 
 async def _follow(
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     url: httpx.URL,
     resolve: Resolver,
     headers: dict[str, str],
@@ -358,6 +337,7 @@ async def _follow(
     body_cap: int,
     max_redirects: int,
     t_zero: float,
+    timeout: float,
     result: HTTPResult,
     hops: list[_Hop],
     on_tls: TLSListener | None = None,
@@ -379,7 +359,9 @@ async def _follow(
         if "cookie" in jar_request.headers:
             hop_headers["Cookie"] = jar_request.headers["cookie"]
         hops.append(_Hop(url=str(url), t0=since(t_zero)))  # placeholder while in flight
-        hop = await _one_hop(client, url, addrs, hop_headers, body_cap, t_zero, result, on_tls)
+        hop = await _one_hop(
+            client, url, addrs, hop_headers, body_cap, t_zero, timeout, result, on_tls
+        )
         hops[-1] = hop
         result.failure = hop.failure
         if hop.failure is not None or hop.status not in REDIRECT_CODES:
@@ -431,33 +413,30 @@ async def http_exchange(
     scheme = "https" if tls_sni is not None else "http"
     url = f"{scheme}://{format_host_port(ip, port)}{target}"
     result = HTTPResult(url=url, failure=None, t0=since(t_zero))
-    if not isinstance(client, httpx.AsyncClient):
+    if not isinstance(client, HTTPClient):
         raise TypeError("client must come from probes.net.http.make_client()")
     hop = _Hop(url=url, t0=since(t_zero), method=method, request_body=body)
     hop.address = format_host_port(ip, port)
+    hop.request_headers = request_head(host, DEFAULT_HEADERS, body)
     tracer = _Tracer(t_zero, hop.address, tls_sni or host)
-    extensions: dict[str, Any] = {"trace": tracer}
-    if tls_sni is not None:
-        extensions["sni_hostname"] = tls_sni
+    tracer._event("http_transaction_start")
     try:
-        request = client.build_request(
-            method,
-            httpx.URL(url),
-            headers={**DEFAULT_HEADERS, "Host": host},
-            content=body or None,
-            extensions=extensions,
-        )
-        hop.request_headers = _decode_pairs(request.headers.raw)
-        tracer._event("http_transaction_start")
         async with asyncio.timeout(timeout):
-            response = await client.send(request, stream=True)
-            try:
-                hop.status = response.status_code
-                hop.response_headers = _decode_pairs(response.headers.raw)
-                hop.body, hop.truncated = await _read_body(response, body_cap)
-            finally:
-                await response.aclose()
-    except (httpx.HTTPError, httpx.InvalidURL, OSError, ssl.SSLError, TimeoutError) as exc:
+            response = await exchange(
+                ip,
+                port,
+                method=method,
+                target=target,
+                head=hop.request_headers,
+                body=body,
+                sni=tls_sni,
+                ssl_context=client.ssl_context if tls_sni is not None else None,
+                body_cap=body_cap,
+                timeout=timeout,
+                listener=tracer,
+            )
+        _take(hop, response)
+    except (h11.ProtocolError, OSError, EOFError, ssl.SSLError, TimeoutError, zlib.error) as exc:
         hop.failure = failure_from_exception(exc)
     hop.t = since(t_zero)
     _collect(result, tracer, hop.failure)

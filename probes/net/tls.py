@@ -113,39 +113,89 @@ def has_chain_api() -> bool:
     return hasattr(ssl._ssl._SSLSocket, "get_unverified_chain")  # type: ignore[attr-defined]
 
 
-async def handshake_on_socket(
-    sock: socket.socket, ctx: ssl.SSLContext, server_name: str | None
-) -> ssl.SSLObject:
-    """Run a client handshake on a connected non-blocking socket; raises on failure.
+@dataclass
+class TLSChannel:
+    """A client TLS session over memory BIOs on a connected non-blocking socket.
 
-    The returned SSLObject is only good for inspection (we do not keep reading).
-    On failure the SSLObject is attached to the exception as ``exc.ssl_object`` so the
-    caller can still read the chain.
+    We drive the socket ourselves (asyncio's sock_* calls) so that a reset, an EOF, a
+    timeout and a certificate error stay distinct, and so the chain is readable even when
+    verification failed.
     """
-    loop = asyncio.get_running_loop()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name or None)
-    try:
+
+    sock: socket.socket
+    obj: ssl.SSLObject
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+    async def _flush(self) -> None:
+        pending = self.outgoing.read()
+        if pending:
+            await asyncio.get_running_loop().sock_sendall(self.sock, pending)
+
+    async def _fill(self) -> bool:
+        """Read more ciphertext; False at the peer's end of stream."""
+        data = await asyncio.get_running_loop().sock_recv(self.sock, _READ_SIZE)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    async def handshake(self) -> None:
         while True:
             try:
-                obj.do_handshake()
+                self.obj.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 pass  # I/O below, outside the handler, so errors do not chain to it
-            pending = outgoing.read()
-            if pending:
-                await loop.sock_sendall(sock, pending)
-            data = await loop.sock_recv(sock, _READ_SIZE)
-            if not data:
+            await self._flush()
+            if not await self._fill():
                 raise EOFError("peer closed the connection during the TLS handshake")
-            incoming.write(data)
-        pending = outgoing.read()  # the client's Finished and the like
-        if pending:
-            await loop.sock_sendall(sock, pending)
+        await self._flush()  # the client's Finished and the like
+
+    async def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        await self._flush()
+
+    async def recv(self) -> bytes:
+        """Plaintext as it arrives; b"" at the end (close_notify or a bare TCP close: many
+        servers close without close_notify, and HTTP framing tells a short body apart)."""
+        while True:
+            try:
+                return self.obj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            await self._flush()  # e.g. a key update's answer
+            if not await self._fill():
+                continue  # obj.read now reports the end
+
+
+async def tls_channel(
+    sock: socket.socket, ctx: ssl.SSLContext, server_name: str | None
+) -> TLSChannel:
+    """Run a client handshake on a connected non-blocking socket; raises on failure.
+
+    On failure the SSLObject is attached to the exception as ``exc.ssl_object`` so the
+    caller can still read the chain.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name or None)
+    channel = TLSChannel(sock, obj, incoming, outgoing)
+    try:
+        await channel.handshake()
     except BaseException as exc:
         exc.ssl_object = obj  # type: ignore[attr-defined]
         raise
-    return obj
+    return channel
+
+
+async def handshake_on_socket(
+    sock: socket.socket, ctx: ssl.SSLContext, server_name: str | None
+) -> ssl.SSLObject:
+    """tls_channel for callers that only inspect the handshake (we do not keep reading)."""
+    return (await tls_channel(sock, ctx, server_name)).obj
 
 
 @functools.lru_cache(maxsize=1024)
