@@ -223,7 +223,8 @@ async def test_sni_silence_everywhere_is_inconclusive(world: World) -> None:
 
 
 @pytest.mark.anyio
-async def test_sni_blocking_asks_dns_again_when_a_query_is_lost(world: World) -> None:
+@pytest.mark.parametrize("nettest", ["sni_blocking", "tcp_connect"])
+async def test_a_lost_dns_query_is_asked_again(world: World, nettest: str) -> None:
     """The first A query for each name is dropped (as 2% loss does): the retry resolves it."""
     seen: set[str] = set()
     lossy_thread = ServerThread("lossy-dns")
@@ -238,6 +239,11 @@ async def test_sni_blocking_asks_dns_again_when_a_query_is_lost(world: World) ->
     lossy = lossy_thread.start(
         FakeDNSServer("127.0.7.58", 0, {BLOCKED: [HOST]}, handler=lose_first)
     )
+    port = world.sni.port if nettest == "sni_blocking" else world.web.port
+    cls, input_ = {
+        "sni_blocking": (SNIBlocking, f"https://{BLOCKED}:{port}/"),
+        "tcp_connect": (TCPConnect, f"{BLOCKED}:{port}"),
+    }[nettest]
     try:
         ctx = ProbeContext(
             timeout=3,
@@ -246,15 +252,18 @@ async def test_sni_blocking_asks_dns_again_when_a_query_is_lost(world: World) ->
             resolver=lossy.address,
             options={"packet_capture": False},
         )
-        nettest = SNIBlocking(ctx)
-        await nettest.setup()
+        test = cls(ctx)
+        await test.setup()
         try:
-            keys = await nettest.measure(f"https://{BLOCKED}:{world.sni.port}/")
+            keys = await test.measure(input_)
         finally:
-            await nettest.close()
+            await test.close()
     finally:
         lossy_thread.close()
     failures = [q["failure"] for q in keys["queries"]]
     assert failures == ["generic_timeout_error", None]  # both attempts recorded
-    assert keys["endpoint"] == f"{HOST}:{world.sni.port}"
-    assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.sni_reset")
+    if nettest == "sni_blocking":
+        assert keys["endpoint"] == f"{HOST}:{port}"
+        assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.sni_reset")
+    else:
+        assert keys["tcp_connect"][0]["ip"] == HOST and keys["blocking"] is False

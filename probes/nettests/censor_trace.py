@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from probes.net.addresses import format_host_port, is_ip
-from probes.net.dns import resolve
+from probes.net.dns import resolve_retrying
 from probes.net.packets import UNAVAILABLE, Capture, capture_unavailable, route_iface
 from probes.nettests.base import Nettest, SetupError
 
@@ -320,7 +320,10 @@ class CensorTrace(Nettest):
         if is_ip(host.strip("[]")):
             ip = host.strip("[]")
         else:
-            dns = await resolve(host, resolver=self.ctx.resolver, timeout=wait, t_zero=t_zero)
+            # A lost datagram must not end the input: a timed-out query is asked again.
+            dns = await resolve_retrying(
+                host, resolver=self.ctx.resolver, timeout=wait, t_zero=t_zero
+            )
             keys["queries"] = dns.queries
             if not dns.addrs:
                 keys.update(failure=dns.failure, blocking=None, blocking_detail=None)

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
-from probes.net.dns import resolve
+from probes.net.dns import resolve_retrying
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.nettests.base import Nettest
@@ -125,7 +125,10 @@ class TCPConnect(Nettest):
         if is_ip(host):
             addrs = [host]
         else:
-            dns = await resolve(host, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero)
+            # A lost datagram must not end the input: a timed-out query is asked again.
+            dns = await resolve_retrying(
+                host, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero
+            )
             keys["queries"] = dns.queries
             addrs = dns.addrs[:MAX_ADDRESSES]
             if not addrs:
