@@ -7,7 +7,11 @@ RSS comes from wait4(2) on the probe process. DESIGN 7 target: >= 200 inputs/s o
 
 Blocked inputs that end in a timeout (blackhole, injected DNS pointing nowhere, sites that
 are down) hold a slot for seconds, so the figure depends on --concurrency and --timeout as
-much as on CPU; `--mix accessible` measures the CPU-bound case alone.
+much as on CPU; `--mix accessible` measures the CPU-bound case alone. The run ends with a
+tail as long as the connect timeout (20% of --timeout) in which the last blocked inputs wait
+and the CPU idles, so a second figure is printed: the steady rate, inputs finished per second
+while the probe was saturated (from SATURATED_FROM_S after the first start to the last start,
+from the stored measurements' start times and runtimes), which is what a long run sustains.
 
     python -m bench.lab_throughput [--domains 1200] [--concurrency 256] [--timeout 30]
         [--mix default|accessible] [--profile FILE.prof]
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from bench.accuracy import probe_argv, read_verdicts, start_probe, wait_probe, write_testlist
@@ -30,6 +35,35 @@ from lab import scenario as scenario_mod
 from lab import topology
 
 TARGET_INPUTS_PER_S = 200.0  # DESIGN.md section 7
+# The first concurrency-many inputs start together; the rate is counted from this long after.
+SATURATED_FROM_S = 2
+# A steady rate over a shorter window says little (starts are stored to the second).
+MIN_WINDOW_S = 5
+
+
+def steady_rate(results: Path, vantage: str = "cn") -> tuple[float, int] | None:
+    """(inputs finished per second while the probe was saturated, window in seconds).
+
+    Saturated: after SATURATED_FROM_S and before the last input started (every slot freed was
+    taken at once). None when that window is shorter than MIN_WINDOW_S.
+    """
+    spans: list[tuple[float, float]] = []
+    pattern = f"raw/date=*/vantage={vantage}/test_name=web_connectivity/*.jsonl"
+    for path in results.glob(pattern):
+        for line in path.read_text().splitlines():
+            m = json.loads(line)
+            start = datetime.strptime(m["measurement_start_time"], "%Y-%m-%d %H:%M:%S")
+            spans.append((start.timestamp(), float(m["test_runtime"])))
+    if not spans:
+        return None
+    first = min(start for start, _ in spans)
+    last_start = max(start for start, _ in spans) - first
+    window = int(last_start) - SATURATED_FROM_S
+    if window < MIN_WINDOW_S:
+        return None
+    ends = [start - first + runtime for start, runtime in spans]
+    done = sum(1 for end in ends if SATURATED_FROM_S <= end < last_start)
+    return done / window, window
 
 
 def lab_cpu_seconds() -> dict[str, float]:
@@ -95,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         topology.down()
     verdicts = read_verdicts(results, "cn")
+    steady = steady_rate(results)
     shutil.rmtree(work, ignore_errors=True)
     rate = len(verdicts) / run.seconds
     kinds = Counter(d.block for d in scen.domains)
@@ -107,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  verdicts: {dict(outcomes)}")
     print(f"inputs stored: {len(verdicts)} in {run.seconds:.1f} s = {rate:.1f} inputs/s")
+    if steady is None:
+        print("steady rate: n/a (the saturated part of the run was too short)")
+    else:
+        print(f"steady rate while saturated ({steady[1]} s): {steady[0]:.1f} inputs/s")
     print(f"peak RSS of the probe: {run.max_rss_kib / 1024:.0f} MiB")
     n = max(len(verdicts), 1)
     print(f"CPU per input: probe {run.cpu_seconds / n * 1000:.1f} ms", end="")
@@ -117,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     if run.returncode != 0:
         print(f"probe exited {run.returncode}: {run.stderr[-2000:]}")
     ok = run.returncode == 0 and len(verdicts) == len(scen.domains)
-    verdict = "met" if rate >= TARGET_INPUTS_PER_S else "NOT met"
-    print(f"target >= {TARGET_INPUTS_PER_S:g} inputs/s: {verdict}")
+
+    def said(value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        return "met" if value >= TARGET_INPUTS_PER_S else "NOT met"
+
+    print(
+        f"target >= {TARGET_INPUTS_PER_S:g} inputs/s: end to end {said(rate)}, "
+        f"steady {said(steady[0] if steady else None)}"
+    )
     return 0 if ok else 1
 
 
