@@ -160,16 +160,17 @@ class TLSChannel:
     async def recv(self) -> bytes:
         """Plaintext as it arrives; b"" at the end (close_notify or a bare TCP close: many
         servers close without close_notify, and HTTP framing tells a short body apart)."""
+        ended = False
         while True:
             try:
                 return self.obj.read(_READ_SIZE)
             except ssl.SSLWantReadError:
-                pass
+                if ended:  # OpenSSL reports the end as an error; never spin on a closed socket
+                    return b""
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
             await self._flush()  # e.g. a key update's answer
-            if not await self._fill():
-                continue  # obj.read now reports the end
+            ended = not await self._fill()
 
 
 async def tls_channel(
