@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from typing import Any
 from lab import scenario as scenario_mod
 from lab import topology
 from lab.topology import LabInfo
+from probes.measurement import Measurement
+from probes.store import LineProblem, ResultsStore
 
 # DESIGN.md section 7, "Accuracy in the lab".
 TARGET_PRECISION = 0.99
@@ -174,16 +176,24 @@ def wait_probe(vantage: str, proc: subprocess.Popen[str], started: float) -> Pro
     return ProbeRun(vantage, proc.returncode, seconds, usage.ru_maxrss, err, cpu)
 
 
+def stored(results: Path, vantage: str, nettest: str) -> Iterator[Measurement]:
+    """The probe's measurements of one nettest at one vantage; a bad line stops the bench."""
+
+    def fail(problem: LineProblem) -> None:
+        raise ValueError(f"bad stored measurement: {problem}")
+
+    return ResultsStore(results).iter_measurements(
+        vantages={vantage}, test_names={nettest}, on_problem=fail
+    )
+
+
 def read_verdicts(
     results: Path, vantage: str, nettest: str = "web_connectivity"
 ) -> dict[str, dict[str, Any]]:
     """input -> test_keys from the probe's store."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in results.glob(f"raw/date=*/vantage={vantage}/test_name={nettest}/*.jsonl"):
-        for line in path.read_text().splitlines():
-            m = json.loads(line)
-            out[m["input"]] = m.get("test_keys") or {}
-    return out
+    return {
+        m.input: m.test_keys or {} for m in stored(results, vantage, nettest) if m.input is not None
+    }
 
 
 def _ratio(num: int, den: int) -> float | None:

@@ -27,12 +27,19 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
-from bench.accuracy import probe_argv, read_verdicts, start_probe, wait_probe, write_testlist
+from bench.accuracy import (
+    probe_argv,
+    read_verdicts,
+    start_probe,
+    stored,
+    wait_probe,
+    write_testlist,
+)
 from lab import scenario as scenario_mod
 from lab import topology
+from probes.measurement import parse_ooni_time
 
 TARGET_INPUTS_PER_S = 200.0  # DESIGN.md section 7
 # The first concurrency-many inputs start together; the rate is counted from this long after.
@@ -47,13 +54,10 @@ def steady_rate(results: Path, vantage: str = "cn") -> tuple[float, int] | None:
     Saturated: after SATURATED_FROM_S and before the last input started (every slot freed was
     taken at once). None when that window is shorter than MIN_WINDOW_S.
     """
-    spans: list[tuple[float, float]] = []
-    pattern = f"raw/date=*/vantage={vantage}/test_name=web_connectivity/*.jsonl"
-    for path in results.glob(pattern):
-        for line in path.read_text().splitlines():
-            m = json.loads(line)
-            start = datetime.strptime(m["measurement_start_time"], "%Y-%m-%d %H:%M:%S")
-            spans.append((start.timestamp(), float(m["test_runtime"])))
+    spans = [
+        (parse_ooni_time(m.measurement_start_time).timestamp(), m.test_runtime)
+        for m in stored(results, vantage, "web_connectivity")
+    ]
     if not spans:
         return None
     first = min(start for start, _ in spans)

@@ -27,6 +27,7 @@ from probes.nettests.dns_consistency import (
     parse_resolver,
 )
 from probes.nettests.dns_consistency_analysis import analyze
+from probes.store import ResultsStore
 from tests.loopback import FakeDNSServer, ServerThread, TestCA, WebServer
 from tests.loopback.control_helper import free_port_on, running_helper
 from tests.shared_data import SHARED_DATA
@@ -238,14 +239,10 @@ def test_cli_end_to_end(world: World, tmp_path: Path) -> None:
         thread.close()
     assert proc.returncode == 0, proc.stderr
     assert "2 measured, 1 blocked" in proc.stdout
-    lines = [
-        json.loads(line)
-        for path in tmp_path.glob("raw/*/*/test_name=dns_consistency/*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
-    verdicts = {m["input"]: m["test_keys"]["blocking_detail"] for m in lines}
+    lines = list(ResultsStore(tmp_path).iter_measurements(test_names={"dns_consistency"}))
+    verdicts = {m.input: (m.test_keys or {})["blocking_detail"] for m in lines}
     assert verdicts == {"site.test": "dns.injected", "http://other.test/page": None}
-    assert all(m["resolver_ip"] == "127.0.7.4" for m in lines)
+    assert all(m.resolver_ip == "127.0.7.4" for m in lines)
 
 
 def _answer(addr: str, ip_ttl: int | None, *, valid: bool = True) -> dict[str, Any]:

@@ -8,7 +8,6 @@ CAP_NET_RAW the run must go on and say, once, that capture is unavailable.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -25,6 +24,7 @@ from probes.net.dns import resolve
 from probes.net.dns_packets import DNSCapture, _bpf, capture_unavailable, parse_ipv4_udp
 from probes.nettests.base import ProbeContext
 from probes.nettests.dns_consistency import DNSConsistency
+from probes.store import ResultsStore
 from tests.loopback import FakeDNSServer, ServerThread
 from tests.loopback.dns_ttl_injector import DEFAULT_TTL, TTLInjectingDNS
 
@@ -168,14 +168,10 @@ def test_without_cap_net_raw_the_run_goes_on_and_says_so_once(tmp_path: Path) ->
         thread.close()
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("packet capture unavailable") == 1, proc.stderr
-    lines = [
-        json.loads(line)
-        for path in tmp_path.glob("raw/*/*/test_name=dns_consistency/*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
+    lines = list(ResultsStore(tmp_path).iter_measurements(test_names={"dns_consistency"}))
     assert len(lines) == 2
     for m in lines:
-        keys = m["test_keys"]
+        keys = m.test_keys or {}
         assert keys["packet_capture"] == "unavailable"
         assert "CAP_NET_RAW" in keys["x_packet_capture_reason"]
         assert not any("ip_ttl" in r for q in keys["queries"] for r in q["x_responses"])

@@ -18,6 +18,7 @@ def store(results: Path, spans: list[tuple[int, float]]) -> None:
     lines = [
         json.dumps(
             {
+                "test_name": "web_connectivity",
                 "input": f"https://site-{i}.example/",
                 "measurement_start_time": (T0 + timedelta(seconds=start)).strftime(
                     "%Y-%m-%d %H:%M:%S"

@@ -10,13 +10,13 @@ differing answers, at open no query may have answers with more than one TTL.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.accuracy import read_verdicts
 from lab import topology
 from lab.topology import LabInfo
 
@@ -34,11 +34,7 @@ def _run(lab: LabInfo, vantage: str, names: list[str], results: Path) -> dict[st
                           env=topology._python_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "packet capture unavailable" not in proc.stderr
-    out = {}
-    for path in results.glob(f"raw/date=*/vantage={vantage}/test_name=dns_consistency/*.jsonl"):
-        for line in path.read_text().splitlines():
-            m = json.loads(line)
-            out[m["input"]] = m["test_keys"]
+    out = read_verdicts(results, vantage, "dns_consistency")
     assert set(out) == set(names)
     return out
 

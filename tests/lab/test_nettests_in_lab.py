@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from bench.accuracy import read_verdicts
 from lab import addresses, topology
 from lab import scenario as scenario_mod
 from lab.topology import LabInfo
@@ -91,15 +92,6 @@ def _argv(lab: LabInfo, vantage: str, nettest: str, inputs: list[str], results: 
     ]  # fmt: skip
 
 
-def _stored(results: Path, vantage: str, nettest: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for path in results.glob(f"raw/date=*/vantage={vantage}/test_name={nettest}/*.jsonl"):
-        for line in path.read_text().splitlines():
-            m = json.loads(line)
-            out[m["input"]] = m["test_keys"]
-    return out
-
-
 def _inputs(lab: LabInfo) -> dict[str, tuple[list[str], list[str]]]:
     """run label -> (nettest and its extra flags, inputs)."""
     scen = lab.scenario
@@ -142,7 +134,7 @@ def runs(
         for key, (proc, results, nettest) in procs.items():
             _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
             assert proc.returncode == 0, f"{key} exited {proc.returncode}: {err[-2000:]}"
-            out[key] = _stored(results, key[1], nettest)
+            out[key] = read_verdicts(results, key[1], nettest)
             assert set(out[key]) == set(_inputs(nlab)[key[0]][1]), f"{key}: inputs missing"
     finally:
         for proc, _, _ in procs.values():
@@ -243,7 +235,7 @@ def test_tcp_connect_sees_the_residual_rst_forged(
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
                           env=topology._python_env(), check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    keys = _stored(results, vantage, "tcp_connect")[f"{ip}:80"]
+    keys = read_verdicts(results, vantage, "tcp_connect")[f"{ip}:80"]
     pkts = keys["x_packets"]
     assert keys["packet_capture"] == "ok" and Path(keys["x_pcap"]).stat().st_size > 0
     if vantage == "open":
