@@ -34,7 +34,6 @@ from typing import Any, BinaryIO
 
 from probes.net.packets import has_net_raw
 
-UNAVAILABLE = "unavailable"
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 # Answers arrive in bursts of thousands at high concurrency; the default 208 KB holds ~200.

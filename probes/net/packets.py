@@ -258,9 +258,10 @@ class FlowRecorder:
         found = tcp_evidence(list(self.capture.packets), self.ips, self.port)
         return sorted({r["src"] for r in found["resets"] if r["ttl_differs"] is None})
 
-    def keys(self) -> dict[str, Any]:
+    def keys(self, *, detail: bool = False) -> dict[str, Any]:
         """``packet_capture`` (and why not, or ``x_packets`` and ``x_pcap``); {} when disabled
-        or when there was no flow to capture (no address)."""
+        or when there was no flow to capture (no address). With ``detail``, also
+        ``x_packet_detail``: ``x_packets.evidence`` beside the verdict, never part of it."""
         if self.unavailable == "disabled" or (self.unavailable is None and not self.started):
             return {}
         if self.capture is None:
@@ -270,6 +271,8 @@ class FlowRecorder:
         out: dict[str, Any] = {"packet_capture": "ok", "x_packets": evidence}
         if self.pcap:
             out["x_pcap"] = self.pcap
+        if detail:
+            out["x_packet_detail"] = evidence["evidence"]
         return out
 
 

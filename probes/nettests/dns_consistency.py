@@ -35,8 +35,8 @@ import dns.name
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import DNSResult, resolve
-from probes.net.dns_packets import UNAVAILABLE, DNSCapture, capture_unavailable
-from probes.net.packets import pcap_path
+from probes.net.dns_packets import DNSCapture, capture_unavailable
+from probes.net.packets import UNAVAILABLE, pcap_path
 from probes.nettests.base import Nettest, ProbeContext, SetupError
 from probes.nettests.control import ControlClient
 from probes.nettests.dns_consistency_analysis import (

@@ -155,9 +155,7 @@ class TCPConnect(Nettest):
             if any(r.failure for r in results):
                 await self._references(recorder, timeout, t_zero)
         keys["tcp_connect"] = [r.record for r in results]
-        keys.update(recorder.keys())
-        if "x_packets" in keys:
-            keys["x_packet_detail"] = keys["x_packets"]["evidence"]
+        keys.update(recorder.keys(detail=True))
         control: dict[str, Any] = {}
         if control_task is not None:
             reply = await control_task

@@ -110,11 +110,8 @@ class WebConnectivity(Nettest):
         )
         async with recorder:  # stops the capture even when the input is abandoned
             keys = await self._measure(input_, recorder)
-        packet_keys = recorder.keys()
-        if "x_packets" in packet_keys:
-            # Evidence only: the v0.4 verdict above never reads it (OONI agreement).
-            packet_keys["x_packet_detail"] = packet_keys["x_packets"]["evidence"]
-        keys.update(packet_keys)
+        # Evidence only: the v0.4 verdict above never reads it (OONI agreement).
+        keys.update(recorder.keys(detail=True))
         return keys
 
     async def _measure(self, input_: str, recorder: FlowRecorder) -> dict[str, Any]:
