@@ -288,8 +288,9 @@ class Scrubber:
         data["probe_ip"] = SCRUBBED_PROBE_IP
         if self._pattern is not None:
             text = orjson.dumps(data).decode()
-            if self._may_contain(text):
-                data = orjson.loads(self._pattern.sub(SCRUBBED, text))
+            cleaned = self.scrub_text(text)
+            if cleaned != text:  # most measurements hold none of our addresses: no re-parse
+                data = orjson.loads(cleaned)
         return Measurement.from_dict(data) if measurement.key_order else _rebuild(data)
 
 

@@ -75,7 +75,9 @@ TLSListener = Callable[[TLSResult], None]
 
 @functools.lru_cache(maxsize=16)
 def _http_ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """One verifying context per CA file; building contexts per request is costly."""
+    """One verifying context per CA file for JSONClient; building contexts per request is
+    costly. Not tls.client_context's: httpcore sets ALPN on the context it is given, which
+    would change what tls_handshake offers."""
     return ssl.create_default_context(cafile=ca_file)
 
 
