@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from probes.net.dns import resolve
+from probes.net.dns import DNSResult, resolve
 from probes.net.dns_packets import DNSCapture, _bpf, capture_unavailable, parse_ipv4_udp
 from probes.nettests.base import ProbeContext
 from probes.nettests.dns_consistency import DNSConsistency
@@ -57,19 +57,26 @@ def test_bpf_program_shape() -> None:
     assert struct.unpack("HBBI", program[-16:-8]) == (0x06, 0, 0, 0)
 
 
+async def _resolve_captured(
+    server: TTLInjectingDNS, capture: DNSCapture, listen_window: float
+) -> DNSResult:
+    """Resolve site.test at ``server`` with ``capture`` running around the query."""
+    capture.start()
+    try:
+        return await resolve(
+            "site.test", resolver=server.address, t_zero=time.monotonic(),
+            listen_window=listen_window, capture=capture,
+        )  # fmt: skip
+    finally:
+        capture.close()
+
+
 @needs_raw
 @pytest.mark.anyio
 async def test_answers_carry_their_ip_ttl_and_id() -> None:
     with TTLInjectingDNS("127.0.0.3") as server:
         capture = DNSCapture([(server.host, server.port)])
-        capture.start()
-        try:
-            res = await resolve(
-                "site.test", resolver=server.address, t_zero=time.monotonic(),
-                listen_window=0.2, capture=capture,
-            )  # fmt: skip
-        finally:
-            capture.close()
+        res = await _resolve_captured(server, capture, 0.2)
     assert [r["addrs"] for r in res.extra_responses] == [["10.10.34.35"], ["127.0.7.10"]]
     assert [r["ip_ttl"] for r in res.extra_responses] == [37, DEFAULT_TTL]
     assert all(isinstance(r["ip_id"], int) for r in res.extra_responses)
@@ -82,14 +89,7 @@ async def test_answers_carry_their_ip_ttl_and_id() -> None:
 async def test_capture_ignores_other_servers() -> None:
     with TTLInjectingDNS("127.0.0.3") as server:
         capture = DNSCapture([("127.0.0.3", 1)])  # not this server's port
-        capture.start()
-        try:
-            res = await resolve(
-                "site.test", resolver=server.address, t_zero=time.monotonic(),
-                listen_window=0.1, capture=capture,
-            )  # fmt: skip
-        finally:
-            capture.close()
+        res = await _resolve_captured(server, capture, 0.1)
     assert res.extra_responses and not any("ip_ttl" in r for r in res.extra_responses)
 
 
