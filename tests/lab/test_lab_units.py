@@ -245,3 +245,30 @@ def test_host_matching_by_suffix_lookup_agrees_with_the_scan(
     assert (by_lookup is None) == (by_scan is None)
     if by_lookup is not None:
         assert host == by_lookup or host.endswith("." + by_lookup)
+
+
+def test_servers_send_the_leaf_alone_and_clients_verify_it(tmp_path: Path) -> None:
+    """Like most real servers, the lab leaves the root out of its chain (clients trust it)."""
+    import socket
+    import threading
+
+    from lab.ca import LeafMaker, make_ca
+
+    make_ca(tmp_path / "ca.pem", tmp_path / "ca.key")
+    maker = LeafMaker(tmp_path / "ca.pem", tmp_path / "ca.key")
+    leaf = maker.leaf_pem(["site.example"])
+    assert leaf.count(b"-----BEGIN CERTIFICATE-----") == 1
+    (tmp_path / "leaf.pem").write_bytes(leaf)
+    (tmp_path / "leaf.key").write_bytes(maker.key_pem())
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    near, far = socket.socketpair()
+    with near, far:
+        served = threading.Thread(
+            target=lambda: server_ctx.wrap_socket(far, server_side=True).close(), daemon=True
+        )
+        served.start()
+        with client_ctx.wrap_socket(near, server_hostname="site.example") as tls:
+            assert tls.getpeercert(binary_form=True)  # verified against the lab CA
+        served.join(5)
