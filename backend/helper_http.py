@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from backend.ssrf import FORBIDDEN_FAILURE, AddressGuard, parse_ip
+import httpx
+
+from backend.ssrf import FORBIDDEN_FAILURE, AddressGuard, canonical_host, parse_ip
 from probes.net.http import HTTPResult, TLSListener, http_get
 
 # Go's http.Client, which oohelperd uses, stops after 10 redirects.
@@ -55,23 +57,27 @@ class _Info:
 def _suspicious(url: str) -> bool:
     """URLs that parsers disagree on (backslashes, spaces, controls, user info).
 
-    The guard checks the host as urllib sees it; httpx must connect to that same host.
-    Such URLs are refused rather than argued about.
+    Every check reads the host as httpx does (canonical_host); such URLs are refused
+    rather than argued about, in case some other reader ever sees them.
     """
     if any(c == "\\" or ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         return True
-    return "@" in urlsplit(url).netloc
+    try:
+        return "@" in urlsplit(url).netloc or bool(httpx.URL(url).userinfo)
+    except (ValueError, httpx.InvalidURL):
+        return True
 
 
 def hop_allowed(url: str, guard: AddressGuard) -> bool:
-    """Whether the guard lets the helper fetch `url` (its shape, an IP literal host)."""
+    """Whether the guard lets the helper fetch `url`: its shape, and its host as the fetch
+    will read it (an IP address, however spelled, must pass the guard; a name's addresses
+    pass it in the resolver, and every socket passes it again at connect time)."""
     if _suspicious(url):
         return False
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
+    host = canonical_host(url)
+    if host is None:
         return False
-    ip = parse_ip(host) if host else None
+    ip = parse_ip(host)
     return ip is None or guard.allows(ip)
 
 

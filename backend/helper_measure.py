@@ -4,7 +4,8 @@ Mirrors oohelperd's measure.go: resolve the URL's host first (the endpoint plan 
 helper's own addresses), then connect to every planned endpoint (with a TLS handshake where
 TLS belongs) while fetching the URL, all concurrently, each step with its own deadline. The
 address guard is applied at every point where the helper would open a connection: the
-probe's endpoints, the helper's resolved addresses, and each hop of the GET.
+probe's endpoints, the helper's resolved addresses, and each hop of the GET; and once more
+at connect time on the exact address of every socket (probes.net.tcp.guarded_connects).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from backend.helper_protocol import (
 from backend.ssrf import FORBIDDEN_FAILURE, parse_ip
 from probes.net.addresses import format_host_port, is_bogon
 from probes.net.dns import DNSResult, resolve_both
-from probes.net.tcp import tcp_connect
+from probes.net.tcp import guarded_connects, tcp_connect
 from probes.net.tls import TLSResult, tls_handshake
 
 log = logging.getLogger("censorscope.helper")
@@ -299,9 +300,10 @@ async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
     ctx.fetch_tls = asyncio.get_running_loop().create_future()
     ctx.fetch_first = _first_fetch_endpoint(ctx, th_addrs)
 
-    *outcomes, (http_doc, http_extra) = await asyncio.gather(
-        *(_measure_endpoint(ctx, ep) for ep in endpoints), _measure_http(ctx)
-    )
+    with guarded_connects(config.guard.allows):  # every socket's exact address, at connect
+        *outcomes, (http_doc, http_extra) = await asyncio.gather(
+            *(_measure_endpoint(ctx, ep) for ep in endpoints), _measure_http(ctx)
+        )
 
     tcp_connect: dict[str, Any] = {}
     tls_handshake: dict[str, Any] = {}

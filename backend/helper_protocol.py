@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from backend.ssrf import AddressGuard, parse_ip
+from backend.ssrf import AddressGuard, canonical_host, parse_ip
 
 # ip_info flags, as in ooni/probe-cli internal/model/th.go.
 FLAG_RESOLVED_BY_PROBE = 1
@@ -132,6 +132,9 @@ def parse_request(data: bytes, *, max_tcp_endpoints: int) -> ControlRequest:
         raise BadRequest(f"http_request scheme must be http or https, got {parts.scheme!r}")
     if not parts.hostname:
         raise BadRequest(f"http_request {url!r} has no host")
+    hostname = canonical_host(url)  # the host as the GET reads it (issue 13: one parse)
+    if hostname is None:
+        raise BadRequest(f"http_request {url!r}: its host is neither a name nor an address")
     endpoints = doc.get("tcp_connect")
     if endpoints is None:
         endpoints = []
@@ -149,7 +152,7 @@ def parse_request(data: bytes, *, max_tcp_endpoints: int) -> ControlRequest:
     return ControlRequest(
         url=url,
         scheme=scheme,
-        hostname=parts.hostname,
+        hostname=hostname,
         port=port,
         headers=_parse_headers(doc.get("http_request_headers")),
         tcp_connect=list(endpoints),

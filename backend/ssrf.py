@@ -12,17 +12,21 @@ check that only looks at the IPv6 one.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import httpx
+
 from probes.net.addresses import is_bogon
+from probes.net.tcp import FORBIDDEN_CONNECT
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The failure string a refused endpoint gets in the control response (documented in
 # docs/deployment.md). The `x_` prefix marks it as ours, not OONI's vocabulary.
-FORBIDDEN_FAILURE = "x_forbidden_address"
+FORBIDDEN_FAILURE = FORBIDDEN_CONNECT
 
 # IANA IPv4 special-purpose address registry, plus multicast and the limited broadcast.
 _V4_SPECIAL = tuple(
@@ -111,6 +115,72 @@ def is_special(ip: str | IPAddress) -> bool:
             return is_special(inner)
         return any(addr in net for net in _V6_SPECIAL) or not addr.is_global
     return any(addr in net for net in _V4_SPECIAL) or not addr.is_global
+
+
+# A label the WHATWG URL standard reads as part of an IPv4 address ("ends in a number"):
+# decimal, or hexadecimal after 0x. Browsers and getaddrinfo (inet_aton) read
+# "2130706433", "0177.0.0.1" and "0x7f.1" as 127.0.0.1.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
+
+
+def _whatwg_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a numeric host stands for (WHATWG URL "IPv4 parser"), or None."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    if not 1 <= len(parts) <= 4 or not all(_NUMERIC_LABEL.fullmatch(p) for p in parts):
+        return None
+    numbers = []
+    for part in parts:
+        if part[:2].lower() == "0x":
+            numbers.append(int(part[2:] or "0", 16))
+        elif len(part) > 1 and part.startswith("0"):
+            if not part.isdigit() or any(c in "89" for c in part):
+                return None
+            numbers.append(int(part, 8))
+        else:
+            numbers.append(int(part))
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for i, n in enumerate(head):
+        value += n << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def _ends_in_number(host: str) -> bool:
+    labels = host.split(".")
+    if labels[-1] == "" and len(labels) > 1:
+        labels.pop()
+    return bool(_NUMERIC_LABEL.fullmatch(labels[-1]))
+
+
+def canonical_host(url: str) -> str | None:
+    """The host the helper's GET (httpx) connects to for ``url``, in one canonical form.
+
+    This is the one reading of a URL's host that every check uses: httpx's, after its IDNA
+    step (which turns the Unicode full stops U+3002, U+FF0E, U+FF61 into dots). An IP
+    address comes back in ipaddress's form, numeric IPv4 spellings as the address they
+    stand for; names lower-case in their ASCII (punycode) form. None when httpx cannot
+    parse the URL, or the host ends in a number without being an IPv4 address: nothing a
+    client could fetch.
+    """
+    try:
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None
+    if not host:
+        return None
+    ip = parse_ip(host) if ":" in host else None
+    if ip is not None:
+        return None if "%" in host else str(ip)
+    if ":" in host:
+        return None
+    if _ends_in_number(host):
+        v4 = _whatwg_ipv4(host)
+        return None if v4 is None else str(v4)
+    return host.lower()
 
 
 @dataclass(frozen=True)
