@@ -25,6 +25,7 @@ from backend.helper_echo import EchoConfig, EchoServer
 from backend.helper_measure import measure
 from backend.helper_protocol import BadRequest, parse_request
 from backend.helper_relay import RelayConfig, mount_relay
+from backend.http_body import BodyTooLarge, read_capped
 from probes import __version__
 from probes.gc_tuning import tuned_gc
 from probes.net.addresses import parse_host_port
@@ -48,10 +49,6 @@ SERVER_HEADER = f"censorscope-helper/{__version__}"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
-class _TooLarge(Exception):
-    """The request body is over the configured limit."""
-
-
 @dataclass
 class _Load:
     """Control requests in flight; one event loop, so a plain counter is enough."""
@@ -61,21 +58,6 @@ class _Load:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers={"server": SERVER_HEADER})
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes, refusing early on a Content-Length that says more."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(
@@ -139,8 +121,8 @@ async def _control(request: Request, number: int, config: HelperConfig) -> Respo
     started = time.monotonic()
     try:
         async with asyncio.timeout(config.timeout):  # a slow sender must not hold a slot
-            data = await _read_body(request, config.max_request_bytes)
-    except _TooLarge:
+            data = await read_capped(request, config.max_request_bytes)
+    except BodyTooLarge:
         log.info("<#%d> 413 request body over %d bytes", number, config.max_request_bytes)
         return _error(413, f"request body over {config.max_request_bytes} bytes")
     except TimeoutError:

@@ -236,13 +236,14 @@ def helper(
         str | None, typer.Option(help="The A record of every name in --dns-zone (this host's IP).")
     ] = None,
     relay: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--relay/--no-relay",
-            help="Serve message mailboxes (message_delivery's relay channel); a bearer token "
-            "is required when CENSORSCOPE_RELAY_TOKEN is set.",
+            help="Serve message mailboxes (message_delivery's relay channel). On when "
+            "CENSORSCOPE_RELAY_TOKEN is set (the bearer token every caller must show), off "
+            "without it; --relay without a token is an error.",
         ),
-    ] = True,
+    ] = None,
 ) -> None:
     """Serve the control test helper (OONI web-connectivity protocol), echo ports and relay."""
     import os
@@ -270,6 +271,10 @@ def helper(
         except ValueError as exc:
             fail(f"--dns-listen: {exc}")
         zone = DNSZoneConfig(dns_zone, dns_answer or host, dns_host, dns_port)
+    relay_token = os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None
+    if relay and relay_token is None:
+        fail("--relay needs CENSORSCOPE_RELAY_TOKEN (the relay never runs open)")
+    relay_config = RelayConfig(token=relay_token) if relay_token and relay is not False else None
     serve(
         listen,
         HelperConfig(
@@ -279,9 +284,7 @@ def helper(
         ),
         echo=echo,
         dns_zone=zone,
-        relay=RelayConfig(token=os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None)
-        if relay
-        else None,
+        relay=relay_config,
     )
 
 

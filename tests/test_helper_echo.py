@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from backend.helper import DNSZoneConfig, EchoConfig, RelayConfig
+from backend.helper import DNSZoneConfig, EchoConfig
 from tests.loopback.keyword_censor import run_helper
 
 HOST = "127.0.0.1"
@@ -80,49 +80,6 @@ def test_tls_echo_accepts_any_sni_and_reports_it(
     reply = _talk(info["tls_ports"][0], request, tls_sni="xn--fiq228c.kw.censorscope.test")
     assert reply.startswith(b"HTTP/1.1 200 OK")
     assert b'"sni":"xn--fiq228c.kw.censorscope.test"' in reply
-
-
-# --- relay -----------------------------------------------------------------------------------
-
-
-def test_relay_delivers_in_order_and_after_filters() -> None:
-    with run_helper(HOST, relay=RelayConfig()) as (base, _):
-        first = httpx.post(base + "relay/box-1", json={"text": "hello 1"}).json()["id"]
-        httpx.post(base + "relay/box-1", json={"text": "hello 2"})
-        httpx.post(base + "relay/other", json={"text": "elsewhere"})
-        got = httpx.get(base + "relay/box-1").json()["messages"]
-        later = httpx.get(base + "relay/box-1", params={"after": first}).json()["messages"]
-        bad = httpx.post(base + "relay/bad name!", json={"text": "x"})
-        not_json = httpx.post(base + "relay/box-1", content=b"text")
-    assert [m["text"] for m in got] == ["hello 1", "hello 2"]
-    assert [m["text"] for m in later] == ["hello 2"]
-    assert bad.status_code in (400, 404)
-    assert not_json.status_code == 400
-
-
-@pytest.mark.parametrize(
-    ("action", "status", "stored"),
-    [("drop", 200, None), ("reject", 403, None), ("modify", 200, "say ***** and B")],
-)
-def test_relay_rules_filter_like_a_platform(action: str, status: int, stored: str | None) -> None:
-    rules = (("falun",), ("A", "B"))
-    with run_helper(HOST, relay=RelayConfig(rules=rules, action=action)) as (base, _):  # type: ignore[arg-type]
-        reply = httpx.post(base + "relay/box", json={"text": "say falun and B"})
-        httpx.post(base + "relay/box", json={"text": "only A here"})
-        texts = [m["text"] for m in httpx.get(base + "relay/box").json()["messages"]]
-    assert reply.status_code == status
-    assert texts == ([stored] if stored else []) + ["only A here"]
-
-
-def test_relay_token_is_required_when_set() -> None:
-    with run_helper(HOST, relay=RelayConfig(token="s3cret")) as (base, _):
-        anonymous = httpx.post(base + "relay/box", json={"text": "x"})
-        wrong = httpx.get(base + "relay/box", headers={"Authorization": "Bearer nope"})
-        good = httpx.post(
-            base + "relay/box", json={"text": "x"}, headers={"Authorization": "Bearer s3cret"}
-        )
-    assert anonymous.status_code == 401 and wrong.status_code == 401
-    assert good.status_code == 200
 
 
 # --- DNS zone ----------------------------------------------------------------------------------

@@ -157,11 +157,16 @@ def test_isolate_over_the_relay_stores_every_test(tmp_path: Path) -> None:
         "practice",
         "today",
     ]
-    config = RelayConfig(rules=(("tiananmen", "1989"), ("falun",)), action="drop")
+    config = RelayConfig(
+        token="iso-t0ken", rules=(("tiananmen", "1989"), ("falun",)), action="drop"
+    )
     with run_helper("127.0.0.7", relay=config) as (base, _):
         summary = asyncio.run(
             run_isolation(
-                DeliveryTester(RelayChannel(base), 0.25, 0.02), words, results=tmp_path, vantage="t"
+                DeliveryTester(RelayChannel(base, token="iso-t0ken"), 0.25, 0.02),
+                words,
+                results=tmp_path,
+                vantage="t",
             )
         )
     assert summary["complete"]
@@ -187,12 +192,14 @@ def test_cli_isolate(tmp_path: Path) -> None:
 
     text = tmp_path / "message.txt"
     text.write_text("please read about falun gong today", encoding="utf-8")
-    with run_helper("127.0.0.7", relay=RelayConfig(rules=(("falun",),))) as (base, _):
+    relay = RelayConfig(token="iso-t0ken", rules=(("falun",),))
+    with run_helper("127.0.0.7", relay=relay) as (base, _):
         proc = subprocess.run(
             [sys.executable, "-c", "from probes.cli import main; main()", "isolate",
              "--channel", "relay", "--text", str(text), "--helper", base,
              "--results", str(tmp_path / "r"), "--delivery-deadline", "0.3"],
-            capture_output=True, text=True, timeout=60, env=dict(os.environ),
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "CENSORSCOPE_RELAY_TOKEN": "iso-t0ken"},
             cwd=Path(__file__).resolve().parents[1],
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

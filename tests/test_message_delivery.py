@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from backend.helper import RelayConfig
+from probes.channels.base import ChannelError
 from probes.channels.relay import RelayChannel
 from probes.nettests.base import ProbeContext
 from probes.nettests.message_delivery import MessageDelivery
@@ -81,6 +82,39 @@ def test_broken_channel_is_inconclusive_and_token_never_stored(relay: tuple[str,
     assert keys["blocking"] is None
     assert keys["control_before"]["outcome"] == "rejected"  # 401 to every message
     assert "Xq9-bad-secret" not in json.dumps(keys) and "t0ken" not in json.dumps(keys)
+
+
+def test_shared_mailbox_needs_its_key_and_the_key_is_never_stored(relay: tuple[str, str]) -> None:
+    """Two vantages share a mailbox by name and key; a third with the name alone reads nothing."""
+    base, _ = relay
+    shared = {
+        "CENSORSCOPE_RELAY_TOKEN": "t0ken",
+        "CENSORSCOPE_RELAY_MAILBOX": "shared-box",
+        "CENSORSCOPE_RELAY_MAILBOX_KEY": "Kq7-mailbox-key-0123",
+    }
+    with pytest.raises(ChannelError, match="CENSORSCOPE_RELAY_MAILBOX_KEY"):
+        RelayChannel.from_settings([base], None, {**shared, "CENSORSCOPE_RELAY_MAILBOX_KEY": ""})
+
+    async def go() -> tuple[list[str], list[str], dict[str, Any]]:
+        sender = RelayChannel.from_settings([base], None, shared)
+        receiver = RelayChannel.from_settings([base], None, shared)
+        stranger = RelayChannel.from_settings(
+            [base], None, {**shared, "CENSORSCOPE_RELAY_MAILBOX_KEY": "another-key-456789"}
+        )
+        try:
+            await sender.send("hello over a shared box")
+            got = [m.text for m in await receiver.fetch()]
+            seen = [m.text for m in await stranger.fetch()]
+            return got, seen, sender.describe()
+        finally:
+            for channel in (sender, receiver, stranger):
+                await channel.close()
+
+    got, seen, described = asyncio.run(go())
+    assert got == ["hello over a shared box"] and seen == []
+    assert "Kq7-mailbox-key" not in json.dumps(described)
+    keys = measure(base, "hello", env=shared)
+    assert "Kq7-mailbox-key" not in json.dumps(keys)
 
 
 def test_cli_run_message_delivery(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ Measures network-level filtering of message traffic between two vantages, or a r
 configured with platform rules in the lab. Settings come from the environment (never the
 command line): CENSORSCOPE_RELAY_URL (default: the first --helper), CENSORSCOPE_RELAY_RECEIVE_URL
 (the receiver's way in, default the same), CENSORSCOPE_RELAY_MAILBOX (default: a fresh random
-one, so sender and receiver must share the process unless it is set) and CENSORSCOPE_RELAY_TOKEN.
+one, so sender and receiver must share the process unless it is set),
+CENSORSCOPE_RELAY_MAILBOX_KEY (the mailbox's own secret, needed with a shared mailbox: whoever
+holds it can read and write that mailbox, nobody else can; default: a fresh random one) and
+CENSORSCOPE_RELAY_TOKEN (the relay's bearer token). Neither secret reaches a measurement.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import Any
 
 from probes.channels.base import Channel, ChannelError, Received, SendReceipt
 from probes.net.http import JSONClient
+
+# The relay's mailbox-key header and shortest key (backend/helper_relay.py says why).
+MAILBOX_KEY_HEADER = "X-Censorscope-Mailbox-Key"
+MIN_KEY_LENGTH = 16
 
 # Per request: a relay is one HTTP hop, a slow one is itself a finding.
 REQUEST_TIMEOUT = 10.0
@@ -32,12 +39,15 @@ class RelayChannel(Channel):
         mailbox: str | None = None,
         receive_url: str | None = None,
         token: str | None = None,
+        mailbox_key: str | None = None,
         ca_file: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.receive_url = (receive_url or url).rstrip("/")
         self.mailbox = mailbox or f"cs-{secrets.token_hex(8)}"
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {MAILBOX_KEY_HEADER: mailbox_key or secrets.token_hex(16)}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         self._sender = JSONClient(ca_file=ca_file, headers=headers)
         self._receiver = JSONClient(ca_file=ca_file, headers=headers)
         self._after = 0
@@ -49,11 +59,23 @@ class RelayChannel(Channel):
         url = env.get("CENSORSCOPE_RELAY_URL") or (helpers[0] if helpers else "")
         if not url:
             raise ChannelError("relay: give --helper URL or set CENSORSCOPE_RELAY_URL")
+        mailbox = env.get("CENSORSCOPE_RELAY_MAILBOX") or None
+        key = env.get("CENSORSCOPE_RELAY_MAILBOX_KEY") or None
+        if mailbox and not key:
+            raise ChannelError(
+                "relay: CENSORSCOPE_RELAY_MAILBOX needs CENSORSCOPE_RELAY_MAILBOX_KEY "
+                f"({MIN_KEY_LENGTH}+ characters shared by sender and receiver)"
+            )
+        if key and len(key) < MIN_KEY_LENGTH:
+            raise ChannelError(
+                f"relay: CENSORSCOPE_RELAY_MAILBOX_KEY needs {MIN_KEY_LENGTH}+ characters"
+            )
         return cls(
             url,
-            mailbox=env.get("CENSORSCOPE_RELAY_MAILBOX") or None,
+            mailbox=mailbox,
             receive_url=env.get("CENSORSCOPE_RELAY_RECEIVE_URL") or None,
             token=env.get("CENSORSCOPE_RELAY_TOKEN") or None,
+            mailbox_key=key,
             ca_file=ca_file,
         )
 
