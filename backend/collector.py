@@ -25,14 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from backend import serving
 from backend.collector_store import CollectorStore, Conflict, Session
 from backend.collector_tokens import TokenFile, TokenFileError
 from backend.collector_validate import Invalid, check_open, check_submission, parse_json_object
 from backend.helper import parse_listen
+from backend.serving import ServerLimits
 from probes import __version__
 from probes.measurement import new_report_id, ooni_time
 
@@ -239,8 +240,12 @@ def serve(listen: str, config: CollectorConfig) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(config)
     log.info("collector on %s:%d data=%s tokens=%s", host, port, config.data, config.tokens)
-    uvicorn.run(
+    # No per-client request rate and no per-client connection cap: an uploader posts one
+    # request per measurement and shows a token, and a whole fleet may sit behind one NAT.
+    # The read timeouts and the total connection cap apply (backend/serving.py).
+    serving.run(
         app,
+        ServerLimits(client_rate=0, max_connections=2000, max_connections_per_client=2000),
         host=host,
         port=port,
         access_log=False,

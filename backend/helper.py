@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from backend import serving
 from backend.helper_config import HelperConfig
 from backend.helper_dnszone import DNSZoneConfig, DNSZoneServer
 from backend.helper_echo import EchoConfig, EchoServer
@@ -26,6 +26,7 @@ from backend.helper_measure import measure
 from backend.helper_protocol import BadRequest, parse_request
 from backend.helper_relay import RelayConfig, mount_relay
 from backend.http_body import BodyTooLarge, read_capped
+from backend.serving import ServerLimits
 from probes import __version__
 from probes.gc_tuning import tuned_gc
 from probes.net.addresses import parse_host_port
@@ -36,6 +37,7 @@ __all__ = [
     "EchoConfig",
     "HelperConfig",
     "RelayConfig",
+    "ServerLimits",
     "create_app",
     "parse_listen",
     "serve",
@@ -163,8 +165,9 @@ def serve(
     echo: EchoConfig | None = None,
     relay: RelayConfig | None = None,
     dns_zone: DNSZoneConfig | None = None,
+    limits: ServerLimits | None = None,
 ) -> None:
-    """Run the helper under uvicorn until interrupted."""
+    """Run the helper under uvicorn until interrupted, within `limits` (backend/serving.py)."""
     host, port = parse_listen(listen)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -178,12 +181,13 @@ def serve(
     )
     app = create_app(config, echo=echo, relay=relay, dns_zone=dns_zone)
     with tuned_gc():  # hundreds of requests in flight: as a probe's run (probes/gc_tuning.py)
-        _run_uvicorn(app, host, port)
+        _run_uvicorn(app, host, port, limits or ServerLimits())
 
 
-def _run_uvicorn(app: FastAPI, host: str, port: int) -> None:
-    uvicorn.run(
+def _run_uvicorn(app: FastAPI, host: str, port: int, limits: ServerLimits) -> None:
+    serving.run(
         app,
+        limits,
         host=host,
         port=port,
         access_log=False,  # we log one line per control request ourselves

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from backend.ssrf import AddressGuard
+from probes.net.resolver_pool import ResolverPool
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,26 @@ class HelperConfig:
     ca_file: str | None = None  # extra trust anchors (tests, the lab); None = system store
     max_inflight: int = 100  # concurrent control requests before answering 503
     exempt_networks: tuple[str, ...] = field(default_factory=tuple)
+    resolver_threads: int = 64  # the system resolver's own threads (probes/net/resolver_pool.py)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
-        for name in ("body_cap", "max_request_bytes", "max_tcp_endpoints", "max_inflight"):
+        for name in (
+            "body_cap",
+            "max_request_bytes",
+            "max_tcp_endpoints",
+            "max_inflight",
+            "resolver_threads",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.guard  # noqa: B018 - validate the exempt networks now, not on the first request
+
+    @cached_property
+    def resolver_pool(self) -> ResolverPool:
+        """Threads for the system resolver that nothing else competes for."""
+        return ResolverPool(self.resolver_threads)
 
     @cached_property
     def guard(self) -> AddressGuard:

@@ -94,7 +94,13 @@ async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
     timeout = ctx.config.timeout
     try:
         results = await _bounded(
-            resolve_both(host, resolver=ctx.config.resolver, timeout=timeout, t_zero=ctx.t_zero),
+            resolve_both(
+                host,
+                resolver=ctx.config.resolver,
+                timeout=timeout,
+                t_zero=ctx.t_zero,
+                pool=ctx.config.resolver_pool,
+            ),
             timeout + 1.0,
         )
     except TimeoutError:

@@ -156,6 +156,7 @@ def main() -> int:
             "--resolver",
             info["dns"],
             "--allow-private",
+            "--client-rate=0",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

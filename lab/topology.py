@@ -504,6 +504,7 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
                     "--resolver",
                     f"{A.RESOLVER_V4}:53",
                     "--allow-private",
+                    "--client-rate=0",  # one probe per vantage at full speed
                     "--ca-file",
                     str(state / "ca.pem"),
                     # http_keyword's echo endpoints and DNS zone, behind the censor from cn.

@@ -244,6 +244,13 @@ def helper(
             "without it; --relay without a token is an error.",
         ),
     ] = None,
+    client_rate: Annotated[
+        float,
+        typer.Option(
+            help="Requests per second per client address (IPv6: per /64), after a burst of "
+            "100; more get 429. 0 = no limit (the lab and the benchmarks, one client).",
+        ),
+    ] = 20.0,
 ) -> None:
     """Serve the control test helper (OONI web-connectivity protocol), echo ports and relay."""
     import os
@@ -253,12 +260,14 @@ def helper(
         EchoConfig,
         HelperConfig,
         RelayConfig,
+        ServerLimits,
         parse_listen,
         serve,
     )
 
     try:
         host, _port = parse_listen(listen)
+        ServerLimits(client_rate=client_rate)
     except ValueError as exc:
         fail(str(exc))
     echo = None
@@ -285,6 +294,7 @@ def helper(
         echo=echo,
         dns_zone=zone,
         relay=relay_config,
+        limits=ServerLimits(client_rate=client_rate),
     )
 
 

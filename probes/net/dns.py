@@ -27,6 +27,7 @@ from probes.net import failures as F
 from probes.net.addresses import format_host_port, parse_host_port
 from probes.net.failures import failure_from_exception
 from probes.net.records import b64, since
+from probes.net.resolver_pool import ResolverPool
 
 DNS_PORT = 53
 DOT_PORT = 853
@@ -333,12 +334,18 @@ async def _resolve_lib(
     return reply.to_wire(), answers
 
 
-async def _resolve_system(res: DNSResult, timeout: float) -> list[dict[str, Any]]:
-    """getaddrinfo in the loop's thread pool, as OONI's "getaddrinfo" engine."""
+async def _resolve_system(
+    res: DNSResult, timeout: float, pool: ResolverPool | None = None
+) -> list[dict[str, Any]]:
+    """getaddrinfo in the loop's thread pool (or `pool`), as OONI's "getaddrinfo" engine."""
     family = socket.AF_INET6 if res.query_type == "AAAA" else socket.AF_INET
-    loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        infos = await loop.getaddrinfo(res.domain, None, family=family, type=socket.SOCK_STREAM)
+        if pool is not None:
+            infos = await pool.getaddrinfo(res.domain, None, family=family, type=socket.SOCK_STREAM)
+        else:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                res.domain, None, family=family, type=socket.SOCK_STREAM
+            )
     addrs: list[str] = []
     for info in infos:
         addr = str(info[4][0])
@@ -361,6 +368,7 @@ async def resolve(
     listen_window: float = 0.0,
     ca_file: str | None = None,
     capture: AnswerCapture | None = None,
+    pool: ResolverPool | None = None,
 ) -> DNSResult:
     """Resolve ``domain``; never raises on network failure.
 
@@ -368,7 +376,8 @@ async def resolve(
     for DoH the URL. ``listen_window`` (UDP only): seconds to keep listening after the
     first valid answer. ``ca_file``: trust anchors for DoH/DoT (tests use a private CA).
     ``capture`` (UDP only): a run-wide packet capture that adds each answer's IP TTL and
-    IP-ID to its ``extra_responses`` entry.
+    IP-ID to its ``extra_responses`` entry. ``pool``: the system resolver's threads
+    (probes.net.resolver_pool; default the loop's executor).
     """
     domain = domain.rstrip(".")
     query_type = query_type.upper()
@@ -379,7 +388,7 @@ async def resolve(
     try:
         if resolver is None:
             res.engine = "getaddrinfo"
-            answers = await _resolve_system(res, timeout)
+            answers = await _resolve_system(res, timeout, pool)
         elif transport == "udp":
             ip, port = parse_host_port(resolver, DNS_PORT)
             resolver_address = res.resolver = format_host_port(ip, port)

@@ -14,12 +14,12 @@ from backend.helper import HelperConfig, create_app
 
 
 @contextmanager
-def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve the helper app on ``host`` (a free port) and yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def uvicorn_on(config: uvicorn.Config, host: str = "127.0.0.1") -> Iterator[int]:
+    """Run a uvicorn server with ``config`` on ``host`` (a free port) and yield the port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))
-    sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="off"))
+    sock.listen(2048)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -28,11 +28,19 @@ def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[st
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}/"
+        yield int(sock.getsockname()[1])
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@contextmanager
+def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve the helper app on ``host`` (a free port) and yield its base URL."""
+    app = create_app(config)
+    with uvicorn_on(uvicorn.Config(app, log_level="warning", lifespan="off"), host) as port:
+        yield f"http://{host}:{port}/"
 
 
 def free_port_on(hosts: list[str]) -> int:
