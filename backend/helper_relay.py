@@ -43,6 +43,8 @@ MESSAGE_OVERHEAD = 256
 # The JSON around the text ({"text": "..."}) and its escapes; the text itself is checked
 # against max_text_bytes once decoded.
 BODY_SLACK = 1024
+# Text bytes (with overhead) one GET returns at most; the receiver asks again with `after`.
+REPLY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,19 @@ class _Mailboxes:
         return True
 
     def read(self, box_id: BoxId, after: int) -> list[dict[str, object]]:
+        """Messages after `after`, oldest first, at most REPLY_BYTES of text (at least one):
+        a receiver pages with `after`, and one GET cannot make the relay buffer 16 MB."""
         self.evict()
-        box = self.boxes.get(box_id, ())
-        return [{"id": m.id, "text": m.text, "t": m.t} for m in box if m.id > after]
+        out: list[dict[str, object]] = []
+        size = 0
+        for m in self.boxes.get(box_id, ()):
+            if m.id <= after:
+                continue
+            size += m.size
+            if out and size > REPLY_BYTES:
+                break
+            out.append({"id": m.id, "text": m.text, "t": m.t})
+        return out
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -6,6 +6,8 @@ kept forever, and ~1,000 of them exhaust the process's descriptors (issue 13). I
 `limit_concurrency` answers 503 only once a request has arrived, and does not stop the
 accept. So the protocol class here adds, per connection:
 
+- a deadline for a client that stops reading what it asked for (`send_timeout`: the
+  transport's buffer stays full that long, and uvicorn would wait on it forever);
 - a deadline for the request head (`header_timeout`, from the connection's start or from the
   end of the previous response), then one for the body (`body_timeout`; it does not run
   while the app, not the client, is the slow side, i.e. while uvicorn has paused reading);
@@ -54,13 +56,14 @@ class ServerLimits:
     header_timeout: float = 10.0  # seconds for a request head to arrive whole
     body_timeout: float = 30.0  # seconds for its body, once the head is in
     keep_alive: float = 5.0  # idle seconds between requests (uvicorn's timeout_keep_alive)
+    send_timeout: float = 30.0  # seconds a client may leave a full send buffer unread
     max_connections: int = 1000  # open connections in all
     max_connections_per_client: int = 100  # per client address (IPv6: per /64)
     client_rate: float = 20.0  # requests per second per client address; 0 = no limit
     client_burst: int = 100  # requests a client may make at once before the rate applies
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "body_timeout", "keep_alive"):
+        for name in ("header_timeout", "body_timeout", "keep_alive", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_connections", "max_connections_per_client", "client_burst"):
@@ -92,6 +95,7 @@ def limited_protocol(limits: ServerLimits) -> type[asyncio.Protocol]:
 
     class LimitedProtocol(base):
         _timer: asyncio.TimerHandle | None = None
+        _send_timer: asyncio.TimerHandle | None = None
         _waiting_for: object = None  # the cycle before the awaited head, or the body's cycle
         _phase = "head"
         _key: str | None = None
@@ -111,7 +115,21 @@ def limited_protocol(limits: ServerLimits) -> type[asyncio.Protocol]:
             per_client[key] += 1
             self._arm("head", limits.header_timeout)
 
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_timer is None:  # abort: close() would wait for the buffer to drain
+                self._send_timer = self.loop.call_later(limits.send_timeout, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+            super().resume_writing()
+
         def connection_lost(self, exc: Exception | None) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
             self._disarm()
             if self._key is not None:
                 per_client[self._key] -= 1

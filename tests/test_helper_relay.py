@@ -158,6 +158,22 @@ def test_total_bytes_are_capped_oldest_first() -> None:
     assert [i for i, got in held.items() if got] == [6, 7, 8, 9]
 
 
+def test_one_read_is_bounded_and_the_rest_pages() -> None:
+    with run_helper(HOST, relay=RelayConfig(token=TOKEN)) as (base, _):
+        sent = [post(base, "box", f"{i:04d}" + "m" * 16000).json()["id"] for i in range(100)]
+        pages: list[list[dict[str, Any]]] = []
+        after = 0
+        while True:
+            reply = httpx.get(f"{base}relay/box", params={"after": after}, headers=creds())
+            page = reply.json()["messages"]
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1]["id"]
+    assert len(pages) > 1 and all(len(p) < 100 for p in pages)
+    assert [m["id"] for page in pages for m in page] == sent
+
+
 def test_messages_expire() -> None:
     with run_helper(HOST, relay=RelayConfig(token=TOKEN, max_age=0.3)) as (base, _):
         post(base, "box", "old")

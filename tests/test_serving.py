@@ -11,7 +11,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from backend.collector import CollectorConfig
 from backend.collector import create_app as collector_app
@@ -136,6 +136,31 @@ def test_a_slow_app_is_not_a_slow_client() -> None:
         reply = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=PATIENCE)
         again = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=PATIENCE)
     assert reply.json() == {"ok": True} and again.status_code == 200
+
+
+def test_a_client_that_stops_reading_is_let_go() -> None:
+    """A response the client never reads: uvicorn would wait on the full buffer forever."""
+    finished = threading.Event()
+    app = FastAPI()
+
+    @app.get("/big")
+    async def big() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                for _ in range(4096):  # 256 MB, far past every socket buffer
+                    yield b"x" * 65536
+            finally:  # sent, or given up on (starlette cancels a stream on disconnect)
+                finished.set()
+
+        return StreamingResponse(chunks())
+
+    limits = ServerLimits(send_timeout=SHORT, client_rate=0)
+    with serve(app, limits) as port:
+        sock = connect(port)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        done = finished.wait(PATIENCE)
+        sock.close()
+    assert done
 
 
 def test_collector_app_hangs_up_on_slow_clients(tmp_path: Path) -> None:
