@@ -222,6 +222,59 @@ def test_helper_answers_any_body_below_500(fuzz_helper: tuple[str, _Errors], bod
     assert httpx.get(base, timeout=5).status_code == 200
 
 
+HEADER_LINES = [
+    b"Host: x\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: -1\r\n",
+    b"Content-Length: 99999999999999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+    b"Expect: 100-continue\r\n",
+    b"X: \xff\r\n",
+    b"bad header\r\n",
+]
+raw_heads = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda method, target, headers, body: (
+            method + b" " + target + b" HTTP/1.1\r\n" + b"".join(headers) + b"\r\n" + body
+        ),
+        st.sampled_from([b"POST", b"GET", b"PUT", b"\x00", b"POST POST"]),
+        st.sampled_from([b"/", b"/relay/x", b"/echo", b"*", b"http://x/", b"/%ff", b"/\xff"]),
+        st.lists(
+            st.sampled_from(HEADER_LINES) | st.binary(max_size=30).map(lambda b: b + b"\r\n"),
+            max_size=6,
+        ),
+        st.binary(max_size=40),
+    ),
+)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(raw=raw_heads)
+def test_helper_survives_malformed_http(fuzz_helper: tuple[str, _Errors], raw: bytes) -> None:
+    """Raw bytes on the socket: an answer below 500 or a hang-up, and the helper serves on."""
+    base, errors = fuzz_helper
+    port = int(base.rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        with contextlib.suppress(OSError):
+            while piece := sock.recv(65536):
+                reply += piece
+    for line in reply.split(b"\r\n"):
+        if line.startswith(b"HTTP/1.1 "):
+            assert line[9:10] != b"5", (raw, reply[:300])
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert httpx.get(base, timeout=5).status_code == 200
+
+
 # --- memory ---------------------------------------------------------------------------------------
 
 
