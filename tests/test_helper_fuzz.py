@@ -170,6 +170,15 @@ def test_every_numeric_spelling_reads_as_its_address(
 # --- over HTTP ------------------------------------------------------------------------------------
 
 
+def _against_the_helper(examples: int) -> Any:
+    """Settings for examples sent to the module's running helper (a shared fixture)."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
 class _NoAddress(AddressGuard):
     """The tests' network rule as a guard: nothing off loopback, and nothing on it either."""
 
@@ -204,11 +213,7 @@ def fuzz_helper() -> Iterator[tuple[str, _Errors]]:
         dns_thread.close()
 
 
-@settings(
-    max_examples=250,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@_against_the_helper(250)
 @given(body=bodies)
 def test_helper_answers_any_body_below_500(fuzz_helper: tuple[str, _Errors], body: bytes) -> None:
     base, errors = fuzz_helper
@@ -250,11 +255,7 @@ raw_heads = st.one_of(
 )
 
 
-@settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@_against_the_helper(200)
 @given(raw=raw_heads)
 def test_helper_survives_malformed_http(fuzz_helper: tuple[str, _Errors], raw: bytes) -> None:
     """Raw bytes on the socket: an answer below 500 or a hang-up, and the helper serves on."""
