@@ -87,13 +87,16 @@ def client_key(client: Any) -> str:
     return str(addr)
 
 
-def limited_protocol(limits: ServerLimits) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class (httptools when installed) with `limits`; one class per
-    server, which holds that server's per-client connection counts."""
+def limited_protocol(
+    limits: ServerLimits, base: type[asyncio.Protocol] = AutoHTTPProtocol
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class (`base`: httptools when installed, else h11) with
+    `limits`; one class per server, which holds that server's per-client connection counts.
+    It relies on what both of uvicorn's protocols keep (cycle, flow, connections, the
+    on_response_complete hook), tested with uvicorn 0.55."""
     per_client: Counter[str] = Counter()
-    base: Any = AutoHTTPProtocol
 
-    class LimitedProtocol(base):
+    class LimitedProtocol(base):  # type: ignore[valid-type, misc]
         _timer: asyncio.TimerHandle | None = None
         _send_timer: asyncio.TimerHandle | None = None
         _waiting_for: object = None  # the cycle before the awaited head, or the body's cycle

@@ -21,11 +21,19 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from backend.collector import CollectorConfig
 from backend.collector import create_app as collector_app
 from backend.helper import HelperConfig, create_app
-from backend.serving import ClientRateLimit, ServerLimits, client_key, server_config
+from backend.serving import (
+    ClientRateLimit,
+    QuietDisconnect,
+    ServerLimits,
+    client_key,
+    limited_protocol,
+    server_config,
+)
 from probes.net.dns import resolve
 from probes.net.resolver_pool import ResolverPool
 from tests.loopback.control_helper import uvicorn_on
@@ -110,6 +118,20 @@ SLOW_CLIENTS = {
 def test_helper_hangs_up_on_slow_clients(kind: str) -> None:
     first, trickle = SLOW_CLIENTS[kind]
     with serve(helper_app(), LIMITS) as port:
+        sock = connect(port)
+        sock.sendall(first)
+        assert hung_up(sock, trickle), kind
+
+
+@pytest.mark.parametrize("kind", ["idle", "head trickled a byte at a time", "body trickled"])
+def test_the_h11_protocol_hangs_up_too(kind: str) -> None:
+    """Without httptools uvicorn speaks h11; the limits hold on it as well."""
+    first, trickle = SLOW_CLIENTS[kind]
+    app = QuietDisconnect(helper_app())
+    config = uvicorn.Config(
+        app, http=limited_protocol(LIMITS, H11Protocol), log_level="warning", lifespan="off"
+    )
+    with uvicorn_on(config) as port:
         sock = connect(port)
         sock.sendall(first)
         assert hung_up(sock, trickle), kind
