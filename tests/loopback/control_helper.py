@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
@@ -16,10 +17,19 @@ from backend.helper import HelperConfig, create_app
 @contextmanager
 def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve the helper app on ``host`` (a free port) and yield its base URL."""
+    with running_asgi(create_app(config), host) as url:
+        yield url
+
+
+@contextmanager
+def running_asgi(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve any ASGI app on ``host`` (a free port) and yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))
     sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", interface="asgi3")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
