@@ -100,7 +100,7 @@ class ControlClient:
         problems = []
         for url in self.helpers:
             reply = await self._client.get_json(url, timeout=GREETING_TIMEOUT)
-            if reply.failure is None and reply.status_code == 200:
+            if reply.status_code == 200 and isinstance(reply.data, dict):  # a JSON greeting
                 self._use(url)
                 return None
             problem = reply.failure or f"HTTP {reply.status_code}"

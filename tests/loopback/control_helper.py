@@ -28,7 +28,9 @@ def running_asgi(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     sock.bind((host, 0))
     sock.listen(64)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="off", interface="asgi3")
+        uvicorn.Config(
+            app, log_level="warning", lifespan="off", interface="asgi3", server_header=False
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
