@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from backend.helper import HelperConfig
-from probes.nettests.base import Nettest, ProbeContext
+from probes.nettests.base import Nettest, ProbeContext, SetupError
 from probes.nettests.control import CONTROL_MAX_INFLIGHT, ControlClient
 from probes.nettests.dns_consistency import DNSConsistency
+from probes.nettests.http_keyword import HTTPKeyword
 from probes.nettests.sni_blocking import SNIBlocking
 from probes.nettests.tcp_connect import TCPConnect
 from probes.nettests.tls_interception import TLSInterception
@@ -396,3 +397,12 @@ async def test_our_helper_loses_the_nettests_nothing(world: World) -> None:
     keys = await run(TLSInterception(ctx), "watched.test")
     assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.intercepted")
     assert "x_control_degraded" not in keys
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("variant", VARIANTS)
+async def test_http_keyword_says_oohelperd_has_no_echo(world: World, variant: str) -> None:
+    nettest = HTTPKeyword(context(world, variant))
+    with pytest.raises(SetupError, match="oohelperd has none"):
+        await nettest.setup()
+    await nettest.close()
