@@ -90,7 +90,7 @@ class ControlClient:
         """Pick the first helper that answers; return a description of the problem if none does.
 
         A helper is alive when it answers the greeting (GET, 200) or, failing that, a small
-        control request with a control response: oohelperd before v3.21 (April 2024) and other
+        control request with a control response: oohelperd before v3.22.0 (April 2024) and other
         implementations have no greeting. A helper that cannot be reached at all is not asked
         twice.
         """

@@ -6,7 +6,8 @@ a probe meets on the wire, in two variants:
 
 - ``CURRENT``: today's handler. ``GET`` (any path) answers 200 ``{"message": "Hello
   OONItarian!"}``; ``POST`` measures; every other method is a bare 400.
-- ``PRE_HEALTH_CHECK``: the handler before probe-cli #1540 (April 2024, released in v3.21):
+- ``PRE_HEALTH_CHECK``: the handler before probe-cli #1540 (April 2024, first released in
+  v3.22.0), i.e. v3.21.x, the first with throttling (#1442):
   ``GET`` is a bare 400 like every method but ``POST``.
 
 Common to both, as in the Go code:
