@@ -18,7 +18,12 @@ import pytest
 
 from backend.helper import HelperConfig
 from probes.nettests.base import Nettest, ProbeContext, SetupError
-from probes.nettests.control import CONTROL_MAX_INFLIGHT, ControlClient
+from probes.nettests.control import (
+    CONTROL_MAX_INFLIGHT,
+    PROBE_REQUEST,
+    ControlClient,
+    is_control_response,
+)
 from probes.nettests.dns_consistency import DNSConsistency
 from probes.nettests.http_keyword import HTTPKeyword
 from probes.nettests.sni_blocking import SNIBlocking
@@ -68,6 +73,7 @@ class World:
     probe_dns: FakeDNSServer
     control_dns: FakeDNSServer
     doubles: dict[str, str]  # variant -> URL
+    double_of: dict[str, OOHelperdDouble]
     ours: str
     ca_file: str
 
@@ -109,6 +115,7 @@ def world(test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 probe_dns,
                 control_dns,
                 {CURRENT: current, PRE_HEALTH_CHECK: old},
+                doubles,
                 ours_url,
                 test_ca.ca_pem_path,
             )
@@ -279,10 +286,20 @@ def test_probe_keeps_its_requests_in_flight_below_oohelperds_threshold() -> None
 async def test_choose_works_without_a_greeting(world: World, variant: str) -> None:
     client = ControlClient([world.doubles[variant]], timeout=5, ca_file=None)
     try:
+        before = len(world.double_of[variant].requests)
         assert await client.choose() is None
         assert client.chosen == world.doubles[variant]
+        posted = world.double_of[variant].requests[before:]
+        assert posted == ([] if variant == CURRENT else [PROBE_REQUEST])
     finally:
         await client.aclose()
+
+
+def test_the_fallback_request_makes_oohelperd_connect_nowhere(world: World) -> None:
+    doc = post(world.doubles[PRE_HEALTH_CHECK], PROBE_REQUEST).json()
+    assert is_control_response(doc)
+    assert doc["tcp_connect"] == {} and doc["dns"] == {"failure": None, "addrs": []}
+    assert doc["http_request"]["failure"] == "unknown_error"  # a bogon: refused, not fetched
 
 
 @pytest.mark.anyio
