@@ -60,6 +60,7 @@ CONTROL_ZONE = {
 }
 PROBE_ZONE = {**CONTROL_ZONE, "cdn.test": [EDGE2], "lied.test": [LIAR]}
 VARIANTS = [CURRENT, PRE_HEALTH_CHECK]
+NO_IP_INFO = "no-ip-info"  # a pre-health-check helper from before ip_info (Aug 2022)
 
 
 def asn_of(ip: str) -> int:
@@ -103,10 +104,19 @@ def world(test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             )
             for v in VARIANTS
         }
+        doubles[NO_IP_INFO] = OOHelperdDouble(
+            variant=PRE_HEALTH_CHECK,
+            public_networks=(NET,),
+            asn_of=asn_of,
+            step_timeout=3,
+            with_ip_info=False,
+            **common,
+        )
         ours = HelperConfig(exempt_networks=(NET,), asn_lookup=asn_of, timeout=3, **common)
         with (
             running_asgi(doubles[CURRENT].app) as current,
             running_asgi(doubles[PRE_HEALTH_CHECK].app) as old,
+            running_asgi(doubles[NO_IP_INFO].app) as oldest,
             running_helper(ours) as ours_url,
         ):
             yield World(
@@ -114,7 +124,7 @@ def world(test_ca: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 silent.port,
                 probe_dns,
                 control_dns,
-                {CURRENT: current, PRE_HEALTH_CHECK: old},
+                {CURRENT: current, PRE_HEALTH_CHECK: old, NO_IP_INFO: oldest},
                 doubles,
                 ours_url,
                 test_ca.ca_pem_path,
@@ -423,3 +433,16 @@ async def test_http_keyword_says_oohelperd_has_no_echo(world: World, variant: st
     with pytest.raises(SetupError, match="oohelperd has none"):
         await nettest.setup()
     await nettest.close()
+
+
+@pytest.mark.anyio
+async def test_web_connectivity_without_ip_info_loses_the_asn_rule_not_the_verdict(
+    world: World,
+) -> None:
+    url = f"http://cdn.test:{world.port}/"
+    keys = await run(WebConnectivity(context(world, NO_IP_INFO)), url)
+    assert keys["dns_consistency"] == "inconsistent"  # only shared addresses count now
+    assert (keys["accessible"], keys["blocking"]) == (True, False)  # the page matches
+    assert set(keys["x_control_degraded"]) == {"ip_info"}
+    current = await run(WebConnectivity(context(world, CURRENT)), url)
+    assert "x_control_degraded" not in current

@@ -49,6 +49,10 @@ PROBE_REQUEST = {
 RESPONSE_KEYS = ("tcp_connect", "http_request", "dns")
 
 
+# What web_connectivity loses with a helper that sends no ip_info (oohelperd before Aug 2022).
+SAME_ASN_FEATURE = "same-ASN DNS consistency rule: only shared addresses make answers consistent"
+
+
 def is_control_response(data: Any) -> bool:
     """Whether a helper's JSON is a control response (as oohelperd or our helper writes it)."""
     return isinstance(data, dict) and all(isinstance(data.get(k), dict) for k in RESPONSE_KEYS)

@@ -24,7 +24,7 @@ from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest, SetupError
-from probes.nettests.control import ControlClient
+from probes.nettests.control import SAME_ASN_FEATURE, ControlClient, note_degraded
 from probes.nettests.web_connectivity_analysis import analyze
 
 # Share of the per-input budget given to each step; the helper's own budget is similar.
@@ -225,6 +225,8 @@ class WebConnectivity(Nettest):
         keys["control"] = control.control
         keys["control_failure"] = control.failure
         keys["x_th_runtime"] = control.runtime
+        if (control.control.get("dns") or {}).get("addrs"):  # oohelperd before Aug 2022: no ip_info
+            note_degraded(keys, control.control, {"ip_info": SAME_ASN_FEATURE})
         keys.update(analyze(keys, fingerprints=self.fingerprints).as_test_keys())
         return keys
 

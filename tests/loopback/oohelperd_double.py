@@ -186,6 +186,7 @@ class OOHelperdDouble:
     ca_file: str | None = None
     public_networks: tuple[str, ...] = ()
     asn_of: Callable[[str], int] = lambda ip: 0
+    with_ip_info: bool = True  # False: as oohelperd before ip_info (probe-cli #890, Aug 2022)
     dns_timeout: float = 4.0
     step_timeout: float = 15.0
     inflight: int = 0
@@ -267,7 +268,7 @@ class OOHelperdDouble:
         if tls:
             doc["tls_handshake"] = tls
         doc.update(quic_handshake={}, http_request=http_doc, http3_request=None, dns=dns)
-        if info:
+        if info and self.with_ip_info:
             doc["ip_info"] = info
         return doc
 
