@@ -292,6 +292,21 @@ def test_probe_keeps_its_requests_in_flight_below_oohelperds_threshold() -> None
 
 
 @pytest.mark.anyio
+async def test_a_busy_run_stays_under_oohelperds_throttle(world: World) -> None:
+    double = world.double_of[PRE_HEALTH_CHECK]  # no other test sends it slow requests
+    double.peak_inflight = 0
+    client = ControlClient([world.doubles[PRE_HEALTH_CHECK]], timeout=15, ca_file=None)
+    slow = f"http://{SILENT}:{world.silent_port}/"  # each request holds the helper 3 s
+    try:
+        results = await asyncio.gather(*(client.measure(slow, [], {}) for _ in range(40)))
+    finally:
+        await client.aclose()
+    assert [r.failure for r in results] == [None] * 40
+    assert [r.attempts for r in results] == [1] * 40  # never a 503 to retry
+    assert double.peak_inflight == CONTROL_MAX_INFLIGHT
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("variant", VARIANTS)
 async def test_choose_works_without_a_greeting(world: World, variant: str) -> None:
     client = ControlClient([world.doubles[variant]], timeout=5, ca_file=None)

@@ -190,6 +190,7 @@ class OOHelperdDouble:
     dns_timeout: float = 4.0
     step_timeout: float = 15.0
     inflight: int = 0
+    peak_inflight: int = 0  # the most POSTs measured at once (tests of client caps)
     requests: list[dict[str, Any]] = field(default_factory=list)  # what probes POSTed
 
     def is_bogon(self, ip: str) -> bool:
@@ -214,6 +215,7 @@ class OOHelperdDouble:
             await _reply(send, 503)
             return
         self.inflight += 1
+        self.peak_inflight = max(self.peak_inflight, self.inflight)
         try:
             body = await _read(receive)
             try:
