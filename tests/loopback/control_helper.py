@@ -7,19 +7,31 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
 from backend.helper import HelperConfig, create_app
+from tests.loopback.certs import TestCA
 
 
 @contextmanager
-def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve the helper app on ``host`` (a free port) and yield its base URL."""
+def running_helper(
+    config: HelperConfig, host: str = "127.0.0.1", *, tls: TestCA | None = None
+) -> Iterator[str]:
+    """Serve the helper app on ``host`` (a free port) and yield its base URL; with ``tls``,
+    over HTTPS with a certificate from that CA for ``host`` and localhost."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))
     sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="off"))
+    options: dict[str, Any] = {}
+    if tls is not None:
+        pem = tls.directory / f"helper-{host}.pem"
+        tls.ca.issue_cert(host, "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        options = {"ssl_certfile": str(pem)}
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), log_level="warning", lifespan="off", **options)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -28,7 +40,7 @@ def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[st
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}/"
+        yield f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}/"
     finally:
         server.should_exit = True
         thread.join(10)
