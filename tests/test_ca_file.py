@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 
 from backend.helper import HelperConfig
-from probes.nettests.base import ProbeContext
+from probes.nettests.base import Nettest, ProbeContext
+from probes.nettests.dns_consistency import DNSConsistency
+from probes.nettests.sni_blocking import SNIBlocking
 from probes.nettests.tcp_connect import TCPConnect
+from probes.nettests.tls_interception import TLSInterception
 from probes.nettests.web_connectivity import WebConnectivity
 from tests.loopback import TestCA
 from tests.loopback.control_helper import running_helper
@@ -72,9 +75,11 @@ def test_ca_file_adds_to_the_system_roots(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("nettest", [TCPConnect, WebConnectivity])
+@pytest.mark.parametrize(
+    "nettest", [TCPConnect, WebConnectivity, SNIBlocking, TLSInterception, DNSConsistency]
+)
 async def test_nettests_trust_ca_file_for_their_helper(
-    tmp_path: Path, nettest: type[TCPConnect] | type[WebConnectivity]
+    tmp_path: Path, nettest: type[Nettest]
 ) -> None:
     """A helper whose certificate comes from --ca-file's CA is reachable (before, the helper
     connection ignored --ca-file and every measurement got a control failure)."""
@@ -84,8 +89,9 @@ async def test_nettests_trust_ca_file_for_their_helper(
         test = nettest(ctx)
         await test.setup()
         try:
-            assert test.control is not None
-            assert test.control.unreachable_failure is None, test.warnings
+            control = getattr(test, "control", None)
+            assert control is not None, test.warnings
+            assert control.unreachable_failure is None, test.warnings
             assert not any("unreachable" in w for w in test.warnings), test.warnings
         finally:
             await test.close()
