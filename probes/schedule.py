@@ -308,6 +308,8 @@ def _saved_time(entry: dict[str, Any]) -> datetime | None:
 
 
 def _write_state(path: Path, jobs: list[Any]) -> None:
+    """Save the jobs' next run times. A failure (a full disk) is logged, never raised: it runs
+    in the scheduler's thread, which an exception would stop, and only the times go stale."""
     from probes.store import atomic_write
 
     state = {
@@ -320,8 +322,11 @@ def _write_state(path: Path, jobs: list[Any]) -> None:
             for job in jobs
         },
     }
-    atomic_write(path, json.dumps(state, indent=1).encode())
-    os.chmod(path, 0o600)
+    try:
+        atomic_write(path, json.dumps(state, indent=1).encode())
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        log.error("%s: cannot save the schedule state: %s", path, exc)
 
 
 def _state_store(path: Path) -> Any:

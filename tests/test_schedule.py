@@ -288,3 +288,20 @@ def test_state_keeps_next_run_of_unchanged_jobs(tmp_path: Path) -> None:
     third.start(paused=True)
     assert any(line.startswith("web: replaced") for line in sync_jobs(third, changed, None))
     third.shutdown(wait=False)
+
+
+def test_an_unwritable_state_file_does_not_stop_the_scheduler(tmp_path: Path) -> None:
+    """Saving the state runs in the scheduler's thread: an error there (a full disk, here a
+    directory in the way) is logged and the jobs stay scheduled."""
+    state = tmp_path / "state.json"
+    state.mkdir()
+    settings = parse_schedule(
+        load_config(_write(tmp_path, f'[schedule]\nstate_file = "{state}"\n' + GOOD_JOB))
+    )
+    scheduler = _scheduler(settings)
+    scheduler.start(paused=True)
+    try:
+        assert any(line.startswith("web: added") for line in sync_jobs(scheduler, settings, None))
+        assert scheduler.get_job("web") is not None
+    finally:
+        scheduler.shutdown(wait=False)
