@@ -12,24 +12,38 @@ from typing import Any
 import uvicorn
 
 from backend.helper import HelperConfig, create_app
+from tests.loopback.certs import TestCA
 
 
 @contextmanager
-def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve the helper app on ``host`` (a free port) and yield its base URL."""
-    with running_asgi(create_app(config), host) as url:
+def running_helper(
+    config: HelperConfig, host: str = "127.0.0.1", *, tls: TestCA | None = None
+) -> Iterator[str]:
+    """Serve the helper app on ``host`` (a free port) and yield its base URL; with ``tls``,
+    over HTTPS with a certificate from that CA for ``host`` and localhost."""
+    with running_asgi(create_app(config), host, tls=tls) as url:
         yield url
 
 
 @contextmanager
-def running_asgi(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+def running_asgi(app: Any, host: str = "127.0.0.1", *, tls: TestCA | None = None) -> Iterator[str]:
     """Serve any ASGI app on ``host`` (a free port) and yield its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))
     sock.listen(64)
+    options: dict[str, Any] = {}
+    if tls is not None:
+        pem = tls.directory / f"helper-{host}.pem"
+        tls.ca.issue_cert(host, "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        options = {"ssl_certfile": str(pem)}
     server = uvicorn.Server(
         uvicorn.Config(
-            app, log_level="warning", lifespan="off", interface="asgi3", server_header=False
+            app,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",
+            server_header=False,
+            **options,
         )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -40,7 +54,7 @@ def running_asgi(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{sock.getsockname()[1]}/"
+        yield f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}/"
     finally:
         server.should_exit = True
         thread.join(10)
