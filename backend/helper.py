@@ -89,6 +89,11 @@ def create_app(
     async def greet() -> Response:
         return JSONResponse(GREETING, headers={"server": SERVER_HEADER})
 
+    @app.api_route("/", methods=["HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"])
+    async def other_method() -> Response:
+        # oohelperd answers 400 to every method but GET and POST (handler.go).
+        return _error(400, "the helper answers GET (greeting) and POST (control) only")
+
     @app.post("/")
     async def control(request: Request) -> Response:
         number = next(counter)
@@ -125,8 +130,9 @@ async def _control(request: Request, number: int, config: HelperConfig) -> Respo
         async with asyncio.timeout(config.timeout):  # a slow sender must not hold a slot
             data = await read_capped(request, config.max_request_bytes)
     except BodyTooLarge:
-        log.info("<#%d> 413 request body over %d bytes", number, config.max_request_bytes)
-        return _error(413, f"request body over {config.max_request_bytes} bytes")
+        # 400 as oohelperd (its body reader stops at the limit and the JSON then fails).
+        log.info("<#%d> 400 request body over %d bytes", number, config.max_request_bytes)
+        return _error(400, f"request body over {config.max_request_bytes} bytes")
     except TimeoutError:
         log.info("<#%d> 408 request body not received in time", number)
         return _error(408, "request body not received in time")

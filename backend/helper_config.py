@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -17,6 +18,8 @@ class HelperConfig:
     of the system resolver (the lab and the tests need it). `allow_private` lets the helper
     connect to private, loopback, link-local and other special addresses; `exempt_networks`
     opens only the listed CIDRs (e.g. a lab's "internet" subnet) and keeps the rest shut.
+    `asn_lookup` (IP -> ASN, None or 0 when unknown) fills `ip_info`'s `asn`, as oohelperd does
+    from its MaxMind database; without one every `asn` is 0 (oohelperd's AS0 for "unknown").
     """
 
     resolver: str | None = None
@@ -29,6 +32,7 @@ class HelperConfig:
     max_inflight: int = 100  # concurrent control requests before answering 503
     exempt_networks: tuple[str, ...] = field(default_factory=tuple)
     resolver_threads: int = 64  # the system resolver's own threads (probes/net/resolver_pool.py)
+    asn_lookup: Callable[[str], int | None] | None = None
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:

@@ -297,12 +297,12 @@ async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
     if not req.host_is_ip:
         dns_failure, th_addrs = await _lookup(ctx, req.hostname)
 
-    info = ip_info(req, th_addrs, is_bogon)
+    info = ip_info(req, th_addrs, is_bogon, config.asn_lookup)
     probe_ips = [split_endpoint(text)[0] for text in req.tcp_connect]
     # The probe's count is capped by validation; cap the helper's own list the same way so a
     # name with thousands of addresses cannot turn one request into thousands of connects.
     addrs = list(dict.fromkeys(probe_ips + th_addrs[: config.max_tcp_endpoints]))
-    endpoints = plan_endpoints(req, addrs, config.guard)
+    endpoints = plan_endpoints(req, addrs, config.guard, is_bogon)
     ctx.fetch_tls = asyncio.get_running_loop().create_future()
     ctx.fetch_first = _first_fetch_endpoint(ctx, th_addrs)
 

@@ -161,9 +161,13 @@ def parse_request(data: bytes, *, max_tcp_endpoints: int) -> ControlRequest:
 
 
 def ip_info(
-    req: ControlRequest, th_addrs: Iterable[str], is_bogon: Callable[[str], bool]
+    req: ControlRequest,
+    th_addrs: Iterable[str],
+    is_bogon: Callable[[str], bool],
+    asn_of: Callable[[str], int | None] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Who found each address and whether it is a bogon (asn 0: the helper has no ASN data)."""
+    """Who found each address, whether it is a bogon, and its ASN (0 when unknown, as
+    oohelperd's geoipx answers AS0; `asn_of` is the operator's database, if any)."""
     flags: dict[str, int] = {}
     for text in req.tcp_connect:
         ip, _ = split_endpoint(text)
@@ -172,15 +176,27 @@ def ip_info(
         if parse_ip(ip) is not None:
             flags[ip] = flags.get(ip, 0) | FLAG_RESOLVED_BY_TH
     return {
-        ip: {"asn": 0, "flags": f | (FLAG_BOGON if is_bogon(ip) else 0)} for ip, f in flags.items()
+        ip: {
+            "asn": (asn_of(ip) or 0) if asn_of is not None else 0,
+            "flags": f | (FLAG_BOGON if is_bogon(ip) else 0),
+        }
+        for ip, f in flags.items()
     }
 
 
 def plan_endpoints(
-    req: ControlRequest, addrs: Iterable[str], guard: AddressGuard
+    req: ControlRequest,
+    addrs: Iterable[str],
+    guard: AddressGuard,
+    is_bogon: Callable[[str], bool] = lambda ip: False,
 ) -> list[Endpoint]:
-    """Every address on the ports oohelperd would use, sorted by key; refused ones marked."""
+    """Every address on the ports oohelperd would use, sorted by key; refused ones marked.
+
+    A bogon the guard refuses is left out, as oohelperd leaves every bogon out (ipinfo.go
+    ipInfoToEndpoints); a lab or test that allows private addresses measures them.
+    """
     ports = (req.port,) if req.port is not None else _SCHEME_PORTS[req.scheme]
+    addrs = [ip for ip in addrs if guard.allows(ip) or not is_bogon(ip)]
     plan = {
         ep.key: ep
         for ip in addrs

@@ -173,7 +173,7 @@ timeout = 10.0
 collector = {json.dumps(collector)}
 
 [schedule]
-jobstore = {json.dumps(str(home / "schedule.sqlite"))}
+state_file = {json.dumps(str(home / "schedule-state.json"))}
 log_file = {json.dumps(str(home / "schedule.log"))}
 misfire_grace_time = 60
 

@@ -299,7 +299,10 @@ def _python_env() -> dict[str, str]:
 
 
 def _censorscope_argv() -> list[str]:
-    exe = shutil.which("censorscope")
+    # The console script beside this interpreter (a venv's own) before any on PATH, which may
+    # belong to another installation.
+    beside = Path(sys.executable).parent / "censorscope"
+    exe = str(beside) if beside.is_file() else shutil.which("censorscope")
     if exe:
         return [exe]
     return [sys.executable, "-c", "import sys; from probes.cli import main; sys.exit(main())"]

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from probes import run_settings
 from probes.config import Config
 from probes.gc_tuning import tuned_gc
 from probes.measurement import Scrubber, new_report_id, ooni_time
@@ -116,8 +117,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     store = ResultsStore(req.results or Path(cfg.probe.results))
     options: dict[str, Any] = {
         "inputs": req.inputs,
-        "testlists": [str(p) for p in req.testlists],
-        "keywords": str(req.keywords) if req.keywords else None,
+        "testlists": [str(p.resolve()) for p in req.testlists],
+        "keywords": str(req.keywords.resolve()) if req.keywords else None,
         "repeat": req.repeat,
         "nettest_options": req.nettest_options,
     }
@@ -132,18 +133,11 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         if req.vantage and req.vantage != manifest.vantage:
             fail(f"--resume {req.resume}: that report is of vantage {manifest.vantage!r}")
         vantage = manifest.vantage
-        # The report's own inputs and repeat count, unless the user names new ones.
-        saved = manifest.options
-        if not req.inputs and not req.testlists:
-            req.inputs = list(saved.get("inputs") or [])
-            req.testlists = [Path(p) for p in saved.get("testlists") or []]
-        if req.repeat == 1:
-            req.repeat = int(saved.get("repeat") or 1)
-        if req.keywords is None and saved.get("keywords"):
-            req.keywords = Path(saved["keywords"])
-        if not req.nettest_options:
-            req.nettest_options = dict(saved.get("nettest_options") or {})
+        # Every input and setting of the interrupted run; a flag that disagrees is an error.
+        settings = run_settings.restore(req, cfg, manifest.options, fail)
     else:
+        settings = run_settings.resolve(req, cfg)
+        options[run_settings.SETTINGS] = settings
         now = datetime.now(UTC)
         manifest = ReportManifest(
             report_id=new_report_id(cls.name, cfg.vantage.probe_cc, cfg.vantage.probe_asn, now),
@@ -159,7 +153,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         problem = cls.input_problem(value)
         if problem:
             fail(f"--input {value!r}: {problem}")
-    resolver = req.resolver or cfg.probe.resolver
+    resolver = settings["resolver"]
     if resolver:
         try:
             host, _port = parse_host_port(resolver, 53)
@@ -180,15 +174,15 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         probe_asn=cfg.vantage.probe_asn,
         probe_network_name=cfg.vantage.network_name,
         resolver=resolver,
-        helpers=req.helpers or list(cfg.probe.helpers),
-        timeout=req.timeout or cfg.probe.timeout,
-        ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
-        fingerprint_files=[str(p) for p in req.fingerprints] or list(cfg.probe.fingerprints),
+        helpers=list(settings["helpers"]),
+        timeout=settings["timeout"],
+        ca_file=settings["ca_file"],
+        fingerprint_files=list(settings["fingerprints"]),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
         options={**req.nettest_options, "keywords": req.keywords},
     )
     run_options = RunOptions(
-        concurrency=req.concurrency or cfg.probe.concurrency,
+        concurrency=settings["concurrency"],
         timeout=ctx.timeout,
         repeat=req.repeat,
         per_host_concurrency=cfg.probe.per_host_concurrency,

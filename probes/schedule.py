@@ -1,23 +1,28 @@
 """The scheduling daemon: nettests on cron or interval triggers, then upload (APScheduler 3.x).
 
-Jobs are declared in the TOML config (`[[schedule.jobs]]`) and kept in a SQLite job store, by
-explicit id, so that a restart of the daemon neither loses a job nor adds a second copy: a job
-whose declaration did not change keeps its stored next run time; a changed one is replaced.
-Runs are coalesced, never overlap (`max_instances=1`) and are skipped when they are later than
-the misfire grace time.
+Jobs are declared in the TOML config (`[[schedule.jobs]]`) and rebuilt from it at every start,
+in APScheduler's memory job store. A small JSON state file (`state_file`) keeps each job's next
+run time, so that a restart neither loses a run nor adds a second copy: a job whose declaration
+did not change keeps its next run time (a missed one runs at once, within the misfire grace
+time); a changed one starts afresh. The state holds times and the declaration it was computed
+for, nothing executable: APScheduler's SQLite job store pickled its jobs, so whoever could write
+that file ran code in the daemon. Runs are coalesced, never overlap (`max_instances=1`) and are
+skipped when they are later than the misfire grace time.
 
 Each run is a `censorscope run` subprocess. At the job's time limit it gets SIGINT, as a user's
 Ctrl-C: the runner stores every measurement that finished and the report can be resumed with
 `--resume REPORT_ID`; SIGKILL follows only if it does not stop within a grace period. After each
 run the store is uploaded when `[upload] collector` is configured. The token is read from the
-config (or CENSORSCOPE_UPLOAD_TOKEN) at run time and is never written to the job store.
+config (or CENSORSCOPE_UPLOAD_TOKEN) at run time and is never written to the state file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import logging.handlers
+import os
 import re
 import signal
 import subprocess
@@ -45,7 +50,7 @@ class ScheduleError(ValueError):
 
 @dataclass
 class JobSpec:
-    """One `[[schedule.jobs]]` entry, as plain data (it is what the job store keeps)."""
+    """One `[[schedule.jobs]]` entry, as plain data (the state file compares it)."""
 
     id: str
     nettest: str
@@ -65,7 +70,8 @@ class JobSpec:
 
 @dataclass
 class ScheduleSettings:
-    jobstore: str = "schedule.sqlite"
+    state_file: str = "schedule-state.json"
+    jobstore: str | None = None  # the old pickled job store: accepted, ignored, warned about
     log_file: str = "censorscope-schedule.log"
     misfire_grace_time: int = 300
     max_parallel_jobs: int = 4
@@ -86,6 +92,7 @@ _JOB_KEYS: dict[str, str] = {
     "vantage": "str",
 }
 _SETTINGS_KEYS: dict[str, str] = {
+    "state_file": "str",
     "jobstore": "str",
     "log_file": "str",
     "misfire_grace_time": "int",
@@ -117,7 +124,15 @@ def _trigger(spec: JobSpec) -> Any:
     from apscheduler.triggers.interval import IntervalTrigger
 
     if spec.cron:
-        return CronTrigger.from_crontab(spec.cron, timezone=UTC)
+        # CronTrigger.from_crontab has no jitter: split the five fields as it does.
+        fields = spec.cron.split()
+        if len(fields) != 5:
+            raise ValueError(f"expected 5 crontab fields, got {len(fields)}")
+        minute, hour, day, month, day_of_week = fields
+        return CronTrigger(
+            minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week,
+            timezone=UTC, jitter=spec.jitter,
+        )  # fmt: skip
     return IntervalTrigger(seconds=spec.interval or 0, jitter=spec.jitter, timezone=UTC)
 
 
@@ -263,15 +278,84 @@ def _upload_after_run(job_id: str, config_path: str | None) -> None:
 # --- the daemon --------------------------------------------------------------------------------
 
 
+def read_state(path: Path) -> dict[str, dict[str, Any]]:
+    """Each job's saved declaration and next run time; {} when there is no usable state (it
+    only carries times: jobs then start afresh from the config)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s: not a schedule state file (%s); jobs start afresh", path, exc)
+        return {}
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    if not isinstance(jobs, dict):
+        log.warning("%s: not a schedule state file; jobs start afresh", path)
+        return {}
+    return {
+        job_id: entry
+        for job_id, entry in jobs.items()
+        if isinstance(entry, dict) and isinstance(entry.get("kwargs"), dict)
+    }
+
+
+def _saved_time(entry: dict[str, Any]) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(entry["next_run_time"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else None
+
+
+def _write_state(path: Path, jobs: list[Any]) -> None:
+    """Save the jobs' next run times. A failure (a full disk) is logged, never raised: it runs
+    in the scheduler's thread, which an exception would stop, and only the times go stale."""
+    from probes.store import atomic_write
+
+    state = {
+        "version": 1,
+        "jobs": {
+            job.id: {
+                "kwargs": job.kwargs,
+                "next_run_time": job.next_run_time.isoformat() if job.next_run_time else None,
+            }
+            for job in jobs
+        },
+    }
+    try:
+        atomic_write(path, json.dumps(state, indent=1).encode())
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        log.error("%s: cannot save the schedule state: %s", path, exc)
+
+
+def _state_store(path: Path) -> Any:
+    """APScheduler's memory job store, writing the state file after every change (the
+    scheduler calls update_job with each new next run time)."""
+    from apscheduler.jobstores.memory import MemoryJobStore
+
+    class StateJobStore(MemoryJobStore):
+        def add_job(self, job: Any) -> None:
+            super().add_job(job)
+            _write_state(path, self.get_all_jobs())
+
+        def update_job(self, job: Any) -> None:
+            super().update_job(job)
+            _write_state(path, self.get_all_jobs())
+
+        def remove_job(self, job_id: str) -> None:
+            super().remove_job(job_id)
+            _write_state(path, self.get_all_jobs())
+
+    return StateJobStore()
+
+
 def _scheduler(settings: ScheduleSettings) -> Any:
     from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    store = Path(settings.jobstore)
-    store.parent.mkdir(parents=True, exist_ok=True)
     return BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{store.resolve()}")},
+        jobstores={"default": _state_store(Path(settings.state_file))},
         executors={"default": ThreadPoolExecutor(settings.max_parallel_jobs)},
         job_defaults={
             "coalesce": True,
@@ -282,21 +366,25 @@ def _scheduler(settings: ScheduleSettings) -> Any:
     )
 
 
+def _kwargs(spec: JobSpec, config_path: str | None) -> dict[str, Any]:
+    return {"spec": asdict(spec), "config_path": config_path}
+
+
 def sync_jobs(scheduler: Any, settings: ScheduleSettings, config_path: str | None) -> list[str]:
-    """Make the job store match the config: keep unchanged jobs, replace changed ones, drop
-    removed ones. Returns what was done, one line per job."""
+    """Schedule the config's jobs: an unchanged job keeps its saved next run time, a changed
+    one starts afresh, a removed one is dropped from the state. Returns what was done, one
+    line per job."""
+    saved = read_state(Path(settings.state_file))
     done = []
-    wanted = {spec.id: spec for spec in settings.jobs}
-    for job in scheduler.get_jobs():
-        if job.id not in wanted:
-            scheduler.remove_job(job.id)
-            done.append(f"{job.id}: removed (no longer in the config)")
+    wanted = {spec.id for spec in settings.jobs}
+    done += [
+        f"{job_id}: removed (no longer in the config)" for job_id in saved if job_id not in wanted
+    ]
     for spec in settings.jobs:
-        kwargs = {"spec": asdict(spec), "config_path": config_path}
-        stored = scheduler.get_job(spec.id)
-        if stored is not None and stored.kwargs == kwargs:
-            done.append(f"{spec.id}: kept, next run {_when(stored.next_run_time)}")
-            continue
+        kwargs = _kwargs(spec, config_path)
+        entry = saved.get(spec.id)
+        keep = _saved_time(entry) if entry is not None and entry["kwargs"] == kwargs else None
+        options = {"next_run_time": keep} if keep is not None else {}
         job = scheduler.add_job(
             run_job,
             _trigger(spec),
@@ -304,10 +392,10 @@ def sync_jobs(scheduler: Any, settings: ScheduleSettings, config_path: str | Non
             name=f"{spec.nettest} ({spec.describe_trigger()})",
             kwargs=kwargs,
             replace_existing=True,
+            **options,
         )
-        done.append(
-            f"{spec.id}: {'replaced' if stored else 'added'}, next run {_when(job.next_run_time)}"
-        )
+        what = "kept" if keep is not None else "replaced" if entry is not None else "added"
+        done.append(f"{spec.id}: {what}, next run {_when(job.next_run_time)}")
     return done
 
 
@@ -352,8 +440,15 @@ def run_daemon(cfg: Config) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if settings.jobstore:
+        log.warning(
+            "schedule.jobstore (%s) is no longer used: jobs are rebuilt from the config and "
+            "their run times kept in %s; the old file can be deleted",
+            settings.jobstore,
+            settings.state_file,
+        )
     scheduler.resume()
-    log.info("scheduler running: %d jobs, job store %s", len(settings.jobs), settings.jobstore)
+    log.info("scheduler running: %d jobs, state %s", len(settings.jobs), settings.state_file)
     stop.wait()
     with _RUNNING_LOCK:
         running = list(_RUNNING)
@@ -364,24 +459,23 @@ def run_daemon(cfg: Config) -> None:
 
 
 def list_jobs(cfg: Config) -> list[str]:
-    """One line per configured job with its next run time (from the job store if the daemon
+    """One line per configured job with its next run time (from the state file if the daemon
     has scheduled it already)."""
     settings = parse_schedule(cfg)
-    scheduler = _scheduler(settings)
-    scheduler.start(paused=True)
-    try:
-        lines = []
-        now = datetime.now(UTC)
-        for spec in settings.jobs:
-            stored = scheduler.get_job(spec.id)
-            if stored is not None:
-                nxt, origin = stored.next_run_time, "scheduled"
-            else:
-                nxt, origin = _trigger(spec).get_next_fire_time(None, now), "not yet scheduled"
-            lines.append(
-                f"{spec.id}\t{spec.nettest}\t{spec.describe_trigger()}\t"
-                f"next run {_when(nxt)} ({origin})"
-            )
-        return lines
-    finally:
-        scheduler.shutdown(wait=False)
+    saved = read_state(Path(settings.state_file))
+    config_path = _config_path(cfg)
+    lines = []
+    now = datetime.now(UTC)
+    for spec in settings.jobs:
+        entry = saved.get(spec.id)
+        nxt = (
+            _saved_time(entry) if entry and entry["kwargs"] == _kwargs(spec, config_path) else None
+        )
+        origin = "scheduled"
+        if nxt is None:
+            nxt, origin = _trigger(spec).get_next_fire_time(None, now), "not yet scheduled"
+        lines.append(
+            f"{spec.id}\t{spec.nettest}\t{spec.describe_trigger()}\t"
+            f"next run {_when(nxt)} ({origin})"
+        )
+    return lines

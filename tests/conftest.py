@@ -1,4 +1,5 @@
-"""Shared pytest fixtures. Sections: async backend, loopback servers (tests/loopback/)."""
+"""Shared pytest fixtures. Sections: missing packages under CI, async backend, loopback servers
+(tests/loopback/)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests import missing  # noqa: E402
 from tests.loopback import (  # noqa: E402
     FakeDNSServer,
     LoopbackSuite,
@@ -21,6 +23,30 @@ from tests.loopback import (  # noqa: E402
     TestCA,
     start_suite,
 )
+
+# --- missing packages under CI ----------------------------------------------------------------
+
+
+def _fail_missing(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CI a skip for a missing package (tests/missing.py) is a failure."""
+    if report.skipped and missing.in_ci() and missing.PREFIX in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and a test's requirement is not installed: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not hasattr(report, "wasxfail"):
+        _fail_missing(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _fail_missing(outcome.get_result())  # type: ignore[attr-defined]
+
 
 # --- async backend ----------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ from analysis.compare import compare
 from analysis.load import Filters
 from analysis.pipeline import load_classified
 from tests import analysis_helpers as h
+from tests import missing
 
-pytest.importorskip("dask.distributed", reason="the `dask` extra is not installed")
+pytest.importorskip("dask.distributed", reason=missing.reason("the `dask` extra"))
 
 
 def test_dask_equals_pandas_on_local_cluster(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from probes.cli import app
 from tests import analysis_helpers as h
+from tests import missing
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -43,7 +43,7 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", text)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian package `chromium` not installed")
+@missing.skip_if(CHROMIUM is None, "Debian package `chromium`")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     report = _report(tmp_path)
     assert CHROMIUM is not None

@@ -27,6 +27,7 @@ from analysis.load import Filters, load, parse_time
 from analysis.pipeline import load_classified, run
 from analysis.stream import pieces, run_streamed
 from tests import analysis_helpers as h
+from tests import missing
 from tests.shared_data import SHARED_DATA
 
 OONI = SHARED_DATA / "ooni"
@@ -148,7 +149,7 @@ def test_vectorised_change_points_follow_the_rule(tmp_path: Path, min_run: int) 
 
 @needs_data
 def test_streamed_parquet_pieces_compare_on_dask(tmp_path: Path) -> None:
-    pytest.importorskip("dask.dataframe", reason="the `dask` extra is not installed")
+    pytest.importorskip("dask.dataframe", reason=missing.reason("the `dask` extra"))
     from analysis.dask_engine import compare_parquet
 
     h.write_store(tmp_path / "store")

@@ -24,6 +24,7 @@ from probes.channels.base import ChannelError
 from probes.channels.matrix import MatrixChannel
 from probes.nettests.base import ProbeContext
 from probes.nettests.message_delivery import MessageDelivery, Postman
+from tests import missing
 from tests.loopback.synapse import (
     Homeserver,
     Region,
@@ -34,9 +35,9 @@ from tests.loopback.synapse import (
 
 RULES = [["falun"], ["tiananmen", "1989"]]
 DEADLINE = 1.0  # a dropped message costs this long; the controls arrive at once
-pytestmark = pytest.mark.skipif(
+pytestmark = missing.skip_if(
     not synapse_available(),
-    reason="needs matrix-synapse (pip install -e '.[dev]'): the tests run a real homeserver",
+    "matrix-synapse (scripts/install.sh --dev): the tests run a real homeserver",
 )
 
 

@@ -22,6 +22,7 @@ from probes.channels.base import ChannelError
 from probes.channels.relay import RelayChannel
 from probes.nettests.base import ProbeContext
 from probes.nettests.message_delivery import MessageDelivery
+from tests import missing
 from tests.loopback.keyword_censor import run_helper
 
 HOST = "127.0.0.6"
@@ -218,8 +219,10 @@ def mail_servers() -> Iterator[dict[str, str]]:
     import tempfile
     import time
 
-    if shutil.which("dovecot") is None or os.geteuid() != 0:
-        pytest.skip("needs Dovecot (apt-get install dovecot-imapd) and root")
+    if os.geteuid() != 0:
+        pytest.skip("Dovecot needs root")
+    if shutil.which("dovecot") is None:
+        missing.skip("Dovecot (apt-get install dovecot-imapd)")
     from aiosmtpd.controller import Controller
 
     from tests.loopback.web import closed_port

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from probes.net import packets
+from tests import missing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,7 @@ def test_filter() -> None:
     )
 
 
-@pytest.mark.skipif(packets.capture_unavailable() is not None, reason="needs root and scapy")
+@missing.capture_skip_if(packets.capture_unavailable())
 @pytest.mark.anyio
 async def test_too_many_captures_degrade_to_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_CAPTURES at once a measurement gets the "unavailable" note, not a crash (scapy's
@@ -75,7 +76,7 @@ def _flow(*prefix: str) -> dict[str, Any]:
     return result
 
 
-@pytest.mark.skipif(packets.capture_unavailable() is not None, reason="needs root and scapy")
+@missing.capture_skip_if(packets.capture_unavailable())
 def test_capture_on_loopback() -> None:
     """Started before the first packet: the SYN-ACK of the flow is in the capture."""
     keys = _flow()

@@ -6,18 +6,29 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from probes.config import load_config
-from probes.schedule import ScheduleError, parse_schedule
+from probes.schedule import (
+    JobSpec,
+    ScheduleError,
+    _scheduler,
+    _trigger,
+    parse_schedule,
+    sync_jobs,
+)
 from probes.store import ResultsStore
 from probes.upload import UploadIndex
 from tests.test_collector_support import CLI, ROOT, CollectorProcess, make_token
@@ -70,10 +81,10 @@ def test_bad_schedules_name_the_key(tmp_path: Path, text: str, names: str) -> No
 
 
 def test_schedule_list_shows_jobs_and_next_runs(tmp_path: Path) -> None:
-    store = tmp_path / "jobs.sqlite"
+    store = tmp_path / "schedule.json"
     path = _write(
         tmp_path,
-        f'[schedule]\njobstore = "{store}"\nlog_file = "{tmp_path / "s.log"}"\n'
+        f'[schedule]\nstate_file = "{store}"\nlog_file = "{tmp_path / "s.log"}"\n'
         + GOOD_JOB
         + GOOD_JOB.replace('"web"', '"nightly"').replace("interval = 1", 'cron = "0 3 * * *"'),
     )
@@ -126,7 +137,7 @@ timeout = 30.0
 collector = "{collector.url}"
 
 [schedule]
-jobstore = "{tmp_path / "state" / "jobs.sqlite"}"
+state_file = "{tmp_path / "state" / "schedule.json"}"
 log_file = "{log_file}"
 misfire_grace_time = 30
 
@@ -192,3 +203,105 @@ time_limit = 3
         assert listed.stdout.count("(scheduled)") == 2
     finally:
         collector.stop()
+
+
+def test_cron_jobs_honour_jitter() -> None:
+    """A cron job's `jitter` delays its runs by up to that many seconds (it used to be dropped
+    for cron triggers, so every vantage fired at the same second)."""
+    now = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
+    plain = _trigger(JobSpec(id="a", nettest="web_connectivity", cron="* * * * *"))
+    assert {plain.get_next_fire_time(None, now).second for _ in range(20)} == {0}
+    spec = JobSpec(id="a", nettest="web_connectivity", cron="* * * * *", jitter=50)
+    trigger = _trigger(spec)
+    fired = [trigger.get_next_fire_time(None, now) for _ in range(50)]
+    assert all(datetime(2026, 1, 1, 12, 1, tzinfo=UTC) <= t for t in fired)
+    assert all(t <= datetime(2026, 1, 1, 12, 1, 50, tzinfo=UTC) for t in fired)
+    assert len({t.second for t in fired}) > 5, fired
+
+
+def _pickled_job_store(path: Path, job_id: str, marker: Path) -> None:
+    """APScheduler 3's SQLAlchemy job store table, with a job whose pickle runs code."""
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.mkdir, (str(marker),))
+
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE apscheduler_jobs (id VARCHAR(191) PRIMARY KEY, "
+            "next_run_time FLOAT, job_state BLOB NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO apscheduler_jobs VALUES (?, ?, ?)",
+            (job_id, time.time() + 3600, pickle.dumps(Payload())),
+        )
+
+
+@pytest.mark.parametrize("key", ["jobstore", "state_file"])
+def test_a_planted_job_store_runs_no_code(tmp_path: Path, key: str) -> None:
+    """Whoever could write schedule.sqlite ran code in the daemon (the job store unpickled
+    it). Jobs now come from the config; the state file is JSON, and a planted pickle store,
+    named as the old `jobstore` or as the state file, is never unpickled."""
+    store, marker = tmp_path / "schedule.sqlite", tmp_path / "code-ran"
+    _pickled_job_store(store, "web", marker)
+    path = _write(
+        tmp_path, f'[schedule]\n{key} = "{store}"\nlog_file = "{tmp_path / "s.log"}"\n' + GOOD_JOB
+    )
+    listed = _cli("schedule", "list", "--config", str(path))
+    assert listed.returncode == 0, listed.stderr
+    assert "(not yet scheduled)" in listed.stdout
+    assert not marker.exists(), "the job store's pickle was loaded"
+
+
+def test_state_keeps_next_run_of_unchanged_jobs(tmp_path: Path) -> None:
+    """The state file carries an unchanged job's next run time across restarts; a changed
+    declaration starts afresh; a job gone from the config is dropped."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    state = tmp_path / "state.json"
+    text = f'[schedule]\nstate_file = "{state}"\n' + GOOD_JOB.replace(
+        "interval = 1", "interval = 86400"
+    )
+    settings = parse_schedule(
+        load_config(_write(tmp_path, text + GOOD_JOB.replace('"web"', '"old"')))
+    )
+    first = _scheduler(settings)
+    first.start(paused=True)
+    sync_jobs(first, settings, None)
+    planned = first.get_job("web").next_run_time
+    first.shutdown(wait=False)
+    assert oct(state.stat().st_mode & 0o777) == "0o600"
+
+    settings = parse_schedule(load_config(_write(tmp_path, text)))
+    again = _scheduler(settings)
+    assert isinstance(again, BackgroundScheduler)
+    again.start(paused=True)
+    done = sync_jobs(again, settings, None)
+    assert again.get_job("web").next_run_time == planned
+    assert any(line.startswith("web: kept") for line in done)
+    assert "old: removed (no longer in the config)" in done
+    again.shutdown(wait=False)
+    assert set(json.loads(state.read_text())["jobs"]) == {"web"}
+
+    changed = parse_schedule(load_config(_write(tmp_path, text.replace("86400", "43200"))))
+    third = _scheduler(changed)
+    third.start(paused=True)
+    assert any(line.startswith("web: replaced") for line in sync_jobs(third, changed, None))
+    third.shutdown(wait=False)
+
+
+def test_an_unwritable_state_file_does_not_stop_the_scheduler(tmp_path: Path) -> None:
+    """Saving the state runs in the scheduler's thread: an error there (a full disk, here a
+    directory in the way) is logged and the jobs stay scheduled."""
+    state = tmp_path / "state.json"
+    state.mkdir()
+    settings = parse_schedule(
+        load_config(_write(tmp_path, f'[schedule]\nstate_file = "{state}"\n' + GOOD_JOB))
+    )
+    scheduler = _scheduler(settings)
+    scheduler.start(paused=True)
+    try:
+        assert any(line.startswith("web: added") for line in sync_jobs(scheduler, settings, None))
+        assert scheduler.get_job("web") is not None
+    finally:
+        scheduler.shutdown(wait=False)

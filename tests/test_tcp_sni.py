@@ -26,6 +26,7 @@ from probes.net import packets
 from probes.nettests.base import Nettest, ProbeContext
 from probes.nettests.sni_blocking import ROUNDS, SNIBlocking
 from probes.nettests.tcp_connect import TCPConnect, control_reached, endpoint_of
+from tests import missing
 from tests.loopback import FakeDNSServer, ServerThread, TestCA, WebServer, closed_port
 from tests.loopback.control_helper import running_helper
 
@@ -34,10 +35,7 @@ BLOCKED = "blocked.test"
 REPO = Path(__file__).resolve().parent.parent
 # The forged RSTs' TTL and IP-ID: not what Linux sends on loopback (64, 0).
 FORGED_TTL, FORGED_IP_ID = 50, 4242
-needs_capture = pytest.mark.skipif(
-    packets.capture_unavailable() is not None,
-    reason=f"packet capture: {packets.capture_unavailable()}",
-)
+needs_capture = missing.capture_skip_if(packets.capture_unavailable())
 
 
 @dataclass

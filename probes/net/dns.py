@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +27,7 @@ from probes.net.addresses import format_host_port, parse_host_port
 from probes.net.failures import failure_from_exception
 from probes.net.records import b64, since
 from probes.net.resolver_pool import ResolverPool
+from probes.net.tls import verifying_context
 
 DNS_PORT = 53
 DOT_PORT = 853
@@ -315,16 +315,14 @@ async def _resolve_lib(
     query = dns.message.make_query(res.domain, res.query_type)
     if transport == "doh":
         # An SSLContext, not a CA path: httpx deprecated verify=<str>.
-        verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=ca_file) if ca_file else True
-        )
+        verify = verifying_context(ca_file)
         reply = await dns.asyncquery.https(query, resolver, timeout=timeout, verify=verify)
     else:
         ip, port = parse_host_port(resolver, DOT_PORT if transport == "dot" else DNS_PORT)
         if transport == "tcp":
             reply = await dns.asyncquery.tcp(query, ip, timeout=timeout, port=port)
         else:
-            ctx = ssl.create_default_context(cafile=ca_file)
+            ctx = verifying_context(ca_file)
             ctx.check_hostname = False  # DoT by IP: RFC 7858 opportunistic/strict by SPKI
             reply = await dns.asyncquery.tls(query, ip, timeout=timeout, port=port, ssl_context=ctx)
     answers = answers_of(reply)

@@ -32,7 +32,13 @@ from probes.net.addresses import format_host_port, is_ip
 from probes.net.failures import NetworkFailure, failure_from_exception
 from probes.net.http_wire import Exchange, exchange, request_head
 from probes.net.records import maybe_binary, since
-from probes.net.tls import TLSResult, client_context, fill_from_ssl_object, tls_record
+from probes.net.tls import (
+    TLSResult,
+    client_context,
+    fill_from_ssl_object,
+    tls_record,
+    verifying_context,
+)
 
 # What a desktop browser sends, as OONI's web_connectivity does, so that servers
 # (and censors) treat the probe like an ordinary visitor.
@@ -77,8 +83,8 @@ TLSListener = Callable[[TLSResult], None]
 def _http_ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """One verifying context per CA file for JSONClient; building contexts per request is
     costly. Not tls.client_context's: httpcore sets ALPN on the context it is given, which
-    would change what tls_handshake offers."""
-    return ssl.create_default_context(cafile=ca_file)
+    would change what tls_handshake offers. The system's roots plus ``ca_file``."""
+    return verifying_context(ca_file)
 
 
 @dataclass(frozen=True)
@@ -490,10 +496,9 @@ class JSONClient:
     def __init__(
         self, *, ca_file: str | None = None, headers: Mapping[str, str] | None = None
     ) -> None:
-        verify: ssl.SSLContext | bool = _http_ssl_context(ca_file) if ca_file else True
         transport = _ShardedTransport(
             JSON_CLIENT_SHARDS,
-            verify=verify,
+            verify=_http_ssl_context(ca_file),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
         )
         self._client = httpx.AsyncClient(transport=transport, headers=dict(headers or {}))

@@ -1,7 +1,8 @@
 """Packet-level evidence of a flow: TTL and IP-ID of the packets a censor may have forged.
 
-Optional: needs scapy (the ``packets`` extra) and CAP_NET_RAW. ``capture_unavailable()`` says
-why capture cannot run, and callers then record ``packet_capture: "unavailable"`` and go on.
+Needs scapy (a dependency), libpcap (to compile BPF filters) and CAP_NET_RAW.
+``capture_unavailable()`` says why capture cannot run, and callers then record
+``packet_capture: "unavailable"`` and go on.
 A capture is started *before* the flow's first packet (AsyncSniffer runs in its own thread;
 ``start`` returns once the socket is open) and stopped afterwards; the packets are then
 summarised without blocking the event loop (``asyncio.to_thread``).
@@ -54,7 +55,7 @@ def capture_unavailable() -> str | None:
     try:
         import scapy.all  # noqa: F401
     except ImportError:
-        return "scapy is not installed (pip install 'censorscope[packets]')"
+        return "scapy is not installed (bash scripts/install.sh)"
     if not has_net_raw():
         return "needs root or CAP_NET_RAW"
     try:

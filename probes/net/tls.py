@@ -66,6 +66,19 @@ class TLSResult:
     record: dict[str, Any] = field(default_factory=dict)  # df-006 tls_handshakes entry
 
 
+def verifying_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """A new verifying client context: the system's roots, plus ``ca_file``'s CAs when given.
+
+    ``ssl.create_default_context(cafile=F)`` trusts F *instead of* the system's roots: with a
+    lab's CA every public site would then fail validation and read as blocked. The system's
+    roots are OpenSSL's default verify paths (SSL_CERT_FILE / SSL_CERT_DIR override them).
+    """
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx
+
+
 @functools.lru_cache(maxsize=64)
 def client_context(
     ca_file: str | None = None,
@@ -77,7 +90,7 @@ def client_context(
 
     Callers must not mutate the returned context.
     """
-    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx = verifying_context(ca_file)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

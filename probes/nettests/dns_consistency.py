@@ -311,8 +311,14 @@ class DNSConsistency(Nettest):
                 "dns": doc.get("dns"),
                 "tcp_connect": doc.get("tcp_connect") or {},
                 "tls_handshake": doc.get("tls_handshake") or {},
-                "x_tls_certificates": doc.get("x_tls_certificates") or {},
             }
+            if isinstance(doc.get("x_tls_certificates"), dict):
+                keys["control"]["x_tls_certificates"] = doc["x_tls_certificates"]
+            if not keys["control"]["tls_handshake"] and self.tls_port != DEFAULT_TLS_PORT:
+                keys.setdefault("x_control_degraded", {})["tls_handshake"] = (
+                    f"the helper's TLS check of our addresses on port {self.tls_port} "
+                    "(oohelperd handshakes only on 443): differing answers stay inconclusive"
+                )
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
         assert input_ is not None  # the runner checked it with input_problem()

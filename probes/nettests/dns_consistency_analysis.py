@@ -131,6 +131,10 @@ def tls_valid_addresses(test_keys: Mapping[str, Any]) -> set[str] | None:
     handshakes = control.get("tls_handshake") or {}
     if not isinstance(attempted, Mapping) or not attempted:
         return None
+    if not handshakes and any(
+        isinstance(e, Mapping) and e.get("status") for e in attempted.values()
+    ):
+        return None  # it connected but made no handshake (oohelperd: only on port 443)
     valid = set()
     for endpoint, entry in handshakes.items():
         if isinstance(entry, Mapping) and entry.get("status"):

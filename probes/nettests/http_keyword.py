@@ -148,9 +148,11 @@ class HTTPKeyword(Nettest):
             reply = await client.get_json(f"{base}/echo", timeout=self.ctx.timeout)
         finally:
             await client.aclose()
-        if reply.status_code != 200 or not isinstance(reply.data, dict):
+        # OONI's oohelperd answers every GET with its greeting (400 before April 2024).
+        if reply.status_code != 200 or not isinstance(reply.data, dict) or "message" in reply.data:
             raise SetupError(
-                f"--helper {base}: no echo endpoints ({reply.failure or reply.status_code})"
+                f"--helper {base}: no echo endpoints ({reply.failure or reply.status_code}); "
+                "http_keyword needs a censorscope helper (OONI's oohelperd has none)"
             )
         return reply.data
 

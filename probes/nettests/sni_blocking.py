@@ -28,9 +28,14 @@ from probes.net.dns import resolve_retrying
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
-from probes.nettests.control import ControlClient
+from probes.nettests.control import ControlClient, note_degraded
 from probes.nettests.tls_compare import INTERCEPTED, compare, probe_summary
-from probes.nettests.tls_interception import control_certificates, target_of
+from probes.nettests.tls_interception import (
+    CERTIFICATES,
+    CERTIFICATES_FEATURE,
+    control_certificates,
+    target_of,
+)
 
 # Three rounds: a 2% loss path fails one handshake in ~25 by chance; all three in ~1 in 10^4.
 ROUNDS = 3
@@ -78,7 +83,9 @@ class SNIBlocking(Nettest):
         if self.capture and (why := capture_unavailable()):
             self.warnings.append(f"packet capture unavailable: {why}")
         if self.ctx.helpers:
-            self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+            self.control = ControlClient(
+                self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
+            )
             if await self.control.choose():
                 self.warnings.append("control helper unreachable: no interception check")
                 await self.control.aclose()
@@ -184,6 +191,7 @@ class SNIBlocking(Nettest):
     ) -> tuple[Any, str | None]:
         control, failure = await control_certificates(self.control, name, port, [keys["endpoint"]])
         keys["control"], keys["control_failure"] = control, failure
+        note_degraded(keys, control, {CERTIFICATES: CERTIFICATES_FEATURE})
         found = compare(summary, control.get("x_tls_certificates", {}).get(keys["endpoint"]))
         keys["tls_comparison"] = found.as_dict()
         return ("tls", INTERCEPTED) if found.intercepted else (False, None)

@@ -98,7 +98,9 @@ class TCPConnect(Nettest):
         if self.capture and (why := capture_unavailable()):
             self.warnings.append(f"packet capture unavailable: {why}")
         if self.ctx.helpers:
-            self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+            self.control = ControlClient(
+                self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
+            )
             problem = await self.control.choose()
             if problem:
                 self.warnings.append(f"control helper unreachable ({problem})")

@@ -22,7 +22,7 @@ from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import resolve_retrying
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest
-from probes.nettests.control import ControlClient
+from probes.nettests.control import ControlClient, note_degraded
 from probes.nettests.tls_compare import INTERCEPTED, Comparison, compare, probe_summary
 
 # Addresses of one name we check (each costs a handshake here and at the helper).
@@ -39,6 +39,13 @@ def target_of(input_: str) -> tuple[str, int]:
         parts = urlsplit(input_)
         return (parts.hostname or "").lower(), parts.port or DEFAULT_TLS_PORT
     return input_.strip().rstrip(".").lower(), DEFAULT_TLS_PORT
+
+
+CERTIFICATES = "x_tls_certificates"
+CERTIFICATES_FEATURE = (
+    "certificate comparison with the helper's view: interception by a CA the probe trusts "
+    "is not detected; a failed verification reads as OONI reads it (tls blocking)"
+)
 
 
 def handshake_detail(failure: str | None) -> str:
@@ -62,10 +69,27 @@ async def control_certificates(
     if result.failure is not None:
         return {}, result.failure
     doc = result.control
-    return {
-        "tls_handshake": doc.get("tls_handshake") or {},
-        "x_tls_certificates": doc.get("x_tls_certificates") or {},
-    }, None
+    view = {"tls_handshake": doc.get("tls_handshake") or {}}
+    if isinstance(doc.get("x_tls_certificates"), dict):
+        view["x_tls_certificates"] = doc["x_tls_certificates"]
+    return view, None
+
+
+def note_lost_tls_view(
+    keys: dict[str, Any], control: dict[str, Any], endpoints: list[str], port: int
+) -> None:
+    """Say in the keys which part of the helper's TLS view is missing, and what that costs.
+
+    OONI's oohelperd sends no certificates (our `x_tls_certificates`) and handshakes only on
+    port 443 (ooni/probe-cli internal/oohelperd/ipinfo.go).
+    """
+    note_degraded(keys, control, {CERTIFICATES: CERTIFICATES_FEATURE})
+    handshakes = control.get("tls_handshake") or {}
+    if control and not any(ep in handshakes for ep in endpoints):
+        keys.setdefault("x_control_degraded", {})["tls_handshake"] = (
+            f"the helper's TLS handshake on port {port} (oohelperd handshakes only on 443): "
+            "no verdict from a failed handshake"
+        )
 
 
 class TLSInterception(Nettest):
@@ -78,7 +102,9 @@ class TLSInterception(Nettest):
         if not self.ctx.helpers:
             self.warnings.append("no control helper: verdicts are null")
             return
-        self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+        self.control = ControlClient(
+            self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
+        )
         problem = await self.control.choose()
         if problem:
             self.warnings.append(f"control helper unreachable ({problem}); verdicts are null")
@@ -115,8 +141,9 @@ class TLSInterception(Nettest):
                 result.record, result.leaf_spki_sha256, result.issuer, result.verified
             )
             keys["tls_handshakes"].append(summary)
-            certs = control.get("x_tls_certificates", {}).get(endpoint)
+            certs = control.get(CERTIFICATES, {}).get(endpoint)
             out[endpoint] = compare(summary, certs)
+        note_lost_tls_view(keys, control, endpoints, port)
         return out
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
@@ -164,14 +191,21 @@ class TLSInterception(Nettest):
             if entry.get("status")
         }  # fmt: skip
         probe_failures = [h["failure"] for h in keys["tls_handshakes"][-len(last) :]]
+        # Without the helper's certificates (oohelperd) a verification failure where the
+        # helper's handshake passed is read as OONI reads it: TLS blocking.
+        certs_known = CERTIFICATES in keys["control"]
         blocking: Any = None
         detail = None
         if confirmed:
             blocking, detail = "tls", INTERCEPTED
         elif any(c.outcome in ("same", "other_valid") for c in last.values()):
             blocking = False
-        elif control_ok and all(f is not None and not f.startswith("ssl_") for f in probe_failures):
+        elif control_ok and all(
+            f is not None and (not certs_known or not f.startswith("ssl_")) for f in probe_failures
+        ):
             blocking, detail = "tls", handshake_detail(probe_failures[0])
+        elif keys["control"] and not certs_known and all(f is None for f in probe_failures):
+            blocking = False  # verified handshakes; nothing to compare them with
         keys["x_intercepted_endpoints"] = confirmed
         keys["blocking"] = blocking
         keys["blocking_detail"] = detail

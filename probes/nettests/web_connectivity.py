@@ -24,7 +24,7 @@ from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest, SetupError
-from probes.nettests.control import ControlClient
+from probes.nettests.control import SAME_ASN_FEATURE, ControlClient, note_degraded
 from probes.nettests.web_connectivity_analysis import analyze
 
 # Share of the per-input budget given to each step; the helper's own budget is similar.
@@ -56,7 +56,9 @@ class WebConnectivity(Nettest):
             )
         except (FingerprintError, OSError) as exc:
             raise SetupError(f"fingerprints: {exc}") from exc
-        self.control = ControlClient(self.ctx.helpers, timeout=self.ctx.timeout, ca_file=None)
+        self.control = ControlClient(
+            self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
+        )
         self.exit_status = 0
         self.pcap_dir = self.ctx.options.get("pcap_dir")
         opted = self.ctx.options.get("packet_capture", CAPTURE_DEFAULT or bool(self.pcap_dir))
@@ -225,6 +227,8 @@ class WebConnectivity(Nettest):
         keys["control"] = control.control
         keys["control_failure"] = control.failure
         keys["x_th_runtime"] = control.runtime
+        if (control.control.get("dns") or {}).get("addrs"):  # oohelperd before Aug 2022: no ip_info
+            note_degraded(keys, control.control, {"ip_info": SAME_ASN_FEATURE})
         keys.update(analyze(keys, fingerprints=self.fingerprints).as_test_keys())
         return keys
 

@@ -308,7 +308,8 @@ def dns_consistency(
     Consistent when the target is an IP; when both lookups failed with NXDOMAIN; when any
     non-zero ASN is shared; when any IP is shared; (our addition, from v0.5) when a probe
     address was proven legitimate by the probe's own TLS handshake for the host. ASNs come
-    from ``asn_lookup``, else from the keys (answers' ``asn``, v0.5 ``control.ip_info``).
+    from ``asn_lookup``, else from the keys (answers' ``asn``, v0.5 ``control.ip_info``, which
+    oohelperd fills for the probe's addresses as well as its own: OONI's same-ASN rule).
     Otherwise inconsistent.
     """
     if _is_ip(hostname):
@@ -331,9 +332,10 @@ def dns_consistency(
         return asn if isinstance(asn, int) else 0
 
     def probe_asn(ip: str) -> int:
+        # The helper looks up the probe's addresses too (ip_info flag 1), as OONI's v0.5 uses.
         if asn_lookup is not None:
-            return asn_lookup(ip) or probe[ip]
-        return probe[ip]
+            return asn_lookup(ip) or probe[ip] or control_asn(ip)
+        return probe[ip] or control_asn(ip)
 
     control_asns = {control_asn(ip) for ip in control_addrs} - {0}
     if control_asns & ({probe_asn(ip) for ip in probe} - {0}):

@@ -7,10 +7,37 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 
 from backend.helper import HelperConfig, create_app
+from tests.loopback.certs import TestCA
+
+
+@contextmanager
+def running_helper(
+    config: HelperConfig, host: str = "127.0.0.1", *, tls: TestCA | None = None
+) -> Iterator[str]:
+    """Serve the helper app on ``host`` (a free port) and yield its base URL; with ``tls``,
+    over HTTPS with a certificate from that CA for ``host`` and localhost."""
+    with running_asgi(create_app(config), host, tls=tls) as url:
+        yield url
+
+
+@contextmanager
+def running_asgi(app: Any, host: str = "127.0.0.1", *, tls: TestCA | None = None) -> Iterator[str]:
+    """Serve any ASGI app on ``host`` (a free port) and yield its base URL."""
+    options: dict[str, Any] = {}
+    if tls is not None:
+        pem = tls.directory / f"helper-{host}.pem"
+        tls.ca.issue_cert(host, "localhost").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        options = {"ssl_certfile": str(pem)}
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", interface="asgi3", server_header=False, **options
+    )
+    with uvicorn_on(config, host) as port:
+        yield f"{'https' if tls else 'http'}://{host}:{port}/"
 
 
 @contextmanager
@@ -33,14 +60,6 @@ def uvicorn_on(config: uvicorn.Config, host: str = "127.0.0.1") -> Iterator[int]
         server.should_exit = True
         thread.join(10)
         sock.close()
-
-
-@contextmanager
-def running_helper(config: HelperConfig, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve the helper app on ``host`` (a free port) and yield its base URL."""
-    app = create_app(config)
-    with uvicorn_on(uvicorn.Config(app, log_level="warning", lifespan="off"), host) as port:
-        yield f"http://{host}:{port}/"
 
 
 def free_port_on(hosts: list[str]) -> int:
