@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from probes.measurement import Measurement
 from probes.store import LineProblem, ReportManifest, ResultsStore, StoreError
+from tests.small_fs import fill, small_tmpfs
 
 
 def _manifest(
@@ -120,3 +122,42 @@ def test_refuses_multi_line_records_and_unsafe_names(tmp_path: Path) -> None:
         store.open_report(_manifest(vantage="../evil"))
     with pytest.raises(StoreError, match="no report"):
         store.load_manifest("nope")
+
+
+def _padded(input_: str, size: int) -> Measurement:
+    m = _m(input_)
+    m.test_keys["padding"] = "x" * size
+    return m
+
+
+def test_a_full_disk_leaves_no_fragment_and_the_next_line_is_whole(tmp_path: Path) -> None:
+    """ENOSPC mid-line (a real full tmpfs): the fragment is cut off before the next append."""
+    with small_tmpfs(tmp_path) as fs:
+        store = ResultsStore(fs / "results")
+        manifest = _manifest()
+        writer = store.open_report(manifest)
+        filler = fs / "filler"
+        fill(filler, leave=4096)  # one page left: one 3 KB line fits, the second does not
+        writer.append(_padded("first", 3000))
+        with pytest.raises(OSError) as info:
+            for i in range(10):
+                writer.append(_padded(f"lost-{i}", 3000))
+        assert info.value.errno == errno.ENOSPC
+        path = store.report_path(manifest)
+        assert path.read_bytes().endswith(b"\n"), "a fragment of the failed line is left"
+        assert [m.input for m in store.iter_measurements()] == ["first"]
+        filler.unlink()  # the operator frees space: the store carries on, whole lines only
+        writer.append(_padded("after", 3000))
+        writer.close()
+        problems: list[LineProblem] = []
+        inputs = [m.input for m in store.iter_measurements(on_problem=problems.append)]
+        assert (inputs, problems) == (["first", "after"], [])
+
+
+def test_stored_files_are_not_world_readable(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    manifest = _manifest()
+    with store.open_report(manifest) as w:
+        w.append(_m("a"))
+    for path in (store.report_path(manifest), store.manifest_path(manifest.report_id)):
+        assert path.stat().st_mode & 0o777 == 0o640, path
