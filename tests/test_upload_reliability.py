@@ -57,7 +57,7 @@ def _assert_exactly_once(proc: CollectorProcess, expected: set[str]) -> None:
     assert len(uids) == len(expected), f"{len(uids) - len(set(uids))} stored twice"
     assert set(uids) == expected
     assert not list(proc.data.rglob("*.torn"))
-    assert proc.get("/stats")["measurements"] == len(expected)
+    assert proc.get("/health")["measurements"] == len(expected)
 
 
 @pytest.mark.parametrize(("uploaders", "per"), SCALES)
@@ -86,7 +86,7 @@ def test_kill_9_mid_load_loses_nothing_and_stores_nothing_twice(
     def killer() -> None:
         try:
             while True:
-                done = proc.get("/stats")["measurements"]
+                done = proc.get("/health")["measurements"]
                 if done >= len(expected) // 3:
                     break
                 time.sleep(0.01)
