@@ -295,3 +295,17 @@ def test_a_full_disk_is_an_error_and_no_fragment_is_stored(
             assert stored_uids(fs / "data") == acked  # every line whole, each once
         finally:
             proc.stop()
+
+
+def test_stored_files_are_private_and_a_loose_tokens_file_is_warned_about(
+    collector: CollectorProcess, tokens: dict[str, str]
+) -> None:
+    report_id = open_report(collector, tokens["alpha"])
+    assert submit(collector, report_id, measurement("alpha", report_id, 3).to_dict(),
+                  tokens["alpha"])[0] == 200  # fmt: skip
+    files = [p for p in collector.data.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o077 in (0, 0o040) for p in files), [
+        (p.name, oct(p.stat().st_mode)) for p in files if p.stat().st_mode & 0o037
+    ]
+    # The module's tokens file was written with the default umask (0644): the start warned.
+    assert "tokens file is readable by everyone" in collector.log_text()
