@@ -6,8 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -138,18 +140,47 @@ def test_another_vantages_token_rejects_nothing_and_the_right_one_sends_all(
     assert sorted(stored_uids(proc.data)) == sorted(uids)
 
 
-@pytest.mark.parametrize("path", ["/nowhere", "/report/x"])
+class _NotACollector(BaseHTTPRequestHandler):
+    """A web server that is not a collector (a wrong URL, a proxy that redirects to https)."""
+
+    status = 405
+
+    def do_POST(self) -> None:
+        self.send_response(self.status)
+        if self.status in (301, 302, 307, 308):
+            self.send_header("location", "https://collector.example/report")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [404, 405, 301, 307])
 def test_a_report_the_collector_will_not_open_stays_pending(
-    tmp_path: Path, collector: tuple[CollectorProcess, str], path: str
+    tmp_path: Path, collector: tuple[CollectorProcess, str], status: int
 ) -> None:
-    """404 (a wrong URL) or 405 when opening a report: temporary, nothing rejected."""
+    """A wrong path (404 from the collector), 405 or a redirect when opening a report:
+    temporary, nothing rejected, and the right URL then sends everything."""
     proc, token = collector
     uids = fill_store(tmp_path / "results", "probe-a", 4, reports=4)
-    wrong = proc.url + path
-    summary = asyncio.run(upload_store(tmp_path / "results", settings(wrong, token)))
+    server = None
+    if status == 404:
+        wrong = proc.url + "/nowhere"
+    else:
+        handler = type("Handler", (_NotACollector,), {"status": status})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        wrong = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        summary = asyncio.run(upload_store(tmp_path / "results", settings(wrong, token)))
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     assert (summary.uploaded, summary.rejected, summary.pending) == (0, 0, 4)
-    assert summary.not_opened and "opening a report: HTTP" in summary.not_opened[0]
-    assert not summary.complete
+    assert summary.not_opened[0].startswith(f"opening a report: HTTP {status}")
+    assert not summary.complete and summary.stopped  # 3 reports refused: the run stops
     assert not UploadIndex(tmp_path / "results", wrong).rejected_path.exists()
     assert count_pending(tmp_path / "results", wrong) == 4
     right = asyncio.run(upload_store(tmp_path / "results", settings(proc.url, token)))
