@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -161,3 +163,34 @@ def test_stored_files_are_not_world_readable(tmp_path: Path) -> None:
         w.append(_m("a"))
     for path in (store.report_path(manifest), store.manifest_path(manifest.report_id)):
         assert path.stat().st_mode & 0o777 == 0o640, path
+
+
+def test_a_run_on_a_full_disk_stops_says_so_and_resumes(tmp_path: Path) -> None:
+    """Before: the writer task died, the workers waited on a full queue and the run hung."""
+    cli = [sys.executable, "-c", "from probes.cli import main; main()"]
+    root = Path(__file__).resolve().parents[1]
+    with small_tmpfs(tmp_path, size="256k") as fs:  # room for all 80 once the filler is gone
+        results = fs / "results"
+        (fs / "results").mkdir()
+        filler = fs / "filler"
+        fill(filler, leave=12288)
+        helper = "http://127.0.0.1:9/"  # nothing listens: the control is unreachable, locally
+        inputs = ["--input", "127.0.0.1:9", "--input", "127.0.0.1:10", "--repeat", "40"]
+        args = ["run", "tcp_connect", *inputs, "--helper", helper, "--results", str(results)]
+        done = subprocess.run([*cli, *args], cwd=root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        assert "No space left on device" in done.stderr and "--resume" in done.stderr
+        store = ResultsStore(results)
+        problems: list[LineProblem] = []
+        first = len(list(store.iter_measurements(on_problem=problems.append)))
+        assert 0 < first < 80 and problems == []
+        report_id = done.stderr.rsplit("--resume ", 1)[1].split()[0]
+        filler.unlink()
+        done = subprocess.run(
+            [*cli, "run", "tcp_connect", "--resume", report_id, *inputs[4:], "--helper", helper,
+             "--results", str(results)],
+            cwd=root, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert "No space left" not in done.stderr, done.stderr
+        measured = Counter(m.input for m in store.iter_measurements(on_problem=problems.append))
+        assert measured == {"127.0.0.1:9": 40, "127.0.0.1:10": 40} and problems == []
