@@ -37,9 +37,40 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", write_statistics=True)
 
 
+# A text cell starting with one of these is a formula to a spreadsheet (Excel, LibreOffice,
+# Google Sheets): "=HYPERLINK(...)" as a tested URL or keyword would run when findings.csv is
+# opened. OWASP's CSV Injection page and ASVS 4.0 1.2.10 say: prefix such a cell with a single
+# quote. (NUL is in ASVS's list too.)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula, prefixed with `'`; numbers kept.
+
+    For CSV only: Parquet keeps the value as measured, and a reader of the CSV who needs the
+    raw text drops one leading `'` from cells whose next character is in FORMULA_STARTS.
+    """
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+            continue
+        if pd.api.types.is_datetime64_any_dtype(column.dtype):
+            continue
+        risky = column.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        if risky.fillna(False).astype(bool).any():
+            out[name] = column.map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+            )
+    return out
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """CSV for spreadsheets: formula-like text neutralised (see neutralise_formulas)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    plain(frame).to_csv(path, index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%SZ")
+    neutralise_formulas(plain(frame)).to_csv(
+        path, index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%SZ"
+    )
 
 
 def write_tables(comparison: Comparison, out: Path) -> list[Path]:

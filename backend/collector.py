@@ -4,7 +4,7 @@
     POST /report/{id}             submit one measurement {"format": "json", "content": {...}}
     POST /report/{id}/close       close the report
     GET  /health                  liveness and the number of stored measurements
-    GET  /stats                   stored measurements per vantage
+    GET  /stats                   the token's vantage: its stored measurements
 
 Every POST needs `Authorization: Bearer TOKEN`; a token speaks for one vantage (see
 collector_tokens), and a measurement whose `annotations.vantage` is another vantage is refused
@@ -16,6 +16,7 @@ again (see collector_store). Refusals are 4xx with `{"error": reason}` naming th
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from backend.collector_store import CollectorStore, Conflict, Session
 from backend.collector_tokens import TokenFile, TokenFileError
 from backend.collector_validate import Invalid, check_open, check_submission, parse_json_object
 from backend.helper import parse_listen
+from backend.log_text import printable
 from backend.serving import ServerLimits
 from probes import __version__
 from probes.measurement import new_report_id, ooni_time
@@ -44,6 +46,7 @@ log = logging.getLogger("censorscope.collector")
 SERVER_HEADER = f"censorscope-collector/{__version__}"
 OPEN_BODY_LIMIT = 64 * 1024
 _CC = re.compile(r"^[A-Z]{2}$")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass
@@ -146,10 +149,15 @@ def create_app(config: CollectorConfig) -> FastAPI:
         return _json(200, {"status": "ok", "measurements": store.total})
 
     @app.get("/stats")
-    async def stats() -> Response:
-        return _json(
-            200, {"measurements": store.total, "vantages": dict(sorted(store.counts.items()))}
-        )
+    async def stats(request: Request) -> Response:
+        # A vantage sees its own figure only: which vantages exist is not for others to learn
+        # (publish may hide an at-risk vantage's name; the collector must not list it).
+        try:
+            vantage = auth.vantage(request)
+        except Invalid as exc:
+            return _refuse(exc, "stats")
+        mine = store.counts.get(vantage, 0)
+        return _json(200, {"measurements": mine, "vantages": {vantage: mine}})
 
     @app.post("/report")
     async def open_report(request: Request) -> Response:
@@ -169,7 +177,13 @@ def create_app(config: CollectorConfig) -> FastAPI:
             opened=ooni_time(datetime.now(UTC)),
             meta=meta,
         )
-        await asyncio.to_thread(store.open_session, session)
+        try:
+            await asyncio.to_thread(store.open_session, session)
+        except OSError as exc:
+            log.error("could not record a new report: %s", exc)
+            if exc.errno in _NO_SPACE:
+                return _error(507, "the collector's disk is full, retry later")
+            return _error(503, "could not open a report now, retry later")
         log.info("opened %s for %s (%s)", report_id, vantage, meta["test_name"])
         return _json(
             200,
@@ -206,13 +220,23 @@ def create_app(config: CollectorConfig) -> FastAPI:
                 raise Invalid(
                     f"content.test_name {sub.test_name!r}: this report is {session.test_name!r}"
                 )
-            stored = await store.submit(sub)
+            if sub.report_id != session.report_id:
+                # Where a line is filed comes from the report it was posted to, never from its
+                # content: a vantage cannot write into another report's file.
+                raise Invalid(
+                    f"content.report_id {sub.report_id!r} is not the report it was posted to "
+                    f"({session.report_id!r}): set it to the report_id POST /report answered"
+                )
+            stored = await store.submit(sub, session)
         except Invalid as exc:
             return _refuse(exc, report_id)
         except Conflict:
             return _error(409, "content.measurement_uid: already stored for another vantage")
         except OSError as exc:
+            # Nothing of it is stored (the store cuts a failed write back): the probe keeps it.
             log.error("%s: could not store a measurement: %s", report_id, exc)
+            if exc.errno in _NO_SPACE:
+                return _error(507, "the collector's disk is full, retry later")
             return _error(503, "could not store the measurement now, retry later")
         return _json(200, {"measurement_uid": sub.uid, "duplicate": not stored})
 
@@ -229,7 +253,8 @@ def create_app(config: CollectorConfig) -> FastAPI:
 
 
 def _refuse(exc: Invalid, where: str) -> Response:
-    log.info("%s: %d %s", where[:80], exc.status, exc)
+    # `where` is a report id from the URL path: a client's text, escaped for the log line.
+    log.info("%s: %d %s", printable(where, 80), exc.status, printable(exc))
     return _error(exc.status, str(exc))
 
 

@@ -17,6 +17,7 @@ measurement waits for the first write instead of racing it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections import Counter, OrderedDict
@@ -185,8 +186,19 @@ class CollectorStore:
 
     # --- measurements -----------------------------------------------------------------------
 
-    async def submit(self, sub: Submission) -> bool:
-        """Store a checked measurement once: True if stored now, False if already stored."""
+    async def submit(self, sub: Submission, session: Session) -> bool:
+        """Store a checked measurement once: True if stored now, False if already stored.
+
+        The line is filed under the report it was posted to: that report's id, and the day the
+        collector opened it (as OONI's collector files a measurement by its arrival, not by a
+        date the client wrote), so no content can choose another report's file or 1970.
+        """
+        sub = dataclasses.replace(
+            sub,
+            report_id=session.report_id,
+            date=session.opened[:10],
+            test_start_time=session.opened,
+        )
         while True:
             owner = self._index.get(sub.uid)
             if owner is not None:

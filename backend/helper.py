@@ -26,6 +26,7 @@ from backend.helper_measure import measure
 from backend.helper_protocol import BadRequest, parse_request
 from backend.helper_relay import RelayConfig, mount_relay
 from backend.http_body import BodyTooLarge, read_capped
+from backend.log_text import printable
 from backend.serving import ServerLimits
 from probes import __version__
 from probes.gc_tuning import tuned_gc
@@ -139,13 +140,13 @@ async def _control(request: Request, number: int, config: HelperConfig) -> Respo
     try:
         req = parse_request(data, max_tcp_endpoints=config.max_tcp_endpoints)
     except BadRequest as exc:
-        log.info("<#%d> 400 %s", number, exc)
+        log.info("<#%d> 400 %s", number, printable(exc))
         return _error(400, str(exc))
     doc = await measure(req, config)
     log.info(
         "<#%d> %s endpoints=%d dns=%s http=%s in %.2fs",
         number,
-        req.url,
+        printable(req.url),
         len(doc["tcp_connect"]),
         doc["dns"]["failure"] or len(doc["dns"]["addrs"]),
         doc["http_request"]["failure"] or doc["http_request"]["status_code"],

@@ -32,6 +32,7 @@ from backend.helper_protocol import (
     plan_endpoints,
     split_endpoint,
 )
+from backend.log_text import printable
 from backend.ssrf import FORBIDDEN_FAILURE, parse_ip
 from probes.net.addresses import format_host_port, is_bogon
 from probes.net.dns import DNSResult, resolve_both
@@ -106,7 +107,7 @@ async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
     except TimeoutError:
         return "generic_timeout_error", []
     except Exception:
-        log.exception("DNS lookup of %s raised", host)
+        log.exception("DNS lookup of %s raised", printable(host))
         return _INTERNAL_FAILURE, []
     ctx.cache[host] = _join_dns(results)
     return ctx.cache[host]
@@ -238,7 +239,7 @@ async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
     except TimeoutError:
         failure = "generic_timeout_error"
     except Exception:
-        log.exception("GET %s raised", ctx.req.url)
+        log.exception("GET %s raised", printable(ctx.req.url))
         failure = _INTERNAL_FAILURE
     finally:
         if ctx.fetch_tls is not None and not ctx.fetch_tls.done():

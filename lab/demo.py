@@ -171,6 +171,7 @@ timeout = 10.0
 
 [upload]
 collector = {json.dumps(collector)}
+allow_http = true   # the lab's collector speaks plain http inside the namespaces
 
 [schedule]
 state_file = {json.dumps(str(home / "schedule-state.json"))}
@@ -189,16 +190,21 @@ time_limit = 120
     return path
 
 
-def collector_stats(lab: LabInfo, collector: str) -> dict[str, int]:
-    """Stored measurements per vantage, asked from inside the open vantage (as a probe would)."""
-    code = (
-        "import json,sys,urllib.request\n"
-        f"print(urllib.request.urlopen({collector + '/stats'!r}, timeout=5).read().decode())\n"
-    )
-    proc = lab.run("open", [sys.executable, "-c", code], timeout=20)
-    if proc.returncode != 0:
-        return {}
-    counts: dict[str, int] = json.loads(proc.stdout).get("vantages", {})
+def collector_stats(lab: LabInfo, collector: str, tokens: dict[str, str]) -> dict[str, int]:
+    """Stored measurements per vantage, asked from inside the open vantage (as a probe would);
+    /stats shows a token its own vantage only, so each vantage's token is asked in turn."""
+    counts: dict[str, int] = {}
+    for token in tokens.values():
+        code = (
+            "import json,sys,urllib.request\n"
+            f"r = urllib.request.Request({collector + '/stats'!r}, "
+            "headers={'authorization': 'Bearer ' + sys.stdin.read().strip()})\n"
+            "print(urllib.request.urlopen(r, timeout=5).read().decode())\n"
+        )
+        proc = lab.run("open", [sys.executable, "-c", code], timeout=20, input=token)
+        if proc.returncode != 0:
+            continue
+        counts.update(json.loads(proc.stdout).get("vantages", {}))
     return counts
 
 
@@ -288,7 +294,7 @@ def run_scheduled(
         end = time.monotonic() + deadline_s
         counts: dict[str, int] = {}
         while time.monotonic() < end:
-            counts = collector_stats(lab, url)
+            counts = collector_stats(lab, url, tokens)
             if all(counts.get(v, 0) >= want for v in VANTAGES):
                 break
             if any(p.poll() is not None for p in daemons.values()):

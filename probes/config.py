@@ -52,10 +52,17 @@ class ProbeConfig:
 
 @dataclass
 class UploadConfig:
-    """Where `upload` and the scheduler send measurements (token: or CENSORSCOPE_UPLOAD_TOKEN)."""
+    """Where `upload` and the scheduler send measurements.
+
+    The token comes from CENSORSCOPE_UPLOAD_TOKEN, `token_file` (a private file holding it) or
+    `token` (then keep this config private); `allow_http` permits plain http to a collector
+    that is not on loopback (a lab: the token then crosses the network in clear).
+    """
 
     collector: str = ""
     token: str = ""
+    token_file: str = ""
+    allow_http: bool = False
 
 
 @dataclass
@@ -77,6 +84,10 @@ _SECTIONS: dict[str, Any] = {
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
     """Coerce/validate one value against the dataclass annotation (a small, explicit subset)."""
     text = str(expected)
+    if text == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}': expected true or false, got {value!r}")
+        return value
     if "list" in text:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: key '{key}': expected a list of strings")
@@ -126,6 +137,8 @@ def load_config(path: Path | None) -> Config:
             if env is None:
                 continue
             parsed: Any = env.split(",") if "list" in str(spec.type) else env
+            if str(spec.type) == "bool":
+                parsed = _env_flag(f"CENSORSCOPE_{section.upper()}_{key.upper()}", env)
             if "float" in str(spec.type) or (
                 "int" in str(spec.type) and "list" not in str(spec.type)
             ):
@@ -140,3 +153,12 @@ def load_config(path: Path | None) -> Config:
     if "resolver" in data.get("probe", {}) and not config.probe.resolver:
         config.probe.resolver = None
     return config
+
+
+def _env_flag(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"environment {name}: expected 1/0, true/false, got {value!r}")

@@ -234,6 +234,14 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     )
     for warning in nettest.warnings:
         print(f"censorscope: {warning}", file=sys.stderr)
+    if summary.store_error:
+        print(
+            f"censorscope: the results store refused a write ({summary.store_error}); measuring "
+            f"stopped, {summary.unstored} measurements were not stored. Free space, then "
+            f"continue with --resume {manifest.report_id}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     if summary.errors:
         print(
             f"censorscope: {summary.errors} inputs failed with an internal error (not stored); "

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from probes.measurement import Measurement, new_measurement_uid, ooni_time
 from probes.nettests.base import Nettest
-from probes.store import ReportManifest, ReportWriter
+from probes.store import ReportManifest, ReportWriter, StoreError
 
 # Grace beyond the per-input timeout before the runner abandons a measurement itself: the
 # nettest's own budgets should fire first and record which step failed.
@@ -46,6 +46,9 @@ class RunSummary:
     inconclusive: int = 0
     errors: int = 0
     interrupted: bool = False
+    # The store refused a write (disk full, ...): measuring stopped; `unstored` were dropped.
+    store_error: str | None = None
+    unstored: int = 0
     elapsed: float = 0.0
     blocked_inputs: list[str] = field(default_factory=list)
 
@@ -227,6 +230,8 @@ async def run_nettest(
 
     async def worker() -> None:
         for input_ in stream:
+            if summary.store_error is not None:
+                return
             host = host_key(input_)
             await pacer.acquire(host)
             try:
@@ -243,8 +248,20 @@ async def run_nettest(
             while not queue.empty():
                 batch.append(queue.get_nowait())
             done = [m for m in batch if m is not None]
+            if done and summary.store_error is None:
+                try:
+                    await asyncio.to_thread(writer.append_lines, [m.to_json_line() for m in done])
+                except (OSError, StoreError) as exc:
+                    # Nothing of the batch is stored (the writer cut it back). Stop measuring
+                    # (workers see store_error) but keep taking from the queue, so that no
+                    # worker waits forever on a full queue; --resume measures these again.
+                    summary.store_error = str(exc)
+                    summary.unstored += len(done)
+                    done = []
+            elif done:
+                summary.unstored += len(done)
+                done = []
             if done:
-                await asyncio.to_thread(writer.append_lines, [m.to_json_line() for m in done])
                 for m in done:
                     summary.measured += 1
                     blocking = m.blocking

@@ -251,7 +251,7 @@ def run_job(spec: dict[str, Any], config_path: str | None) -> int:
 
 def _upload_after_run(job_id: str, config_path: str | None) -> None:
     from probes.config import ConfigError, load_config
-    from probes.upload import UploadError, UploadSettings, upload_store
+    from probes.upload import UploadError, settings_from_config, upload_store
 
     try:
         cfg = load_config(Path(config_path) if config_path else None)
@@ -261,18 +261,19 @@ def _upload_after_run(job_id: str, config_path: str | None) -> None:
         return
     if not settings.upload or not cfg.upload.collector:
         return
-    if not cfg.upload.token:
-        log.error(
-            "%s: not uploading: no token ([upload] token or CENSORSCOPE_UPLOAD_TOKEN)", job_id
-        )
+    try:
+        upload, warnings = settings_from_config(cfg)
+    except UploadError as exc:
+        log.error("%s: not uploading: %s", job_id, exc)
         return
-    upload = UploadSettings(collector=cfg.upload.collector, token=cfg.upload.token)
+    for warning in warnings:
+        log.warning("%s: %s", job_id, warning)
     try:
         summary = asyncio.run(upload_store(Path(cfg.probe.results), upload))
     except UploadError as exc:
         log.error("%s: upload failed: %s", job_id, exc)
         return
-    log.info("%s: %s", job_id, summary.describe())
+    (log.info if summary.ok else log.warning)("%s: %s", job_id, summary.describe())
 
 
 # --- the daemon --------------------------------------------------------------------------------

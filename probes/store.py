@@ -29,6 +29,9 @@ from probes.measurement import Measurement, MeasurementError
 
 RAW_DIR = "raw"
 REPORTS_DIR = "reports"
+# Stored files are the owner's, readable by its group (an analysis account), not by everyone:
+# measurements name the vantage's network and what it looked at.
+FILE_MODE = 0o640
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -84,10 +87,17 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write a whole file or nothing: temp file, fsync, rename, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)  # a full disk must not leave temp files behind
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -120,7 +130,7 @@ def _quarantine_torn_tail(path: Path) -> Path | None:
         handle.seek(cut)
         fragment = handle.read()
         side = path.with_name(path.name + ".torn")
-        with open(side, "ab") as out:
+        with open(os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE), "ab") as out:
             out.write(fragment + b"\n")
             out.flush()
             os.fsync(out.fileno())
@@ -137,9 +147,10 @@ class ReportWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.torn_tail = _quarantine_torn_tail(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._fsync = fsync
         self._lock = threading.Lock()
+        self._dirty = False  # a failed write could not be cut back: repair before appending
         self.written = 0
         _fsync_dir(path.parent)
 
@@ -160,14 +171,39 @@ class ReportWriter:
             if not line.endswith(b"\n") or b"\n" in line[:-1]:
                 raise StoreError("a stored measurement must be exactly one newline-terminated line")
         with self._lock:
-            for line in lines:
-                view = memoryview(line)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
-            if self._fsync:
-                os.fsync(self._fd)
+            if self._fd < 0:
+                raise StoreError(f"{self.path}: the report is closed")
+            if self._dirty:
+                self._repair()
+            start = os.fstat(self._fd).st_size
+            try:
+                for line in lines:
+                    view = memoryview(line)
+                    while view:
+                        n = os.write(self._fd, view)
+                        view = view[n:]
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError:
+                # A short write (ENOSPC, EFBIG, EDQUOT) leaves a fragment; the next line would
+                # be appended after it and both be lost. Cut the file back to where this batch
+                # started before anyone appends again; the caller gets the error (not stored).
+                self._cut(start)
+                raise
             self.written += len(lines)
+
+    def _cut(self, size: int) -> None:
+        """Truncate back to `size` (a line boundary); if even that fails, repair before the next
+        append (the fragment is then moved aside as a torn tail)."""
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError:
+            self._dirty = True
+
+    def _repair(self) -> None:
+        _quarantine_torn_tail(self.path)
+        self._dirty = False
 
     def close(self) -> None:
         with self._lock:

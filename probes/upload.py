@@ -5,13 +5,16 @@ an append-only file of the measurement_uids the collector has acknowledged
 (`RESULTS/upload/<collector>/uploaded.log`). A uid is appended (and fsynced, in batches) only
 after the collector answered 200, so a crash can only forget acknowledgements, never invent
 them; the forgotten ones are sent again on the next run and the collector, idempotent by
-measurement_uid, answers "duplicate" without storing a second copy. Measurements the collector
-refuses for good (400, 403, 413) go to `rejected.log` with the reason, so they do not block the
-queue on every run.
+measurement_uid, answers "duplicate" without storing a second copy.
 
-Transient failures (no connection, timeouts, 5xx, 429) are retried with exponential backoff and
-full jitter; when the collector stays away past the retry budget the run stops, and the next
-run carries on where this one stopped.
+Only a definitive refusal of one measurement (400, 409 uid conflict, 413, 422 to its own
+submission) moves that one measurement to `rejected.log`, so it does not block the queue on
+every run. A refused credential (401, 403: the token is unknown or speaks for another vantage)
+is the user's to fix: the measurements stay pending and the command says so. A report the
+collector will not open (404, 405, a redirect, any other answer) is a temporary failure: its
+measurements stay pending for the next run. Transient failures (no connection, timeouts, 5xx,
+429, 507) are retried with exponential backoff and full jitter; when the collector stays away
+past the retry budget the run stops, and the next run carries on where this one stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import os
 import random
 import re
@@ -27,16 +31,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
+from probes.config import Config
 from probes.net.http import JSONClient, JSONReply
+from probes.secret_files import SecretFileError, loose_permissions, read_token_file
 from probes.store import ResultsStore
 
 UPLOAD_DIR = "upload"
 INDEX_FLUSH_EVERY = 256
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-REJECT_STATUSES = frozenset({400, 403, 409, 413, 422})
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 507})
+# Definitive refusals of one measurement (its content), never of the credential or the report.
+REJECT_STATUSES = frozenset({400, 409, 413, 422})
+# A run stops after this many reports the collector would not open (a wrong URL fails them all).
+MAX_OPEN_FAILURES = 3
+_LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 class UploadError(Exception):
@@ -64,6 +75,9 @@ class UploadSettings:
     backoff_cap: float = 30.0
     timeout: float = 30.0
     ca_file: str | None = None
+    # Plain http to a collector that is not on loopback sends the token in clear: refused
+    # unless the user says so (a lab, a private network).
+    allow_http: bool = False
 
 
 @dataclass
@@ -76,18 +90,34 @@ class UploadSummary:
     retries: int = 0
     stopped: str | None = None
     rejections: list[str] = field(default_factory=list)
+    # Reports left pending because the collector would not open them (temporary).
+    not_opened: list[str] = field(default_factory=list)
+    # Set when the collector refused our token for these measurements (the user's to fix).
+    credential: str | None = None
 
     @property
     def complete(self) -> bool:
-        return self.stopped is None
+        """Everything was sent or definitively refused: nothing left for a next run."""
+        return self.stopped is None and self.credential is None and not self.not_opened
+
+    @property
+    def ok(self) -> bool:
+        """Complete and nothing rejected: what exit status 0 means."""
+        return self.complete and self.rejected == 0
 
     def describe(self) -> str:
         text = (
             f"upload: {self.uploaded} uploaded, {self.duplicates} already at the collector, "
             f"{self.rejected} rejected, {self.retries} retries, {self.reports} reports"
         )
+        if self.credential:
+            text += f"; token refused: {self.credential}"
+        if self.not_opened:
+            text += f"; {len(self.not_opened)} reports not opened: {self.not_opened[0]}"
         if self.stopped:
-            text += f"; stopped: {self.stopped} ({self.pending} left for the next run)"
+            text += f"; stopped: {self.stopped}"
+        if self.pending:
+            text += f" ({self.pending} left for the next run)"
         return text
 
 
@@ -111,7 +141,7 @@ class UploadIndex:
 
     def lock(self) -> None:
         """One uploader per store and collector at a time (the scheduler, a manual run)."""
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -153,7 +183,7 @@ class UploadIndex:
 
 def _append_durably(path: Path, lines: list[bytes]) -> None:
     """One write of whole lines on an O_APPEND descriptor, then fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         data = memoryview(b"".join(lines))
         while data:
@@ -224,6 +254,8 @@ class _Uploader:
                     f"collector {self.settings.collector} refused the token: {_reason(reply)}",
                     bad_input=True,
                 )
+            if reply.status_code == 403:
+                raise _CredentialRefused(_reason(reply))
             return reply
         raise _Unavailable(f"collector {self.settings.collector} unavailable ({last})")
 
@@ -245,12 +277,14 @@ class _Uploader:
         reply = await self.request("/report", orjson.dumps(meta))
         report_id = reply.data.get("report_id") if isinstance(reply.data, dict) else None
         if reply.status_code != 200 or not isinstance(report_id, str):
-            raise _ReportRefused(f"opening a report: HTTP {reply.status_code}: {_reason(reply)}")
+            raise _NotOpened(f"opening a report: HTTP {reply.status_code}: {_reason(reply)}")
         self.summary.reports += 1
         return report_id
 
-    async def submit(self, report_id: str, line: bytes) -> JSONReply:
-        body = b'{"format":"json","content":' + line.rstrip(b"\n") + b"}"
+    async def submit(self, report_id: str, data: dict[str, Any]) -> JSONReply:
+        # The measurement carries the report_id the collector gave (as OONI's probe does): the
+        # collector files it under that report and refuses any other.
+        body = orjson.dumps({"format": "json", "content": {**data, "report_id": report_id}})
         reply = await self.request(f"/report/{report_id}", body)
         if reply.status_code in (404, 409) and _is_report_problem(reply):
             raise _ReportGone
@@ -262,8 +296,12 @@ class _Uploader:
             await self.request(f"/report/{report_id}/close", b"{}")
 
 
-class _ReportRefused(Exception):
-    """The collector will not open a report for these measurements."""
+class _NotOpened(Exception):
+    """The collector did not open a report for these measurements (they stay pending)."""
+
+
+class _CredentialRefused(Exception):
+    """403: the token may not speak for these measurements (they stay pending)."""
 
 
 def _reason(reply: JSONReply) -> str:
@@ -280,20 +318,13 @@ async def _upload_report(
     up: _Uploader, index: UploadIndex, todo: list[tuple[str, bytes, dict[str, Any]]]
 ) -> None:
     summary = up.summary
-    try:
-        report_id = await up.open_report(todo[0][2])
-    except _ReportRefused as exc:
-        for uid, _line, _data in todo:
-            index.reject(uid, str(exc))
-            summary.rejected += 1
-        summary.rejections.append(str(exc))
-        return
+    report_id = await up.open_report(todo[0][2])
     position = 0
     reopened = 0
     while position < len(todo):
-        uid, line, _data = todo[position]
+        uid, _line, data = todo[position]
         try:
-            reply = await up.submit(report_id, line)
+            reply = await up.submit(report_id, data)
         except _ReportGone:
             reopened += 1
             if reopened > 3:
@@ -323,10 +354,7 @@ async def upload_store(
     store_root: Path, settings: UploadSettings, *, client: JSONClient | None = None
 ) -> UploadSummary:
     """Upload every measurement of the store not yet acknowledged by this collector."""
-    if not re.match(r"^https?://[^/\s]+", settings.collector):
-        raise UploadError(
-            f"--collector {settings.collector!r}: expected http(s)://HOST[:PORT]", bad_input=True
-        )
+    check_collector_url(settings.collector, allow_http=settings.allow_http)
     root = Path(store_root)
     if not root.is_dir():
         raise UploadError(f"results directory {root} does not exist", bad_input=True)
@@ -341,18 +369,123 @@ async def upload_store(
         index.load()
         up = _Uploader(client, settings, summary)
         reports = pending_reports(ResultsStore(root), index.done)
+        refused: set[object] = set()  # vantages whose measurements the token may not send
         for _path, todo in reports:
+            left = 0
+            vantage = _vantage(todo[0][2])
+            if vantage in refused:
+                summary.pending += len(todo)
+                continue
             try:
                 await _upload_report(up, index, todo)
+            except _CredentialRefused as exc:
+                refused.add(vantage)
+                summary.credential = (
+                    f"{exc}: the measurements of vantage {vantage!r} stay pending; "
+                    "upload them with that vantage's token"
+                )
+                left = 1
+            except _NotOpened as exc:
+                summary.not_opened.append(str(exc))
+                left = 1
+                if len(summary.not_opened) >= MAX_OPEN_FAILURES:
+                    summary.stopped = f"{len(summary.not_opened)} reports not opened"
             except _Unavailable as exc:
                 summary.stopped = str(exc)
-                summary.pending += sum(1 for uid, _l, _d in todo if uid not in index.done)
-                summary.pending += sum(len(rest) for _p, rest in reports)
-                break
+                left = 1
             finally:
                 index.flush()
+            if left:
+                summary.pending += sum(1 for uid, _l, _d in todo if uid not in index.done)
+            if summary.stopped:
+                summary.pending += sum(len(rest) for _p, rest in reports)
+                break
     finally:
         index.close()
         if own_client:
             await client.aclose()
     return summary
+
+
+def _vantage(data: dict[str, Any]) -> object:
+    annotations = data.get("annotations")
+    return annotations.get("vantage") if isinstance(annotations, dict) else None
+
+
+def check_collector_url(url: str, *, allow_http: bool = False) -> None:
+    """http(s)://HOST[:PORT]; plain http only to loopback unless `allow_http` (bad input)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise UploadError(f"--collector {url!r}: {exc}", bad_input=True) from exc
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise UploadError(f"--collector {url!r}: expected http(s)://HOST[:PORT]", bad_input=True)
+    if parts.scheme == "http" and not allow_http and not _is_loopback(host):
+        raise UploadError(
+            f"--collector {url!r}: plain http would send the token in clear over the network; "
+            "use https:// (or, for a lab or a private network, allow_http = true in [upload])",
+            bad_input=True,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_config(
+    cfg: Config,
+    *,
+    collector: str | None = None,
+    token: str | None = None,
+    token_file: Path | None = None,
+) -> tuple[UploadSettings, list[str]]:
+    """Upload settings from the options and the config, and warnings for the user.
+
+    The token, by precedence: `token` (the deprecated --token), `token_file`, the environment
+    (CENSORSCOPE_UPLOAD_TOKEN, already in `cfg.upload.token`), `[upload] token_file`, then
+    `[upload] token`. Raises UploadError (bad input) when there is no collector or no token.
+    """
+    warnings: list[str] = []
+    url = collector or cfg.upload.collector
+    if not url:
+        raise UploadError(
+            "no collector: give --collector URL or [upload] collector in the config",
+            bad_input=True,
+        )
+    env_token = os.environ.get("CENSORSCOPE_UPLOAD_TOKEN")
+    file = token_file or (Path(cfg.upload.token_file) if cfg.upload.token_file else None)
+    if token:
+        secret = token
+        warnings.append(
+            "warning: --token is visible to every user of this machine (ps, /proc); use "
+            "CENSORSCOPE_UPLOAD_TOKEN, --token-file or [upload] token_file instead"
+        )
+    elif file is not None and (token_file or not env_token):
+        try:
+            secret = read_token_file(file)
+        except SecretFileError as exc:
+            raise UploadError(str(exc), bad_input=True) from exc
+        if warning := loose_permissions(file, "the upload token file"):
+            warnings.append(warning)
+    else:
+        secret = cfg.upload.token  # the environment's, else the config's
+        if (
+            not env_token
+            and secret
+            and (warning := loose_permissions(Path(cfg.source), "this config holds a token and"))
+        ):
+            warnings.append(warning)
+    if not secret:
+        raise UploadError(
+            "no token: set CENSORSCOPE_UPLOAD_TOKEN, --token-file FILE or [upload] token_file",
+            bad_input=True,
+        )
+    settings = UploadSettings(collector=url, token=secret, allow_http=cfg.upload.allow_http)
+    return settings, warnings

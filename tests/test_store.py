@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import subprocess
+import sys
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -10,6 +13,7 @@ import pytest
 
 from probes.measurement import Measurement
 from probes.store import LineProblem, ReportManifest, ResultsStore, StoreError
+from tests.small_fs import fill, small_tmpfs
 
 
 def _manifest(
@@ -120,3 +124,73 @@ def test_refuses_multi_line_records_and_unsafe_names(tmp_path: Path) -> None:
         store.open_report(_manifest(vantage="../evil"))
     with pytest.raises(StoreError, match="no report"):
         store.load_manifest("nope")
+
+
+def _padded(input_: str, size: int) -> Measurement:
+    m = _m(input_)
+    m.test_keys["padding"] = "x" * size
+    return m
+
+
+def test_a_full_disk_leaves_no_fragment_and_the_next_line_is_whole(tmp_path: Path) -> None:
+    """ENOSPC mid-line (a real full tmpfs): the fragment is cut off before the next append."""
+    with small_tmpfs(tmp_path) as fs:
+        store = ResultsStore(fs / "results")
+        manifest = _manifest()
+        writer = store.open_report(manifest)
+        filler = fs / "filler"
+        fill(filler, leave=4096)  # one page left: one 3 KB line fits, the second does not
+        writer.append(_padded("first", 3000))
+        with pytest.raises(OSError) as info:
+            for i in range(10):
+                writer.append(_padded(f"lost-{i}", 3000))
+        assert info.value.errno == errno.ENOSPC
+        path = store.report_path(manifest)
+        assert path.read_bytes().endswith(b"\n"), "a fragment of the failed line is left"
+        assert [m.input for m in store.iter_measurements()] == ["first"]
+        filler.unlink()  # the operator frees space: the store carries on, whole lines only
+        writer.append(_padded("after", 3000))
+        writer.close()
+        problems: list[LineProblem] = []
+        inputs = [m.input for m in store.iter_measurements(on_problem=problems.append)]
+        assert (inputs, problems) == (["first", "after"], [])
+
+
+def test_stored_files_are_not_world_readable(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    manifest = _manifest()
+    with store.open_report(manifest) as w:
+        w.append(_m("a"))
+    for path in (store.report_path(manifest), store.manifest_path(manifest.report_id)):
+        assert path.stat().st_mode & 0o777 == 0o640, path
+
+
+def test_a_run_on_a_full_disk_stops_says_so_and_resumes(tmp_path: Path) -> None:
+    """Before: the writer task died, the workers waited on a full queue and the run hung."""
+    cli = [sys.executable, "-c", "from probes.cli import main; main()"]
+    root = Path(__file__).resolve().parents[1]
+    with small_tmpfs(tmp_path, size="256k") as fs:  # room for all 80 once the filler is gone
+        results = fs / "results"
+        (fs / "results").mkdir()
+        filler = fs / "filler"
+        fill(filler, leave=12288)
+        helper = "http://127.0.0.1:9/"  # nothing listens: the control is unreachable, locally
+        inputs = ["--input", "127.0.0.1:9", "--input", "127.0.0.1:10", "--repeat", "40"]
+        args = ["run", "tcp_connect", *inputs, "--helper", helper, "--results", str(results)]
+        done = subprocess.run([*cli, *args], cwd=root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr
+        assert "No space left on device" in done.stderr and "--resume" in done.stderr
+        store = ResultsStore(results)
+        problems: list[LineProblem] = []
+        first = len(list(store.iter_measurements(on_problem=problems.append)))
+        assert 0 < first < 80 and problems == []
+        report_id = done.stderr.rsplit("--resume ", 1)[1].split()[0]
+        filler.unlink()
+        done = subprocess.run(
+            [*cli, "run", "tcp_connect", "--resume", report_id, *inputs[4:], "--helper", helper,
+             "--results", str(results)],
+            cwd=root, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert "No space left" not in done.stderr, done.stderr
+        measured = Counter(m.input for m in store.iter_measurements(on_problem=problems.append))
+        assert measured == {"127.0.0.1:9": 40, "127.0.0.1:10": 40} and problems == []

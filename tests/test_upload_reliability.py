@@ -8,6 +8,9 @@ On 2 cores the full scale takes minutes: each submission is one HTTP request and
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from probes.upload import UploadSettings, UploadSummary, upload_store
-from tests.test_collector_support import CollectorProcess, fill_store, make_token, stored_uids
+from tests.test_collector_support import (
+    CLI,
+    ROOT,
+    CollectorProcess,
+    fill_store,
+    make_token,
+    stored_uids,
+)
 
 SCALES = [
     pytest.param(50, 40, id="50x40"),
@@ -57,7 +67,7 @@ def _assert_exactly_once(proc: CollectorProcess, expected: set[str]) -> None:
     assert len(uids) == len(expected), f"{len(uids) - len(set(uids))} stored twice"
     assert set(uids) == expected
     assert not list(proc.data.rglob("*.torn"))
-    assert proc.get("/stats")["measurements"] == len(expected)
+    assert proc.get("/health")["measurements"] == len(expected)
 
 
 @pytest.mark.parametrize(("uploaders", "per"), SCALES)
@@ -86,7 +96,7 @@ def test_kill_9_mid_load_loses_nothing_and_stores_nothing_twice(
     def killer() -> None:
         try:
             while True:
-                done = proc.get("/stats")["measurements"]
+                done = proc.get("/health")["measurements"]
                 if done >= len(expected) // 3:
                     break
                 time.sleep(0.01)
@@ -114,4 +124,32 @@ def test_kill_9_mid_load_loses_nothing_and_stores_nothing_twice(
         assert sum(s.uploaded + s.duplicates for s in again) == 0
     finally:
         thread.join()
+        proc.stop()
+
+
+def test_kill_9_of_the_uploader_loses_nothing_and_stores_nothing_twice(tmp_path: Path) -> None:
+    """`censorscope upload` killed mid-run (its acknowledgements are flushed in batches of 256,
+    so most are lost): the rerun re-sends them, the collector answers "duplicate"."""
+    proc, tokens, expected = _setup(tmp_path, 1, 600)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CENSORSCOPE_UPLOAD_TOKEN": tokens[0]}
+    argv = [sys.executable, "-c", CLI, "upload", "--collector", proc.url,
+            "--results", str(tmp_path / "probe0")]  # fmt: skip
+    try:
+        uploader = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while proc.get("/health")["measurements"] < 300:
+            assert uploader.poll() is None, uploader.communicate()
+            assert time.monotonic() < deadline, "the uploader made no progress"
+            time.sleep(0.005)
+        uploader.kill()
+        uploader.wait()
+        stored_before = proc.get("/health")["measurements"]
+        assert stored_before < len(expected)
+        again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=120)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        _assert_exactly_once(proc, expected)
+        assert "already at the collector" in again.stdout
+    finally:
         proc.stop()

@@ -5,11 +5,18 @@ A mail platform that filters content refuses the message to the sender (e.g. QQ 
 never sees it. Both sides use the standard library (smtplib, imaplib) in a worker thread.
 Settings come from the environment only (never the command line, never a measurement):
 
-    CENSORSCOPE_SMTP_HOST, CENSORSCOPE_SMTP_PORT (25), CENSORSCOPE_SMTP_STARTTLS (0/1),
+    CENSORSCOPE_SMTP_HOST, CENSORSCOPE_SMTP_PORT (25), CENSORSCOPE_SMTP_STARTTLS (1; 0 = none),
     CENSORSCOPE_SMTP_USER, CENSORSCOPE_SMTP_PASSWORD (optional login),
     CENSORSCOPE_SMTP_FROM, CENSORSCOPE_SMTP_TO,
-    CENSORSCOPE_IMAP_HOST, CENSORSCOPE_IMAP_PORT (143, or 993 with CENSORSCOPE_IMAP_TLS=1),
-    CENSORSCOPE_IMAP_USER, CENSORSCOPE_IMAP_PASSWORD, CENSORSCOPE_IMAP_MAILBOX (INBOX)
+    CENSORSCOPE_IMAP_HOST, CENSORSCOPE_IMAP_PORT (993, or 143 unless CENSORSCOPE_IMAP_TLS=1),
+    CENSORSCOPE_IMAP_TLS (1 = implicit TLS, the default; starttls; 0 = none),
+    CENSORSCOPE_IMAP_USER, CENSORSCOPE_IMAP_PASSWORD, CENSORSCOPE_IMAP_MAILBOX (INBOX),
+    CENSORSCOPE_MAIL_CA_FILE (extra trust anchors; default: the run's --ca-file, else the
+    system's), CENSORSCOPE_MAIL_PLAINTEXT_LOGIN (0; 1 = a lab may log in without TLS).
+
+TLS is verified (ssl.create_default_context: chain and host name). Credentials never cross the
+network in clear: a login over a session without TLS is refused before any connection is made,
+unless CENSORSCOPE_MAIL_PLAINTEXT_LOGIN=1 says this is a lab.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import email.policy
 import imaplib
 import os
 import smtplib
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,41 +55,67 @@ class MailSettings:
     imap_password: str
     smtp_user: str | None = None
     smtp_password: str | None = None
-    starttls: bool = False
-    imap_tls: bool = False
+    starttls: bool = True
+    imap_tls: str = "tls"  # "tls" (implicit, IMAPS), "starttls" or "none"
     mailbox: str = "INBOX"
+    ca_file: str | None = None
+    plaintext_login: bool = False  # a lab only: log in without TLS
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def _flag(value: str | None, default: bool = False) -> bool:
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _settings(env: Mapping[str, str]) -> MailSettings:
+_IMAP_TLS = {"1": "tls", "true": "tls", "yes": "tls", "on": "tls", "tls": "tls",
+             "starttls": "starttls", "0": "none", "false": "none", "no": "none", "off": "none",
+             "none": "none"}  # fmt: skip
+
+
+def _settings(env: Mapping[str, str], ca_file: str | None = None) -> MailSettings:
     def need(name: str) -> str:
         value = env.get(f"CENSORSCOPE_{name}")
         if not value:
             raise ChannelError(f"smtp: set CENSORSCOPE_{name} (environment or config)")
         return value
 
-    imap_tls = _flag(env.get("CENSORSCOPE_IMAP_TLS"))
+    raw_tls = (env.get("CENSORSCOPE_IMAP_TLS") or "1").strip().lower()
+    if raw_tls not in _IMAP_TLS:
+        raise ChannelError(f"smtp: CENSORSCOPE_IMAP_TLS={raw_tls!r}: use 1, starttls or 0")
+    imap_tls = _IMAP_TLS[raw_tls]
     try:
-        return MailSettings(
+        settings = MailSettings(
             smtp_host=need("SMTP_HOST"),
             smtp_port=int(env.get("CENSORSCOPE_SMTP_PORT") or 25),
             mail_from=need("SMTP_FROM"),
             mail_to=need("SMTP_TO"),
             imap_host=need("IMAP_HOST"),
-            imap_port=int(env.get("CENSORSCOPE_IMAP_PORT") or (993 if imap_tls else 143)),
+            imap_port=int(env.get("CENSORSCOPE_IMAP_PORT") or (993 if imap_tls == "tls" else 143)),
             imap_user=need("IMAP_USER"),
             imap_password=need("IMAP_PASSWORD"),
             smtp_user=env.get("CENSORSCOPE_SMTP_USER") or None,
             smtp_password=env.get("CENSORSCOPE_SMTP_PASSWORD") or None,
-            starttls=_flag(env.get("CENSORSCOPE_SMTP_STARTTLS")),
+            starttls=_flag(env.get("CENSORSCOPE_SMTP_STARTTLS"), default=True),
             imap_tls=imap_tls,
             mailbox=env.get("CENSORSCOPE_IMAP_MAILBOX") or "INBOX",
+            ca_file=env.get("CENSORSCOPE_MAIL_CA_FILE") or ca_file,
+            plaintext_login=_flag(env.get("CENSORSCOPE_MAIL_PLAINTEXT_LOGIN")),
         )
     except ValueError as exc:
         raise ChannelError(f"smtp: a port is not a number: {exc}") from exc
+    if not settings.plaintext_login:
+        if settings.imap_tls == "none":
+            raise ChannelError(
+                "smtp: CENSORSCOPE_IMAP_TLS=0 would send the IMAP password in clear; use TLS, "
+                "or set CENSORSCOPE_MAIL_PLAINTEXT_LOGIN=1 in a lab"
+            )
+        if settings.smtp_user and not settings.starttls:
+            raise ChannelError(
+                "smtp: CENSORSCOPE_SMTP_STARTTLS=0 would send the SMTP password in clear; use "
+                "STARTTLS, or set CENSORSCOPE_MAIL_PLAINTEXT_LOGIN=1 in a lab"
+            )
+    return settings
 
 
 def body_text(raw: bytes) -> str:
@@ -101,12 +135,21 @@ class SMTPChannel(Channel):
         self.settings = settings
         self._last_uid = 0
         self._baseline_taken = False
+        self._tls: ssl.SSLContext | None = None
 
     @classmethod
     def from_settings(
         cls, helpers: list[str], ca_file: str | None, env: Mapping[str, str] = os.environ
     ) -> SMTPChannel:
-        return cls(_settings(env))
+        return cls(_settings(env, ca_file))
+
+    def _context(self) -> ssl.SSLContext:
+        """Verified TLS: the system's trust store (plus the CA file), host names checked."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            if self.settings.ca_file:
+                self._tls.load_verify_locations(cafile=self.settings.ca_file)
+        return self._tls
 
     def _send_sync(self, text: str) -> SendReceipt:
         s = self.settings
@@ -118,7 +161,7 @@ class SMTPChannel(Channel):
         try:
             with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=SESSION_TIMEOUT) as smtp:
                 if s.starttls:
-                    smtp.starttls()
+                    smtp.starttls(context=self._context())
                 if s.smtp_user and s.smtp_password:
                     smtp.login(s.smtp_user, s.smtp_password)
                 smtp.send_message(message)
@@ -139,8 +182,15 @@ class SMTPChannel(Channel):
 
     def _imap(self) -> imaplib.IMAP4:
         s = self.settings
-        cls = imaplib.IMAP4_SSL if s.imap_tls else imaplib.IMAP4
-        client = cls(s.imap_host, s.imap_port, timeout=SESSION_TIMEOUT)
+        client: imaplib.IMAP4
+        if s.imap_tls == "tls":
+            client = imaplib.IMAP4_SSL(
+                s.imap_host, s.imap_port, ssl_context=self._context(), timeout=SESSION_TIMEOUT
+            )
+        else:
+            client = imaplib.IMAP4(s.imap_host, s.imap_port, timeout=SESSION_TIMEOUT)
+            if s.imap_tls == "starttls":
+                client.starttls(ssl_context=self._context())
         client.login(s.imap_user, s.imap_password)
         status, _ = client.select(s.mailbox, readonly=True)
         if status != "OK":

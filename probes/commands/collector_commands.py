@@ -35,6 +35,7 @@ def collector(
     from backend.collector import CollectorConfig, serve
     from backend.collector_tokens import TokenFile, TokenFileError
     from backend.helper import parse_listen
+    from probes.secret_files import loose_permissions
 
     try:
         parse_listen(listen)
@@ -44,6 +45,8 @@ def collector(
         TokenFile(tokens)  # check now: a bad tokens file is bad input, not a crash later
     except TokenFileError as exc:
         fail(str(exc))
+    if warning := loose_permissions(tokens, "the collector's tokens file"):
+        typer.echo(warning, err=True)
     serve(
         listen,
         CollectorConfig(data=data, tokens=tokens, max_measurement_bytes=max_measurement_bytes),
@@ -56,7 +59,13 @@ def upload(
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(help="Bearer token [default: config or CENSORSCOPE_UPLOAD_TOKEN]."),
+        typer.Option(
+            help="Deprecated: visible in ps. Use CENSORSCOPE_UPLOAD_TOKEN or --token-file."
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the bearer token [default: [upload] token_file]."),
     ] = None,
     results: Annotated[
         Path | None, typer.Option(help="Results directory [default: ./results].")
@@ -66,26 +75,36 @@ def upload(
         int, typer.Option(min=1, max=100, help="Tries per request before giving up.")
     ] = 8,
 ) -> None:
-    """Upload the measurements not yet uploaded to a collector; safe to rerun at any time."""
+    """Upload the measurements not yet uploaded to a collector; safe to rerun at any time.
+
+    Exit status: 0 all sent; 1 something left for the next run or rejected by the collector;
+    2 bad options, or the collector refused the token (the measurements stay pending).
+    """
     import asyncio
 
-    from probes.upload import UploadError, UploadSettings, upload_store
+    from probes.upload import UploadError, settings_from_config, upload_store
 
     cfg = _config(config)
-    url = collector or cfg.upload.collector
-    if not url:
-        fail("no collector: give --collector URL or [upload] collector in the config")
-    secret = token or cfg.upload.token
-    if not secret:
-        fail("no token: give --token, [upload] token or CENSORSCOPE_UPLOAD_TOKEN")
-    settings = UploadSettings(collector=url, token=secret, attempts=attempts)
+    try:
+        settings, warnings = settings_from_config(
+            cfg, collector=collector, token=token, token_file=token_file
+        )
+    except UploadError as exc:
+        fail(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE)
+    for warning in warnings:
+        typer.echo(warning, err=True)
+    settings.attempts = attempts
     store = results or Path(cfg.probe.results)
     try:
         summary = asyncio.run(upload_store(store, settings))
     except UploadError as exc:
         fail(str(exc), EXIT_BAD_INPUT if exc.bad_input else EXIT_FAILURE)
     typer.echo(summary.describe())
-    raise typer.Exit(0 if summary.complete else EXIT_FAILURE)
+    for rejection in summary.rejections:
+        typer.echo(f"rejected: {rejection}", err=True)
+    if summary.credential:
+        fail(f"the collector refused the token: {summary.credential}", EXIT_BAD_INPUT)
+    raise typer.Exit(0 if summary.ok else EXIT_FAILURE)
 
 
 def schedule_run(
