@@ -33,6 +33,7 @@ from backend.collector_store import CollectorStore, Conflict, Session
 from backend.collector_tokens import TokenFile, TokenFileError
 from backend.collector_validate import Invalid, check_open, check_submission, parse_json_object
 from backend.helper import parse_listen
+from backend.whoami import mount_whoami
 from probes import __version__
 from probes.measurement import new_report_id, ooni_time
 
@@ -139,6 +140,7 @@ def create_app(config: CollectorConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.store = store
+    mount_whoami(app)
 
     @app.get("/health")
     async def health() -> Response:

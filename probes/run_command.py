@@ -23,6 +23,7 @@ from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
 from probes.runner import RunOptions, RunSummary, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
+from probes.vantage import Vantage
 
 T = TypeVar("T")
 
@@ -107,6 +108,35 @@ def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> None
             fail(f"{path}: cannot read: {exc.strerror or exc}")
 
 
+def _locate(cfg: Config, req: RunRequest, fail: Callable[[str], NoReturn]) -> Vantage:
+    """probe_cc/probe_asn/resolver keys from [geoip] (probes/vantage.py); one line if unknown."""
+    from probes.geoip import GeoIPError
+    from probes.vantage import locate
+
+    resolver = req.resolver or cfg.probe.resolver
+    try:
+        where = run_async(
+            locate(
+                cfg,
+                helpers=req.helpers or cfg.probe.helpers,
+                resolver=resolver if resolver and _resolver_ok(resolver) else None,
+                ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
+            )
+        )
+    except GeoIPError as exc:
+        fail(f"[geoip] databases: {exc}")
+    if where.notice:
+        print(f"censorscope: {where.notice}", file=sys.stderr)
+    return where
+
+
+def _resolver_ok(resolver: str) -> bool:
+    try:
+        return is_ip(parse_host_port(resolver, 53)[0])
+    except ValueError:
+        return False
+
+
 def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]) -> int:
     """Run a nettest as asked; returns the exit status (fail() exits on bad input)."""
     try:
@@ -122,6 +152,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
+    where = _locate(cfg, req, fail)
     if req.resume:
         try:
             manifest = store.load_manifest(req.resume)
@@ -146,7 +177,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     else:
         now = datetime.now(UTC)
         manifest = ReportManifest(
-            report_id=new_report_id(cls.name, cfg.vantage.probe_cc, cfg.vantage.probe_asn, now),
+            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
             test_name=cls.name,
             vantage=vantage,
             date=now.strftime("%Y-%m-%d"),
@@ -176,15 +207,18 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
 
     ctx = ProbeContext(
         vantage=vantage,
-        probe_cc=cfg.vantage.probe_cc,
-        probe_asn=cfg.vantage.probe_asn,
-        probe_network_name=cfg.vantage.network_name,
+        probe_cc=where.probe_cc,
+        probe_asn=where.probe_asn,
+        probe_network_name=where.probe_network_name,
+        resolver_ip=where.resolver_ip,
+        resolver_asn=where.resolver_asn,
+        resolver_network_name=where.resolver_network_name,
         resolver=resolver,
         helpers=req.helpers or list(cfg.probe.helpers),
         timeout=req.timeout or cfg.probe.timeout,
         ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
         fingerprint_files=[str(p) for p in req.fingerprints] or list(cfg.probe.fingerprints),
-        scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
+        scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
     )
     run_options = RunOptions(
