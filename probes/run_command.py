@@ -109,18 +109,34 @@ def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> None
 
 
 def _locate(cfg: Config, req: RunRequest, fail: Callable[[str], NoReturn]) -> Vantage:
+    return locate_vantage(
+        cfg,
+        helpers=req.helpers or cfg.probe.helpers,
+        resolver=req.resolver or cfg.probe.resolver,
+        ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
+        fail=fail,
+    )
+
+
+def locate_vantage(
+    cfg: Config,
+    *,
+    helpers: list[str],
+    resolver: str | None,
+    ca_file: str | None,
+    fail: Callable[[str], NoReturn],
+) -> Vantage:
     """probe_cc/probe_asn/resolver keys from [geoip] (probes/vantage.py); one line if unknown."""
     from probes.geoip import GeoIPError
     from probes.vantage import locate
 
-    resolver = req.resolver or cfg.probe.resolver
     try:
         where = run_async(
             locate(
                 cfg,
-                helpers=req.helpers or cfg.probe.helpers,
+                helpers=helpers,
                 resolver=resolver if resolver and _resolver_ok(resolver) else None,
-                ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
+                ca_file=ca_file,
             )
         )
     except GeoIPError as exc:

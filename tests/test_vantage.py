@@ -247,3 +247,33 @@ def test_a_run_without_database_says_so_once(
     assert err.count("vantage location unknown") == 1
     m = orjson.loads(next((tmp_path / "results").rglob("*.jsonl")).read_bytes().splitlines()[0])
     assert (m["probe_cc"], m["probe_asn"]) == ("ZZ", "AS0")
+
+
+def test_geoip_section_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from probes.config import ConfigError, load_config
+
+    path = tmp_path / "probe.toml"
+    path.write_text('[geoip]\ndatabases = ["c.mmdb", "a.mmdb"]\nresolver_whoami = "whoami.z"\n')
+    monkeypatch.setenv("CENSORSCOPE_GEOIP_STUN", "stun.example:3478,127.0.0.1")
+    cfg = load_config(path)
+    assert cfg.geoip.databases == ["c.mmdb", "a.mmdb"] and cfg.geoip.resolver_whoami == "whoami.z"
+    assert cfg.geoip.stun == ["stun.example:3478", "127.0.0.1"]
+    path.write_text('[geoip]\ndatabase = "x.mmdb"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'geoip\.database'"):
+        load_config(path)
+
+
+def test_an_unreadable_database_is_bad_input_naming_the_file(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.geoip.databases = [str(tmp_path / "missing.mmdb")]
+    messages: list[str] = []
+
+    def fail(message: str) -> None:
+        messages.append(message)
+        raise SystemExit(2)
+
+    request = RunRequest(nettest="tcp_connect", inputs=["127.0.0.1:1"], results=tmp_path / "r")
+    with pytest.raises(SystemExit):
+        execute_run(cfg, request, fail=fail)  # type: ignore[arg-type]
+    assert "missing.mmdb: no such GeoIP database" in messages[0]
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").rglob("*.jsonl"))
