@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 import ssl
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from urllib.parse import urljoin
 import dns.asyncresolver
 import dns.exception
 import dns.rdatatype
+import dns.resolver
 import httpx
 
 from probes.net.addresses import parse_host_port
@@ -68,16 +70,23 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
 async def ask_whoami(url: str, *, timeout: float, ca_file: str | None = None) -> WhoamiAnswer:
     """GET one /x/whoami endpoint: the address the server saw us come from."""
     try:
-        async with httpx.AsyncClient(
-            timeout=timeout, verify=_ssl_context(ca_file), follow_redirects=False
-        ) as client:
-            response = await client.get(url)
-    except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+        async with (
+            httpx.AsyncClient(
+                timeout=timeout, verify=_ssl_context(ca_file), follow_redirects=False
+            ) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise SourceError(f"{url}: HTTP {response.status_code}")
+            data = b""
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_WHOAMI_BYTES:
+                    raise SourceError(f"{url}: answer over {MAX_WHOAMI_BYTES} bytes")
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, ssl.SSLError, ValueError) as exc:
         raise SourceError(f"{url}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code != 200 or len(response.content) > MAX_WHOAMI_BYTES:
-        raise SourceError(f"{url}: HTTP {response.status_code}")
     try:
-        body = response.json()
+        body = json.loads(data)
     except ValueError as exc:
         raise SourceError(f"{url}: not JSON") from exc
     if not isinstance(body, dict):
@@ -104,9 +113,7 @@ async def resolver_address(name: str, *, timeout: float, nameserver: str | None 
     try:
         if nameserver is None:
             infos = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(
-                    name, None, family=socket.AF_INET, type=socket.SOCK_STREAM
-                ),
+                asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM),
                 timeout,
             )
             if not infos:
@@ -116,7 +123,11 @@ async def resolver_address(name: str, *, timeout: float, nameserver: str | None 
         resolver = dns.asyncresolver.Resolver(configure=False)
         resolver.nameservers = [host]
         resolver.port = port
-        answer = await resolver.resolve(name, dns.rdatatype.A, lifetime=timeout)
+        # A first, AAAA when the asker came over IPv6 (the zone answers in the asker's family).
+        try:
+            answer = await resolver.resolve(name, dns.rdatatype.A, lifetime=timeout)
+        except dns.resolver.NoAnswer:
+            answer = await resolver.resolve(name, dns.rdatatype.AAAA, lifetime=timeout)
         return _ip(answer[0].to_text(), name)
     except (OSError, TimeoutError, dns.exception.DNSException, ValueError) as exc:
         raise SourceError(f"{name}: {type(exc).__name__}: {exc}") from exc

@@ -128,8 +128,11 @@ def locate_vantage(
 ) -> Vantage:
     """probe_cc/probe_asn/resolver keys from [geoip] (probes/vantage.py); one line if unknown."""
     from probes.geoip import GeoIPError
-    from probes.vantage import locate
+    from probes.vantage import locate, source_problem
 
+    problem = source_problem(cfg)
+    if problem:
+        fail(f"{cfg.source}: {problem}")
     try:
         where = run_async(
             locate(

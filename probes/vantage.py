@@ -47,6 +47,21 @@ class Vantage:
     notice: str | None = None
 
 
+def source_problem(cfg: Config) -> str | None:
+    """A malformed [geoip] source, named (checked before anything is measured)."""
+    for url in cfg.geoip.whoami:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            return f"[geoip] whoami: {url!r} is not an http(s) URL"
+    for server in cfg.geoip.stun:
+        try:
+            host, _port = parse_host_port(server, 3478)
+        except ValueError as exc:
+            return f"[geoip] stun: {server!r}: {exc}"
+        if not host:
+            return f"[geoip] stun: {server!r}: no host"
+    return None
+
+
 def whoami_sources(cfg: Config, helpers: Iterable[str]) -> list[str]:
     """The whoami endpoints to ask: the configured ones, else our own helpers and collector
     (OONI's public helpers have no such endpoint and are not ours to ask)."""

@@ -277,3 +277,15 @@ def test_an_unreadable_database_is_bad_input_naming_the_file(tmp_path: Path) -> 
         execute_run(cfg, request, fail=fail)  # type: ignore[arg-type]
     assert "missing.mmdb: no such GeoIP database" in messages[0]
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").rglob("*.jsonl"))
+
+
+def test_malformed_sources_are_named_before_measuring() -> None:
+    from probes.vantage import source_problem
+
+    cfg = Config()
+    assert source_problem(cfg) is None
+    cfg.geoip.stun = ["[2001:db8::1"]
+    assert "[geoip] stun" in (source_problem(cfg) or "")
+    cfg.geoip.stun = []
+    cfg.geoip.whoami = ["ftp://helper.example/x/whoami"]
+    assert "not an http(s) URL" in (source_problem(cfg) or "")
