@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from probes.config import Config
 from probes.gc_tuning import tuned_gc
@@ -23,7 +23,9 @@ from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
 from probes.runner import RunOptions, RunSummary, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
-from probes.vantage import Vantage
+
+if TYPE_CHECKING:
+    from probes.vantage import Vantage
 
 T = TypeVar("T")
 
