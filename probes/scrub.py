@@ -23,10 +23,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Keys whose string value is a base64 DNS message (net/dns.py's query records and x_responses).
 DNS_WIRE_KEYS = frozenset({"raw_response", "raw"})
-# A run of hex digits, colons and dots with two colons or more: every textual IPv6 candidate
-# (an embedded dotted IPv4 tail included); a `%zone` suffix is taken along.
+# Every textual IPv6 candidate: two to eight colon-ended groups (`::` is an empty one), then a
+# last group or a dotted IPv4 tail, and a `%zone`; not inside a longer word or address.
 _V6_TOKEN = re.compile(
-    r"(?<![0-9A-Za-z:.])[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%[0-9A-Za-z_.-]+)?"
+    r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,8}"
+    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?"
+    r"(?:%[0-9A-Za-z_.-]+)?(?![0-9A-Za-z:])"
 )
 _PACKED_V4_PLACEHOLDER = ipaddress.IPv4Address("127.0.0.1").packed
 _PACKED_V6_PLACEHOLDER = ipaddress.IPv6Address("::1").packed

@@ -112,3 +112,62 @@ def test_base64_without_our_address_is_untouched() -> None:
     body = binary_data(b"\xff\xfe nothing here 198.51.100.1")
     keys = {"requests": [{"response": {"body": body}}], "queries": [{"raw_response": "!!"}]}
     assert _scrub(keys) == keys
+
+
+# --- properties: any spelling goes, nothing else changes ---------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LEFT = st.sampled_from([" ", '"', "[", "/", ",", "=", "(", "\n", "peer ", "host-"])
+_RIGHT = st.sampled_from([" ", '"', "]:443", "/", ",", ")", "\n", ".example"])
+
+
+def _spellings(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st.SearchStrategy[str]:
+    if addr.version == 4:
+        return st.sampled_from([str(addr), str(addr).replace(".", "-")])
+    groups = addr.exploded.split(":")
+    return st.builds(
+        lambda strip, upper, compress: _v6_text(groups, strip, upper, compress),
+        st.lists(st.booleans(), min_size=8, max_size=8),
+        st.booleans(),
+        st.booleans(),
+    )
+
+
+def _v6_text(groups: list[str], strip: list[bool], upper: bool, compress: bool) -> str:
+    parts = [(g.lstrip("0") or "0") if s else g for g, s in zip(groups, strip, strict=True)]
+    text = ":".join(parts)
+    if compress:  # the first run of zero groups as "::" (valid wherever it is)
+        text = str(ipaddress.IPv6Address(text)) if "::" not in text else text
+    return text.upper() if upper else text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses(), st.data(), _LEFT, _RIGHT)
+def test_any_spelling_of_our_address_is_scrubbed(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address, data: st.DataObject, left: str, right: str
+) -> None:
+    if addr in (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")):
+        return  # the placeholders themselves are never learned
+    if addr.is_unspecified:
+        return
+    written = data.draw(_spellings(addr))
+    out = Scrubber([str(addr)]).scrub_text(f"a{left}{written}{right}b")
+    assert SCRUBBED in out, (written, out)
+    lowered = out.lower()
+    assert str(addr) not in lowered or str(addr) in SCRUBBED
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses(), st.ip_addresses(), _LEFT, _RIGHT)
+def test_other_addresses_are_never_touched(
+    ours: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    other: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    left: str,
+    right: str,
+) -> None:
+    if ours == other or (ours.version == 4 and other == ipaddress.IPv6Address(f"::ffff:{ours}")):
+        return
+    text = f"a{left}{other}{right}b {other.exploded}"
+    assert Scrubber([str(ours)]).scrub_text(text) == text
