@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from probes.config import OONI_HELPERS, Config
 from probes.geoip import GeoDatabase, IPInfo
-from probes.net.addresses import is_ip, parse_host_port
+from probes.net.addresses import parse_host_port
 from probes.publicip import (
     SourceError,
     WhoamiAnswer,
@@ -29,6 +29,8 @@ from probes.publicip import (
 
 UNKNOWN_CC = "ZZ"
 UNKNOWN_ASN = "AS0"
+# probe-cli model.DefaultResolverIP: what OONI writes when the resolver lookup failed.
+UNKNOWN_RESOLVER_IP = "127.0.0.2"
 LOCATE_TIMEOUT = 4.0  # seconds for all sources together, before the first measurement
 
 
@@ -137,6 +139,7 @@ async def locate(
         if resolver:
             vantage.resolver_ip = parse_host_port(resolver, 53)[0]
         else:
+            vantage.resolver_ip = UNKNOWN_RESOLVER_IP
             name = cfg.geoip.resolver_whoami or offered
             if name:
                 # As probe-cli: a failed resolver lookup spoils nothing else.
@@ -144,7 +147,7 @@ async def locate(
                     vantage.resolver_ip = await resolver_address(
                         name, timeout=timeout, nameserver=whoami_nameserver
                     )
-        if db is not None and vantage.resolver_ip and is_ip(vantage.resolver_ip):
+        if db is not None and vantage.resolver_ip not in ("", UNKNOWN_RESOLVER_IP):
             info = db.lookup(vantage.resolver_ip)
             vantage.resolver_asn = info.asn_string
             vantage.resolver_network_name = info.network_name

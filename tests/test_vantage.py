@@ -164,7 +164,8 @@ def test_stun_alone_is_enough(tmp_path: Path, world: World) -> None:
     cfg.geoip.whoami = [f"http://{HOST}:{closed_port(HOST)}/x/whoami"]  # down
     where = asyncio.run(locate(cfg, helpers=[], resolver=None, timeout=2))
     assert where.probe_asn == "AS30722" and where.scrub == [PUBLIC]
-    assert where.resolver_ip == ""  # no name offered, none configured
+    # No name offered, none configured: OONI's "unknown" resolver (model.DefaultResolverIP).
+    assert (where.resolver_ip, where.resolver_asn) == ("127.0.0.2", "AS0")
 
 
 def test_the_configuration_wins(tmp_path: Path, world: World) -> None:
@@ -247,6 +248,7 @@ def test_a_run_without_database_says_so_once(
     assert err.count("vantage location unknown") == 1
     m = orjson.loads(next((tmp_path / "results").rglob("*.jsonl")).read_bytes().splitlines()[0])
     assert (m["probe_cc"], m["probe_asn"]) == ("ZZ", "AS0")
+    assert (m["resolver_ip"], m["resolver_asn"]) == ("127.0.0.2", "AS0")
 
 
 def test_geoip_section_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
