@@ -85,6 +85,16 @@ class GeoDatabase:
                 self.close()
                 raise GeoIPError(f"{path}: not a MaxMind DB file: {exc}") from exc
 
+    def stale(self, now: float, max_age_days: float) -> list[str]:
+        """The files built more than `max_age_days` before `now` (epoch s), with their age:
+        networks change hands, and a months-old file puts probes in the wrong AS."""
+        old = []
+        for path, reader in zip(self.paths, self._readers, strict=True):
+            age = (now - reader.metadata().build_epoch) / 86400
+            if age > max_age_days:
+                old.append(f"{path.name} ({age:.0f} days old)")
+        return old
+
     def close(self) -> None:
         for reader in self._readers:
             with contextlib.suppress(Exception):

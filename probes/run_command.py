@@ -146,8 +146,9 @@ def locate_vantage(
         )
     except GeoIPError as exc:
         fail(f"[geoip] databases: {exc}")
-    if where.notice:
-        print(f"censorscope: {where.notice}", file=sys.stderr)
+    for line in (where.notice, where.stale):
+        if line:
+            print(f"censorscope: {line}", file=sys.stderr)
     return where
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ UNKNOWN_ASN = "AS0"
 # probe-cli model.DefaultResolverIP: what OONI writes when the resolver lookup failed.
 UNKNOWN_RESOLVER_IP = "127.0.0.2"
 LOCATE_TIMEOUT = 4.0  # seconds for all sources together, before the first measurement
+# DB-IP's Lite files and GeoLite2 are rebuilt monthly; past this, say the file should be renewed.
+STALE_DAYS = 90
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Vantage:
     scrub: list[str] = field(default_factory=list)
     # One line for the terminal when the location stays unknown (None: nothing to say).
     notice: str | None = None
+    # One more when a database is older than STALE_DAYS.
+    stale: str | None = None
 
 
 def source_problem(cfg: Config) -> str | None:
@@ -152,6 +157,9 @@ async def locate(
             vantage.resolver_asn = info.asn_string
             vantage.resolver_network_name = info.network_name
         vantage.notice = _notice(cfg, vantage, db is not None, bool(addresses))
+        old = db.stale(time.time(), STALE_DAYS) if db is not None else []
+        if old:
+            vantage.stale = f"GeoIP database over {STALE_DAYS} days old, renew it: {', '.join(old)}"
         return vantage
     finally:
         if db is not None:

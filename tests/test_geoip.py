@@ -71,3 +71,17 @@ def test_a_missing_or_bad_file_names_the_path(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a MaxMind DB")
     with pytest.raises(GeoIPError, match=r"bad\.mmdb: not a MaxMind DB"):
         GeoDatabase([bad])
+
+
+def test_stale_files_are_named_with_their_age(tmp_path: Path) -> None:
+    import time
+
+    with GeoDatabase(vantage_databases(tmp_path, "geolite2", NETWORKS)) as db:
+        now = time.time()
+        assert db.stale(now, 90) == []
+        later = db.stale(now + 120 * 86400, 90)
+        assert [name.split(" ")[0] for name in later] == [
+            "geolite2-country.mmdb",
+            "geolite2-asn.mmdb",
+        ]
+        assert all("120 days old" in name for name in later)
