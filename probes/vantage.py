@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from probes.config import OONI_HELPERS, Config
 from probes.geoip import GeoDatabase, IPInfo
 from probes.net.addresses import parse_host_port
+from probes.ownip import local_addresses
 from probes.publicip import (
     SourceError,
     WhoamiAnswer,
@@ -115,12 +117,15 @@ async def locate(
     ca_file: str | None = None,
     timeout: float = LOCATE_TIMEOUT,
     whoami_nameserver: str | None = None,
+    interfaces: Iterable[str] | None = None,
 ) -> Vantage:
     """Fill the vantage's base keys (see the module docstring).
 
     `resolver` is the probe's configured resolver (IP[:PORT]), which is then `resolver_ip`;
     `whoami_nameserver` sends the resolver whoami lookup to that server instead of the system
-    resolver (tests on loopback). Raises GeoIPError for a database that cannot be read.
+    resolver (tests on loopback). The host's global interface addresses (`interfaces`, default:
+    probes.ownip's) are looked up after the learned ones: a vantage without NAT needs no
+    source. Raises GeoIPError for a database that cannot be read.
     """
     given = cfg.vantage
     db = GeoDatabase(cfg.geoip.databases) if cfg.geoip.databases else None
@@ -128,9 +133,12 @@ async def locate(
         addresses, offered = await _learn(
             whoami_sources(cfg, helpers), list(cfg.geoip.stun), ca_file, timeout
         )
+        if interfaces is None:
+            interfaces = local_addresses()
+        candidates = [*addresses, *(a for a in interfaces if ipaddress.ip_address(a).is_global)]
         probe = IPInfo()
         if db is not None:
-            for address in addresses:
+            for address in candidates:
                 probe = db.lookup(address)
                 if probe.known:
                     break
@@ -156,7 +164,7 @@ async def locate(
             info = db.lookup(vantage.resolver_ip)
             vantage.resolver_asn = info.asn_string
             vantage.resolver_network_name = info.network_name
-        vantage.notice = _notice(cfg, vantage, db is not None, bool(addresses))
+        vantage.notice = _notice(cfg, vantage, db is not None, bool(candidates))
         old = db.stale(time.time(), STALE_DAYS) if db is not None else []
         if old:
             vantage.stale = f"GeoIP database over {STALE_DAYS} days old, renew it: {', '.join(old)}"
@@ -171,6 +179,11 @@ def _notice(cfg: Config, vantage: Vantage, have_db: bool, have_address: bool) ->
         return None
     if not have_db:
         why = "no [geoip] databases configured"
+    elif not have_address and not (cfg.geoip.whoami or cfg.geoip.stun or cfg.upload.collector):
+        why = (
+            "no source of the probe's public address: OONI's helpers have none; "
+            "set [geoip] stun or whoami, or an upload collector"
+        )
     elif not have_address:
         why = "the probe's public address was not learned (no whoami or STUN source answered)"
     else:

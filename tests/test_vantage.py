@@ -188,8 +188,25 @@ def test_unknown_location_says_why(tmp_path: Path, world: World) -> None:
     assert where.notice is not None and "no [geoip] databases" in where.notice
     cfg = _config(tmp_path, world)
     cfg.geoip.whoami, cfg.geoip.stun = [], []
-    where = asyncio.run(locate(cfg, helpers=[], resolver=None))
+    where = asyncio.run(locate(cfg, helpers=[], resolver=None, interfaces=[]))
+    assert where.notice is not None and "no source of the probe's public address" in where.notice
+    cfg.geoip.whoami = [f"http://{HOST}:{closed_port(HOST)}/x/whoami"]  # configured, but down
+    where = asyncio.run(locate(cfg, helpers=[], resolver=None, interfaces=[], timeout=2))
     assert where.notice is not None and "not learned" in where.notice
+
+
+def test_a_vantage_without_nat_is_located_by_its_interface_address(tmp_path: Path) -> None:
+    cfg = Config()
+    networks = {"81.2.69.0/24": ("GB", 64512, "Example Broadband")}
+    cfg.geoip.databases = [str(p) for p in vantage_databases(tmp_path, "geolite2", networks)]
+    interfaces = ["10.0.0.2", "192.0.2.1", "81.2.69.160", "fe80::1"]  # only one is global
+    where = asyncio.run(locate(cfg, helpers=[], resolver=None, interfaces=interfaces))
+    assert (where.probe_cc, where.probe_asn, where.probe_network_name) == (
+        "GB",
+        "AS64512",
+        "Example Broadband",
+    )
+    assert where.notice is None and where.scrub == []  # interface addresses: ownip's job
 
 
 # --- a run: stored with the location, without the address ---------------------------------------
