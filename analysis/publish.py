@@ -2,9 +2,11 @@
 
 Deterministic on purpose (a dataset is cited by its checksums): rows are sorted, Parquet is
 written without the pandas metadata blob, JSON keys are sorted, and no wall-clock time goes in;
-the only dates are those of the data. Probe IPs are never published (the loaded frame has no
-probe_ip column and the store scrubs them at measurement time); `drop_asn` vantages are
-published without their ASN, their vantage name redacted where it contains it.
+the only dates are those of the data. Probe IPs are never published: the loaded frame has no
+probe_ip column, the store scrubs them at measurement time, and with a `scrubber` every text
+cell of every published table is scrubbed again (stores written before a scrubbing fix, data
+collected from elsewhere); `drop_asn` vantages are published without their ASN, their vantage
+name redacted where it contains it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from analysis.tables import TABLES, plain, write_csv, write_parquet
 
 if TYPE_CHECKING:
     from analysis.pipeline import Analysis
+    from probes.measurement import Scrubber
 
 # Columns of the loaded frame that are not published: where the file sat on our disk.
 PRIVATE_COLUMNS = ("source",)
@@ -53,6 +56,26 @@ def redact(measurements: pd.DataFrame, drop_asn: Set[str]) -> pd.DataFrame:
         mask = risky & (out["probe_asn"] == asn)
         out.loc[mask, "vantage"] = out.loc[mask, "vantage"].str.replace(str(asn), WITHHELD)
     out.loc[risky, "probe_asn"] = None
+    return out
+
+
+def scrub_frame(frame: pd.DataFrame, scrubber: Scrubber | None) -> pd.DataFrame:
+    """Every text cell through the scrubber (each distinct value once: columns repeat a lot)."""
+    if scrubber is None or not scrubber.addresses:
+        return frame
+    out = frame
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+            continue
+        changed = {}
+        for value in column.dropna().unique():
+            if isinstance(value, str) and (cleaned := scrubber.scrub_text(value)) != value:
+                changed[value] = cleaned
+        if changed:
+            out = out.copy() if out is frame else out
+            out[name] = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
+            out[name] = out[name].astype(column.dtype)
     return out
 
 
@@ -126,10 +149,11 @@ def publish(
     drop_asn: Set[str] = frozenset(),
     title: str = "censorscope measurements",
     licence: str = "CC-BY-4.0",
+    scrubber: Scrubber | None = None,
 ) -> list[Path]:
     """Write the package under OUT; returns every file written (SHA256SUMS last)."""
     out.mkdir(parents=True, exist_ok=True)
-    frame = redact(result.loaded.measurements, drop_asn)
+    frame = scrub_frame(redact(result.loaded.measurements, drop_asn), scrubber)
     comparison = compare(frame) if drop_asn else result.comparison
     data_root = out / "data" / "measurements"
     parts = _write_measurements(frame, data_root)
@@ -144,7 +168,7 @@ def publish(
     ]
     files: list[Path] = list(parts)
     for name in TABLES:
-        table = plain(getattr(comparison, name))
+        table = scrub_frame(plain(getattr(comparison, name)), scrubber)
         path = out / f"{name}.csv"
         write_csv(table, path)
         files.append(path)

@@ -36,6 +36,7 @@ from backend.collector_validate import Invalid, check_open, check_submission, pa
 from backend.helper import parse_listen
 from backend.log_text import printable
 from backend.serving import ServerLimits
+from backend.whoami import mount_whoami
 from probes import __version__
 from probes.measurement import new_report_id, ooni_time
 
@@ -143,6 +144,7 @@ def create_app(config: CollectorConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.store = store
+    mount_whoami(app)
 
     @app.get("/health")
     async def health() -> Response:

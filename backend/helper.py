@@ -28,6 +28,7 @@ from backend.helper_relay import RelayConfig, mount_relay
 from backend.http_body import BodyTooLarge, read_capped
 from backend.log_text import printable
 from backend.serving import ServerLimits
+from backend.whoami import mount_whoami
 from probes import __version__
 from probes.gc_tuning import tuned_gc
 from probes.net.addresses import parse_host_port
@@ -77,6 +78,7 @@ def create_app(
     )
     if relay is not None:
         mount_relay(app, relay)
+    mount_whoami(app, f"whoami.{dns_zone.zone.strip('.')}" if dns_zone is not None else None)
     if echo is not None or dns_zone is not None:
         mount_echo(
             app,

@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class VantageConfig:
-    """The identity written into every measurement (no GeoIP lookups: the operator says)."""
+    """The identity written into every measurement; what is left unknown (ZZ, AS0, empty) is
+    looked up with [geoip] (probes/vantage.py)."""
 
     name: str = "default"
     probe_cc: str = "ZZ"
@@ -51,6 +52,25 @@ class ProbeConfig:
 
 
 @dataclass
+class GeoIPConfig:
+    """Where the vantage is: an offline database and the sources of the probe's public address.
+
+    Used only for what [vantage] leaves unknown (ZZ, AS0, empty): the operator's word wins.
+    """
+
+    # MaxMind DB files (DB-IP "IP to Country/ASN Lite" or GeoLite2-Country/-ASN), any order.
+    databases: list[str] = field(default_factory=list)
+    # URLs of our helpers/collectors answering GET /x/whoami; empty: our configured helpers
+    # (not OONI's) and the upload collector.
+    whoami: list[str] = field(default_factory=list)
+    # STUN servers (HOST[:PORT], RFC 8489 Binding) as another source of the public address.
+    stun: list[str] = field(default_factory=list)
+    # A name whose A record is the address of the resolver asking (our helper's
+    # `whoami.<zone>`); empty: the name a whoami endpoint offers, else none.
+    resolver_whoami: str = ""
+
+
+@dataclass
 class UploadConfig:
     """Where `upload` and the scheduler send measurements.
 
@@ -70,6 +90,7 @@ class Config:
     vantage: VantageConfig = field(default_factory=VantageConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    geoip: GeoIPConfig = field(default_factory=GeoIPConfig)
     source: str = "(defaults)"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +99,7 @@ _SECTIONS: dict[str, Any] = {
     "vantage": VantageConfig,
     "probe": ProbeConfig,
     "upload": UploadConfig,
+    "geoip": GeoIPConfig,
 }
 
 

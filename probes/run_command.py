@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from probes import run_settings
 from probes.config import Config
@@ -24,6 +24,9 @@ from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
 from probes.runner import RunOptions, RunSummary, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
+
+if TYPE_CHECKING:
+    from probes.vantage import Vantage
 
 T = TypeVar("T")
 
@@ -108,6 +111,55 @@ def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> None
             fail(f"{path}: cannot read: {exc.strerror or exc}")
 
 
+def _locate(cfg: Config, req: RunRequest, fail: Callable[[str], NoReturn]) -> Vantage:
+    return locate_vantage(
+        cfg,
+        helpers=req.helpers or cfg.probe.helpers,
+        resolver=req.resolver or cfg.probe.resolver,
+        ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
+        fail=fail,
+    )
+
+
+def locate_vantage(
+    cfg: Config,
+    *,
+    helpers: list[str],
+    resolver: str | None,
+    ca_file: str | None,
+    fail: Callable[[str], NoReturn],
+) -> Vantage:
+    """probe_cc/probe_asn/resolver keys from [geoip] (probes/vantage.py); one line if unknown."""
+    from probes.geoip import GeoIPError
+    from probes.vantage import locate, source_problem
+
+    problem = source_problem(cfg)
+    if problem:
+        fail(f"{cfg.source}: {problem}")
+    try:
+        where = run_async(
+            locate(
+                cfg,
+                helpers=helpers,
+                resolver=resolver if resolver and _resolver_ok(resolver) else None,
+                ca_file=ca_file,
+            )
+        )
+    except GeoIPError as exc:
+        fail(f"[geoip] databases: {exc}")
+    for line in (where.notice, where.stale):
+        if line:
+            print(f"censorscope: {line}", file=sys.stderr)
+    return where
+
+
+def _resolver_ok(resolver: str) -> bool:
+    try:
+        return is_ip(parse_host_port(resolver, 53)[0])
+    except ValueError:
+        return False
+
+
 def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]) -> int:
     """Run a nettest as asked; returns the exit status (fail() exits on bad input)."""
     try:
@@ -123,6 +175,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
+    where = _locate(cfg, req, fail)
     if req.resume:
         try:
             manifest = store.load_manifest(req.resume)
@@ -140,7 +193,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         options[run_settings.SETTINGS] = settings
         now = datetime.now(UTC)
         manifest = ReportManifest(
-            report_id=new_report_id(cls.name, cfg.vantage.probe_cc, cfg.vantage.probe_asn, now),
+            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
             test_name=cls.name,
             vantage=vantage,
             date=now.strftime("%Y-%m-%d"),
@@ -170,15 +223,18 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
 
     ctx = ProbeContext(
         vantage=vantage,
-        probe_cc=cfg.vantage.probe_cc,
-        probe_asn=cfg.vantage.probe_asn,
-        probe_network_name=cfg.vantage.network_name,
+        probe_cc=where.probe_cc,
+        probe_asn=where.probe_asn,
+        probe_network_name=where.probe_network_name,
+        resolver_ip=where.resolver_ip,
+        resolver_asn=where.resolver_asn,
+        resolver_network_name=where.resolver_network_name,
         resolver=resolver,
         helpers=list(settings["helpers"]),
         timeout=settings["timeout"],
         ca_file=settings["ca_file"],
         fingerprint_files=list(settings["fingerprints"]),
-        scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
+        scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
     )
     run_options = RunOptions(

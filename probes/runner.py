@@ -191,6 +191,10 @@ async def run_nettest(
             probe_asn=ctx.probe_asn,
             probe_network_name=ctx.probe_network_name,
             resolver_ip=nettest.resolver_ip,
+            resolver_asn=ctx.resolver_asn if nettest.resolver_ip == ctx.resolver_ip else "AS0",
+            resolver_network_name=(
+                ctx.resolver_network_name if nettest.resolver_ip == ctx.resolver_ip else ""
+            ),
             test_start_time=manifest.test_start_time,
             measurement_start_time=ooni_time(t0_wall),
             test_runtime=round(runtime, 6),

@@ -173,3 +173,53 @@ def _number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_publish_scrubs_addresses_a_store_still_holds(tmp_path: Path) -> None:
+    """A store written before a scrubbing fix (here: the dashed and IPv6 forms) publishes
+    nothing of the probe's address."""
+    from probes.measurement import Measurement, new_measurement_uid, new_report_id, ooni_time
+    from probes.store import ReportManifest, ResultsStore
+
+    store = ResultsStore(tmp_path / "store")
+    moment = h.START
+    report_id = new_report_id("tcp_connect", "XC", "AS64500", moment)
+    manifest = ReportManifest(
+        report_id, "tcp_connect", "v", moment.date().isoformat(), ooni_time(moment)
+    )
+    leaks = ["203-0-113-7.dsl.example:443", "[2001:DB8:0::7]:443", "203.0.113.7:80"]
+    with store.open_report(manifest) as writer:
+        for i, target in enumerate(leaks):
+            writer.append(
+                Measurement(
+                    test_name="tcp_connect",
+                    test_version="0.1.0",
+                    input=target,
+                    report_id=report_id,
+                    measurement_uid=new_measurement_uid("tcp_connect", "XC", moment),
+                    probe_cc="XC",
+                    probe_asn="AS64500",
+                    test_start_time=ooni_time(moment),
+                    measurement_start_time=ooni_time(moment),
+                    annotations={"vantage": "v"},
+                    test_keys={"blocking": "tcp_ip", "blocking_detail": f"from 203.0.113.7 #{i}"},
+                )
+            )
+    out = tmp_path / "out"
+    _publish(store.root, out, "--scrub", "203.0.113.7", "--scrub", "2001:db8::7")
+    cells: list[str] = []
+    for path in out.rglob("*.parquet"):
+        frame = pd.read_parquet(path)
+        cells += [str(v) for column in frame.columns for v in frame[column].dropna()]
+    texts = [p.read_text() for p in out.rglob("*") if p.suffix in (".csv", ".md", ".json")]
+    everything = "\n".join(cells + texts).lower()
+    assert "[scrubbed]" in everything
+    for form in ("203.0.113.7", "203-0-113-7", "2001:db8:0::7"):
+        assert form not in everything
+
+
+def test_publish_refuses_a_bad_scrub_address(tmp_path: Path, store: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["publish", "--results", str(store), "--out", str(tmp_path), "--scrub", "nope"]
+    )
+    assert result.exit_code == 2 and "--scrub" in result.output

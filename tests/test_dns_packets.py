@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -193,6 +194,8 @@ async def test_the_run_wide_pcap_holds_the_answers(tmp_path: Path) -> None:
     finally:
         thread.close()
     packets = rdpcap(keys["x_pcap"])
+    # It holds the probe's addresses: readable by its owner only.
+    assert stat.S_IMODE(Path(keys["x_pcap"]).stat().st_mode) == 0o600
     # The probe's query got the forged and the genuine answer, the control's query one.
     assert sorted((p[IP].ttl, p[UDP].sport) for p in packets) == sorted(
         [(37, server.port), (DEFAULT_TTL, server.port), (DEFAULT_TTL, control.port)]

@@ -182,6 +182,37 @@ def test_isolate_over_the_relay_stores_every_test(tmp_path: Path) -> None:
     assert result[0]["test_keys"]["tests_report_id"] == tests[0]["report_id"]
 
 
+def test_isolation_measurements_are_scrubbed(tmp_path: Path) -> None:
+    """The words are the user's text: one of them is the probe's address (a forwarded message
+    quoting it); no stored test or result may hold it (issue 13 item 6)."""
+    from backend.helper import RelayConfig
+    from probes.channels.relay import RelayChannel
+    from probes.commands.isolate import run_isolation
+    from probes.measurement import Scrubber
+    from probes.nettests.keyword_isolation import DeliveryTester
+    from tests.loopback.keyword_censor import run_helper
+
+    words = ["my", "address", "203.0.113.7", "is", "falun"]
+    config = RelayConfig(rules=(("falun",),), action="drop")
+    with run_helper("127.0.0.7", relay=config) as (base, _):
+        summary = asyncio.run(
+            run_isolation(
+                DeliveryTester(RelayChannel(base), 0.25, 0.02),
+                words,
+                results=tmp_path,
+                vantage="t",
+                probe_cc="IT",
+                probe_asn="AS30722",
+                probe_network_name="Vodafone Italia",
+                scrubber=Scrubber(["203.0.113.7"]),
+            )
+        )
+    assert summary["rules"] == [["falun"]]
+    stored = [x for p in tmp_path.rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert stored and not any("203.0.113.7" in line for line in stored)
+    assert all(json.loads(x)["probe_network_name"] == "Vodafone Italia" for x in stored)
+
+
 def test_cli_isolate(tmp_path: Path) -> None:
     import os
     import subprocess

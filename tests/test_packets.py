@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,8 @@ async def main():
         writer.close()
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    async with FlowRecorder("127.0.0.1", port) as rec:
+    pcap = sys.argv[1] if len(sys.argv) > 1 else None
+    async with FlowRecorder("127.0.0.1", port, pcap=pcap) as rec:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         data = await reader.read()
         writer.close()
@@ -65,10 +67,11 @@ asyncio.run(main())
 """
 
 
-def _flow(*prefix: str) -> dict[str, Any]:
+def _flow(*prefix: str, pcap: str | None = None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [*prefix, sys.executable, "-c", _FLOW], capture_output=True, text=True, env=env,
+        [*prefix, sys.executable, "-c", _FLOW, *([pcap] if pcap else [])],
+        capture_output=True, text=True, env=env, umask=0,
         timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -83,6 +86,23 @@ def test_capture_on_loopback() -> None:
     assert keys["data"] == "hello" and keys["packet_capture"] == "ok"
     synack = keys["x_packets"]["synack"]
     assert synack and synack["ttl"] == 64 and keys["x_packets"]["resets"] == []
+
+
+@pytest.mark.skipif(packets.capture_unavailable() is not None, reason="needs root and scapy")
+def test_pcap_is_private(tmp_path: Path) -> None:
+    """A capture holds the probe's own addresses: 0600 whatever the umask (0 here) and even
+    when the file was there before with a wider mode."""
+    from scapy.utils import rdpcap
+
+    pcap = tmp_path / "flow.pcap"
+    pcap.write_bytes(b"")
+    pcap.chmod(0o644)
+    keys = _flow(pcap=str(pcap))
+    assert keys["x_pcap"] == str(pcap) and rdpcap(str(pcap))
+    assert stat.S_IMODE(pcap.stat().st_mode) == 0o600
+    fresh = tmp_path / "dir" / "x.pcap"
+    assert packets.pcap_path(str(fresh.parent), "t", "x") is not None
+    assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
 
 
 @pytest.mark.skipif(

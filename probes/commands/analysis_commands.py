@@ -268,13 +268,30 @@ def register(app: typer.Typer) -> None:
         ] = None,
         title: Annotated[str, typer.Option(help="Dataset title.")] = "censorscope measurements",
         licence: Annotated[str, typer.Option("--license", help="SPDX licence id.")] = "CC-BY-4.0",
+        scrub: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="An address to remove from every published cell (repeatable); this "
+                "host's interface addresses always are."
+            ),
+        ] = None,
     ) -> None:
         """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
         from analysis.publish import publish as write_package
+        from probes.measurement import Scrubber
+        from probes.net.addresses import is_ip
+        from probes.ownip import local_addresses
 
+        for address in scrub or ():
+            if not is_ip(address):
+                fail(f"--scrub {address!r}: not an IP address")
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
         result = _analysis(engine, src)
-        options: dict[str, Any] = {"title": title, "licence": licence}
+        options: dict[str, Any] = {
+            "title": title,
+            "licence": licence,
+            "scrubber": Scrubber([*(scrub or ()), *local_addresses()]),
+        }
         try:
             files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
         except OSError as exc:

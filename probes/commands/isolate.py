@@ -16,11 +16,14 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from probes.nettests.keyword_isolation import Tester
+
+if TYPE_CHECKING:
+    from probes.measurement import Scrubber
 
 ISOLATION_VERSION = "0.1.0"
 
@@ -78,15 +81,26 @@ def isolate(
     if not words:
         fail(f"--text {text}: no words")
     from probes.channels.base import ChannelError
+    from probes.measurement import Scrubber
     from probes.nettests.base import ProbeContext, SetupError
     from probes.nettests.keyword_isolation import make_tester
+    from probes.ownip import local_addresses
+    from probes.run_command import locate_vantage
 
+    helpers = list(helper or cfg.probe.helpers)
+    where = locate_vantage(
+        cfg, helpers=helpers, resolver=cfg.probe.resolver, ca_file=cfg.probe.ca_file, fail=fail
+    )
     options = {"residual_window": residual_window, "keyword_tries": keyword_tries}
     ctx = ProbeContext(
         vantage=vantage or cfg.vantage.name,
-        helpers=list(helper or cfg.probe.helpers),
+        probe_cc=where.probe_cc,
+        probe_asn=where.probe_asn,
+        probe_network_name=where.probe_network_name,
+        helpers=helpers,
         timeout=cfg.probe.timeout,
         ca_file=cfg.probe.ca_file or None,
+        scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={k: v for k, v in options.items() if v is not None},
     )
     try:
@@ -99,9 +113,11 @@ def isolate(
                 tester,
                 words,
                 results=results or Path(cfg.probe.results),
-                vantage=vantage or cfg.vantage.name,
-                probe_cc=cfg.vantage.probe_cc,
-                probe_asn=cfg.vantage.probe_asn,
+                vantage=ctx.vantage,
+                probe_cc=ctx.probe_cc,
+                probe_asn=ctx.probe_asn,
+                probe_network_name=ctx.probe_network_name,
+                scrubber=ctx.scrubber,
                 budget=budget,
             )
         )
@@ -123,12 +139,17 @@ async def run_isolation(
     vantage: str,
     probe_cc: str = "ZZ",
     probe_asn: str = "AS0",
+    probe_network_name: str = "",
+    scrubber: Scrubber | None = None,
     budget: int = 400,
 ) -> dict[str, Any]:
     """Search with `tester` as the oracle; store every test and the result; return the result."""
     from probes.isolation import isolate as search
     from probes.measurement import Measurement, new_measurement_uid, new_report_id, ooni_time
+    from probes.measurement import Scrubber as _Scrubber
     from probes.store import ReportManifest, ResultsStore
+
+    scrub = scrubber or _Scrubber()
 
     store = ResultsStore(results)
     now = datetime.now(UTC)
@@ -147,7 +168,9 @@ async def run_isolation(
 
     def build(manifest: ReportManifest, version: str, input_: str, keys: dict[str, Any],
               started: datetime, runtime: float) -> Measurement:  # fmt: skip
-        return Measurement(
+        # Every measurement through the scrubber, as the runner does (the words are the user's
+        # text, and a reply may reflect our address).
+        return scrub.scrub(Measurement(
             test_name=manifest.test_name,
             test_version=version,
             input=input_,
@@ -155,12 +178,13 @@ async def run_isolation(
             measurement_uid=new_measurement_uid(manifest.test_name, probe_cc, started),
             probe_cc=probe_cc,
             probe_asn=probe_asn,
+            probe_network_name=probe_network_name,
             test_start_time=manifest.test_start_time,
             measurement_start_time=ooni_time(started),
             test_runtime=round(runtime, 6),
             annotations={"vantage": vantage, "engine_name": "censorscope"},
             test_keys=keys,
-        )
+        ))  # fmt: skip
 
     tests_manifest, tests_writer = open_report(tester.test_name)
     step = 0

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from probes.net.packets import has_net_raw
+from probes.net.packets import has_net_raw, open_private
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -130,8 +130,8 @@ class DNSCapture:
             self._grow_buffer(sock)
             _drain(sock)  # what queued before the filter was attached
             if self.pcap:
-                Path(self.pcap).parent.mkdir(parents=True, exist_ok=True)
-                self._pcap_file = open(self.pcap, "wb")  # noqa: SIM115 - closed in close()
+                Path(self.pcap).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._pcap_file = open_private(self.pcap)  # closed in close()
                 self._pcap_file.write(_PCAP_HEADER)
             self.loop = asyncio.get_running_loop()
             self.loop.add_reader(sock.fileno(), self._read)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from probes.net.addresses import format_host_port
 
@@ -84,12 +84,25 @@ def endpoints_filter(ips: Sequence[str], ports: Sequence[int], proto: str = "tcp
 
 
 def pcap_path(pcap_dir: str | None, nettest: str, name: str) -> str | None:
-    """A fresh pcap file name under ``pcap_dir`` (created), or None when no pcaps are kept."""
+    """A fresh pcap file name under ``pcap_dir`` (created 0700), or None when no pcaps are kept."""
     if not pcap_dir:
         return None
-    Path(pcap_dir).mkdir(parents=True, exist_ok=True)
+    Path(pcap_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in name)[:80]
     return str(Path(pcap_dir) / f"{nettest}-{safe}-{time.time_ns()}.pcap")
+
+
+def open_private(path: str) -> BinaryIO:
+    """Open a pcap for writing, readable by its owner only (0600): a capture holds the probe's
+    own addresses, which the scrubber removes from measurements but cannot remove from it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    return os.fdopen(fd, "wb")
+
+
+def _write_pcap(wrpcap: Any, path: str, packets: Any) -> None:
+    with open_private(path) as out:
+        wrpcap(out, packets)
 
 
 # How long `start` waits for the sniffer's socket before giving up on the capture.
@@ -246,7 +259,7 @@ class FlowRecorder:
             from scapy.utils import wrpcap
 
             try:
-                await asyncio.to_thread(wrpcap, self.pcap, packets)
+                await asyncio.to_thread(_write_pcap, wrpcap, self.pcap, packets)
             except OSError:
                 self.pcap = None  # no x_pcap: the evidence above does not depend on the file
 

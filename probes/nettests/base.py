@@ -23,6 +23,11 @@ class ProbeContext:
     probe_cc: str = "ZZ"
     probe_asn: str = "AS0"
     probe_network_name: str = ""
+    # The resolver the base keys name (the configured one, else the system's as learned by a
+    # whoami lookup; "" unknown) and its network (probes/vantage.py).
+    resolver_ip: str = ""
+    resolver_asn: str = "AS0"
+    resolver_network_name: str = ""
     resolver: str | None = None
     helpers: list[str] = field(default_factory=list)
     timeout: float = 30.0
@@ -74,7 +79,7 @@ class Nettest(abc.ABC):
 
     @property
     def resolver_ip(self) -> str:
-        """The resolver address written into the base keys (empty: the system's)."""
+        """The resolver address written into the base keys (the system's when none is set)."""
         if not self.ctx.resolver:
-            return ""
+            return self.ctx.resolver_ip
         return parse_host_port(self.ctx.resolver, 53)[0]

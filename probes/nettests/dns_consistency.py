@@ -177,7 +177,8 @@ class DNSConsistency(Nettest):
         first = self.resolvers[0]
         if first.transport in ("udp", "tcp", "dot") and first.address:
             return parse_host_port(first.address, 53)[0]
-        return ""
+        # The system resolver: as located (probes/vantage.py); DoH has no single address.
+        return self.ctx.resolver_ip if first.transport == "system" else ""
 
     async def setup(self) -> None:
         if self._config_error:
