@@ -59,10 +59,19 @@ class UploadConfig:
 
 
 @dataclass
+class ConsentConfig:
+    """The informed-consent notice (probes/consent.py): `informed = true` accepts it for
+    unattended runs (or CENSORSCOPE_CONSENT_INFORMED=true)."""
+
+    informed: bool = False
+
+
+@dataclass
 class Config:
     vantage: VantageConfig = field(default_factory=VantageConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
+    consent: ConsentConfig = field(default_factory=ConsentConfig)
     source: str = "(defaults)"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -71,12 +80,20 @@ _SECTIONS: dict[str, Any] = {
     "vantage": VantageConfig,
     "probe": ProbeConfig,
     "upload": UploadConfig,
+    "consent": ConsentConfig,
 }
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
 
 
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
     """Coerce/validate one value against the dataclass annotation (a small, explicit subset)."""
     text = str(expected)
+    if "bool" in text:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}': expected true or false, got {value!r}")
+        return value
     if "list" in text:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: key '{key}': expected a list of strings")
@@ -126,6 +143,13 @@ def load_config(path: Path | None) -> Config:
             if env is None:
                 continue
             parsed: Any = env.split(",") if "list" in str(spec.type) else env
+            if "bool" in str(spec.type):
+                if env.strip().lower() not in (*_TRUE, *_FALSE):
+                    raise ConfigError(
+                        f"environment CENSORSCOPE_{section.upper()}_{key.upper()}: "
+                        f"expected true or false, got {env!r}"
+                    )
+                parsed = env.strip().lower() in _TRUE
             if "float" in str(spec.type) or (
                 "int" in str(spec.type) and "list" not in str(spec.type)
             ):

@@ -187,6 +187,10 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
         options={**req.nettest_options, "keywords": req.keywords},
     )
+    from probes.consent import require_consent
+
+    if problem := require_consent(cfg):
+        fail(problem)
     run_options = RunOptions(
         concurrency=req.concurrency or cfg.probe.concurrency,
         timeout=ctx.timeout,

@@ -92,9 +92,12 @@ def schedule_run(
     config: Annotated[Path, typer.Option(help="TOML configuration with [[schedule.jobs]].")],
 ) -> None:
     """Run the scheduling daemon until interrupted."""
+    from probes.consent import require_consent
     from probes.schedule import ScheduleError, run_daemon
 
     cfg = _config(config)
+    if problem := require_consent(cfg):
+        fail(problem)
     try:
         run_daemon(cfg)
     except ScheduleError as exc:

@@ -77,6 +77,10 @@ def isolate(
     words = split_words(message, split)
     if not words:
         fail(f"--text {text}: no words")
+    from probes.consent import require_consent
+
+    if problem := require_consent(cfg):
+        fail(problem)
     from probes.channels.base import ChannelError
     from probes.nettests.base import ProbeContext, SetupError
     from probes.nettests.keyword_isolation import make_tester
