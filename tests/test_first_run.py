@@ -163,3 +163,39 @@ def test_every_run_and_isolate_option_has_help_and_a_default_shown() -> None:
             shown = param.default not in (None, (), []) and param.show_default is not False
             assert shown or "default" in param.help.lower(), f"{name} {param.opts}: no default"
 
+
+FP_HEADER = (
+    "name,scope,other_names,location_found,pattern_type,pattern,confidence_no_fp,"
+    "expected_countries,source,exp_url,notes\n"
+)
+
+
+def test_analyze_uses_the_fingerprint_files_a_folder_holds(tmp_path: Path) -> None:
+    from tests.analysis_helpers import write_store
+
+    write_store(tmp_path / "store", test_name="web_connectivity")
+    http_only = tmp_path / "fp"
+    http_only.mkdir()
+    (http_only / "fingerprints_http.csv").write_text(
+        FP_HEADER + "lab.blockpage,nat,,body,contains,Access denied by the lab,5,ZZ,lab,,\n"
+    )
+    runner = CliRunner()
+    base = ["analyze", "--results", str(tmp_path / "store")]
+    folder = runner.invoke(
+        app, [*base, "--fingerprints", str(http_only), "--out", str(tmp_path / "o1")]
+    )
+    assert folder.exit_code == 0, folder.output
+    assert "no fingerprints_dns.csv" in folder.output
+    assert "no fingerprints_http.csv" not in folder.output
+    one_file = runner.invoke(
+        app,
+        [*base, "--fingerprints", str(http_only / "fingerprints_http.csv"),
+         "--out", str(tmp_path / "o2")],
+    )  # fmt: skip
+    assert one_file.exit_code == 0, one_file.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = runner.invoke(
+        app, [*base, "--fingerprints", str(empty), "--out", str(tmp_path / "o3")]
+    )
+    assert nothing.exit_code == 2 and "no fingerprints here" in nothing.output

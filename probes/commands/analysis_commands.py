@@ -47,7 +47,8 @@ Input = Annotated[list[str] | None, typer.Option("--input", help="Keep this inpu
 Fingerprints = Annotated[
     Path | None,
     typer.Option(
-        help="Folder with fingerprints_{dns,http}.csv (OONI) and optionally censoredplanet/."
+        help="Folder with fingerprints_dns.csv and/or fingerprints_http.csv (OONI) and "
+        "optionally censoredplanet/, or one OONI fingerprint CSV file (default: none)."
     ),
 ]
 Window = Annotated[str, typer.Option(help="Time window of rates and timelines (pandas freq).")]
@@ -92,6 +93,8 @@ def _sources(
     for path in [*(ooni or []), *([fingerprints] if fingerprints else [])]:
         if not path.exists():
             fail(f"{path}: no such file or directory")
+    if fingerprints is not None and fingerprints.is_dir():
+        _say_missing_fingerprints(fingerprints)
     filters = Filters(
         since=_day("since", since),
         until=_day("until", until),
@@ -100,6 +103,19 @@ def _sources(
         inputs=frozenset(input_) if input_ else None,
     )
     return _Sources(stores, list(ooni or []), filters, fingerprints, window or None)
+
+
+def _say_missing_fingerprints(folder: Path) -> None:
+    """Name an absent OONI fingerprint file once: analysis goes on with what the folder holds."""
+    from probes.fingerprints import DNS_FILE, HTTP_FILE
+
+    for name, what in ((DNS_FILE, "DNS answers"), (HTTP_FILE, "HTTP responses")):
+        if not (folder / name).is_file():
+            typer.echo(
+                f"censorscope: --fingerprints {folder}: no {name}; {what} are not matched "
+                "against OONI fingerprints",
+                err=True,
+            )
 
 
 @contextmanager
