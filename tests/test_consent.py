@@ -141,3 +141,27 @@ def test_consent_file_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.delenv("XDG_CONFIG_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert consent_file() == tmp_path / "home" / ".config" / "censorscope" / "consent.toml"
+
+
+def test_a_scheduled_run_inherits_the_daemons_acceptance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon checked consent when it started; its runs have no terminal and must not be
+    refused (nor wait) for want of one."""
+    from probes.schedule import run_job
+
+    monkeypatch.delenv(ENV_VAR)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    config = tmp_path / "probe.toml"
+    config.write_text(
+        f'[probe]\nhelpers = ["http://127.0.0.1:{closed_port("127.0.0.1")}/"]\n'
+        f'results = "{tmp_path / "r"}"\ntimeout = 5.0\n'
+    )
+    spec = {
+        "id": "j",
+        "nettest": "tcp_connect",
+        "inputs": [f"127.0.0.2:{closed_port('127.0.0.2')}"],
+        "interval": 60.0,
+    }
+    assert run_job(spec, str(config)) == 0
+    assert _stored(tmp_path)
