@@ -43,9 +43,9 @@ You can stop at any time; nothing is uploaded unless you configure a collector.
 
 INSTRUCTION = (
     "nobody has accepted the informed-consent notice for this user yet, and this run cannot "
-    "ask (its input is not a terminal). Read the notice (README, 'Informed consent') and "
-    "accept it once interactively by running the command in a terminal, or, for an "
-    "unattended run, set [consent] informed = true in the config file or "
+    "ask (its input or error output is not a terminal). Read the notice (README, 'Informed "
+    "consent') and accept it once interactively by running the command in a terminal, or, "
+    "for an unattended run, set [consent] informed = true in the config file or "
     f"{ENV_VAR}=true in the environment."
 )
 
@@ -107,7 +107,9 @@ def require_consent(
         return None
     stdin = stdin or sys.stdin
     out = out or sys.stderr
-    if stdin is None or not stdin.isatty():
+    # Both ends a terminal: with stderr captured (a script, a bench) the question would be
+    # invisible and the run would wait for an answer nobody knows is wanted.
+    if stdin is None or not stdin.isatty() or not out.isatty():
         return INSTRUCTION
     if not _ask(stdin, out):
         return REFUSED
