@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, help="The censor lab in Linux network na
 console = Console()
 
 ScenarioOpt = Annotated[
-    Path | None, typer.Option("--scenario", help="Scenario TOML [default: bundled]")
+    Path | None, typer.Option("--scenario", help="Scenario TOML (default: bundled)")
 ]
 
 
@@ -120,7 +120,10 @@ def _verdict(v: object) -> str:
 @app.command()
 def demo(
     scenario: ScenarioOpt = None,
-    results: Annotated[Path | None, typer.Option(help="Keep the probe's results here")] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Keep the probe's results here (default: a new temporary folder)"),
+    ] = None,
     scheduled: Annotated[
         bool,
         typer.Option(

@@ -318,27 +318,35 @@ def run(
 def helper(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
     resolver: Annotated[
-        str | None, typer.Option(help="Resolve through this DNS server IP[:PORT].")
+        str | None,
+        typer.Option(help="Resolve through this DNS server IP[:PORT] (default: the system's)."),
     ] = None,
     allow_private: Annotated[
         bool, typer.Option(help="Allow connections to private/loopback addresses (labs only).")
     ] = False,
-    ca_file: Annotated[Path | None, typer.Option(help="Extra CA bundle trusted for TLS.")] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="Extra CA bundle trusted for TLS (default: none).")
+    ] = None,
     echo_ports: Annotated[
-        list[int] | None, typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable).")
+        list[int] | None,
+        typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable) (default: none)."),
     ] = None,
     tls_echo_ports: Annotated[
-        list[int] | None, typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable).")
+        list[int] | None,
+        typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable) (default: none)."),
     ] = None,
     dns_zone: Annotated[
         str | None,
-        typer.Option(help="http_keyword: serve this DNS zone (every name: --dns-answer)."),
+        typer.Option(
+            help="http_keyword: serve this DNS zone (every name: --dns-answer) (default: none)."
+        ),
     ] = None,
     dns_listen: Annotated[
         str, typer.Option(help="IP:PORT of the zone's DNS server (UDP).")
     ] = "127.0.0.1:5353",
     dns_answer: Annotated[
-        str | None, typer.Option(help="The A record of every name in --dns-zone (this host's IP).")
+        str | None,
+        typer.Option(help="The A record of every name in --dns-zone (default: the --listen host)."),
     ] = None,
     relay: Annotated[
         bool,

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from typer.core import TyperOption
 from typer.main import get_command
@@ -152,16 +153,27 @@ def test_run_help_lists_the_nettests() -> None:
         assert name in result.output
 
 
-def test_every_run_and_isolate_option_has_help_and_a_default_shown() -> None:
-    group = get_command(app)
-    for name in ("run", "isolate"):
-        command = group.commands[name]  # type: ignore[attr-defined]
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_every_option_of_every_command_has_help_and_a_default_shown() -> None:
+    commands = dict(_commands(get_command(app)))
+    assert {"run", "isolate", "analyze", "schedule run", "lab demo"} <= set(commands)
+    for name, command in commands.items():
         for param in command.params:
             if not isinstance(param, TyperOption) or param.required:
                 continue
             assert param.help, f"{name} {param.opts}: no help"
             shown = param.default not in (None, (), []) and param.show_default is not False
             assert shown or "default" in param.help.lower(), f"{name} {param.opts}: no default"
+    # Rich help would eat a "[default: ...]" written into a help text as markup.
+    help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "250"}).output
+    assert "(default: config probe.concurrency, else 16)" in help_text
 
 
 FP_HEADER = (

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 
 Results = Annotated[
     list[Path] | None,
-    typer.Option("--results", help="Results store (repeatable) [default: ./results]."),
+    typer.Option("--results", help="Results store (repeatable) (default: ./results)."),
 ]
 Ooni = Annotated[
     list[Path] | None,
-    typer.Option("--ooni", help="OONI measurements: JSON, JSONL, optionally .gz (repeatable)."),
+    typer.Option(
+        "--ooni",
+        help="OONI measurements: JSON, JSONL, optionally .gz (repeatable) (default: none).",
+    ),
 ]
 Engine = Annotated[str, typer.Option(help="pandas, or dask (extra `dask`, large stores).")]
 AnalyzeEngine = Annotated[
@@ -39,11 +42,18 @@ AnalyzeEngine = Annotated[
         "inputs x vantages x windows, not by lines: for millions of measurements)."
     ),
 ]
-Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD.")]
-Until = Annotated[str | None, typer.Option(help="Last day kept, YYYY-MM-DD.")]
-Vantage = Annotated[list[str] | None, typer.Option("--vantage", help="Keep this vantage.")]
-Test = Annotated[list[str] | None, typer.Option("--test", help="Keep this nettest.")]
-Input = Annotated[list[str] | None, typer.Option("--input", help="Keep this input.")]
+Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD (default: the first).")]
+Until = Annotated[str | None, typer.Option(help="Last day kept, YYYY-MM-DD (default: the last).")]
+Vantage = Annotated[
+    list[str] | None,
+    typer.Option("--vantage", help="Keep this vantage (repeatable) (default: all)."),
+]
+Test = Annotated[
+    list[str] | None, typer.Option("--test", help="Keep this nettest (repeatable) (default: all).")
+]
+Input = Annotated[
+    list[str] | None, typer.Option("--input", help="Keep this input (repeatable) (default: all).")
+]
 Fingerprints = Annotated[
     Path | None,
     typer.Option(
@@ -280,7 +290,9 @@ def register(app: typer.Typer) -> None:
         window: Window = "D",
         drop_asn: Annotated[
             list[str] | None,
-            typer.Option(help="At-risk vantage: publish it without ASN detail (repeatable)."),
+            typer.Option(
+                help="At-risk vantage: publish it without ASN detail (repeatable) (default: none)."
+            ),
         ] = None,
         title: Annotated[str, typer.Option(help="Dataset title.")] = "censorscope measurements",
         licence: Annotated[str, typer.Option("--license", help="SPDX licence id.")] = "CC-BY-4.0",

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from probes.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _config, fail
+from probes.cli_options import ConfigOption
 
 
 def register(app: typer.Typer) -> None:
@@ -52,16 +53,16 @@ def collector(
 
 def upload(
     collector: Annotated[
-        str | None, typer.Option(help="Collector base URL [default: from the config].")
+        str | None, typer.Option(help="Collector base URL (default: from the config).")
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(help="Bearer token [default: config or CENSORSCOPE_UPLOAD_TOKEN]."),
+        typer.Option(help="Bearer token (default: config or CENSORSCOPE_UPLOAD_TOKEN)."),
     ] = None,
     results: Annotated[
-        Path | None, typer.Option(help="Results directory [default: ./results].")
+        Path | None, typer.Option(help="Results directory (default: ./results).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    config: ConfigOption = None,
     attempts: Annotated[
         int, typer.Option(min=1, max=100, help="Tries per request before giving up.")
     ] = 8,
