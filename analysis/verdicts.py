@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from analysis.load import CAT, STR, blocking_text
-from probes.fingerprints import Fingerprints
+from probes.fingerprints import FingerprintError, Fingerprints
 from probes.nettests.web_connectivity_analysis import analyze, body_bytes, header_values
 
 CP_BLOCKPAGES = "blockpage_signatures.json"
@@ -179,7 +179,14 @@ def default_classifier(fingerprint_dir: Path | None) -> Classifier:
     """OONI CSVs from DIR and Censored Planet signatures from DIR/censoredplanet when present."""
     if fingerprint_dir is None:
         return Classifier()
+    if fingerprint_dir.is_file():  # one OONI CSV, DNS or HTTP (e.g. the lab's block page)
+        return Classifier(Fingerprints.from_files([fingerprint_dir]))
     fps = Fingerprints.from_dir(fingerprint_dir)
     cp_dir = fingerprint_dir / "censoredplanet"
     sigs = CensoredPlanetSignatures.from_dir(cp_dir) if cp_dir.is_dir() else None
+    if len(fps.missing_files) == 2 and sigs is None:
+        raise FingerprintError(
+            f"{fingerprint_dir}: no fingerprints here (expected "
+            f"{' and/or '.join(fps.missing_files)}, or a censoredplanet/ folder)"
+        )
     return Classifier(fps, sigs)

@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, help="The censor lab in Linux network na
 console = Console()
 
 ScenarioOpt = Annotated[
-    Path | None, typer.Option("--scenario", help="Scenario TOML [default: bundled]")
+    Path | None, typer.Option("--scenario", help="Scenario TOML (default: bundled)")
 ]
 
 
@@ -59,9 +59,21 @@ def _print_info(lab: topology.LabInfo) -> None:
     console.print(
         "  probe example: ip netns exec cs-vp-cn censorscope run web_connectivity "
         f"--input http://{lab.scenario.domains[0].name}/ --resolver {lab.resolver} "
-        f"--helper {lab.helper_url or 'URL'} --ca-file {lab.ca_pem} --vantage cn"
+        f"--helper {lab.helper_url or 'URL'} --ca-file {lab.ca_pem} "
+        f"--fingerprints {lab.fingerprints} --vantage cn"
         if lab.scenario.domains
-        else ""
+        else "",
+        soft_wrap=True,
+    )
+    console.print(f"  then: {_analyze_hint(Path('results'), lab)}", soft_wrap=True)
+
+
+def _analyze_hint(results: Path, lab: topology.LabInfo) -> str:
+    """The analysis of a lab run, with the lab's block-page fingerprints (it writes no DNS
+    fingerprint file: the analysis says so and goes on)."""
+    return (
+        f"censorscope analyze --results {results} --fingerprints {lab.fingerprints} "
+        f"--out {results}-analysis"
     )
 
 
@@ -108,7 +120,10 @@ def _verdict(v: object) -> str:
 @app.command()
 def demo(
     scenario: ScenarioOpt = None,
-    results: Annotated[Path | None, typer.Option(help="Keep the probe's results here")] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Keep the probe's results here (default: a new temporary folder)"),
+    ] = None,
     scheduled: Annotated[
         bool,
         typer.Option(
@@ -165,6 +180,7 @@ def demo(
     console.print(table)
     good = sum(f.correct for f in findings)
     console.print(f"{good}/{len(findings)} inputs as the scenario says; results in {out}")
+    console.print(f"analyse them with: {_analyze_hint(out, lab)}", soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -307,7 +307,16 @@ def run_scheduled(
         stop_collector()
     out = work / "analysis"
     analyze = subprocess.run(
-        [*_censorscope_argv(), "analyze", "--results", str(data), "--out", str(out)],
+        [
+            *_censorscope_argv(),
+            "analyze",
+            "--results",
+            str(data),
+            "--out",
+            str(out),
+            "--fingerprints",
+            lab.fingerprints,
+        ],
         capture_output=True,
         text=True,
         env=_python_env(),

@@ -295,6 +295,9 @@ def _python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    # The lab's probes measure a private network of namespaces on this machine, not anyone's
+    # Internet: they run unattended and accept the informed-consent notice (probes/consent.py).
+    env["CENSORSCOPE_CONSENT_INFORMED"] = "true"
     return env
 
 

@@ -1,7 +1,8 @@
 """The `censorscope` command: one typer app, every subcommand of DESIGN 2.
 
 Exit status (a contract): 0 success, 2 bad usage or bad input (the message names the file,
-line or field), 1 any other failure.
+line or field), 3 the control helper was unreachable (every input still measured and stored,
+verdicts null), 130 interrupted (Ctrl-C; what finished is stored), 1 any other failure.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from probes.cli_options import ConfigOption, ResultsOption
 from probes.config import Config, ConfigError, load_config
 
 app = typer.Typer(
@@ -26,12 +28,46 @@ app.add_typer(lists_app, name="lists")
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _nettest_help() -> str:
+    from probes.nettests import REGISTRY
+
+    return "The nettest: " + ", ".join(sorted(REGISTRY)) + "."
+
+
+_NETTEST_HELP = _nettest_help()
 
 
 def fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one clear line to stderr and exit with the contract's status."""
     typer.echo(f"censorscope: {message}", err=True)
     raise typer.Exit(status)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("censorscope")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from probes import __version__ as number
+        typer.echo(f"censorscope {number}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Measure Internet censorship with evidence: run nettests, serve controls, analyse."""
 
 
 def _config(path: Path | None) -> Config:
@@ -43,90 +79,152 @@ def _config(path: Path | None) -> Config:
 
 @app.command()
 def run(
-    nettest: Annotated[str, typer.Argument(help="web_connectivity, ...")],
+    nettest: Annotated[str, typer.Argument(help=_NETTEST_HELP)],
     input_: Annotated[
-        list[str] | None, typer.Option("--input", "-i", help="An input (repeatable).")
+        list[str] | None,
+        typer.Option("--input", "-i", help="An input (repeatable) (default: none)."),
     ] = None,
     testlist: Annotated[
         list[Path] | None,
-        typer.Option("--testlist", "-l", help="A Citizen Lab CSV test list (repeatable)."),
+        typer.Option(
+            "--testlist", "-l", help="A Citizen Lab CSV test list (repeatable) (default: none)."
+        ),
     ] = None,
     keywords: Annotated[
-        Path | None, typer.Option(help="A keyword list (keyword nettests).")
+        Path | None, typer.Option(help="A keyword list (keyword nettests) (default: none).")
     ] = None,
     vantage: Annotated[
-        str | None, typer.Option(help="Vantage name (annotations.vantage, results path).")
+        str | None,
+        typer.Option(
+            help="Vantage name (annotations.vantage, results path) (default: config "
+            "vantage.name, else 'default')."
+        ),
     ] = None,
-    results: Annotated[
-        Path | None, typer.Option(help="Results directory [default: ./results].")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    results: ResultsOption = None,
+    config: ConfigOption = None,
     helper: Annotated[
-        list[str] | None, typer.Option(help="Control helper URL (repeatable: fallbacks).")
+        list[str] | None,
+        typer.Option(
+            help="Control helper URL (repeatable: fallbacks) (default: config probe.helpers, "
+            "else OONI's public helpers)."
+        ),
     ] = None,
     resolver: Annotated[
-        str | None, typer.Option(help="DNS over UDP to IP[:PORT] instead of the system resolver.")
+        str | None,
+        typer.Option(
+            help="DNS over UDP to IP[:PORT] instead of the system resolver (default: config "
+            "probe.resolver, else the system resolver)."
+        ),
     ] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, max=4096)] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=4096,
+            help="Measurements in flight at once (default: config probe.concurrency, else 16).",
+        ),
+    ] = None,
     timeout: Annotated[
-        float | None, typer.Option(min=0.1, help="Per-input time budget, seconds.")
+        float | None,
+        typer.Option(
+            min=0.1, help="Per-input time budget, seconds (default: config probe.timeout, else 30)."
+        ),
     ] = None,
     repeat: Annotated[int, typer.Option(min=1, max=1000, help="Measure each input N times.")] = 1,
-    resume: Annotated[str | None, typer.Option(help="Continue an interrupted report.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue an interrupted report: its REPORT_ID, in the same --results "
+            "(default: none, a new report)."
+        ),
+    ] = None,
     fingerprints: Annotated[
-        list[Path] | None, typer.Option(help="Blocking fingerprints (OONI CSV format; repeatable).")
+        list[Path] | None,
+        typer.Option(
+            help="Blocking fingerprints (OONI CSV format; repeatable) (default: config "
+            "probe.fingerprints, else none)."
+        ),
     ] = None,
     ca_file: Annotated[
-        Path | None, typer.Option(help="Extra CA bundle trusted for TLS (labs, tests).")
+        Path | None,
+        typer.Option(
+            help="Extra CA bundle trusted for TLS (labs, tests) (default: config probe.ca_file, "
+            "else none)."
+        ),
     ] = None,
     progress: Annotated[
-        bool | None, typer.Option("--progress/--no-progress", help="Force the progress bar on/off.")
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Force the progress bar on/off (default: on when stdout is a terminal).",
+        ),
     ] = None,
     dns_resolver: Annotated[
         list[str] | None,
         typer.Option(
             help="dns_consistency: a resolver, repeatable: system, IP[:PORT], udp://, tcp://, "
-            "tls:// (DoT), https://... (DoH)."
+            "tls:// (DoT), https://... (DoH) (default: the system resolver)."
         ),
     ] = None,
     control_resolver: Annotated[
-        str | None, typer.Option(help="dns_consistency: a trusted resolver (same forms).")
+        str | None,
+        typer.Option(help="dns_consistency: a trusted resolver (same forms) (default: none)."),
     ] = None,
     dns_probe_address: Annotated[
         list[str] | None,
-        typer.Option(help="dns_consistency: IP[:PORT] running no DNS server; answers are forged."),
+        typer.Option(
+            help="dns_consistency: IP[:PORT] running no DNS server; answers are forged "
+            "(default: none)."
+        ),
     ] = None,
     bogon_exempt: Annotated[
         list[str] | None,
-        typer.Option(help="CIDR holding real servers (a lab's private 'internet'); repeatable."),
+        typer.Option(
+            help="CIDR holding real servers (a lab's private 'internet'); repeatable "
+            "(default: none)."
+        ),
     ] = None,
     sni_endpoint: Annotated[
         str | None, typer.Option(help="sni_blocking: IP:PORT to handshake with (default: DNS).")
     ] = None,
     control_sni: Annotated[
-        str | None, typer.Option(help="sni_blocking: the control SNI [example.com].")
+        str | None, typer.Option(help="sni_blocking: the control SNI (default: example.com).")
     ] = None,
     listen_window: Annotated[
         float | None,
-        typer.Option(min=0.0, help="DNS: seconds to keep listening after the first answer."),
+        typer.Option(
+            min=0.0,
+            help="DNS: seconds to keep listening after the first answer (default: 0.5).",
+        ),
     ] = None,
     placement: Annotated[
         list[str] | None,
-        typer.Option(help="http_keyword: path, query, host, body, sni (repeatable; default all)."),
+        typer.Option(
+            help="http_keyword: path, query, host, body, sni (repeatable) (default: all)."
+        ),
     ] = None,
     residual_window: Annotated[
         float | None,
-        typer.Option(min=0.0, help="http_keyword: seconds a triggered endpoint stays tainted."),
+        typer.Option(
+            min=0.0,
+            help="http_keyword: seconds a triggered endpoint stays tainted (default: 90).",
+        ),
     ] = None,
     keyword_tries: Annotated[
-        int | None, typer.Option(min=1, max=20, help="http_keyword: tries of a failing keyword.")
+        int | None,
+        typer.Option(min=1, max=20, help="http_keyword: tries of a failing keyword (default: 5)."),
     ] = None,
     channel: Annotated[
-        str | None, typer.Option(help="message_delivery: channel adapter (relay, smtp, matrix).")
+        str | None,
+        typer.Option(
+            help="message_delivery: channel adapter (relay, smtp, matrix) (default: relay)."
+        ),
     ] = None,
     delivery_deadline: Annotated[
         float | None,
-        typer.Option(min=0.1, help="message_delivery: seconds to wait for a message."),
+        typer.Option(
+            min=0.1, help="message_delivery: seconds to wait for a message (default: 60)."
+        ),
     ] = None,
     packet_capture: Annotated[
         bool | None,
@@ -139,24 +237,31 @@ def run(
     ] = None,
     pcap: Annotated[
         Path | None,
-        typer.Option(help="Keep one pcap per measurement here (CAP_NET_RAW; implies capture)."),
+        typer.Option(
+            help="Keep one pcap per measurement here (CAP_NET_RAW; implies capture) "
+            "(default: none)."
+        ),
     ] = None,
     keyword: Annotated[
-        str | None, typer.Option(help="censor_trace: the one word that triggers the censor.")
+        str | None,
+        typer.Option(help="censor_trace: the one word that triggers the censor (default: none)."),
     ] = None,
     trace_max_ttl: Annotated[
-        int | None, typer.Option(min=1, max=64, help="censor_trace: highest TTL tried [30].")
+        int | None,
+        typer.Option(min=1, max=64, help="censor_trace: highest TTL tried (default: 30)."),
     ] = None,
     trace_step_pause: Annotated[
         float | None,
-        typer.Option(min=0.0, help="censor_trace: seconds between TTL steps [1]."),
+        typer.Option(min=0.0, help="censor_trace: seconds between TTL steps (default: 1)."),
     ] = None,
     trace_run_pause: Annotated[
         float | None,
-        typer.Option(min=0.0, help="censor_trace: seconds between runs to one endpoint [100]."),
+        typer.Option(
+            min=0.0, help="censor_trace: seconds between runs to one endpoint (default: 100)."
+        ),
     ] = None,
     trace_runs: Annotated[
-        int | None, typer.Option(min=1, max=20, help="censor_trace: runs per input [3].")
+        int | None, typer.Option(min=1, max=20, help="censor_trace: runs per input (default: 3).")
     ] = None,
 ) -> None:
     """Run a nettest over inputs and store OONI-format measurements."""
@@ -213,27 +318,35 @@ def run(
 def helper(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
     resolver: Annotated[
-        str | None, typer.Option(help="Resolve through this DNS server IP[:PORT].")
+        str | None,
+        typer.Option(help="Resolve through this DNS server IP[:PORT] (default: the system's)."),
     ] = None,
     allow_private: Annotated[
         bool, typer.Option(help="Allow connections to private/loopback addresses (labs only).")
     ] = False,
-    ca_file: Annotated[Path | None, typer.Option(help="Extra CA bundle trusted for TLS.")] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="Extra CA bundle trusted for TLS (default: none).")
+    ] = None,
     echo_ports: Annotated[
-        list[int] | None, typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable).")
+        list[int] | None,
+        typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable) (default: none)."),
     ] = None,
     tls_echo_ports: Annotated[
-        list[int] | None, typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable).")
+        list[int] | None,
+        typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable) (default: none)."),
     ] = None,
     dns_zone: Annotated[
         str | None,
-        typer.Option(help="http_keyword: serve this DNS zone (every name: --dns-answer)."),
+        typer.Option(
+            help="http_keyword: serve this DNS zone (every name: --dns-answer) (default: none)."
+        ),
     ] = None,
     dns_listen: Annotated[
         str, typer.Option(help="IP:PORT of the zone's DNS server (UDP).")
     ] = "127.0.0.1:5353",
     dns_answer: Annotated[
-        str | None, typer.Option(help="The A record of every name in --dns-zone (this host's IP).")
+        str | None,
+        typer.Option(help="The A record of every name in --dns-zone (default: the --listen host)."),
     ] = None,
     relay: Annotated[
         bool | None,
@@ -351,7 +464,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         typer.echo("censorscope: interrupted", err=True)
-        sys.exit(EXIT_FAILURE)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

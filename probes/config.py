@@ -86,11 +86,20 @@ class UploadConfig:
 
 
 @dataclass
+class ConsentConfig:
+    """The informed-consent notice (probes/consent.py): `informed = true` accepts it for
+    unattended runs (or CENSORSCOPE_CONSENT_INFORMED=true)."""
+
+    informed: bool = False
+
+
+@dataclass
 class Config:
     vantage: VantageConfig = field(default_factory=VantageConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     geoip: GeoIPConfig = field(default_factory=GeoIPConfig)
+    consent: ConsentConfig = field(default_factory=ConsentConfig)
     source: str = "(defaults)"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -100,13 +109,14 @@ _SECTIONS: dict[str, Any] = {
     "probe": ProbeConfig,
     "upload": UploadConfig,
     "geoip": GeoIPConfig,
+    "consent": ConsentConfig,
 }
 
 
 def _check_type(where: str, key: str, value: Any, expected: Any) -> Any:
     """Coerce/validate one value against the dataclass annotation (a small, explicit subset)."""
     text = str(expected)
-    if text == "bool":
+    if "bool" in text:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: key '{key}': expected true or false, got {value!r}")
         return value
@@ -159,7 +169,7 @@ def load_config(path: Path | None) -> Config:
             if env is None:
                 continue
             parsed: Any = env.split(",") if "list" in str(spec.type) else env
-            if str(spec.type) == "bool":
+            if "bool" in str(spec.type):
                 parsed = _env_flag(f"CENSORSCOPE_{section.upper()}_{key.upper()}", env)
             if "float" in str(spec.type) or (
                 "int" in str(spec.type) and "list" not in str(spec.type)

@@ -200,6 +200,7 @@ class Fingerprints:
     def __init__(self, dns: Iterable[Fingerprint], http: Iterable[Fingerprint]) -> None:
         self.dns = list(dns)
         self.http = list(http)
+        self.missing_files: list[str] = []
         self._dns = _Index()
         for fp in self.dns:
             self._dns.add(fp)
@@ -235,9 +236,17 @@ class Fingerprints:
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> Fingerprints:
-        """Load ``fingerprints_dns.csv`` and ``fingerprints_http.csv`` from one folder."""
+        """Load ``fingerprints_dns.csv`` and ``fingerprints_http.csv`` from one folder, whichever
+        of them it holds: a folder with only HTTP fingerprints (the lab writes one) still
+        matches block pages. `missing_files` names the absent ones, for the caller to say."""
         directory = Path(directory)
-        return cls.load(directory / DNS_FILE, directory / HTTP_FILE)
+        dns, http = directory / DNS_FILE, directory / HTTP_FILE
+        loaded = cls(
+            load_csv(dns, dns_only=True) if dns.is_file() else [],
+            load_csv(http, dns_only=False) if http.is_file() else [],
+        )
+        loaded.missing_files = [p.name for p in (dns, http) if not p.is_file()]
+        return loaded
 
     def match_dns(self, answer: str) -> list[Match]:
         """Match one DNS answer: an IP address or a CNAME target (trailing dot ignored)."""

@@ -7,6 +7,7 @@ run, summarise) reads top to bottom and can be called from the scheduler too.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from probes.net.addresses import is_ip, parse_host_port
 from probes.nettests import nettest_class
 from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
-from probes.runner import RunOptions, RunSummary, expand_repeats, run_nettest
+from probes.runner import RunOptions, RunSummary, RunWatch, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 @dataclass
@@ -87,28 +89,50 @@ def _keyword_inputs(path: Path) -> Iterator[str]:
         yield "+".join(keyword.parts)
 
 
-def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> None:
+def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> int:
+    """Read the keyword list through (a bad row fails now); returns how many inputs it gives."""
     from probes.testlists import ListError
 
     try:
-        next(_keyword_inputs(path), None)
+        return sum(1 for _ in _keyword_inputs(path))
     except ListError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{path}: cannot read: {exc.strerror or exc}")
 
 
-def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> None:
-    """Open each list and read its first row now, so a bad file fails before measuring."""
-    from probes.testlists import ListError, iter_inputs
+def _check_lists(testlists: list[Path], fail: Callable[[str], NoReturn]) -> int:
+    """Read every list through before measuring: a bad row anywhere fails the run now, naming
+    FILE:LINE (every problem, up to a screenful), instead of ending it partway. Returns the
+    number of rows, the progress bar's total."""
+    from probes.testlists import check_runnable
 
-    for path in testlists:
-        try:
-            next(iter_inputs([path], []), None)
-        except ListError as exc:
-            fail(str(exc))
-        except OSError as exc:
-            fail(f"{path}: cannot read: {exc.strerror or exc}")
+    problems, rows = check_runnable(testlists)
+    if problems:
+        for problem in problems[:20]:
+            print(f"censorscope: {problem}", file=sys.stderr)
+        more = f" ({len(problems) - 20} more not shown)" if len(problems) > 20 else ""
+        fail(
+            f"{len(problems)} problem(s) in the test list(s){more}; nothing was measured. "
+            f"`censorscope lists validate FILE` checks a list."
+        )
+    return rows
+
+
+def _total(n_inputs: int, repeat: int, done: dict[str | None, int]) -> int:
+    """Measurements this run will make: each input `repeat` times, minus what a resumed report
+    holds."""
+    return max(0, n_inputs * repeat - sum(min(n, repeat) for n in done.values()))
+
+
+def resume_command(nettest: str, manifest: ReportManifest, store: ResultsStore, cfg: Config) -> str:
+    """The command that continues this report, complete enough to work typed as shown: the
+    results directory (the report is looked up there) and the config file it ran with."""
+    argv = ["censorscope", "run", nettest, "--resume", manifest.report_id]
+    argv += ["--results", str(store.root.absolute())]  # absolute: works from any directory
+    if cfg.source != "(defaults)":
+        argv += ["--config", str(Path(cfg.source).absolute())]
+    return shlex.join(argv)
 
 
 def _locate(cfg: Config, req: RunRequest, fail: Callable[[str], NoReturn]) -> Vantage:
@@ -214,12 +238,12 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"--resolver {resolver!r}: {exc}")
         if not is_ip(host):
             fail(f"--resolver {resolver!r}: give an IP address, optionally with :PORT")
-    _check_lists(req.testlists, fail)
+    n_inputs = _check_lists(req.testlists, fail) + sum(1 for v in req.inputs if v.strip())
     keyword_inputs = getattr(cls, "keyword_inputs", False) and not req.inputs
     if keyword_inputs:
         if req.keywords is None:
             fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
-        _check_keywords(req.keywords, fail)
+        n_inputs = _check_keywords(req.keywords, fail)
 
     ctx = ProbeContext(
         vantage=vantage,
@@ -237,6 +261,10 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
     )
+    from probes.consent import require_consent
+
+    if problem := require_consent(cfg):
+        fail(problem)
     run_options = RunOptions(
         concurrency=settings["concurrency"],
         timeout=ctx.timeout,
@@ -258,12 +286,20 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         else _inputs(req.testlists, req.inputs)
     )
     inputs = expand_repeats(source, req.repeat, dict(done))
+    watch = RunWatch(nettest)
 
     async def go() -> RunSummary:
         await nettest.setup()
         try:
             return await run_nettest(
-                nettest, inputs, manifest, writer, run_options, progress=req.progress
+                nettest,
+                inputs,
+                manifest,
+                writer,
+                run_options,
+                progress=req.progress,
+                total=_total(n_inputs, req.repeat, done),
+                watch=watch,
             )
         finally:
             await nettest.close()
@@ -277,19 +313,18 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     except KeyboardInterrupt:
         writer.close()
         print(
-            f"censorscope: interrupted after {writer.written} measurements; "
-            f"continue with --resume {manifest.report_id}",
+            f"censorscope: interrupted after {writer.written} measurements; what finished is "
+            f"stored. Continue with: {resume_command(cls.name, manifest, store, cfg)}",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
     writer.close()
     print(
         f"{cls.name}: {summary.measured} measured, {summary.blocked} blocked, "
         f"{summary.inconclusive} inconclusive in {summary.elapsed:.1f} s "
         f"({summary.rate:.1f}/s); report {manifest.report_id} -> {store.report_path(manifest)}"
     )
-    for warning in nettest.warnings:
-        print(f"censorscope: {warning}", file=sys.stderr)
+    watch.flush(lambda line: print(line, file=sys.stderr))  # warnings not said during the run
     if summary.store_error:
         print(
             f"censorscope: the results store refused a write ({summary.store_error}); measuring "
@@ -298,17 +333,17 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    if summary.errors:
-        print(
-            f"censorscope: {summary.errors} inputs failed with an internal error (not stored); "
-            f"retry them with --resume {manifest.report_id}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
     if summary.interrupted:
         print(
             f"censorscope: interrupted; what finished is stored. "
-            f"Continue with --resume {manifest.report_id}",
+            f"Continue with: {resume_command(cls.name, manifest, store, cfg)}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if summary.errors:
+        print(
+            f"censorscope: {summary.errors} inputs failed with an internal error (not stored); "
+            f"retry them with: {resume_command(cls.name, manifest, store, cfg)}",
             file=sys.stderr,
         )
         return EXIT_FAILURE

@@ -91,8 +91,12 @@ class HostPacer:
                 if self._active.get(host, 0) >= self.per_host:
                     await self._changed.wait()
                 else:
+                    # asyncio.timeout, not wait_for: wait_for runs Condition.wait in a task of
+                    # its own, and on Ctrl-C those orphans wait forever for the lock, so the
+                    # event loop never closes (Python 3.11).
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), timeout=wait)
+                        async with asyncio.timeout(wait):
+                            await self._changed.wait()
 
     async def release(self, host: str) -> None:
         async with self._changed:
@@ -118,30 +122,48 @@ def expand_repeats(
 
 
 class Progress:
-    """A rich progress display on a terminal; silence (then one summary line) otherwise."""
+    """A rich progress display on a terminal; silence (then one summary line) otherwise.
 
-    def __init__(self, enabled: bool, label: str) -> None:
+    With a known total it shows count/total, percentage and ETA; it counts inconclusive
+    measurements beside blocked ones, so a run whose every verdict is null says so at once.
+    """
+
+    def __init__(self, enabled: bool, label: str, total: int | None = None) -> None:
         self.enabled = enabled
+        self.total = total
         self._progress: Any = None
         self._task: Any = None
         self.label = label
 
     def __enter__(self) -> Progress:
         if self.enabled:
-            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as RichProgress
 
             self._progress = RichProgress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
-                TextColumn("{task.completed} done"),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
                 TextColumn("[red]{task.fields[blocked]} blocked"),
+                TextColumn("[yellow]{task.fields[inconclusive]} inconclusive"),
                 TextColumn("{task.fields[rate]:.1f}/s"),
                 TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task(self.label, total=None, blocked=0, rate=0.0)
+            self._task = self._progress.add_task(
+                self.label, total=self.total, blocked=0, inconclusive=0, rate=0.0
+            )
         return self
 
     def update(self, summary: RunSummary, started: float) -> None:
@@ -151,12 +173,85 @@ class Progress:
                 self._task,
                 completed=summary.measured,
                 blocked=summary.blocked,
+                inconclusive=summary.inconclusive,
                 rate=summary.measured / elapsed,
             )
+
+    @staticmethod
+    def say(line: str) -> None:
+        """One line on stderr now (while the bar shows, rich routes stderr above it)."""
+        print(line, file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+# The machine looks offline when the probe's own DNS failed for every one of the first names
+# (not a censor: one blocks some names, not all of them, and answers NXDOMAIN rather than
+# timing out). Said once, early, so nobody waits minutes for a run of null verdicts.
+OFFLINE_AFTER = 5
+OFFLINE_FAILURES = frozenset(
+    {
+        "generic_timeout_error",
+        "dns_temporary_failure",
+        "dns_servfail_error",
+        "dns_server_misbehaving",
+        "dns_non_recoverable_failure",
+        "dns_refused_error",
+        "network_unreachable",
+        "host_unreachable",
+        "network_down",
+        "connection_refused",
+    }
+)
+
+
+def own_dns_failed(test_keys: dict[str, Any]) -> bool | None:
+    """Did every DNS query of this measurement fail the way an offline resolver fails? None
+    when it made no query."""
+    queries = test_keys.get("queries")
+    if not isinstance(queries, list) or not queries:
+        return None
+    failures = [q.get("failure") if isinstance(q, dict) else None for q in queries]
+    return all(f is not None for f in failures) and any(
+        str(f).split(":")[0] in OFFLINE_FAILURES for f in failures
+    )
+
+
+class RunWatch:
+    """Problems a person at the terminal should hear about during the run, each said once:
+    a nettest's new warnings (e.g. "control helper unreachable") and an offline look."""
+
+    def __init__(self, nettest: Nettest) -> None:
+        self.nettest = nettest
+        self.said_warnings = 0
+        self.dns_seen = 0
+        self.dns_failed = 0
+        self.offline_said = False
+
+    def observe(self, measurement: Measurement) -> None:
+        failed = own_dns_failed(measurement.test_keys or {})
+        if failed is None or self.dns_seen >= OFFLINE_AFTER:
+            return
+        self.dns_seen += 1
+        self.dns_failed += failed
+
+    def flush(self, say: Callable[[str], None]) -> None:
+        for warning in self.nettest.warnings[self.said_warnings :]:
+            say(f"censorscope: {warning}")
+        self.said_warnings = len(self.nettest.warnings)
+        if (
+            not self.offline_said
+            and self.dns_seen >= OFFLINE_AFTER
+            and self.dns_failed == self.dns_seen
+        ):
+            self.offline_said = True
+            say(
+                f"censorscope: the probe's own DNS lookups failed for all of the first "
+                f"{self.dns_seen} names: this machine looks offline (or its resolver is "
+                "unreachable); measurements will be inconclusive"
+            )
 
 
 async def run_nettest(
@@ -168,14 +263,20 @@ async def run_nettest(
     *,
     progress: bool | None = None,
     on_measurement: Callable[[Measurement], None] | None = None,
+    total: int | None = None,
+    watch: RunWatch | None = None,
 ) -> RunSummary:
-    """Measure every input, store each measurement, return counts. Cancellation-safe."""
+    """Measure every input, store each measurement, return counts. Cancellation-safe.
+
+    `total` (when known) sizes the progress bar; `watch` says problems as they appear (the
+    caller passes the one it prints the leftover warnings with at the end)."""
     summary = RunSummary()
     pacer = HostPacer(options.per_host_concurrency, options.per_host_interval)
     stream = iter(inputs)
     queue: asyncio.Queue[Measurement | None] = asyncio.Queue(maxsize=options.concurrency * 4)
     started = time.monotonic()
     show = sys.stdout.isatty() if progress is None else progress
+    watch = watch or RunWatch(nettest)
 
     def build(
         input_: str | None, test_keys: dict[str, Any], t0_wall: datetime, runtime: float
@@ -275,13 +376,16 @@ async def run_nettest(
                         summary.blocked += 1
                         if len(summary.blocked_inputs) < 1000 and m.input:
                             summary.blocked_inputs.append(m.input)
+                    watch.observe(m)
                     if on_measurement:
                         on_measurement(m)
                 display.update(summary, started)
+                watch.flush(display.say)
             if None in batch:
                 return
 
-    with Progress(show, nettest.name) as display:
+    with Progress(show, nettest.name, total) as display:
+        watch.flush(display.say)  # what setup found (e.g. the helper unreachable), before any input
         writer_task = asyncio.create_task(write_all(display))
         workers = [asyncio.create_task(worker()) for _ in range(max(1, options.concurrency))]
         try:

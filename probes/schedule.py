@@ -228,7 +228,11 @@ def run_job(spec: dict[str, Any], config_path: str | None) -> int:
     job = JobSpec(**spec)
     cmd = _command(job, config_path)
     log.info("%s: starting %s", job.id, job.nettest)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The daemon checked consent when it started (probes.consent); its runs have no terminal.
+    env = {**os.environ, "CENSORSCOPE_CONSENT_INFORMED": "true"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+    )
     with _RUNNING_LOCK:
         _RUNNING.add(proc)
     output = b""

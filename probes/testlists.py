@@ -436,6 +436,35 @@ def iter_inputs(testlists: Iterable[str | Path], inputs: Iterable[str]) -> Itera
             yield entry.url
 
 
+def check_runnable(paths: Iterable[str | Path]) -> tuple[list[Problem], int]:
+    """Every problem that would stop a run partway (header, encoding, column count, a URL no
+    nettest can measure) in the given test lists, and how many rows they hold.
+
+    `run` calls it before measuring so that a bad row on line 900 is reported with its
+    siblings up front instead of ending the run there. It checks what loading checks, not
+    all of `validate`'s rules: a published list with, say, an obsolete category still runs.
+    """
+    problems: list[Problem] = []
+    rows = 0
+    for raw in paths:
+        path = Path(raw)
+        sink = _Sink(strict=False)
+        try:
+            for entry in _parse_test_list(path, sink):
+                rows += 1
+                reason = check_url(entry.url)
+                if reason is not None:
+                    sink.error(Problem(str(path), entry.line, "url", reason))
+        except ListError as exc:
+            sink.problems.append(exc.problem)
+        except OSError as exc:
+            sink.problems.append(
+                Problem(str(path), 0, "file", f"cannot read: {exc.strerror or exc}")
+            )
+        problems.extend(sorted(sink.problems, key=lambda problem: problem.line))
+    return problems, rows
+
+
 def _is_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 

@@ -1,9 +1,13 @@
-"""Shared pytest fixtures. Sections: missing packages under CI, async backend, loopback servers
-(tests/loopback/)."""
+"""Shared pytest fixtures. Sections: consent, missing packages under CI, async backend, loopback
+servers (tests/loopback/)."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,17 @@ from tests.loopback import (  # noqa: E402
     TestCA,
     start_suite,
 )
+
+# --- consent ----------------------------------------------------------------------------------
+# The suite is an unattended run of many `run`/`isolate` subprocesses: it accepts the informed-
+# consent notice (probes/consent.py) through the environment, which every subprocess inherits,
+# and points XDG_CONFIG_HOME at a private directory so no test reads or writes the real
+# ~/.config. tests/test_consent.py removes the acceptance where it tests the notice itself.
+os.environ["CENSORSCOPE_CONSENT_INFORMED"] = "true"
+_XDG = tempfile.mkdtemp(prefix="censorscope-tests-xdg-")
+os.environ["XDG_CONFIG_HOME"] = _XDG
+atexit.register(shutil.rmtree, _XDG, True)
+
 
 # --- missing packages under CI ----------------------------------------------------------------
 

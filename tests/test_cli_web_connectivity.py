@@ -9,6 +9,7 @@ real addresses.  The probe and the control helper run as separate `censorscope` 
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -254,10 +255,10 @@ def test_packet_capture_is_opt_in(world: World, tmp_path: Path) -> None:
     assert (pkts["evidence"], on["x_packet_detail"]) == (None, None)
 
 
-def test_unreachable_helper_still_measures_and_exits_2(world: World, tmp_path: Path) -> None:
+def test_unreachable_helper_still_measures_and_exits_3(world: World, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{closed_port('127.0.0.1')}/"
     proc = run_probe(world, tmp_path, "--input", world.url("site.test"), helper=dead, check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # its own status: 2 is bad usage
     assert "control helper unreachable" in proc.stderr
     [m] = stored(tmp_path)
     assert m["test_keys"]["blocking"] is None
@@ -383,8 +384,9 @@ def test_killed_run_resumes_and_measures_each_input_once(
             proc.kill()
     report_id = _report_id(results)
     if how == "interrupt":
-        assert proc.returncode == 1
-        assert f"--resume {report_id}" in err.decode()
+        assert proc.returncode == 130  # 128 + SIGINT
+        # The hint works typed as shown: it names the results directory the report is in.
+        assert f"--resume {report_id} --results {shlex.quote(str(results))}" in err.decode()
     else:
         assert proc.returncode == -signal.SIGKILL
     first = stored(results)  # asserts every file ends with a complete line

@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 
 Results = Annotated[
     list[Path] | None,
-    typer.Option("--results", help="Results store (repeatable) [default: ./results]."),
+    typer.Option("--results", help="Results store (repeatable) (default: ./results)."),
 ]
 Ooni = Annotated[
     list[Path] | None,
-    typer.Option("--ooni", help="OONI measurements: JSON, JSONL, optionally .gz (repeatable)."),
+    typer.Option(
+        "--ooni",
+        help="OONI measurements: JSON, JSONL, optionally .gz (repeatable) (default: none).",
+    ),
 ]
 Engine = Annotated[str, typer.Option(help="pandas, or dask (extra `dask`, large stores).")]
 AnalyzeEngine = Annotated[
@@ -39,15 +42,23 @@ AnalyzeEngine = Annotated[
         "inputs x vantages x windows, not by lines: for millions of measurements)."
     ),
 ]
-Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD.")]
-Until = Annotated[str | None, typer.Option(help="Last day kept, YYYY-MM-DD.")]
-Vantage = Annotated[list[str] | None, typer.Option("--vantage", help="Keep this vantage.")]
-Test = Annotated[list[str] | None, typer.Option("--test", help="Keep this nettest.")]
-Input = Annotated[list[str] | None, typer.Option("--input", help="Keep this input.")]
+Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD (default: the first).")]
+Until = Annotated[str | None, typer.Option(help="Last day kept, YYYY-MM-DD (default: the last).")]
+Vantage = Annotated[
+    list[str] | None,
+    typer.Option("--vantage", help="Keep this vantage (repeatable) (default: all)."),
+]
+Test = Annotated[
+    list[str] | None, typer.Option("--test", help="Keep this nettest (repeatable) (default: all).")
+]
+Input = Annotated[
+    list[str] | None, typer.Option("--input", help="Keep this input (repeatable) (default: all).")
+]
 Fingerprints = Annotated[
     Path | None,
     typer.Option(
-        help="Folder with fingerprints_{dns,http}.csv (OONI) and optionally censoredplanet/."
+        help="Folder with fingerprints_dns.csv and/or fingerprints_http.csv (OONI) and "
+        "optionally censoredplanet/, or one OONI fingerprint CSV file (default: none)."
     ),
 ]
 Window = Annotated[str, typer.Option(help="Time window of rates and timelines (pandas freq).")]
@@ -92,6 +103,8 @@ def _sources(
     for path in [*(ooni or []), *([fingerprints] if fingerprints else [])]:
         if not path.exists():
             fail(f"{path}: no such file or directory")
+    if fingerprints is not None and fingerprints.is_dir():
+        _say_missing_fingerprints(fingerprints)
     filters = Filters(
         since=_day("since", since),
         until=_day("until", until),
@@ -100,6 +113,19 @@ def _sources(
         inputs=frozenset(input_) if input_ else None,
     )
     return _Sources(stores, list(ooni or []), filters, fingerprints, window or None)
+
+
+def _say_missing_fingerprints(folder: Path) -> None:
+    """Name an absent OONI fingerprint file once: analysis goes on with what the folder holds."""
+    from probes.fingerprints import DNS_FILE, HTTP_FILE
+
+    for name, what in ((DNS_FILE, "DNS answers"), (HTTP_FILE, "HTTP responses")):
+        if not (folder / name).is_file():
+            typer.echo(
+                f"censorscope: --fingerprints {folder}: no {name}; {what} are not matched "
+                "against OONI fingerprints",
+                err=True,
+            )
 
 
 @contextmanager
@@ -264,7 +290,9 @@ def register(app: typer.Typer) -> None:
         window: Window = "D",
         drop_asn: Annotated[
             list[str] | None,
-            typer.Option(help="At-risk vantage: publish it without ASN detail (repeatable)."),
+            typer.Option(
+                help="At-risk vantage: publish it without ASN detail (repeatable) (default: none)."
+            ),
         ] = None,
         title: Annotated[str, typer.Option(help="Dataset title.")] = "censorscope measurements",
         licence: Annotated[str, typer.Option("--license", help="SPDX licence id.")] = "CC-BY-4.0",

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from probes.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _config, fail
+from probes.cli_options import ConfigOption
 
 
 def register(app: typer.Typer) -> None:
@@ -55,7 +56,7 @@ def collector(
 
 def upload(
     collector: Annotated[
-        str | None, typer.Option(help="Collector base URL [default: from the config].")
+        str | None, typer.Option(help="Collector base URL (default: from the config).")
     ] = None,
     token: Annotated[
         str | None,
@@ -65,12 +66,12 @@ def upload(
     ] = None,
     token_file: Annotated[
         Path | None,
-        typer.Option(help="File holding the bearer token [default: [upload] token_file]."),
+        typer.Option(help="File holding the bearer token (default: [upload] token_file)."),
     ] = None,
     results: Annotated[
-        Path | None, typer.Option(help="Results directory [default: ./results].")
+        Path | None, typer.Option(help="Results directory (default: ./results).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    config: ConfigOption = None,
     attempts: Annotated[
         int, typer.Option(min=1, max=100, help="Tries per request before giving up.")
     ] = 8,
@@ -111,9 +112,12 @@ def schedule_run(
     config: Annotated[Path, typer.Option(help="TOML configuration with [[schedule.jobs]].")],
 ) -> None:
     """Run the scheduling daemon until interrupted."""
+    from probes.consent import require_consent
     from probes.schedule import ScheduleError, run_daemon
 
     cfg = _config(config)
+    if problem := require_consent(cfg):
+        fail(problem)
     try:
         run_daemon(cfg)
     except ScheduleError as exc:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from probes.cli_options import ConfigOption, ResultsOption
 from probes.nettests.keyword_isolation import Tester
 
 if TYPE_CHECKING:
@@ -49,11 +50,17 @@ def isolate(
     ],
     text: Annotated[Path, typer.Option(help="UTF-8 file with the blocked message.")],
     helper: Annotated[
-        list[str] | None, typer.Option(help="Helper URL (the relay channel's server).")
+        list[str] | None,
+        typer.Option(
+            help="Helper URL (the relay channel's server) (default: config probe.helpers)."
+        ),
     ] = None,
-    results: Annotated[Path | None, typer.Option(help="Results directory.")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
-    vantage: Annotated[str | None, typer.Option(help="Vantage name.")] = None,
+    results: ResultsOption = None,
+    config: ConfigOption = None,
+    vantage: Annotated[
+        str | None,
+        typer.Option(help="Vantage name (default: config vantage.name, else 'default')."),
+    ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Most tests (messages) to spend.")] = 400,
     split: Annotated[str, typer.Option(help="auto | words | chars")] = "auto",
     delivery_deadline: Annotated[
@@ -61,10 +68,13 @@ def isolate(
     ] = 60.0,
     residual_window: Annotated[
         float | None,
-        typer.Option(min=0.0, help="http-*: seconds a triggered endpoint stays tainted."),
+        typer.Option(
+            min=0.0, help="http-*: seconds a triggered endpoint stays tainted (default: 90)."
+        ),
     ] = None,
     keyword_tries: Annotated[
-        int | None, typer.Option(min=1, max=20, help="http-*: tries of a failing request.")
+        int | None,
+        typer.Option(min=1, max=20, help="http-*: tries of a failing request (default: 5)."),
     ] = None,
 ) -> None:
     """Find the minimal keyword combination(s) that get a message blocked."""
@@ -80,6 +90,10 @@ def isolate(
     words = split_words(message, split)
     if not words:
         fail(f"--text {text}: no words")
+    from probes.consent import require_consent
+
+    if problem := require_consent(cfg):
+        fail(problem)
     from probes.channels.base import ChannelError
     from probes.measurement import Scrubber
     from probes.nettests.base import ProbeContext, SetupError

@@ -37,6 +37,12 @@ class ProbeContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# `censorscope run` exits with this when no control helper answered (every input is still
+# measured and stored, verdicts null): a status of its own, so a script can tell it from bad
+# usage (2).
+EXIT_HELPER_UNREACHABLE = 3
+
+
 class SetupError(Exception):
     """The nettest cannot start with these settings (bad usage or input: exit status 2)."""
 

@@ -37,7 +37,7 @@ from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import DNSResult, resolve
 from probes.net.dns_packets import DNSCapture, capture_unavailable
 from probes.net.packets import UNAVAILABLE, pcap_path
-from probes.nettests.base import Nettest, ProbeContext, SetupError
+from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest, ProbeContext, SetupError
 from probes.nettests.control import ControlClient
 from probes.nettests.dns_consistency_analysis import (
     ROLE_PROBE_ADDRESS,
@@ -200,7 +200,7 @@ class DNSConsistency(Nettest):
                 self.control = None
                 self.warnings.append(f"control helper unreachable ({problem})")
                 if self.control_resolver is None:
-                    self.exit_status = 2
+                    self.exit_status = EXIT_HELPER_UNREACHABLE
         elif self.control_resolver is None:
             self.warnings.append(
                 "no control (give --helper or --control-resolver): verdicts are null "

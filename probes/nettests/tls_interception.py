@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import resolve_retrying
 from probes.net.tls import tls_handshake
-from probes.nettests.base import Nettest
+from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest
 from probes.nettests.control import ControlClient, note_degraded
 from probes.nettests.tls_compare import INTERCEPTED, Comparison, compare, probe_summary
 
@@ -108,7 +108,7 @@ class TLSInterception(Nettest):
         problem = await self.control.choose()
         if problem:
             self.warnings.append(f"control helper unreachable ({problem}); verdicts are null")
-            self.exit_status = 2
+            self.exit_status = EXIT_HELPER_UNREACHABLE
 
     async def close(self) -> None:
         if self.control is not None:

@@ -23,7 +23,7 @@ from probes.net.http import DEFAULT_HEADERS, http_get
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
 from probes.net.tls import tls_handshake
-from probes.nettests.base import Nettest, SetupError
+from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest, SetupError
 from probes.nettests.control import SAME_ASN_FEATURE, ControlClient, note_degraded
 from probes.nettests.web_connectivity_analysis import analyze
 
@@ -71,7 +71,7 @@ class WebConnectivity(Nettest):
                 f"control helper unreachable ({problem}); "
                 "measurements record control_failure and blocking null"
             )
-            self.exit_status = 2
+            self.exit_status = EXIT_HELPER_UNREACHABLE
 
     async def close(self) -> None:
         await self.control.aclose()
