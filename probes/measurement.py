@@ -99,6 +99,18 @@ def asn_number(probe_asn: str) -> int:
         return 0
 
 
+def ooni_asn(value: str | int) -> str:
+    """An AS number in OONI's form, "AS<number>" (ooni/data parses int(probe_asn[2:])).
+
+    Accepts "AS1234", "as1234", "1234" or 1234; raises ValueError for anything else.
+    """
+    text = str(value).strip()
+    digits = text[2:] if text[:2].upper() == "AS" else text
+    if not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"not an AS number (AS<number>): {value!r}")
+    return f"AS{int(digits)}"
+
+
 def new_report_id(
     test_name: str, probe_cc: str, probe_asn: str, moment: datetime | None = None
 ) -> str:
