@@ -189,3 +189,18 @@ def test_bench_script_is_importable_without_oonipipeline() -> None:
     from bench.ooni_pipeline import main
 
     assert main([str(Path(OONI / FILES[0]))]) == 2
+
+
+def test_our_analysis_reads_both_recordings_alike(ours: list[dict[str, Any]]) -> None:
+    """Stored measurements of either shape (per-family queries before, one "ANY" lookup
+    now) get the same verdict from our own analysis."""
+    from probes.nettests.web_connectivity_analysis import analyze
+
+    for m in ours:
+        new = analyze(m["test_keys"]).as_test_keys()
+        old = analyze(_old_shape(m)["test_keys"]).as_test_keys()
+        assert (new["blocking"], new["dns_consistency"]) == (
+            old["blocking"],
+            old["dns_consistency"],
+        ), m["input"]
+        assert new["blocking"] == m["test_keys"]["blocking"]
