@@ -138,6 +138,10 @@ def test_our_measurements_meet_the_field_expectations(ours: list[dict[str, Any]]
         assert field_problems(m) == [], m["input"]
         queries = m["test_keys"]["queries"]
         assert [(q["engine"], q["query_type"]) for q in queries] == [("getaddrinfo", "ANY")]
+        # Read into ProbeMeta; a missing one is filed as "unknown" (network_type: we cannot tell).
+        assert {"architecture", "engine_name", "engine_version", "platform"} <= set(
+            m["annotations"]
+        )
 
 
 def test_pipeline_scores_our_dns_layer_by_the_truth(ours: list[dict[str, Any]]) -> None:
