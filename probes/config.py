@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probes.measurement import ooni_asn
+
 # OONI's public web-connectivity test helpers (OONI-NOTES "Test helper protocol").
 OONI_HELPERS = (
     "https://0.th.ooni.org/",
@@ -182,6 +184,10 @@ def load_config(path: Path | None) -> Config:
                         f"not a number: {env!r}"
                     ) from exc
             setattr(target, key, _check_type("environment", f"{section}.{key}", parsed, spec.type))
+    try:  # OONI's form, "AS<number>": its pipeline reads the number after "AS"
+        config.vantage.probe_asn = ooni_asn(config.vantage.probe_asn)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: key 'vantage.probe_asn': {exc}") from exc
     if "resolver" in data.get("probe", {}) and not config.probe.resolver:
         config.probe.resolver = None
     return config

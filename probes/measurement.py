@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import platform
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +99,36 @@ def asn_number(probe_asn: str) -> int:
         return int(probe_asn.removeprefix("AS"))
     except ValueError:
         return 0
+
+
+# OONI Probe's annotation values: Go's runtime.GOARCH for the architecture, and its platform
+# names; ooni/data's pipeline files a missing annotation as "unknown".
+_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386"}
+_OONI_PLATFORM = {"darwin": "macos", "win32": "windows"}
+
+
+def base_annotations(vantage: str) -> dict[str, str]:
+    """Every measurement's annotations: what OONI's pipeline reads, plus our vantage name."""
+    machine = platform.machine().lower()
+    return {
+        "architecture": _GO_ARCH.get(machine, machine or "unknown"),
+        "engine_name": SOFTWARE_NAME,
+        "engine_version": SOFTWARE_VERSION,
+        "platform": _OONI_PLATFORM.get(sys.platform, sys.platform),
+        "vantage": vantage,
+    }
+
+
+def ooni_asn(value: str | int) -> str:
+    """An AS number in OONI's form, "AS<number>" (ooni/data parses int(probe_asn[2:])).
+
+    Accepts "AS1234", "as1234", "1234" or 1234; raises ValueError for anything else.
+    """
+    text = str(value).strip()
+    digits = text[2:] if text[:2].upper() == "AS" else text
+    if not digits.isascii() or not digits.isdigit():
+        raise ValueError(f"not an AS number (AS<number>): {value!r}")
+    return f"AS{int(digits)}"
 
 
 def new_report_id(

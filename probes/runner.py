@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from probes.measurement import Measurement, new_measurement_uid, ooni_time
+from probes.measurement import Measurement, base_annotations, new_measurement_uid, ooni_time
 from probes.nettests.base import Nettest
 from probes.store import ReportManifest, ReportWriter, StoreError
 
@@ -299,7 +299,7 @@ async def run_nettest(
             test_start_time=manifest.test_start_time,
             measurement_start_time=ooni_time(t0_wall),
             test_runtime=round(runtime, 6),
-            annotations={"vantage": manifest.vantage, "engine_name": "censorscope"},
+            annotations=base_annotations(manifest.vantage),
             test_helpers=(
                 {"backend": {"address": ctx.helpers[0], "type": "https"}} if ctx.helpers else None
             ),

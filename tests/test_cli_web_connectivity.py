@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.loopback import FakeDNSServer, ServerThread, WebServer
-from tests.loopback.control_helper import free_port_on
+from tests.loopback.control_helper import free_port_on, wait_http
 from tests.loopback.web import closed_port
 from tests.shared_data import SHARED_DATA
 
@@ -44,20 +44,6 @@ class World:
 
     def url(self, host: str, path: str = "/", port: int | None = None) -> str:
         return f"http://{host}:{port or self.port}{path}"
-
-
-def _wait_http(url: str, deadline: float = 20.0) -> None:
-    import urllib.request
-
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         try:
             helper_url = f"http://127.0.0.1:{helper_port}/"
-            _wait_http(helper_url)
+            wait_http(helper_url)
             yield World(port, closed_port("127.0.0.2"), truthful, censored, helper_url, many)
         finally:
             helper.terminate()

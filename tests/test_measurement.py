@@ -15,6 +15,7 @@ from probes.measurement import (
     Scrubber,
     new_measurement_uid,
     new_report_id,
+    ooni_asn,
 )
 
 OONI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ooni"
@@ -119,3 +120,26 @@ def test_scrubber_matches_ipv6_in_any_case_and_leaves_clean_text_alone() -> None
     assert scrubber.scrub_text("peer 2001:DB8::ABCD said hi") == f"peer {SCRUBBED} said hi"
     clean = "nothing of ours: 2001:db8::abce, 11.0.0.1"
     assert scrubber.scrub_text(clean) is clean
+
+
+def test_asn_takes_ooni_form_and_config_rejects_other_values(tmp_path: Path) -> None:
+    """ooni/data reads probe_asn as int(probe_asn[2:]): "1234" would become AS34."""
+    from probes.config import ConfigError, load_config
+
+    assert [ooni_asn(v) for v in ("AS1234", "as1234", " 1234", 1234, "AS0")] == [
+        "AS1234",
+        "AS1234",
+        "AS1234",
+        "AS1234",
+        "AS0",
+    ]
+    for bad in ("", "AS", "AS12a", "ASN1234", "-5", "AS-5"):
+        with pytest.raises(ValueError):
+            ooni_asn(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('[vantage]\nprobe_asn = "3269"\n')
+    assert load_config(good).vantage.probe_asn == "AS3269"
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text('[vantage]\nprobe_asn = "Telecom Italia"\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: key 'vantage\.probe_asn'"):
+        load_config(bad_file)

@@ -217,6 +217,24 @@ async def test_system_resolver_localhost() -> None:
     assert {"answer_type": "A", "ipv4": "127.0.0.1", "ttl": None} in q["answers"]
 
 
+async def test_system_lookup_of_both_families_is_one_query() -> None:
+    """One getaddrinfo for both families is one "ANY" entry, as OONI's probe records it; a
+    family the name lacks (/etc/hosts often maps localhost to 127.0.0.1 only) is no failure."""
+    res = await resolve("localhost", query_type="ANY", resolver=None, t_zero=time.monotonic())
+    assert res.failure is None and "127.0.0.1" in res.addrs
+    (q,) = res.queries
+    assert (q["engine"], q["query_type"], q["failure"]) == ("getaddrinfo", "ANY", None)
+    assert {"answer_type": "A", "ipv4": "127.0.0.1", "ttl": None} in q["answers"]
+    for answer in q["answers"]:
+        key = "ipv6" if answer["answer_type"] == "AAAA" else "ipv4"
+        assert answer[key] in res.addrs
+
+
+async def test_system_resolver_only_answers_address_queries() -> None:
+    with pytest.raises(ValueError, match="system resolver"):
+        await resolve("localhost", query_type="TXT", resolver=None, t_zero=0.0)
+
+
 async def test_unknown_transport_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         await resolve("x.test", resolver="127.0.0.1", transport="carrier-pigeon", t_zero=0.0)

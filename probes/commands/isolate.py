@@ -159,7 +159,13 @@ async def run_isolation(
 ) -> dict[str, Any]:
     """Search with `tester` as the oracle; store every test and the result; return the result."""
     from probes.isolation import isolate as search
-    from probes.measurement import Measurement, new_measurement_uid, new_report_id, ooni_time
+    from probes.measurement import (
+        Measurement,
+        base_annotations,
+        new_measurement_uid,
+        new_report_id,
+        ooni_time,
+    )
     from probes.measurement import Scrubber as _Scrubber
     from probes.store import ReportManifest, ResultsStore
 
@@ -196,7 +202,7 @@ async def run_isolation(
             test_start_time=manifest.test_start_time,
             measurement_start_time=ooni_time(started),
             test_runtime=round(runtime, 6),
-            annotations={"vantage": vantage, "engine_name": "censorscope"},
+            annotations=base_annotations(vantage),
             test_keys=keys,
         ))  # fmt: skip
 

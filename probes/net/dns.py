@@ -332,11 +332,23 @@ async def _resolve_lib(
     return reply.to_wire(), answers
 
 
+# query_type of one getaddrinfo call for every family (AF_UNSPEC). OONI's probe (measurexlite,
+# web_connectivity 0.5) records such a lookup as one entry, query_type "ANY", engine
+# "getaddrinfo", with the answers of both families and a failure only when the whole lookup
+# failed. ooni/data's pipeline reads a failure on any system/getaddrinfo entry as DNS
+# interference, so a missing family must not be written as a failed query of its own.
+QUERY_ANY = "ANY"
+_FAMILIES = {"A": socket.AF_INET, "AAAA": socket.AF_INET6, QUERY_ANY: socket.AF_UNSPEC}
+
+
 async def _resolve_system(
     res: DNSResult, timeout: float, pool: ResolverPool | None = None
 ) -> list[dict[str, Any]]:
-    """getaddrinfo in the loop's thread pool (or `pool`), as OONI's "getaddrinfo" engine."""
-    family = socket.AF_INET6 if res.query_type == "AAAA" else socket.AF_INET
+    """getaddrinfo in the loop's thread pool (or `pool`), as OONI's "getaddrinfo" engine.
+
+    "A" and "AAAA" ask for one family; "ANY" makes one lookup for both (AF_UNSPEC).
+    """
+    family = _FAMILIES[res.query_type]  # resolve() checked it
     async with asyncio.timeout(timeout):
         if pool is not None:
             infos = await pool.getaddrinfo(res.domain, None, family=family, type=socket.SOCK_STREAM)
@@ -351,8 +363,12 @@ async def _resolve_system(
             addrs.append(addr)
     res.addrs = addrs
     res.failure = None if addrs else F.DNS_NO_ANSWER
-    key = "ipv6" if res.query_type == "AAAA" else "ipv4"
-    return [{"answer_type": res.query_type, key: a, "ttl": None} for a in addrs]
+    return [
+        {"answer_type": "AAAA", "ipv6": a, "ttl": None}
+        if ":" in a
+        else {"answer_type": "A", "ipv4": a, "ttl": None}
+        for a in addrs
+    ]
 
 
 async def resolve(
@@ -370,15 +386,19 @@ async def resolve(
 ) -> DNSResult:
     """Resolve ``domain``; never raises on network failure.
 
-    ``resolver``: None for the system resolver, else "IP", "IP:PORT", "[v6]:PORT", or
-    for DoH the URL. ``listen_window`` (UDP only): seconds to keep listening after the
-    first valid answer. ``ca_file``: trust anchors for DoH/DoT (tests use a private CA).
-    ``capture`` (UDP only): a run-wide packet capture that adds each answer's IP TTL and
-    IP-ID to its ``extra_responses`` entry. ``pool``: the system resolver's threads
-    (probes.net.resolver_pool; default the loop's executor).
+    ``resolver``: None for the system resolver (getaddrinfo; ``query_type`` "ANY" makes one
+    lookup for both families), else "IP", "IP:PORT", "[v6]:PORT", or for DoH the URL.
+    ``listen_window`` (UDP only): seconds to keep listening after the first valid answer.
+    ``ca_file``: trust anchors for DoH/DoT (tests use a private CA). ``capture`` (UDP only):
+    a run-wide packet capture that adds each answer's IP TTL and
+    IP-ID to its ``extra_responses`` entry.
+    ``pool``: the system resolver's threads (probes.net.resolver_pool; default the loop's
+    executor).
     """
     domain = domain.rstrip(".")
     query_type = query_type.upper()
+    if resolver is None and query_type not in _FAMILIES:
+        raise ValueError(f"the system resolver answers A, AAAA or ANY, not {query_type!r}")
     res = DNSResult(domain=domain, query_type=query_type, failure=None, t0=since(t_zero))
     raw: bytes | None = None
     answers: list[dict[str, Any]] = []

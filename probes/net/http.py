@@ -182,8 +182,14 @@ class _Tracer:
         self._t0 = since(t_zero)
         self._tls_t0 = 0.0
 
-    def _event(self, operation: str, failure: str | None = None, t0: float | None = None) -> None:
-        t = since(self.t_zero)
+    def _event(
+        self,
+        operation: str,
+        failure: str | None = None,
+        t0: float | None = None,
+        t: float | None = None,
+    ) -> None:
+        t = since(self.t_zero) if t is None else t
         self.events.append(
             {
                 "address": self.address,
@@ -205,8 +211,11 @@ class _Tracer:
         self._event("tls_handshake_start")
 
     def tls_done(self, failure: str | None, obj: ssl.SSLObject | None) -> None:
-        self._event("tls_handshake_done", failure, self._tls_t0)
-        res = TLSResult(self.address, self.server_name, failure, self._tls_t0, since(self.t_zero))
+        # One instant for the event and the record: ooni/data finds a handshake's events
+        # (connect .. tls_handshake_done) by the done event's t equal to the record's t.
+        t = since(self.t_zero)
+        self._event("tls_handshake_done", failure, self._tls_t0, t)
+        res = TLSResult(self.address, self.server_name, failure, self._tls_t0, t)
         if obj is not None:
             fill_from_ssl_object(res, obj)
             res.verified = failure is None

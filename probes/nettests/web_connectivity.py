@@ -1,6 +1,6 @@
 """web_connectivity: is a URL reachable from here, and if not, which layer was interfered with?
 
-Steps (ooni/spec ts-017, version 0.4 semantics): resolve the URL's host (A and AAAA) with the
+Steps (ooni/spec ts-017, version 0.4 semantics): resolve the URL's host (both families) with the
 probe's resolver; ask the control helper for its view (DNS, TCP, HTTP) while connecting over TCP
 to every address; an HTTP(S) GET following redirects, connected to the addresses our own DNS
 returned; for https the TLS handshake with the first reachable address (the GET's own when it
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.net.addresses import format_host_port, is_ip
-from probes.net.dns import DNSResult, resolve_retrying
+from probes.net.dns import QUERY_ANY, DNSResult, resolve_retrying
 from probes.net.http import DEFAULT_HEADERS, http_get
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
@@ -88,8 +88,16 @@ class WebConnectivity(Nettest):
         return None
 
     async def _resolve(self, host: str, t_zero: float) -> list[DNSResult]:
-        """A and AAAA; a query that timed out is asked once more (every attempt is recorded)."""
+        """The host's addresses; a query that timed out is asked once more (every attempt is
+        recorded).
+
+        The system resolver makes one getaddrinfo lookup for both families, recorded as one
+        "ANY" query as OONI's probe does (a family the name lacks is no failure: OONI's pipeline
+        reads any failed system query as DNS interference). A configured resolver gets an A
+        and an AAAA query, each recorded with its own outcome.
+        """
         timeout = self.ctx.timeout * DNS_TIMEOUT_SHARE
+        query_types = ("A", "AAAA") if self.ctx.resolver else (QUERY_ANY,)
         return list(
             await asyncio.gather(
                 *(
@@ -100,7 +108,7 @@ class WebConnectivity(Nettest):
                         timeout=timeout,
                         t_zero=t_zero,
                     )
-                    for query_type in ("A", "AAAA")
+                    for query_type in query_types
                 )
             )
         )
@@ -147,7 +155,7 @@ class WebConnectivity(Nettest):
                 addrs.extend(a for a in result.addrs if a not in addrs)
             failures = [r.failure for r in results]
             if not addrs:
-                # As OONI: the A query's failure stands for the DNS step.
+                # As OONI: the first query's failure (getaddrinfo's, or A's) stands for DNS.
                 keys["dns_experiment_failure"] = failures[0] if failures else "dns_no_answer"
         endpoints = [_endpoint(ip, port) for ip in addrs]
         # Before the first SYN: the connects' and the fetch's flows (same addresses and port).

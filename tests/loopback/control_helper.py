@@ -62,6 +62,21 @@ def uvicorn_on(config: uvicorn.Config, host: str = "127.0.0.1") -> Iterator[int]
         sock.close()
 
 
+def wait_http(url: str, deadline: float = 20.0) -> None:
+    """Until ``url`` answers 200 (a helper or site started as a separate process)."""
+    import urllib.request
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
 def free_port_on(hosts: list[str]) -> int:
     """A TCP port free on every one of these addresses."""
     for _ in range(50):
