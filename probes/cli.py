@@ -364,6 +364,13 @@ def helper(
             "100; more get 429. 0 = no limit (the lab and the benchmarks, one client).",
         ),
     ] = 20.0,
+    geoip_db: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="MaxMind DB file (repeatable) whose ASNs fill ip_info's `asn`, as oohelperd "
+            "does (default: none, every asn is 0).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the control test helper (OONI web-connectivity protocol), echo ports and relay."""
     import os
@@ -377,6 +384,7 @@ def helper(
         parse_listen,
         serve,
     )
+    from probes.geoip import GeoDatabase, GeoIPError
 
     try:
         host, _port = parse_listen(listen)
@@ -397,12 +405,20 @@ def helper(
     if relay and relay_token is None:
         fail("--relay needs CENSORSCOPE_RELAY_TOKEN (the relay never runs open)")
     relay_config = RelayConfig(token=relay_token) if relay_token and relay is not False else None
+    asn_lookup = None
+    if geoip_db:
+        try:
+            database = GeoDatabase(geoip_db)
+        except GeoIPError as exc:
+            fail(f"--geoip-db: {exc}")
+        asn_lookup = lambda ip: database.asn(ip)[0]  # noqa: E731
     serve(
         listen,
         HelperConfig(
             resolver=resolver,
             allow_private=allow_private,
             ca_file=str(ca_file) if ca_file else None,
+            asn_lookup=asn_lookup,
         ),
         echo=echo,
         dns_zone=zone,

@@ -85,3 +85,68 @@ def test_stale_files_are_named_with_their_age(tmp_path: Path) -> None:
             "geolite2-asn.mmdb",
         ]
         assert all("120 days old" in name for name in later)
+
+
+def test_helper_command_fills_ip_info_asn_from_the_geoip_db(tmp_path: Path) -> None:
+    """`censorscope helper --geoip-db` gives ip_info real ASNs (oohelperd's ipinfo.go does the
+    same from its own database); without a database every asn would be 0."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.loopback.control_helper import free_port_on, wait_http
+
+    database = write_mmdb(
+        tmp_path / "asn.mmdb",
+        "GeoLite2-ASN",
+        {"127.0.0.0/24": asn_record(64500, "Loopback Networks")},
+    )
+    port = free_port_on(["127.0.0.1"])
+    helper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "probes.cli",
+            "helper",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--allow-private",
+            "--geoip-db",
+            str(database),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_http(url)
+        reply = httpx.post(
+            url,
+            json={
+                "http_request": "http://127.0.0.1:9/",
+                "http_request_headers": {},
+                "tcp_connect": ["127.0.0.1:9"],
+            },
+            timeout=30,
+        )
+        assert reply.status_code == 200
+        assert reply.json()["ip_info"]["127.0.0.1"]["asn"] == 64500
+    finally:
+        helper.terminate()
+        helper.wait(10)
+
+
+def test_helper_command_names_a_bad_geoip_db(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "absent.mmdb"
+    done = subprocess.run(
+        [sys.executable, "-m", "probes.cli", "helper", "--geoip-db", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert str(missing) in done.stderr
