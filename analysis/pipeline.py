@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.compare import DEFAULT_WINDOW, Comparison, compare
+from analysis.compare import DEFAULT_WINDOW, Comparison, Gates, compare
 from analysis.load import Filters, Loaded, load
 from analysis.verdicts import VERDICT_COLUMNS, default_classifier
 
@@ -22,6 +22,7 @@ ENGINES = ("pandas", "dask")
 class Analysis:
     loaded: Loaded
     comparison: Comparison
+    gates: Gates | None = None  # the finding gates used; publish recomputes with the same
 
 
 def load_classified(
@@ -53,6 +54,7 @@ def run(
     window: str | None = DEFAULT_WINDOW,
     workers: int = 2,
     observations: bool = False,
+    gates: Gates | None = None,
 ) -> Analysis:
     """Load, classify and compare; with engine "dask" the comparison runs over Parquet.
 
@@ -61,7 +63,7 @@ def run(
     """
     loaded = load_classified(results, ooni, filters, fingerprints, observations=observations)
     if engine == "pandas":
-        return Analysis(loaded, compare(loaded.measurements, window))
+        return Analysis(loaded, compare(loaded.measurements, window, gates), gates)
     if engine != "dask":
         raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
     from analysis.dask_engine import compare_parquet, local_cluster, write_partitioned
@@ -69,5 +71,5 @@ def run(
     with tempfile.TemporaryDirectory(prefix="censorscope-dask-") as tmp:
         write_partitioned(loaded.measurements, Path(tmp))
         with local_cluster(workers):
-            comparison = compare_parquet(Path(tmp), window)
-    return Analysis(loaded, comparison)
+            comparison = compare_parquet(Path(tmp), window, gates)
+    return Analysis(loaded, comparison, gates)

@@ -130,7 +130,7 @@ def publish(
     """Write the package under OUT; returns every file written (SHA256SUMS last)."""
     out.mkdir(parents=True, exist_ok=True)
     frame = redact(result.loaded.measurements, drop_asn)
-    comparison = compare(frame) if drop_asn else result.comparison
+    comparison = compare(frame, gates=result.gates) if drop_asn else result.comparison
     data_root = out / "data" / "measurements"
     parts = _write_measurements(frame, data_root)
     resources: list[dict[str, Any]] = [

@@ -51,6 +51,22 @@ Fingerprints = Annotated[
     ),
 ]
 Window = Annotated[str, typer.Option(help="Time window of rates and timelines (pandas freq).")]
+MinMeasurements = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Finding gate: decisive measurements a vantage needs (docs/analysis.md)."
+    ),
+]
+Fdr = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="Finding gate: Benjamini-Hochberg q-value must be below this."
+    ),
+]
+BlockedShare = Annotated[
+    float,
+    typer.Option(min=0.0, max=1.0, help="Finding gate: share of decisive results blocked."),
+]
 
 
 def _day(option: str, value: str | None) -> date | None:
@@ -71,6 +87,7 @@ class _Sources:
     filters: Filters
     fingerprints: Path | None
     window: str | None
+    gates: Any = None  # analysis.compare.Gates
 
 
 def _sources(
@@ -100,6 +117,15 @@ def _sources(
         inputs=frozenset(input_) if input_ else None,
     )
     return _Sources(stores, list(ooni or []), filters, fingerprints, window or None)
+
+
+def _gated(src: _Sources, min_measurements: int, fdr: float, blocked_share: float) -> _Sources:
+    """The sources with the finding gates the options chose."""
+    from dataclasses import replace
+
+    from analysis.compare import Gates
+
+    return replace(src, gates=Gates(min_measurements, fdr, blocked_share))
 
 
 @contextmanager
@@ -141,7 +167,13 @@ def _analysis(engine: str, src: _Sources) -> Analysis:
             fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
     with _analysis_errors():
         result = run(
-            src.stores, src.ooni, src.filters, src.fingerprints, engine=engine, window=src.window
+            src.stores,
+            src.ooni,
+            src.filters,
+            src.fingerprints,
+            engine=engine,
+            window=src.window,
+            gates=src.gates,
         )
     _report_problems(result.loaded.problems, result.loaded.n_problems)
     return result
@@ -153,7 +185,7 @@ def _streamed(src: _Sources) -> Streamed:
 
     with _analysis_errors():
         result = run_streamed(
-            src.ooni, src.stores, src.filters, src.fingerprints, window=src.window
+            src.ooni, src.stores, src.filters, src.fingerprints, window=src.window, gates=src.gates
         )
     _report_problems(result.problems, result.n_problems)
     return result
@@ -201,11 +233,15 @@ def register(app: typer.Typer) -> None:
         input_: Input = None,
         fingerprints: Fingerprints = None,
         window: Window = "D",
+        min_measurements: MinMeasurements = 3,
+        fdr: Fdr = 0.05,
+        blocked_share: BlockedShare = 0.5,
     ) -> None:
         """Compare vantages: findings, per-vantage rates and timelines as Parquet + CSV."""
         from analysis.tables import write_tables
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        src = _gated(src, min_measurements, fdr, blocked_share)
         if engine == "stream":
             streamed = _streamed(src)
             comparison = streamed.comparison
@@ -235,11 +271,15 @@ def register(app: typer.Typer) -> None:
         input_: Input = None,
         fingerprints: Fingerprints = None,
         window: Window = "D",
+        min_measurements: MinMeasurements = 3,
+        fdr: Fdr = 0.05,
+        blocked_share: BlockedShare = 0.5,
     ) -> None:
         """One self-contained HTML report (plots embedded; opens with no network)."""
         from analysis.report import render
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        src = _gated(src, min_measurements, fdr, blocked_share)
         result = _analysis(engine, src)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +302,9 @@ def register(app: typer.Typer) -> None:
         input_: Input = None,
         fingerprints: Fingerprints = None,
         window: Window = "D",
+        min_measurements: MinMeasurements = 3,
+        fdr: Fdr = 0.05,
+        blocked_share: BlockedShare = 0.5,
         drop_asn: Annotated[
             list[str] | None,
             typer.Option(help="At-risk vantage: publish it without ASN detail (repeatable)."),
@@ -273,6 +316,7 @@ def register(app: typer.Typer) -> None:
         from analysis.publish import publish as write_package
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        src = _gated(src, min_measurements, fdr, blocked_share)
         result = _analysis(engine, src)
         options: dict[str, Any] = {"title": title, "licence": licence}
         try:
