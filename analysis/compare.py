@@ -59,7 +59,8 @@ class Gates:
 
 GROUP = ["target", "test_name", "vantage", "window"]
 PAIR = ["target", "test_name"]
-COUNTS = ["n", "blocked", "ok", "down", "inconclusive"]
+# `disagree`: measurements whose re-derived verdict differs from the probe's (analysis.verdicts)
+COUNTS = ["n", "blocked", "ok", "down", "inconclusive", "disagree"]
 
 
 def _target(frame: pd.DataFrame) -> pd.Series:
@@ -76,6 +77,7 @@ def prepare(frame: pd.DataFrame, window: str | None = DEFAULT_WINDOW) -> pd.Data
     """Indicator columns for counting; a pandas partition in, a pandas partition out."""
     blocking = frame["blocking"].astype("string")
     down = frame["down"].astype("bool") if "down" in frame else False
+    disagree = frame["disagreement"].notna().astype("int64") if "disagreement" in frame else 0
     out = pd.DataFrame(
         {
             "target": _target(frame),
@@ -91,6 +93,7 @@ def prepare(frame: pd.DataFrame, window: str | None = DEFAULT_WINDOW) -> pd.Data
             "ok": ((blocking == "false") & ~down).fillna(False).astype("int64"),
             "down": ((blocking == "false") & down).fillna(False).astype("int64"),
             "inconclusive": blocking.isna().astype("int64"),
+            "disagree": disagree,
             "blocking": blocking,
             "blocking_detail": frame["blocking_detail"].astype("string"),
             "blocking_fingerprint": frame["blocking_fingerprint"].astype("string"),
@@ -257,6 +260,7 @@ def findings(vantages: pd.DataFrame, modes: pd.DataFrame) -> pd.DataFrame:
             "n": grouped["n"].sum(),
             "blocked": grouped["blocked"].sum(),
             "inconclusive": grouped["inconclusive"].sum(),
+            "disagree": grouped["disagree"].sum(),
             "down": grouped["down"].sum(),
             "decisive": grouped["decisive"].sum(),
             "accessible": (
@@ -325,6 +329,7 @@ def findings(vantages: pd.DataFrame, modes: pd.DataFrame) -> pd.DataFrame:
             "n": agg["n"].to_numpy(dtype="int64"),
             "blocked": agg["blocked"].to_numpy(dtype="int64"),
             "inconclusive": agg["inconclusive"].to_numpy(dtype="int64"),
+            "disagreements": agg["disagree"].to_numpy(dtype="int64"),
             "blocking_type": best["blocking"].where(keep).tolist(),
             "blocking_detail": best["blocking_detail"].where(keep).tolist(),
             "blocking_fingerprint": best["blocking_fingerprint"].where(keep).tolist(),

@@ -194,6 +194,7 @@ def _gate_counts(rows: list[tuple[str, str, int, int]]) -> pd.DataFrame:
                 "ok": o,
                 "down": 0,
                 "inconclusive": 0,
+                "disagree": 0,
             }
             for test, vantage, b, o in rows
         ]
@@ -264,3 +265,36 @@ def test_each_nettest_apart() -> None:
     out = _finding(rows).set_index("test_name")
     assert out.loc["web_connectivity", "finding"].startswith("suggestive at censored")
     assert out.loc["tcp_connect", "finding"] == "accessible everywhere"
+
+
+def _real_line(number: int) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(WC_REAL.read_text().splitlines()[number - 1]))
+
+
+@needs_data
+def test_probe_fingerprint_counts_when_rederiving_without_fingerprints() -> None:
+    # The lab demo's case: the probe matched a block page with the fingerprint it was given and
+    # stored http-diff/http.blockpage; the analysis runs without --fingerprints.
+    data = _real_line(1)  # ID archive.org: v0.4 comparisons alone call it accessible
+    assert Classifier()(data)["blocking"] == "false"
+    data["test_keys"].update(
+        blocking="http-diff",
+        blocking_detail="http.blockpage",
+        blocking_fingerprint="ooni.id_lamanlabuh_kominfo",
+    )
+    row = Classifier()(data)
+    assert (row["blocking"], row["blocking_detail"]) == ("http-diff", "http.blockpage")
+    assert row["blocking_fingerprint"] == "ooni.id_lamanlabuh_kominfo"
+    assert row["verdict_source"] == "probe_evidence" and row["disagreement"] is None
+
+
+@needs_data
+def test_disagreement_names_both_sides_and_why() -> None:
+    row = default_classifier(FINGERPRINTS)(_real_line(1))  # probe false, a fingerprint matches
+    assert row["disagreement"] == (
+        "probe false; analysis http-diff/http.blockpage: "
+        "analysis matched fingerprint ooni.id_lamanlabuh_kominfo"
+    )
+    assert default_classifier(FINGERPRINTS)(_real_line(17))["disagreement"] is None
