@@ -234,6 +234,21 @@ def disagreement(
     return f"{said}; {got}: " + "; ".join(why)
 
 
+def describe_fingerprints(classifier: Classifier) -> str:
+    """What fingerprints a re-derivation used, in words a dataset card can print."""
+    parts: list[str] = []
+    if classifier.fingerprints is not None:
+        fps = classifier.fingerprints
+        parts.append(f"OONI blocking fingerprints ({len(fps.dns)} DNS, {len(fps.http)} HTTP)")
+    if classifier.signatures is not None:
+        sigs = classifier.signatures
+        parts.append(
+            f"Censored Planet signatures ({len(sigs.blockpages)} block page, "
+            f"{len(sigs.false_positives)} false positive)"
+        )
+    return "; ".join(parts) or "none"
+
+
 def default_classifier(fingerprint_dir: Path | None) -> Classifier:
     """OONI CSVs from DIR and Censored Planet signatures from DIR/censoredplanet when present."""
     if fingerprint_dir is None:

@@ -119,3 +119,47 @@ def test_publish_real_ooni_has_no_probe_ip(tmp_path: Path) -> None:
     text = m.astype(str).to_csv() + "".join(p.read_text() for p in out.glob("*.csv"))
     assert not any(ip in text for ip in probe_ips)
     assert len(m) == 28
+
+
+@pytest.mark.skipif(not WC_REAL.exists(), reason="reference data absent")
+def test_probe_block_page_survives_publish_and_report_without_fingerprints(
+    tmp_path: Path,
+) -> None:
+    """issue 14 item 5: the lab demo's fingerprint-confirmed block page, analysed without
+    --fingerprints, stays a block page; the card and the report say what evidence was used."""
+    import orjson
+
+    first = orjson.loads(WC_REAL.read_bytes().splitlines()[0])  # ID archive.org, v0.4 "false"
+    claimed = dict(first)
+    claimed["test_keys"] = dict(
+        first["test_keys"],
+        blocking="http-diff",
+        blocking_detail="http.blockpage",
+        blocking_fingerprint="ooni.id_lamanlabuh_kominfo",
+    )
+    plain_false = dict(first, input="http://other.example/")
+    plain_false["test_keys"] = dict(first["test_keys"], blocking="dns")  # a probe that erred
+    source = tmp_path / "m.jsonl"
+    source.write_bytes(orjson.dumps(claimed) + b"\n" + orjson.dumps(plain_false) + b"\n")
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["publish", "--ooni", str(source), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = pd.read_parquet(out / "data" / "measurements").set_index("input")
+    row = m.loc[first["input"]]
+    assert (row["blocking"], row["blocking_fingerprint"]) == (
+        "http-diff",
+        "ooni.id_lamanlabuh_kominfo",
+    )
+    assert m.loc["http://other.example/", "disagreement"].startswith("probe dns; analysis false")
+    card = (out / "README.md").read_text()
+    assert "Fingerprints given to the analysis: none." in card
+    assert "1 block page verdicts rest on fingerprints the probes matched" in card
+    assert "ooni.id_lamanlabuh_kominfo" in card
+    assert "1 re-derived verdicts differ from the probe's" in card
+    html_out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", "--ooni", str(source), "--out", str(html_out)])
+    assert result.exit_code == 0, result.output
+    page = html_out.read_text()
+    assert "Where the analysis and the probe disagree" in page
+    assert "probe dns; analysis false" in page
+    assert "1 verdicts rest on a fingerprint the probe matched" in page
