@@ -181,7 +181,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         probe_network_name=cfg.vantage.network_name,
         resolver=resolver,
         helpers=req.helpers or list(cfg.probe.helpers),
-        timeout=req.timeout or cfg.probe.timeout,
+        timeout=req.timeout or cls.default_budget(req.nettest_options) or cfg.probe.timeout,
         ca_file=str(req.ca_file) if req.ca_file else cfg.probe.ca_file,
         fingerprint_files=[str(p) for p in req.fingerprints] or list(cfg.probe.fingerprints),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses()]),
