@@ -163,3 +163,19 @@ def test_probe_block_page_survives_publish_and_report_without_fingerprints(
     assert "Where the analysis and the probe disagree" in page
     assert "probe dns; analysis false" in page
     assert "1 verdicts rest on a fingerprint the probe matched" in page
+
+
+@pytest.mark.parametrize("engine", ["pandas", "stream", "dask"])
+def test_gate_options_reach_every_engine(store: Path, tmp_path: Path, engine: str) -> None:
+    if engine == "dask":
+        pytest.importorskip("dask.distributed", reason="the `dask` extra is not installed")
+    out = tmp_path / engine
+    result = CliRunner().invoke(
+        app,
+        ["analyze", "--results", str(store), "--out", str(out), "--engine", engine,
+         "--min-measurements", "1000"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    findings = pd.read_csv(out / "findings.csv").set_index("target")
+    assert findings.loc[h.BLOCKED, "finding"] == "suggestive at censored (missed: n)"
+    assert "suggestive somewhere: 1" in result.output

@@ -198,9 +198,9 @@ def _summary(comparison: Comparison, measurements: int, vantages: int, skipped: 
         f"{len(findings)} inputs, {skipped} malformed lines skipped"
     ]
     if len(findings):
-        counts = findings["finding"].where(
-            ~findings["finding"].str.startswith("blocked at"), "blocked somewhere"
-        )
+        finding = findings["finding"]
+        counts = finding.where(~finding.str.startswith("blocked at"), "blocked somewhere")
+        counts = counts.where(~finding.str.startswith("suggestive at"), "suggestive somewhere")
         lines.append(", ".join(f"{name}: {n}" for name, n in sorted(counts.value_counts().items())))
         blocked = findings[findings["blocked_at"].notna()]
         for row in blocked.head(10).itertuples():
