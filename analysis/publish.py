@@ -120,16 +120,19 @@ derived from them.
 - Period: {period}
 - Measurements: {len(frame)}; nettests: {tests}
 - Vantages: {vantages}
-- Inputs: {len(findings)}, of which {blocked} blocked at one vantage or more
+- Findings (one per input and nettest): {len(findings)}, of which {blocked} blocked at one
+  vantage or more
 - Licence: {licence}
 
 ## Files
 
 - `data/measurements/date=YYYY-MM-DD/test_name=NAME/part-0.parquet`: one row per measurement
-  (OONI data format fields, the probe's verdict `orig_blocking` and ours `blocking`).
-- `findings.csv`: one finding per input; `vantages.csv`: rates per input and vantage with 95%
-  Wilson intervals and Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates
-  per time window; `changes.csv`: when blocking starts and stops.
+  (OONI data format fields, the probe's verdict `orig_blocking`, ours `blocking`, and
+  `disagreement`: why they differ).
+- `findings.csv`: one finding per input and nettest, with the gates each blocking vantage
+  passed; `vantages.csv`: rates per input, nettest and vantage with 95% Wilson intervals and
+  Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates per time window;
+  `changes.csv`: when blocking starts and stops.
 - `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
 
 ## Method
