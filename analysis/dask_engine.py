@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.compare import DEFAULT_WINDOW, Comparison, compare
+from analysis.compare import DEFAULT_WINDOW, Comparison, Gates, compare
 
 PARTITIONS = ["date", "test_name"]
 
@@ -76,11 +76,13 @@ def local_cluster(workers: int = 2) -> Iterator[Any]:
         yield client
 
 
-def compare_parquet(root: Path, window: str | None = DEFAULT_WINDOW) -> Comparison:
+def compare_parquet(
+    root: Path, window: str | None = DEFAULT_WINDOW, gates: Gates | None = None
+) -> Comparison:
     """analysis.compare over the partitioned dataset, on the current Dask scheduler."""
     frame = read_partitioned(root)
     frame = frame.map_partitions(_restore, meta=_restore(frame._meta))
-    return compare(frame, window)
+    return compare(frame, window, gates)
 
 
 def _restore(part: pd.DataFrame) -> pd.DataFrame:

@@ -11,9 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.compare import DEFAULT_WINDOW, Comparison, compare
+from analysis.compare import DEFAULT_WINDOW, Comparison, Gates, compare
 from analysis.load import Filters, Loaded, load
-from analysis.verdicts import VERDICT_COLUMNS, default_classifier
+from analysis.verdicts import (
+    VERDICT_COLUMNS,
+    Classifier,
+    default_classifier,
+    describe_fingerprints,
+)
 
 ENGINES = ("pandas", "dask")
 
@@ -22,6 +27,8 @@ ENGINES = ("pandas", "dask")
 class Analysis:
     loaded: Loaded
     comparison: Comparison
+    gates: Gates | None = None  # the finding gates used; publish recomputes with the same
+    fingerprints_used: str = "none"  # analysis.verdicts.describe_fingerprints
 
 
 def load_classified(
@@ -31,8 +38,9 @@ def load_classified(
     fingerprints: Path | None,
     *,
     observations: bool = True,
+    classifier: Classifier | None = None,
 ) -> Loaded:
-    classifier = default_classifier(fingerprints)
+    classifier = classifier or default_classifier(fingerprints)
     return load(
         results,
         ooni,
@@ -53,15 +61,20 @@ def run(
     window: str | None = DEFAULT_WINDOW,
     workers: int = 2,
     observations: bool = False,
+    gates: Gates | None = None,
 ) -> Analysis:
     """Load, classify and compare; with engine "dask" the comparison runs over Parquet.
 
     The observations frame (one row per DNS answer, connect, handshake, response) is built only
     when asked: no command writes it, and it costs as much as the verdicts.
     """
-    loaded = load_classified(results, ooni, filters, fingerprints, observations=observations)
+    classifier = default_classifier(fingerprints)
+    used = describe_fingerprints(classifier)
+    loaded = load_classified(
+        results, ooni, filters, fingerprints, observations=observations, classifier=classifier
+    )
     if engine == "pandas":
-        return Analysis(loaded, compare(loaded.measurements, window))
+        return Analysis(loaded, compare(loaded.measurements, window, gates), gates, used)
     if engine != "dask":
         raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
     from analysis.dask_engine import compare_parquet, local_cluster, write_partitioned
@@ -69,5 +82,5 @@ def run(
     with tempfile.TemporaryDirectory(prefix="censorscope-dask-") as tmp:
         write_partitioned(loaded.measurements, Path(tmp))
         with local_cluster(workers):
-            comparison = compare_parquet(Path(tmp), window)
-    return Analysis(loaded, comparison)
+            comparison = compare_parquet(Path(tmp), window, gates)
+    return Analysis(loaded, comparison, gates, used)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analysis.compare import compare
+from analysis.compare import Gates, compare
 from analysis.tables import TABLES, plain, write_csv, write_parquet
 
 if TYPE_CHECKING:
@@ -96,6 +96,37 @@ def _schema(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def _evidence(result: Analysis, frame: pd.DataFrame) -> str:
+    """The fingerprints actually used, and where the analysis and the probes disagree."""
+    out = f"Fingerprints given to the analysis: {result.fingerprints_used}."
+    source = frame["verdict_source"] if "verdict_source" in frame else pd.Series(dtype=object)
+    kept = frame.loc[source == "probe_evidence", "blocking_fingerprint"].dropna()
+    if len(kept):
+        names = ", ".join(sorted({str(n) for n in kept}))
+        out += (
+            f" {len(kept)} block page verdicts rest on fingerprints the probes matched "
+            f"themselves ({names})."
+        )
+    matched = frame["fingerprints"].dropna() if "fingerprints" in frame else pd.Series([])
+    if result.fingerprints_used == "none" and not len(kept):
+        out += " No verdict is confirmed by a fingerprint."
+    elif len(matched):
+        out += f" {len(matched)} measurements matched a fingerprint."
+    if "disagreement" in frame:
+        n = int(frame["disagreement"].notna().sum())
+        out += f" {n} re-derived verdicts differ from the probe's (column `disagreement` says why)."
+    return out
+
+
+def _gates(result: Analysis) -> str:
+    g = result.gates or Gates()
+    return (
+        f"share blocked >= {g.blocked_share:g}, at least {g.min_measurements} decisive "
+        f"measurements, Benjamini-Hochberg q < {g.fdr_alpha:g}, Wilson interval above the most "
+        "open other vantage's (each nettest apart)"
+    )
+
+
 def _card(result: Analysis, frame: pd.DataFrame, title: str, licence: str) -> str:
     period = "unknown"
     if frame["time"].notna().any():
@@ -112,22 +143,27 @@ derived from them.
 - Period: {period}
 - Measurements: {len(frame)}; nettests: {tests}
 - Vantages: {vantages}
-- Inputs: {len(findings)}, of which {blocked} blocked at one vantage or more
+- Findings (one per input and nettest): {len(findings)}, of which {blocked} blocked at one
+  vantage or more
 - Licence: {licence}
 
 ## Files
 
 - `data/measurements/date=YYYY-MM-DD/test_name=NAME/part-0.parquet`: one row per measurement
-  (OONI data format fields, the probe's verdict `orig_blocking` and ours `blocking`).
-- `findings.csv`: one finding per input; `vantages.csv`: rates per input and vantage with 95%
-  Wilson intervals and Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates
-  per time window; `changes.csv`: when blocking starts and stops.
+  (OONI data format fields, the probe's verdict `orig_blocking`, ours `blocking`, and
+  `disagreement`: why they differ).
+- `findings.csv`: one finding per input and nettest, with the gates each blocking vantage
+  passed; `vantages.csv`: rates per input, nettest and vantage with 95% Wilson intervals and
+  Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates per time window;
+  `changes.csv`: when blocking starts and stops.
 - `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
 
 ## Method
 
-Verdicts are re-derived from raw observations (web_connectivity: OONI's v0.4 procedure, block
-pages confirmed by OONI and Censored Planet fingerprints); see censorscope's docs/analysis.md.
+Verdicts are re-derived from raw observations (web_connectivity: OONI's v0.4 procedure);
+see censorscope's docs/analysis.md. {_evidence(result, frame)}
+A finding "blocked at V" needs every gate: {_gates(result)}; a vantage that misses one is only
+"suggestive".
 
 ## Caveats
 
@@ -154,7 +190,7 @@ def publish(
     """Write the package under OUT; returns every file written (SHA256SUMS last)."""
     out.mkdir(parents=True, exist_ok=True)
     frame = scrub_frame(redact(result.loaded.measurements, drop_asn), scrubber)
-    comparison = compare(frame) if drop_asn else result.comparison
+    comparison = compare(frame, gates=result.gates) if drop_asn else result.comparison
     data_root = out / "data" / "measurements"
     parts = _write_measurements(frame, data_root)
     resources: list[dict[str, Any]] = [

@@ -162,6 +162,41 @@ def _keywords(result: Analysis) -> str:
     return _table(table, ["keyword", "where", "vantage", "n", "blocked"])
 
 
+MAX_DISAGREEMENT_ROWS = 50
+
+
+def disagreements(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Measurements whose re-derived verdict differs from the probe's, grouped by the reason."""
+    columns = ["test_name", "orig_blocking", "blocking", "disagreement", "n"]
+    if "disagreement" not in measurements or not measurements["disagreement"].notna().any():
+        return pd.DataFrame([], columns=columns)
+    rows = measurements[measurements["disagreement"].notna()]
+    keys = columns[:-1]
+    table = rows[keys].astype(object).fillna("null").groupby(keys).size().rename("n")
+    return table.reset_index().sort_values(["n", *keys], ascending=[False, True, True, True, True])
+
+
+def _disagreement_section(result: Analysis) -> list[str]:
+    m = result.loaded.measurements
+    table = disagreements(m)
+    kept = int((m["verdict_source"] == "probe_evidence").sum()) if "verdict_source" in m else 0
+    out = ["<h2 id='disagreements'>Where the analysis and the probe disagree</h2>"]
+    if kept:
+        out.append(
+            f"<p>{kept} verdicts rest on a fingerprint the probe matched and the analysis was "
+            "not given (kept as the probe's evidence).</p>"
+        )
+    if table.empty:
+        out.append("<p>The re-derived verdicts agree with the probes' on every measurement.</p>")
+        return out
+    out.append(
+        f"<p class='blocked'>{int(table['n'].sum())} measurements got another verdict than "
+        "their probe stored; the reason names the evidence on each side.</p>"
+    )
+    out.append(_table(table.head(MAX_DISAGREEMENT_ROWS), list(table.columns)))
+    return out
+
+
 def render(result: Analysis) -> str:
     """The report as one HTML string."""
     m = result.loaded.measurements
@@ -173,6 +208,7 @@ def render(result: Analysis) -> str:
     heat, line = heatmap(result), timeline(result)
     changes = result.comparison.changes
     events = changes[changes["event"].notna()] if len(changes) else changes
+    gates = result.gates or cmp.Gates()
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>censorscope report</title>",
@@ -185,16 +221,20 @@ def render(result: Analysis) -> str:
             findings.sort_values(["blocked", "target"], ascending=[False, True]),
             [
                 "target",
+                "test_name",
                 "finding",
+                "gates",
                 "blocking_type",
                 "blocking_detail",
                 "blocking_fingerprint",
                 "n",
                 "blocked",
                 "inconclusive",
+                "disagreements",
                 "min_q_value",
             ],
         ),
+        *_disagreement_section(result),
         "<h2>Inputs by vantage</h2>",
         f"<img alt='heatmap of inputs by vantages' src='{heat}'>" if heat else "<p>No data.</p>",
         "<h2>Over time</h2>",
@@ -211,12 +251,14 @@ def render(result: Analysis) -> str:
         "<ul>",
         "<li>Verdicts are re-derived from each measurement's raw observations "
         "(web_connectivity: OONI's v0.4 procedure); other nettests keep the probe's verdict.</li>",
-        f"<li>A vantage blocks an input when at least {cmp.BLOCKED_SHARE:.0%} of its decisive "
-        "measurements (blocked or accessible) are blocked; down and inconclusive ones are not "
-        "counted.</li>",
+        f"<li>A vantage blocks an input (each nettest apart) when at least "
+        f"{gates.blocked_share:.0%} of its decisive measurements (blocked or accessible) are "
+        f"blocked, it has at least {gates.min_measurements} of them, its Benjamini-Hochberg "
+        f"q-value is below {gates.fdr_alpha:g}, and its Wilson interval lies above the most open "
+        "other vantage's; a share that misses another gate is only <i>suggestive</i>. Down and "
+        "inconclusive measurements are not counted.</li>",
         f"<li>Rates carry {cmp.CONFIDENCE:.0%} Wilson score intervals; differences between a "
-        "vantage and the others use Fisher's exact test with Benjamini-Hochberg correction "
-        f"(FDR {cmp.FDR_ALPHA:.0%}).</li>",
+        "vantage and the others use Fisher's exact test with Benjamini-Hochberg correction.</li>",
         f"<li>Blocking starts/stops only after {cmp.MIN_RUN_WINDOWS} consecutive windows in the "
         "new state; shorter runs are treated as noise.</li>",
         "</ul>",

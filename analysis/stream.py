@@ -22,6 +22,7 @@ from typing import Any
 from analysis.compare import (
     DEFAULT_WINDOW,
     Comparison,
+    Gates,
     Partial,
     from_partial,
     merge_partials,
@@ -206,6 +207,7 @@ def run_streamed(
     workers: int | None = None,
     parquet_dir: Path | None = None,
     piece_bytes: int = PIECE_BYTES,
+    gates: Gates | None = None,
 ) -> Streamed:
     """Compare every measurement of the sources with `workers` processes (default: all cores).
 
@@ -254,7 +256,7 @@ def run_streamed(
         empty = Loader(filters, classifier_columns=VERDICT_COLUMNS, observations=False)
         pending.append(partial_counts(empty.frames().measurements, window))
     merged = merge_partials(pending)
-    return Streamed(from_partial(merged), rows, lines, len(todo), problems, n_problems)
+    return Streamed(from_partial(merged, gates), rows, lines, len(todo), problems, n_problems)
 
 
 def _str(path: Path | None) -> str | None:

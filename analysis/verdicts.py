@@ -39,8 +39,11 @@ VERDICT_COLUMNS: dict[str, Any] = {
     "fingerprints": STR,  # every blocking fingerprint matched, ";"-joined
     "false_positives": STR,  # every false-positive pattern matched, ";"-joined
     "down": "bool",  # the site is down at the vantage and at the control
-    "verdict_source": CAT,  # "rederived" or "probe"
+    "verdict_source": CAT,  # "rederived", "probe" or "probe_evidence" (see Classifier)
+    "disagreement": STR,  # why our verdict differs from the probe's; missing when they agree
 }
+
+PROBE_EVIDENCE = "probe_evidence"
 
 
 class SignatureError(ValueError):
@@ -135,9 +138,14 @@ class Classifier:
                 "verdict_source": "probe",
             }
         input_ = data.get("input")
-        verdict = analyze(
-            tk, url=input_ if isinstance(input_, str) else None, fingerprints=self.fingerprints
+        row = self._rederive(tk, input_ if isinstance(input_, str) else None)
+        row["disagreement"] = disagreement(
+            tk, row, fingerprints_given=self.fingerprints is not None
         )
+        return row
+
+    def _rederive(self, tk: Mapping[str, Any], input_: str | None) -> dict[str, Any]:
+        verdict = analyze(tk, url=input_, fingerprints=self.fingerprints)
         names = [m.name for m in verdict.fingerprint_matches if not m.is_false_positive]
         fps = [m.name for m in verdict.fingerprint_matches if m.is_false_positive]
         blocking = verdict.blocking
@@ -152,6 +160,21 @@ class Classifier:
                 if blocking is False or blocking == "http-diff":
                     blocking, detail = "http-diff", "http.blockpage"
                 named = named or cp_names[0]
+        source = "rederived"
+        # The probe's own evidence counts: a fingerprint it matched (with the fingerprints it
+        # was given) confirms blocking as one matched here would, so re-deriving without
+        # --fingerprints does not turn a confirmed block page into "accessible".
+        probe_fp = tk.get("blocking_fingerprint")
+        if isinstance(probe_fp, str) and probe_fp and named is None and not verdict.website_down:
+            probe_blocking = blocking_text(tk.get("blocking"))
+            if blocking is False or blocking == probe_blocking:
+                if probe_blocking == "dns":
+                    blocking, detail = "dns", tk.get("blocking_detail") or "dns.known_forged"
+                else:
+                    blocking, detail = "http-diff", "http.blockpage"
+                named = probe_fp
+                names.append(probe_fp)
+                source = PROBE_EVIDENCE
         return {
             "blocking": blocking_text(blocking),
             "blocking_detail": detail,
@@ -159,7 +182,7 @@ class Classifier:
             "fingerprints": ";".join(dict.fromkeys(names)) or None,
             "false_positives": ";".join(dict.fromkeys(fps)) or None,
             "down": verdict.website_down,
-            "verdict_source": "rederived",
+            "verdict_source": source,
         }
 
     def _match_cp(self, tk: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -173,6 +196,57 @@ class Classifier:
                 names.extend(found)
                 fps.extend(false)
         return names, fps
+
+
+def disagreement(
+    tk: Mapping[str, Any], row: Mapping[str, Any], *, fingerprints_given: bool
+) -> str | None:
+    """Why the re-derived verdict differs from the one the probe stored (None: they agree).
+
+    The reason names the evidence on each side, so an analyst can tell a better heuristic
+    from missing fingerprints or a site that was down.
+    """
+    probe = blocking_text(tk.get("blocking"))
+    probe_detail = tk.get("blocking_detail")
+    ours, detail = row["blocking"], row["blocking_detail"]
+    if probe == ours and (probe_detail is None or detail is None or probe_detail == detail):
+        return None
+    if probe is None and "blocking" not in tk:
+        return None  # the probe stored no verdict (OONI files before analysis keys)
+    said = f"probe {probe or 'null'}" + (f"/{probe_detail}" if probe_detail else "")
+    got = f"analysis {ours or 'null'}" + (f"/{detail}" if detail else "")
+    why: list[str] = []
+    probe_fp = tk.get("blocking_fingerprint")
+    if row.get("verdict_source") == PROBE_EVIDENCE:
+        why.append(f"probe's fingerprint {probe_fp} kept")
+    elif probe_fp and row.get("blocking_fingerprint") != probe_fp:
+        why.append(f"probe matched fingerprint {probe_fp}")
+    if row.get("blocking_fingerprint") and row.get("blocking_fingerprint") != probe_fp:
+        why.append(f"analysis matched fingerprint {row['blocking_fingerprint']}")
+    if row.get("down"):
+        why.append("site down at the probe and the control")
+    if tk.get("control_failure") is not None:
+        why.append("control failed")
+    if not fingerprints_given and not row.get("fingerprints"):
+        why.append("no fingerprints given to the analysis")
+    if not why:
+        why.append("the analysis' rules differ from the probe's")
+    return f"{said}; {got}: " + "; ".join(why)
+
+
+def describe_fingerprints(classifier: Classifier) -> str:
+    """What fingerprints a re-derivation used, in words a dataset card can print."""
+    parts: list[str] = []
+    if classifier.fingerprints is not None:
+        fps = classifier.fingerprints
+        parts.append(f"OONI blocking fingerprints ({len(fps.dns)} DNS, {len(fps.http)} HTTP)")
+    if classifier.signatures is not None:
+        sigs = classifier.signatures
+        parts.append(
+            f"Censored Planet signatures ({len(sigs.blockpages)} block page, "
+            f"{len(sigs.false_positives)} false positive)"
+        )
+    return "; ".join(parts) or "none"
 
 
 def default_classifier(fingerprint_dir: Path | None) -> Classifier:

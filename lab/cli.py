@@ -136,8 +136,13 @@ def demo(
         float, typer.Option(min=1.0, help="With --scheduled: seconds between runs")
     ] = 3.0,
     runs: Annotated[
-        int, typer.Option(min=1, max=20, help="With --scheduled: runs uploaded per vantage")
-    ] = 2,
+        int,
+        typer.Option(
+            min=1,
+            max=20,
+            help="With --scheduled: runs uploaded per vantage (5: enough for a finding)",
+        ),
+    ] = 5,
 ) -> None:
     """Up, run the probe from both vantages, print its verdicts beside the ground truth, down."""
     from lab.demo import compare, run_probe

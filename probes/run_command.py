@@ -213,7 +213,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         # Every input and setting of the interrupted run; a flag that disagrees is an error.
         settings = run_settings.restore(req, cfg, manifest.options, fail)
     else:
-        settings = run_settings.resolve(req, cfg)
+        settings = run_settings.resolve(req, cfg, cls.default_budget(req.nettest_options))
         options[run_settings.SETTINGS] = settings
         now = datetime.now(UTC)
         manifest = ReportManifest(

@@ -36,13 +36,14 @@ def _absolute(path: Path | str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
-def resolve(req: RunRequest, cfg: Config) -> dict[str, Any]:
-    """The settings a new run uses: each flag, else the config's value. Paths are absolute so
-    that a resume from another directory finds the same files."""
+def resolve(req: RunRequest, cfg: Config, default_budget: float | None = None) -> dict[str, Any]:
+    """The settings a new run uses: each flag, else the nettest's own budget (censor_trace's
+    follows its pacing), else the config's value. Paths are absolute so that a resume from
+    another directory finds the same files."""
     return {
         "helpers": list(req.helpers or cfg.probe.helpers),
         "resolver": req.resolver or cfg.probe.resolver,
-        "timeout": float(req.timeout or cfg.probe.timeout),
+        "timeout": float(req.timeout or default_budget or cfg.probe.timeout),
         "ca_file": _absolute(req.ca_file or cfg.probe.ca_file),
         "fingerprints": [str(_absolute(p)) for p in (req.fingerprints or cfg.probe.fingerprints)],
         "concurrency": int(req.concurrency or cfg.probe.concurrency),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,7 +172,129 @@ def test_real_ooni_measurements_compare() -> None:
         ooni=[WC_REAL, NETEM], classifier=Classifier(), classifier_columns=VERDICT_COLUMNS
     )
     findings = compare(loaded.measurements).findings.set_index("target")
-    assert findings.loc["https://fa.wikipedia.org", "finding"] == "blocked at IR-AS197207"
-    assert findings.loc["https://fa.wikipedia.org", "blocking_type"] == "dns"
+    # one measurement at rate 1.0 is no finding (issue 14): it is suggestive, with its gaps named
+    assert findings.loc["https://fa.wikipedia.org", "finding"] == (
+        "suggestive at IR-AS197207 (missed: n,q,wilson)"
+    )
     assert (findings["finding"] == "down everywhere").sum() >= 1
     assert loaded.n_problems == 0
+
+
+def _gate_counts(rows: list[tuple[str, str, int, int]]) -> pd.DataFrame:
+    """A counts table: (test_name, vantage, blocked, ok) of one target, one window."""
+    return pd.DataFrame(
+        [
+            {
+                "target": "http://x.example/",
+                "test_name": test,
+                "vantage": vantage,
+                "window": pd.NaT,
+                "n": b + o,
+                "blocked": b,
+                "ok": o,
+                "down": 0,
+                "inconclusive": 0,
+                "disagree": 0,
+            }
+            for test, vantage, b, o in rows
+        ]
+    )
+
+
+def _finding(rows: list[tuple[str, str, int, int]], **gates: Any) -> pd.DataFrame:
+    from analysis.compare import Gates, findings, per_vantage
+
+    vantages = per_vantage(_gate_counts(rows), Gates(**gates))
+    return findings(
+        vantages,
+        pd.DataFrame(
+            columns=[
+                "target",
+                "test_name",
+                "blocking",
+                "blocking_detail",
+                "blocking_fingerprint",
+                "n",
+            ]
+        ),
+    )
+
+
+def test_gates_pass_with_enough_evidence() -> None:
+    out = _finding([("wc", "censored", 10, 0), ("wc", "open", 0, 10)])
+    assert out.loc[0, "finding"] == "blocked at censored"
+    assert out.loc[0, "gates"] == "censored: share;n;q;wilson"
+
+
+def test_gate_min_measurements() -> None:
+    # 2/2 blocked against 30 ok: q and wilson could pass; n must stop it
+    out = _finding([("wc", "censored", 2, 0), ("wc", "open", 0, 30)], fdr_alpha=1.0)
+    assert out.loc[0, "finding"].startswith("suggestive at censored (missed: n")
+    assert (
+        _finding(
+            [("wc", "censored", 2, 0), ("wc", "open", 0, 30)], fdr_alpha=1.0, min_measurements=2
+        ).loc[0, "finding"]
+        == "blocked at censored"
+    )
+
+
+def test_gate_q_value() -> None:
+    # enough n, a clear Wilson gap, but many tests: with alpha tiny the q gate alone fails
+    rows = [("wc", "censored", 5, 0), ("wc", "open", 0, 40)]
+    assert _finding(rows).loc[0, "finding"] == "blocked at censored"
+    out = _finding(rows, fdr_alpha=1e-9)
+    assert out.loc[0, "finding"] == "suggestive at censored (missed: q)"
+
+
+def test_gate_wilson_against_the_open_vantage() -> None:
+    # 21/40 blocked vs 10/40 at the open vantage: Fisher's p = 0.021 passes the q gate, but the
+    # Wilson intervals (0.37-0.67 and 0.14-0.40) overlap, so it is no finding
+    rows = [("wc", "censored", 21, 19), ("wc", "open", 10, 30)]
+    out = _finding(rows)
+    assert out.loc[0, "finding"] == "suggestive at censored (missed: wilson)"
+
+
+def test_each_nettest_apart() -> None:
+    # one web_connectivity block must not borrow tcp_connect's measurements
+    rows = [
+        ("web_connectivity", "censored", 1, 0),
+        ("tcp_connect", "censored", 0, 20),
+        ("tcp_connect", "open", 0, 20),
+        ("web_connectivity", "open", 0, 20),
+    ]
+    out = _finding(rows).set_index("test_name")
+    assert out.loc["web_connectivity", "finding"].startswith("suggestive at censored")
+    assert out.loc["tcp_connect", "finding"] == "accessible everywhere"
+
+
+def _real_line(number: int) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(WC_REAL.read_text().splitlines()[number - 1]))
+
+
+@needs_data
+def test_probe_fingerprint_counts_when_rederiving_without_fingerprints() -> None:
+    # The lab demo's case: the probe matched a block page with the fingerprint it was given and
+    # stored http-diff/http.blockpage; the analysis runs without --fingerprints.
+    data = _real_line(1)  # ID archive.org: v0.4 comparisons alone call it accessible
+    assert Classifier()(data)["blocking"] == "false"
+    data["test_keys"].update(
+        blocking="http-diff",
+        blocking_detail="http.blockpage",
+        blocking_fingerprint="ooni.id_lamanlabuh_kominfo",
+    )
+    row = Classifier()(data)
+    assert (row["blocking"], row["blocking_detail"]) == ("http-diff", "http.blockpage")
+    assert row["blocking_fingerprint"] == "ooni.id_lamanlabuh_kominfo"
+    assert row["verdict_source"] == "probe_evidence" and row["disagreement"] is None
+
+
+@needs_data
+def test_disagreement_names_both_sides_and_why() -> None:
+    row = default_classifier(FINGERPRINTS)(_real_line(1))  # probe false, a fingerprint matches
+    assert row["disagreement"] == (
+        "probe false; analysis http-diff/http.blockpage: "
+        "analysis matched fingerprint ooni.id_lamanlabuh_kominfo"
+    )
+    assert default_classifier(FINGERPRINTS)(_real_line(17))["disagreement"] is None

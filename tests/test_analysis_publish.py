@@ -223,3 +223,63 @@ def test_publish_refuses_a_bad_scrub_address(tmp_path: Path, store: Path) -> Non
         app, ["publish", "--results", str(store), "--out", str(tmp_path), "--scrub", "nope"]
     )
     assert result.exit_code == 2 and "--scrub" in result.output
+
+
+@pytest.mark.skipif(not WC_REAL.exists(), reason="reference data absent")
+def test_probe_block_page_survives_publish_and_report_without_fingerprints(
+    tmp_path: Path,
+) -> None:
+    """issue 14 item 5: the lab demo's fingerprint-confirmed block page, analysed without
+    --fingerprints, stays a block page; the card and the report say what evidence was used."""
+    import orjson
+
+    first = orjson.loads(WC_REAL.read_bytes().splitlines()[0])  # ID archive.org, v0.4 "false"
+    claimed = dict(first)
+    claimed["test_keys"] = dict(
+        first["test_keys"],
+        blocking="http-diff",
+        blocking_detail="http.blockpage",
+        blocking_fingerprint="ooni.id_lamanlabuh_kominfo",
+    )
+    plain_false = dict(first, input="http://other.example/")
+    plain_false["test_keys"] = dict(first["test_keys"], blocking="dns")  # a probe that erred
+    source = tmp_path / "m.jsonl"
+    source.write_bytes(orjson.dumps(claimed) + b"\n" + orjson.dumps(plain_false) + b"\n")
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["publish", "--ooni", str(source), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    m = pd.read_parquet(out / "data" / "measurements").set_index("input")
+    row = m.loc[first["input"]]
+    assert (row["blocking"], row["blocking_fingerprint"]) == (
+        "http-diff",
+        "ooni.id_lamanlabuh_kominfo",
+    )
+    assert m.loc["http://other.example/", "disagreement"].startswith("probe dns; analysis false")
+    card = (out / "README.md").read_text()
+    assert "Fingerprints given to the analysis: none." in card
+    assert "1 block page verdicts rest on fingerprints the probes matched" in card
+    assert "ooni.id_lamanlabuh_kominfo" in card
+    assert "1 re-derived verdicts differ from the probe's" in card
+    html_out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", "--ooni", str(source), "--out", str(html_out)])
+    assert result.exit_code == 0, result.output
+    page = html_out.read_text()
+    assert "Where the analysis and the probe disagree" in page
+    assert "probe dns; analysis false" in page
+    assert "1 verdicts rest on a fingerprint the probe matched" in page
+
+
+@pytest.mark.parametrize("engine", ["pandas", "stream", "dask"])
+def test_gate_options_reach_every_engine(store: Path, tmp_path: Path, engine: str) -> None:
+    if engine == "dask":
+        pytest.importorskip("dask.distributed", reason="the `dask` extra is not installed")
+    out = tmp_path / engine
+    result = CliRunner().invoke(
+        app,
+        ["analyze", "--results", str(store), "--out", str(out), "--engine", engine,
+         "--min-measurements", "1000"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    findings = pd.read_csv(out / "findings.csv").set_index("target")
+    assert findings.loc[h.BLOCKED, "finding"] == "suggestive at censored (missed: n)"
+    assert "suggestive somewhere: 1" in result.output

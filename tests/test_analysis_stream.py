@@ -107,11 +107,12 @@ def test_partial_counts_merge_to_the_whole(tmp_path: Path) -> None:
 
 
 def _change_points_reference(counts: pd.DataFrame, min_run: int) -> list[tuple[Any, ...]]:
-    """The rule written as a loop over (target, vantage), to check the vectorised version."""
+    """The rule written as a loop over (target, test, vantage), to check the vectorised one."""
     timed = rates(counts[counts["window"].notna()])
     timed = timed[timed["decisive"] > 0]
     rows: list[tuple[Any, ...]] = []
-    for (target, vantage), group in timed.groupby(["target", "vantage"], sort=True):
+    keys = ["target", "test_name", "vantage"]
+    for (target, test, vantage), group in timed.groupby(keys, sort=True):
         group = group.sort_values("window")
         runs: list[list[Any]] = []
         for rate, when in zip(group["rate"], group["window"], strict=True):
@@ -128,7 +129,7 @@ def _change_points_reference(counts: pd.DataFrame, min_run: int) -> list[tuple[A
                 kept.append(list(run_))
         for i, (state, first, last, n) in enumerate(kept):
             event = None if i == 0 else ("start" if state == "blocked" else "stop")
-            rows.append((target, vantage, state, first, last, n, event))
+            rows.append((target, test, vantage, state, first, last, n, event))
     return rows
 
 

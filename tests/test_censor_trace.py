@@ -165,3 +165,94 @@ def test_keyword_is_required() -> None:
         asyncio.run(ct.CensorTrace(ProbeContext()).setup())
     assert ct.CensorTrace.input_problem("https://example.com/") is not None
     assert ct.CensorTrace.input_problem("http://example.com/") is None
+
+
+def test_default_budget_fits_default_pacing() -> None:
+    # hops x probes x wait + hops x pause per run, the pauses between runs, and the setup
+    per_run = ct.DEFAULT_MAX_TTL * (
+        ct.DEFAULT_STEP_PAUSE_S + ct.PROBES_PER_STEP * ct.MAX_STEP_WAIT_S
+    )
+    needed = ct.DEFAULT_RUNS * per_run + (ct.DEFAULT_RUNS - 1) * ct.DEFAULT_RUN_PAUSE_S
+    budget = ct.CensorTrace.default_budget({})
+    assert budget >= needed + 3 * ct.MAX_STEP_WAIT_S  # and room for the retried DNS lookup
+    assert budget == ct.trace_budget() == 660.0
+    # the budget follows the pacing chosen, and 0 s pauses are a choice, not "unset"
+    assert (
+        ct.CensorTrace.default_budget(
+            {"trace_max_ttl": 5, "trace_runs": 1, "trace_step_pause": 0.0, "trace_run_pause": None}
+        )
+        == 5 * (0 + 2 * ct.MAX_STEP_WAIT_S) + ct.SETUP_ALLOWANCE_S
+    )
+    # with that budget a setup gives no "budget too short" warning; with the probe's 30 s it does
+    opts = {"trace_keyword": "falun"}
+    quiet = ct.CensorTrace(
+        ProbeContext(
+            timeout=budget,
+            options=opts,
+        )
+    )
+    asyncio.run(quiet.setup())
+    assert not any("budget" in w for w in quiet.warnings)
+    short = ct.CensorTrace(ProbeContext(timeout=30.0, options=opts))
+    asyncio.run(short.setup())
+    assert any("budget is short" in w for w in short.warnings)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback HTTP server that reads requests and never answers (every step times out)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    srv.close()
+
+
+def _trace(port: int, timeout: float, max_ttl: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(ct, "capture_unavailable", lambda: "needs root or CAP_NET_RAW")
+    ctx = ProbeContext(timeout=timeout, options={"trace_keyword": "falun", "trace_runs": 1,
+                                                 "trace_max_ttl": max_ttl,
+                                                 "trace_step_pause": 0.0})  # fmt: skip
+    test = ct.CensorTrace(ctx)
+
+    async def go() -> dict[str, Any]:
+        await test.setup()
+        return await test.measure(f"http://127.0.0.1:{port}/")
+
+    return asyncio.run(go())
+
+
+def test_budget_out_before_the_censor_is_null_not_false(
+    silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # wait = 0.1 s per request; 30 hops x 2 requests cannot fit 1 s: the trace stops early
+    keys = _trace(silent_server, 1.0, 30, monkeypatch)
+    assert 0 < len(keys["hops"]) < 30
+    assert keys["blocking"] is None and keys["failure"] == "generic_timeout_error"
+    assert keys["x_budget_exhausted"] is True
+
+
+def test_trace_that_ran_every_ttl_without_interference_is_false(
+    silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = _trace(silent_server, 1.0, 2, monkeypatch)  # 2 hops x 2 x 0.1 s fit
+    assert [h["ttl"] for h in keys["hops"]] == [1, 2]
+    assert keys["blocking"] is False and keys["x_budget_exhausted"] is False

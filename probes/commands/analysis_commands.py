@@ -62,6 +62,22 @@ Fingerprints = Annotated[
     ),
 ]
 Window = Annotated[str, typer.Option(help="Time window of rates and timelines (pandas freq).")]
+MinMeasurements = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Finding gate: decisive measurements a vantage needs (docs/analysis.md)."
+    ),
+]
+Fdr = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="Finding gate: Benjamini-Hochberg q-value must be below this."
+    ),
+]
+BlockedShare = Annotated[
+    float,
+    typer.Option(min=0.0, max=1.0, help="Finding gate: share of decisive results blocked."),
+]
 
 
 def _day(option: str, value: str | None) -> date | None:
@@ -82,6 +98,7 @@ class _Sources:
     filters: Filters
     fingerprints: Path | None
     window: str | None
+    gates: Any = None  # analysis.compare.Gates
 
 
 def _sources(
@@ -128,6 +145,15 @@ def _say_missing_fingerprints(folder: Path) -> None:
             )
 
 
+def _gated(src: _Sources, min_measurements: int, fdr: float, blocked_share: float) -> _Sources:
+    """The sources with the finding gates the options chose."""
+    from dataclasses import replace
+
+    from analysis.compare import Gates
+
+    return replace(src, gates=Gates(min_measurements, fdr, blocked_share))
+
+
 @contextmanager
 def _analysis_errors() -> Iterator[None]:
     """Bad sources, fingerprints or window: a clear message and exit 2, not a traceback."""
@@ -167,7 +193,13 @@ def _analysis(engine: str, src: _Sources) -> Analysis:
             fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
     with _analysis_errors():
         result = run(
-            src.stores, src.ooni, src.filters, src.fingerprints, engine=engine, window=src.window
+            src.stores,
+            src.ooni,
+            src.filters,
+            src.fingerprints,
+            engine=engine,
+            window=src.window,
+            gates=src.gates,
         )
     _report_problems(result.loaded.problems, result.loaded.n_problems)
     return result
@@ -179,7 +211,7 @@ def _streamed(src: _Sources) -> Streamed:
 
     with _analysis_errors():
         result = run_streamed(
-            src.ooni, src.stores, src.filters, src.fingerprints, window=src.window
+            src.ooni, src.stores, src.filters, src.fingerprints, window=src.window, gates=src.gates
         )
     _report_problems(result.problems, result.n_problems)
     return result
@@ -192,9 +224,9 @@ def _summary(comparison: Comparison, measurements: int, vantages: int, skipped: 
         f"{len(findings)} inputs, {skipped} malformed lines skipped"
     ]
     if len(findings):
-        counts = findings["finding"].where(
-            ~findings["finding"].str.startswith("blocked at"), "blocked somewhere"
-        )
+        finding = findings["finding"]
+        counts = finding.where(~finding.str.startswith("blocked at"), "blocked somewhere")
+        counts = counts.where(~finding.str.startswith("suggestive at"), "suggestive somewhere")
         lines.append(", ".join(f"{name}: {n}" for name, n in sorted(counts.value_counts().items())))
         blocked = findings[findings["blocked_at"].notna()]
         for row in blocked.head(10).itertuples():
@@ -227,11 +259,15 @@ def register(app: typer.Typer) -> None:
         input_: Input = None,
         fingerprints: Fingerprints = None,
         window: Window = "D",
+        min_measurements: MinMeasurements = 3,
+        fdr: Fdr = 0.05,
+        blocked_share: BlockedShare = 0.5,
     ) -> None:
         """Compare vantages: findings, per-vantage rates and timelines as Parquet + CSV."""
         from analysis.tables import write_tables
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        src = _gated(src, min_measurements, fdr, blocked_share)
         if engine == "stream":
             streamed = _streamed(src)
             comparison = streamed.comparison
@@ -261,11 +297,15 @@ def register(app: typer.Typer) -> None:
         input_: Input = None,
         fingerprints: Fingerprints = None,
         window: Window = "D",
+        min_measurements: MinMeasurements = 3,
+        fdr: Fdr = 0.05,
+        blocked_share: BlockedShare = 0.5,
     ) -> None:
         """One self-contained HTML report (plots embedded; opens with no network)."""
         from analysis.report import render
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        src = _gated(src, min_measurements, fdr, blocked_share)
         result = _analysis(engine, src)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +328,9 @@ def register(app: typer.Typer) -> None:
         input_: Input = None,
         fingerprints: Fingerprints = None,
         window: Window = "D",
+        min_measurements: MinMeasurements = 3,
+        fdr: Fdr = 0.05,
+        blocked_share: BlockedShare = 0.5,
         drop_asn: Annotated[
             list[str] | None,
             typer.Option(
@@ -314,6 +357,7 @@ def register(app: typer.Typer) -> None:
             if not is_ip(address):
                 fail(f"--scrub {address!r}: not an IP address")
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
+        src = _gated(src, min_measurements, fdr, blocked_share)
         result = _analysis(engine, src)
         options: dict[str, Any] = {
             "title": title,

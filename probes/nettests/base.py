@@ -71,6 +71,12 @@ class Nettest(abc.ABC):
         """Measure one input and return its test_keys (with `blocking` and `blocking_detail`)."""
 
     @classmethod
+    def default_budget(cls, options: dict[str, Any]) -> float | None:
+        """The per-input budget this nettest needs when --timeout is unset (None: the
+        probe's, `probe.timeout`); a paced nettest computes it from its pacing."""
+        return None
+
+    @classmethod
     def input_problem(cls, input_: str) -> str | None:
         """Why an input cannot be measured by this nettest (None: it can)."""
         return None

@@ -57,6 +57,29 @@ MAX_STEP_WAIT_S = 2.0
 # Initial TTLs stacks use (Linux/macOS 64, Windows 128, many routers 255): an injected
 # packet's distance is the smallest of them at or above its TTL, minus its TTL.
 INITIAL_TTLS = (64, 128, 255)
+# Requests sent per TTL step: the control and the keyword, one after the other.
+PROBES_PER_STEP = 2
+# Budget kept for resolving the target (resolve_retrying asks up to three times, each waiting
+# one step wait) and for starting and stopping the capture.
+SETUP_ALLOWANCE_S = 3 * MAX_STEP_WAIT_S + 4.0
+
+
+def trace_budget(
+    max_ttl: int = DEFAULT_MAX_TTL,
+    runs: int = DEFAULT_RUNS,
+    step_pause: float = DEFAULT_STEP_PAUSE_S,
+    run_pause: float = DEFAULT_RUN_PAUSE_S,
+    wait: float = MAX_STEP_WAIT_S,
+) -> float:
+    """Seconds a trace needs when every step waits its full time (an expired request is
+    answered by nobody): hops x (pause + probes x wait) per run, the pauses between runs, and
+    the setup. The default (3 x 30 x (1 + 2 x 2) + 2 x 100 + 10 = 660 s) is censor_trace's
+    per-input budget when --timeout is not given; the probe-wide 30 s would stop a default
+    trace at about the sixth hop."""
+    per_run = max_ttl * (step_pause + PROBES_PER_STEP * wait)
+    return runs * per_run + (runs - 1) * run_pause + SETUP_ALLOWANCE_S
+
+
 DEFAULT_PORT = 80
 # Outcomes of one request.
 REACHED = ("response", "closed")  # the request got to something that answered it
@@ -278,9 +301,24 @@ def trace_filter(ip: str, port: int) -> str:
     return f"(icmp and icmp[0] = 11) or (ip src host {ip} and tcp src port {port})"
 
 
+def _given(value: Any, default: float) -> Any:
+    """An option's value when set (0 is a value), else the default."""
+    return default if value is None else value
+
+
 class CensorTrace(Nettest):
     name = "censor_trace"
     version = "0.1.0"
+
+    @classmethod
+    def default_budget(cls, options: dict[str, Any]) -> float:
+        """The per-input budget that fits the chosen pacing (used when --timeout is unset)."""
+        return trace_budget(
+            int(options.get("trace_max_ttl") or DEFAULT_MAX_TTL),
+            int(options.get("trace_runs") or DEFAULT_RUNS),
+            float(_given(options.get("trace_step_pause"), DEFAULT_STEP_PAUSE_S)),
+            float(_given(options.get("trace_run_pause"), DEFAULT_RUN_PAUSE_S)),
+        )
 
     async def setup(self) -> None:
         opts = self.ctx.options
@@ -292,8 +330,16 @@ class CensorTrace(Nettest):
             raise SetupError("the control word must differ from the keyword")
         self.max_ttl = int(opts.get("trace_max_ttl") or DEFAULT_MAX_TTL)
         self.runs = int(opts.get("trace_runs") or DEFAULT_RUNS)
-        self.step_pause = float(opts.get("trace_step_pause", DEFAULT_STEP_PAUSE_S))
-        self.run_pause = float(opts.get("trace_run_pause", DEFAULT_RUN_PAUSE_S))
+        self.step_pause = float(_given(opts.get("trace_step_pause"), DEFAULT_STEP_PAUSE_S))
+        self.run_pause = float(_given(opts.get("trace_run_pause"), DEFAULT_RUN_PAUSE_S))
+        wait = min(MAX_STEP_WAIT_S, self.ctx.timeout * STEP_WAIT_SHARE)
+        needed = trace_budget(self.max_ttl, self.runs, self.step_pause, self.run_pause, wait)
+        if self.ctx.timeout < needed:
+            self.warnings.append(
+                f"censor_trace: a {self.ctx.timeout:g} s budget is short of the {needed:.0f} s "
+                "this pacing may need; a trace the budget stops before the censor's hop is "
+                "stored as inconclusive (null)"
+            )
         self.capture = bool(opts.get("packet_capture", True))
         self.unavailable = capture_unavailable() if self.capture else "disabled"
         if self.unavailable and self.capture:
@@ -345,9 +391,10 @@ class CensorTrace(Nettest):
                 if time.monotonic() + self.run_pause + 2 * wait > deadline:
                     break
                 await asyncio.sleep(self.run_pause)
-            hops = await self._run(ip, port, requests, wait, deadline)
-            runs.append({"hops": hops, **locate(hops)})
+            hops, exhausted = await self._run(ip, port, requests, wait, deadline)
+            runs.append({"hops": hops, "exhausted": exhausted, **locate(hops)})
         keys["x_runs"] = [{k: v for k, v in r.items() if k != "hops"} for r in runs]
+        keys["x_budget_exhausted"] = any(r["exhausted"] for r in runs)
         keys["x_runs_planned"] = self.runs
         censor = combine(runs)
         keys["censor_hop"] = censor
@@ -360,10 +407,15 @@ class CensorTrace(Nettest):
             keys["x_first_interference_ttl"] = chosen["first_interference_ttl"]
             keys["x_endpoint_ttl"] = chosen["endpoint_ttl"]
         if censor is None:
+            # `false` needs a run that went all the way (to the server or the last TTL): a run
+            # the budget stopped never reached the hops where the censor may sit.
             usable = [r for r in runs if not r["tainted"]]
-            blocking: Any = False if usable else None
+            complete = [r for r in usable if not r["exhausted"]]
+            blocking: Any = False if complete else None
             keys.update(blocking=blocking, blocking_detail=None)
-            if not usable:
+            if usable and not complete:
+                keys["failure"] = "generic_timeout_error"
+            elif not usable:
                 keys["failure"] = "residual_blocking: every run's handshake was refused"
             return keys
         if chosen is not None and chosen["kind"] == "response":
@@ -375,8 +427,9 @@ class CensorTrace(Nettest):
 
     async def _run(
         self, ip: str, port: int, requests: dict[str, bytes], wait: float, deadline: float
-    ) -> list[dict[str, Any]]:
-        """One trace: control then keyword at each TTL until interference or the endpoint."""
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One trace: control then keyword at each TTL until interference or the endpoint;
+        and whether the budget stopped it first."""
         capture = None
         if self.unavailable is None:
             capture = Capture(trace_filter(ip, port), route_iface(ip))
@@ -385,11 +438,14 @@ class CensorTrace(Nettest):
             except OSError:
                 capture = None
         pairs: list[tuple[Probe, Probe]] = []
+        exhausted = False
         try:
             for ttl in range(1, self.max_ttl + 1):
+                step = PROBES_PER_STEP * wait
+                if time.monotonic() + (self.step_pause if ttl > 1 else 0) + step > deadline:
+                    exhausted = True
+                    break
                 if ttl > 1:
-                    if time.monotonic() + self.step_pause + 2 * wait > deadline:
-                        break
                     await asyncio.sleep(self.step_pause)
                 probes = {}
                 for role in ("control", "keyword"):
@@ -417,4 +473,4 @@ class CensorTrace(Nettest):
                 "control": c.keys(),
             }
             for k, c in pairs
-        ]
+        ], exhausted
