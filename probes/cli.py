@@ -352,9 +352,9 @@ def helper(
         bool | None,
         typer.Option(
             "--relay/--no-relay",
-            help="Serve message mailboxes (message_delivery's relay channel). On when "
-            "CENSORSCOPE_RELAY_TOKEN is set (the bearer token every caller must show), off "
-            "without it; --relay without a token is an error.",
+            help="Serve message mailboxes (message_delivery's relay channel); every caller "
+            "must show the bearer token CENSORSCOPE_RELAY_TOKEN, and --relay without it is an "
+            "error (default: on when CENSORSCOPE_RELAY_TOKEN is set, off otherwise).",
         ),
     ] = None,
     client_rate: Annotated[

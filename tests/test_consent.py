@@ -109,7 +109,7 @@ def test_a_bad_consent_value_is_a_config_error(tmp_path: Path, fresh_user: dict[
         _run_args(tmp_path), env=fresh_user, stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 2 and ENV_VAR in proc.stderr and "true or false" in proc.stderr
+    assert proc.returncode == 2 and ENV_VAR in proc.stderr and "true/false" in proc.stderr
 
 
 def test_isolate_and_schedule_run_need_consent_too(

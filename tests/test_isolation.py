@@ -193,11 +193,11 @@ def test_isolation_measurements_are_scrubbed(tmp_path: Path) -> None:
     from tests.loopback.keyword_censor import run_helper
 
     words = ["my", "address", "203.0.113.7", "is", "falun"]
-    config = RelayConfig(rules=(("falun",),), action="drop")
+    config = RelayConfig(token="iso-t0ken", rules=(("falun",),), action="drop")
     with run_helper("127.0.0.7", relay=config) as (base, _):
         summary = asyncio.run(
             run_isolation(
-                DeliveryTester(RelayChannel(base), 0.25, 0.02),
+                DeliveryTester(RelayChannel(base, token="iso-t0ken"), 0.25, 0.02),
                 words,
                 results=tmp_path,
                 vantage="t",

@@ -68,6 +68,7 @@ def world() -> Iterator[World]:
 
 def _config(tmp_path: Path, world: World, *, layout: str = "dbip", **vantage: str) -> Config:
     cfg = Config()
+    cfg.consent.informed = True  # built here, not loaded: the environment's acceptance is not read
     cfg.geoip.databases = [str(p) for p in vantage_databases(tmp_path, layout, NETWORKS)]
     cfg.geoip.whoami = [world.nat_helper + "x/whoami"]
     cfg.geoip.stun = [world.stun]
@@ -284,6 +285,7 @@ def test_geoip_section_and_environment(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_an_unreadable_database_is_bad_input_naming_the_file(tmp_path: Path) -> None:
     cfg = Config()
+    cfg.consent.informed = True  # built here, not loaded: the environment's acceptance is not read
     cfg.geoip.databases = [str(tmp_path / "missing.mmdb")]
     messages: list[str] = []
 

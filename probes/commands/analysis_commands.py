@@ -342,8 +342,8 @@ def register(app: typer.Typer) -> None:
         scrub: Annotated[
             list[str] | None,
             typer.Option(
-                help="An address to remove from every published cell (repeatable); this "
-                "host's interface addresses always are."
+                help="An address to remove from every published cell (repeatable) (default: "
+                "none beyond this host's interface addresses, which always are)."
             ),
         ] = None,
     ) -> None:

@@ -61,7 +61,8 @@ def upload(
     token: Annotated[
         str | None,
         typer.Option(
-            help="Deprecated: visible in ps. Use CENSORSCOPE_UPLOAD_TOKEN or --token-file."
+            help="Deprecated: visible in ps. Use CENSORSCOPE_UPLOAD_TOKEN or --token-file "
+            "(default: none)."
         ),
     ] = None,
     token_file: Annotated[
