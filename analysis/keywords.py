@@ -681,17 +681,26 @@ def write_tables(result: KeywordFindings, out: Path) -> list[Path]:
     return written
 
 
-def summary(result: KeywordFindings | None) -> str | None:
-    """One line for the command's summary, or None without keyword measurements."""
+def summary(result: KeywordFindings | None, shown: int = 10) -> str | None:
+    """Lines for the command's summary, or None without keyword measurements."""
     if result is None or result.findings.empty:
         return None
     findings = result.findings
     filtered = findings[findings["blocked_at"].notna()]
     rules = result.isolations["rule"].dropna() if len(result.isolations) else []
-    return (
+    lines = [
         f"keywords: {len(findings)} (keyword, placement or channel) findings, "
         f"{len(filtered)} filtered somewhere; {len(rules)} isolated combinations"
-    )
+    ]
+    for row in filtered.head(shown).itertuples(index=False):
+        since = f" since {row.since:%Y-%m-%d}" if not pd.isna(row.since) else ""
+        lines.append(
+            f"  {row.keyword} [{row.where}] ({row.test_name}): {row.finding} "
+            f"({row.mechanism}{since})"
+        )
+    if len(filtered) > shown:
+        lines.append(f"  ... {len(filtered) - shown} more filtered keywords")
+    return "\n".join(lines)
 
 
 def renamed_vantages(
