@@ -203,6 +203,13 @@ def run(
             help="http_keyword: path, query, host, body, sni (repeatable) (default: all)."
         ),
     ] = None,
+    encoding: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: utf-8, gb18030, big5: the encodings a word's URL and body bytes "
+            "are sent in, each that can carry the word (repeatable) (default: all three)."
+        ),
+    ] = None,
     residual_window: Annotated[
         float | None,
         typer.Option(
@@ -293,6 +300,7 @@ def run(
                 "listen_window": listen_window,
                 "bogon_exempt": bogon_exempt,
                 "placements": placement,
+                "encodings": encoding,
                 "residual_window": residual_window,
                 "keyword_tries": keyword_tries,
                 "channel": channel,
