@@ -227,6 +227,20 @@ def run(
             help="message_delivery: channel adapter (relay, smtp, matrix) (default: relay)."
         ),
     ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            help="message_delivery: the account that sends ([accounts.NAME] in the config; "
+            "with --receiver) (default: one anonymous mailbox for both ends)."
+        ),
+    ] = None,
+    receiver: Annotated[
+        str | None,
+        typer.Option(
+            help="message_delivery: the account that receives ([accounts.NAME]; with "
+            "--sender) (default: one anonymous mailbox for both ends)."
+        ),
+    ] = None,
     delivery_deadline: Annotated[
         float | None,
         typer.Option(
@@ -304,6 +318,8 @@ def run(
                 "residual_window": residual_window,
                 "keyword_tries": keyword_tries,
                 "channel": channel,
+                "sender": sender,
+                "receiver": receiver,
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,

@@ -260,6 +260,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         fingerprint_files=list(settings["fingerprints"]),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
+        accounts=_accounts(cfg, fail),
     )
     from probes.consent import require_consent
 
@@ -348,3 +349,21 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         )
         return EXIT_FAILURE
     return getattr(nettest, "exit_status", EXIT_OK)
+
+
+def _accounts(cfg: Config, fail: Callable[[str], NoReturn]) -> dict[str, Any]:
+    """The config's messaging accounts; a bad [accounts.NAME] table stops the run (exit 2)."""
+    from probes.accounts import load_accounts
+    from probes.config import ConfigError
+    from probes.secret_files import loose_permissions
+
+    try:
+        accounts = load_accounts(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    raw = cfg.raw.get("accounts", {})
+    if any("mailbox_key" in table for table in raw.values()):
+        warning = loose_permissions(Path(cfg.source), "the config, with mailbox keys,")
+        if warning:
+            print(f"censorscope: {warning}", file=sys.stderr)
+    return dict(accounts)
