@@ -418,9 +418,9 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     if action not in PLATFORM_ACTIONS:
         raise _err(source, "platform.action", f"expected one of {list(PLATFORM_ACTIONS)}")
     raw_accounts = _get(p, "accounts", dict, {}, source, "platform")
-    for name, region in raw_accounts.items():
+    for account, region in raw_accounts.items():
         if not isinstance(region, str) or not region:
-            raise _err(source, f"platform.accounts.{name}", "expected a region code string")
+            raise _err(source, f"platform.accounts.{account}", "expected a region code string")
     regions = _get(p, "regions", list, ["CN"], source, "platform")
     if not all(isinstance(r, str) and r for r in regions):
         raise _err(source, "platform.regions", "expected a list of region codes")
