@@ -81,20 +81,37 @@ def _inputs(testlists: list[Path], inputs: list[str]) -> Iterator[str]:
     return iter_inputs(testlists, inputs)
 
 
-def _keyword_inputs(path: Path) -> Iterator[str]:
+def _keyword_inputs(path: Path, on_warning: Callable[[Any], None] | None = None) -> Iterator[str]:
     """Keyword nettests (`keyword_inputs = True`): one input per keyword, `A+B` a combination."""
     from probes.testlists import iter_keywords
 
-    for keyword in iter_keywords(path):
+    for keyword in iter_keywords(path, on_warning=on_warning):
         yield "+".join(keyword.parts)
 
 
+# Warnings about odd rows of a published keyword list printed before a run; the rest counted.
+MAX_LIST_WARNINGS_SHOWN = 20
+
+
 def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> int:
-    """Read the keyword list through (a bad row fails now); returns how many inputs it gives."""
+    """Read the keyword list through (a bad row fails now, an odd one is kept and said on
+    stderr as FILE:LINE); returns how many inputs it gives."""
     from probes.testlists import ListError
 
+    warned = 0
+
+    def say(problem: Any) -> None:
+        nonlocal warned
+        warned += 1
+        if warned <= MAX_LIST_WARNINGS_SHOWN:
+            print(f"censorscope: {problem}", file=sys.stderr)
+
     try:
-        return sum(1 for _ in _keyword_inputs(path))
+        n = sum(1 for _ in _keyword_inputs(path, say))
+        if warned > MAX_LIST_WARNINGS_SHOWN:
+            more = warned - MAX_LIST_WARNINGS_SHOWN
+            print(f"censorscope: {path}: {more} more warning(s)", file=sys.stderr)
+        return n
     except ListError as exc:
         fail(str(exc))
     except OSError as exc:
