@@ -164,7 +164,9 @@ derived from them.
   found; `keyword_vantages.csv` (per vantage, with the gates), `keyword_windows.csv` (per time
   window: tries, delivered, dropped, rejected, modified, reset, residual),
   `keyword_changes.csv`, `keyword_isolations.csv` (each minimal combination with the message
-  it came from) and `keyword_evidence.csv` (the earliest blocked measurements).
+  it came from), `keyword_evidence.csv` (the earliest blocked measurements) and, for
+  message_delivery between accounts, `keyword_delivery_matrix.csv` (per keyword, sender
+  region x receiver region, every vantage pooled).
 - `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
 
 ## Method

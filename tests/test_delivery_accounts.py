@@ -110,6 +110,33 @@ def test_the_delivery_matrix_follows_the_senders_registered_region(
     one = next(m["test_keys"] for m in stored if m["test_keys"]["sender"]["account"] == "cn-alice")
     assert one["channel"]["sender"] == "cn-alice"
     assert one["sender"] == {"account": "cn-alice", "region": "CN"}
+    _the_analysis_writes_the_matrix(tmp_path)
+
+
+def _the_analysis_writes_the_matrix(tmp_path: Path) -> None:
+    """analyze's keyword_delivery_matrix and the report's table: one row per (keyword, sender
+    region, receiver region), each cell a keyword finding of its own ("relay CN->US")."""
+    from analysis.load import Filters
+    from analysis.pipeline import run
+    from analysis.report import render
+
+    result = run([tmp_path / "results"], [], Filters(), None)
+    assert result.keywords is not None
+    matrix = result.keywords.matrix
+    cells = {
+        (r.keyword, r.sender_region, r.receiver_region): (int(r.delivered), int(r.tries))
+        for r in matrix.itertuples(index=False)
+    }
+    assert cells == {
+        (word, s, r): ((0 if word == "falun" and s == "CN" else 1), 1)
+        for word in WORDS
+        for s, r in product(["CN", "US"], repeat=2)
+    }
+    assert set(result.keywords.findings["where"]) == {
+        f"relay {s}->{r}" for s, r in product(["CN", "US"], repeat=2)
+    }
+    page = render(result)
+    assert "keyword-delivery-matrix" in page and "sender registered in" in page
 
 
 def test_an_unknown_account_or_a_missing_key_stops_the_run(
