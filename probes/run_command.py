@@ -199,7 +199,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
-    where = _locate(cfg, req, fail)
+    manifest: ReportManifest | None = None
     if req.resume:
         try:
             manifest = store.load_manifest(req.resume)
@@ -215,15 +215,6 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     else:
         settings = run_settings.resolve(req, cfg, cls.default_budget(req.nettest_options))
         options[run_settings.SETTINGS] = settings
-        now = datetime.now(UTC)
-        manifest = ReportManifest(
-            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
-            test_name=cls.name,
-            vantage=vantage,
-            date=now.strftime("%Y-%m-%d"),
-            test_start_time=ooni_time(now),
-            options=options,
-        )
     if cls.needs_input and not req.inputs and not req.testlists:
         fail(f"{cls.name} needs inputs: give --input URL or --testlist FILE")
     for value in req.inputs:
@@ -245,6 +236,22 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
         n_inputs = _check_keywords(req.keywords, fail)
 
+    from probes.consent import require_consent
+
+    # Consent before anything leaves this machine: locating asks whoami and STUN servers.
+    if problem := require_consent(cfg):
+        fail(problem)
+    where = _locate(cfg, req, fail)
+    if manifest is None:
+        now = datetime.now(UTC)
+        manifest = ReportManifest(
+            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
+            test_name=cls.name,
+            vantage=vantage,
+            date=now.strftime("%Y-%m-%d"),
+            test_start_time=ooni_time(now),
+            options=options,
+        )
     ctx = ProbeContext(
         vantage=vantage,
         probe_cc=where.probe_cc,
@@ -261,10 +268,6 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
     )
-    from probes.consent import require_consent
-
-    if problem := require_consent(cfg):
-        fail(problem)
     run_options = RunOptions(
         concurrency=settings["concurrency"],
         timeout=ctx.timeout,
