@@ -36,6 +36,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from probes.channels.base import Channel, ChannelError, Received, SendReceipt
+from probes.config import FALSE_WORDS, TRUE_WORDS, parse_flag
 from probes.net.failures import failure_from_exception
 
 # Per SMTP/IMAP session; a mail server slower than this is itself a finding.
@@ -62,15 +63,19 @@ class MailSettings:
     plaintext_login: bool = False  # a lab only: log in without TLS
 
 
-def _flag(value: str | None, default: bool = False) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """An on/off setting; a word that is neither is an error, never a quiet "off"."""
+    value = env.get(f"CENSORSCOPE_{name}")
     if value is None or not value.strip():
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    flag = parse_flag(value)
+    if flag is None:
+        raise ChannelError(f"smtp: CENSORSCOPE_{name}={value!r}: use 1 or 0 (true/false)")
+    return flag
 
 
-_IMAP_TLS = {"1": "tls", "true": "tls", "yes": "tls", "on": "tls", "tls": "tls",
-             "starttls": "starttls", "0": "none", "false": "none", "no": "none", "off": "none",
-             "none": "none"}  # fmt: skip
+_IMAP_TLS = {**dict.fromkeys(TRUE_WORDS, "tls"), **dict.fromkeys(FALSE_WORDS, "none"),
+             "tls": "tls", "starttls": "starttls", "none": "none"}  # fmt: skip
 
 
 def _settings(env: Mapping[str, str], ca_file: str | None = None) -> MailSettings:
@@ -96,11 +101,11 @@ def _settings(env: Mapping[str, str], ca_file: str | None = None) -> MailSetting
             imap_password=need("IMAP_PASSWORD"),
             smtp_user=env.get("CENSORSCOPE_SMTP_USER") or None,
             smtp_password=env.get("CENSORSCOPE_SMTP_PASSWORD") or None,
-            starttls=_flag(env.get("CENSORSCOPE_SMTP_STARTTLS"), default=True),
+            starttls=_flag(env, "SMTP_STARTTLS", default=True),
             imap_tls=imap_tls,
             mailbox=env.get("CENSORSCOPE_IMAP_MAILBOX") or "INBOX",
             ca_file=env.get("CENSORSCOPE_MAIL_CA_FILE") or ca_file,
-            plaintext_login=_flag(env.get("CENSORSCOPE_MAIL_PLAINTEXT_LOGIN")),
+            plaintext_login=_flag(env, "MAIL_PLAINTEXT_LOGIN"),
         )
     except ValueError as exc:
         raise ChannelError(f"smtp: a port is not a number: {exc}") from exc
