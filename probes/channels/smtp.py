@@ -14,7 +14,7 @@ Settings come from the environment only (never the command line, never a measure
     CENSORSCOPE_MAIL_CA_FILE (extra trust anchors; default: the run's --ca-file, else the
     system's), CENSORSCOPE_MAIL_PLAINTEXT_LOGIN (0; 1 = a lab may log in without TLS).
 
-TLS is verified (ssl.create_default_context: chain and host name). Credentials never cross the
+TLS is verified (probes.net.tls.verifying_context: chain and host name). Credentials never cross the
 network in clear: a login over a session without TLS is refused before any connection is made,
 unless CENSORSCOPE_MAIL_PLAINTEXT_LOGIN=1 says this is a lab.
 """
@@ -38,6 +38,7 @@ from typing import Any
 from probes.channels.base import Channel, ChannelError, Received, SendReceipt
 from probes.config import FALSE_WORDS, TRUE_WORDS, parse_flag
 from probes.net.failures import failure_from_exception
+from probes.net.tls import verifying_context
 
 # Per SMTP/IMAP session; a mail server slower than this is itself a finding.
 SESSION_TIMEOUT = 15.0
@@ -151,9 +152,7 @@ class SMTPChannel(Channel):
     def _context(self) -> ssl.SSLContext:
         """Verified TLS: the system's trust store (plus the CA file), host names checked."""
         if self._tls is None:
-            self._tls = ssl.create_default_context()
-            if self.settings.ca_file:
-                self._tls.load_verify_locations(cafile=self.settings.ca_file)
+            self._tls = verifying_context(self.settings.ca_file)
         return self._tls
 
     def _send_sync(self, text: str) -> SendReceipt:
