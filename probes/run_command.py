@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXIT_OK = 0
+# As probes.cli's (bad input, 2, goes through `fail`).
 EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
@@ -350,4 +349,4 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    return getattr(nettest, "exit_status", EXIT_OK)
+    return nettest.exit_status
