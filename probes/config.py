@@ -187,7 +187,12 @@ def load_config(path: Path | None) -> Config:
     try:  # OONI's form, "AS<number>": its pipeline reads the number after "AS"
         config.vantage.probe_asn = ooni_asn(config.vantage.probe_asn)
     except ValueError as exc:
-        raise ConfigError(f"{config.source}: key 'vantage.probe_asn': {exc}") from exc
+        origin = (
+            "environment CENSORSCOPE_VANTAGE_PROBE_ASN"
+            if "CENSORSCOPE_VANTAGE_PROBE_ASN" in os.environ
+            else f"{config.source}: key 'vantage.probe_asn'"
+        )
+        raise ConfigError(f"{origin}: {exc}") from exc
     if "resolver" in data.get("probe", {}) and not config.probe.resolver:
         config.probe.resolver = None
     return config
