@@ -205,6 +205,13 @@ def run(
             help="http_keyword: path, query, host, body, sni (repeatable) (default: all)."
         ),
     ] = None,
+    encoding: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: utf-8, gb18030, big5: the encodings a word's URL and body bytes "
+            "are sent in, each that can carry the word (repeatable) (default: all three)."
+        ),
+    ] = None,
     residual_window: Annotated[
         float | None,
         typer.Option(
@@ -220,6 +227,20 @@ def run(
         str | None,
         typer.Option(
             help="message_delivery: channel adapter (relay, smtp, matrix) (default: relay)."
+        ),
+    ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            help="message_delivery: the account that sends ([accounts.NAME] in the config; "
+            "with --receiver) (default: one anonymous mailbox for both ends)."
+        ),
+    ] = None,
+    receiver: Annotated[
+        str | None,
+        typer.Option(
+            help="message_delivery: the account that receives ([accounts.NAME]; with "
+            "--sender) (default: one anonymous mailbox for both ends)."
         ),
     ] = None,
     delivery_deadline: Annotated[
@@ -295,9 +316,12 @@ def run(
                 "listen_window": listen_window,
                 "bogon_exempt": bogon_exempt,
                 "placements": placement,
+                "encodings": encoding,
                 "residual_window": residual_window,
                 "keyword_tries": keyword_tries,
                 "channel": channel,
+                "sender": sender,
+                "receiver": receiver,
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
@@ -432,11 +456,20 @@ def helper(
 @lists_app.command("validate")
 def lists_validate(
     files: Annotated[list[Path], typer.Argument(help="Test lists or keyword lists.")],
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail on warnings too (odd rows a published list keeps as written): "
+            "for lists we write ourselves (default: warnings do not fail).",
+        ),
+    ] = False,
 ) -> None:
-    """Report every bad row as FILE:LINE: FIELD: REASON; exit 2 if any."""
+    """Report every bad row as FILE:LINE: FIELD: REASON; exit 2 on an error (or, with --strict,
+    a warning)."""
     from probes.testlists import validate_command
 
-    raise typer.Exit(validate_command(files, sys.stdout))
+    raise typer.Exit(validate_command(files, sys.stdout, strict=strict))
 
 
 def _mount_lab() -> None:

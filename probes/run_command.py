@@ -80,20 +80,37 @@ def _inputs(testlists: list[Path], inputs: list[str]) -> Iterator[str]:
     return iter_inputs(testlists, inputs)
 
 
-def _keyword_inputs(path: Path) -> Iterator[str]:
+def _keyword_inputs(path: Path, on_warning: Callable[[Any], None] | None = None) -> Iterator[str]:
     """Keyword nettests (`keyword_inputs = True`): one input per keyword, `A+B` a combination."""
     from probes.testlists import iter_keywords
 
-    for keyword in iter_keywords(path):
+    for keyword in iter_keywords(path, on_warning=on_warning):
         yield "+".join(keyword.parts)
 
 
+# Warnings about odd rows of a published keyword list printed before a run; the rest counted.
+MAX_LIST_WARNINGS_SHOWN = 20
+
+
 def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> int:
-    """Read the keyword list through (a bad row fails now); returns how many inputs it gives."""
+    """Read the keyword list through (a bad row fails now, an odd one is kept and said on
+    stderr as FILE:LINE); returns how many inputs it gives."""
     from probes.testlists import ListError
 
+    warned = 0
+
+    def say(problem: Any) -> None:
+        nonlocal warned
+        warned += 1
+        if warned <= MAX_LIST_WARNINGS_SHOWN:
+            print(f"censorscope: {problem}", file=sys.stderr)
+
     try:
-        return sum(1 for _ in _keyword_inputs(path))
+        n = sum(1 for _ in _keyword_inputs(path, say))
+        if warned > MAX_LIST_WARNINGS_SHOWN:
+            more = warned - MAX_LIST_WARNINGS_SHOWN
+            print(f"censorscope: {path}: {more} more warning(s)", file=sys.stderr)
+        return n
     except ListError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -235,6 +252,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
         n_inputs = _check_keywords(req.keywords, fail)
 
+    accounts = _accounts(cfg, fail)
     from probes.consent import require_consent
 
     # Consent before anything leaves this machine: locating asks whoami and STUN servers.
@@ -266,6 +284,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         fingerprint_files=list(settings["fingerprints"]),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
+        accounts=accounts,
     )
     run_options = RunOptions(
         concurrency=settings["concurrency"],
@@ -350,3 +369,21 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         )
         return EXIT_FAILURE
     return nettest.exit_status
+
+
+def _accounts(cfg: Config, fail: Callable[[str], NoReturn]) -> dict[str, Any]:
+    """The config's messaging accounts; a bad [accounts.NAME] table stops the run (exit 2)."""
+    from probes.accounts import load_accounts
+    from probes.config import ConfigError
+    from probes.secret_files import loose_permissions
+
+    try:
+        accounts = load_accounts(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    raw = cfg.raw.get("accounts", {})
+    if any("mailbox_key" in table for table in raw.values()):
+        warning = loose_permissions(Path(cfg.source), "the config, with mailbox keys,")
+        if warning:
+            print(f"censorscope: {warning}", file=sys.stderr)
+    return dict(accounts)

@@ -35,6 +35,8 @@ class ProbeContext:
     fingerprint_files: list[str] = field(default_factory=list)
     scrubber: Scrubber = field(default_factory=Scrubber)
     options: dict[str, Any] = field(default_factory=dict)
+    # The config's messaging accounts by name (probes/accounts.py), for message_delivery.
+    accounts: dict[str, Any] = field(default_factory=dict)
 
 
 # `censorscope run` exits with this when no control helper answered (every input is still

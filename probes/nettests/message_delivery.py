@@ -8,6 +8,11 @@ deadline passes. Outcome of the keyword message: `delivered` (text intact), `mod
 altered), `rejected` (the platform refused it to the sender), `dropped` (accepted or cut off on
 the way, never received while both controls were). `blocking` is "delivery" only when both
 controls arrived; otherwise null.
+
+With `--sender NAME --receiver NAME` (accounts of the config, probes/accounts.py) the messages
+go from one account to another, each registered in a region the platform knows; `sender` and
+`receiver` record both (name and region), so that runs for each pair of regions make a
+delivery matrix (analysis: sender region x receiver region per keyword).
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ def make_channel(name: str, helpers: list[str], ca_file: str | None) -> Channel:
 
 class MessageDelivery(Nettest):
     name = "message_delivery"
-    version = "0.1.0"
+    version = "0.2.0"  # 0.2: sender and receiver accounts with their regions
     needs_input = False
     keyword_inputs = True
 
@@ -148,12 +153,45 @@ class MessageDelivery(Nettest):
         self.channel_name = str(opts.get("channel") or "relay")
         self.deadline = float(opts.get("delivery_deadline") or DELIVERY_DEADLINE_SECONDS)
         self.poll = float(opts.get("poll_interval") or POLL_INTERVAL_SECONDS)
+        self.sender_name = opts.get("sender")
+        self.receiver_name = opts.get("receiver")
+        self.ends: dict[str, Any] = {}  # "sender"/"receiver" -> Account
         self.channel: Channel | None = None
         self.postman: Postman | None = None
 
+    def _accounts(self) -> dict[str, Any]:
+        """The sender and receiver accounts named by the options (SetupError if unusable)."""
+        named = {"sender": self.sender_name, "receiver": self.receiver_name}
+        if not any(named.values()):
+            return {}
+        if not all(named.values()):
+            raise SetupError("give both --sender and --receiver (accounts of the config)")
+        if self.channel_name != "relay":
+            raise SetupError(
+                f"--sender/--receiver: the {self.channel_name} channel names its accounts in "
+                "its own settings; accounts work with --channel relay"
+            )
+        ends = {}
+        for role, name in named.items():
+            account = self.ctx.accounts.get(str(name))
+            if account is None:
+                known = ", ".join(sorted(self.ctx.accounts)) or "none configured"
+                raise SetupError(f"--{role} {name}: no [accounts.{name}] in the config "
+                                 f"(known: {known})")  # fmt: skip
+            ends[role] = account
+        return ends
+
     async def setup(self) -> None:
+        self.ends = self._accounts()
         try:
-            self.channel = make_channel(self.channel_name, self.ctx.helpers, self.ctx.ca_file)
+            if self.ends:
+                from probes.channels.relay import RelayChannel
+
+                self.channel = RelayChannel.between(
+                    self.ends["sender"], self.ends["receiver"], self.ctx.helpers, self.ctx.ca_file
+                )
+            else:
+                self.channel = make_channel(self.channel_name, self.ctx.helpers, self.ctx.ca_file)
         except (KeyError, ChannelError) as exc:
             raise SetupError(str(exc.args[0] if exc.args else exc)) from exc
         self.postman = Postman(self.channel, self.deadline, self.poll)
@@ -167,10 +205,12 @@ class MessageDelivery(Nettest):
             raise ValueError("message_delivery measures one keyword per input, after setup()")
         parts = [p for p in input_.split("+") if p]
         keys = await deliver_once(self.postman, " ".join(parts))
+        ends = {role: account.describe() for role, account in self.ends.items()}
         return {
             "keyword": input_,
             "keyword_parts": parts,
             "channel": self.channel.describe(),
+            **ends,
             "delivery_deadline": self.deadline,
             **keys,
         }
