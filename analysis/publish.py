@@ -76,8 +76,11 @@ def scrub_frame(frame: pd.DataFrame, scrubber: Scrubber | None) -> pd.DataFrame:
                 changed[value] = cleaned
         if changed:
             out = out.copy() if out is frame else out
-            out[name] = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
-            out[name] = out[name].astype(column.dtype)
+            mapped = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
+            # A category column gets new categories: cast to its old dtype, a scrubbed value
+            # would be no category of it and turn into NaN.
+            categorical = isinstance(column.dtype, pd.CategoricalDtype)
+            out[name] = mapped.astype("category" if categorical else column.dtype)
     return out
 
 

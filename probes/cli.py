@@ -127,7 +127,9 @@ def run(
     timeout: Annotated[
         float | None,
         typer.Option(
-            min=0.1, help="Per-input time budget, seconds (default: config probe.timeout, else 30)."
+            min=0.1,
+            help="Per-input time budget, seconds (default: config probe.timeout, else 30; "
+            "censor_trace: computed from its pacing).",
         ),
     ] = None,
     repeat: Annotated[int, typer.Option(min=1, max=1000, help="Measure each input N times.")] = 1,

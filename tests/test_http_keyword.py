@@ -249,3 +249,9 @@ def test_block_page_instead_of_the_echo(censored: Setup, tmp_path: Path) -> None
     tries = keys["placements"]["body"]["keyword_tries"]
     assert tries[0]["outcome"] == "blockpage" and tries[0]["fingerprints"] == [fp.name]
     assert tries[0]["status_code"] == 403
+
+
+def test_a_zero_residual_window_is_kept() -> None:
+    """--residual-window 0 (the option's minimum) means no wait, not the 90 s default."""
+    assert HTTPKeyword(ProbeContext(vantage="v", options={"residual_window": 0.0})).window == 0.0
+    assert HTTPKeyword(ProbeContext(vantage="v")).window == 90.0

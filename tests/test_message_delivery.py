@@ -359,6 +359,20 @@ def test_smtp_refuses_to_log_in_without_tls_unless_told_it_is_a_lab(
     assert lab.settings.plaintext_login
 
 
+@pytest.mark.parametrize("name", ["CENSORSCOPE_SMTP_STARTTLS", "CENSORSCOPE_MAIL_PLAINTEXT_LOGIN"])
+def test_smtp_on_off_settings_refuse_a_word_that_is_neither(name: str) -> None:
+    """A typo ("ture", "enabled") is named, never read as off (STARTTLS off sends in clear)."""
+    from probes.channels.base import ChannelError
+    from probes.channels.smtp import SMTPChannel
+
+    with pytest.raises(ChannelError, match=name):
+        SMTPChannel.from_settings([], None, {**LAB_MAIL, name: "ture"})
+    channel = SMTPChannel.from_settings([], None, {**LAB_MAIL, name: " Yes "})
+    assert channel.settings.starttls and (
+        channel.settings.plaintext_login == (name == "CENSORSCOPE_MAIL_PLAINTEXT_LOGIN")
+    )
+
+
 def test_smtp_tls_is_on_and_verified_by_default() -> None:
     from probes.channels.smtp import SMTPChannel
 

@@ -108,7 +108,8 @@ class HTTPKeyword(Nettest):
         self.placements = list(opts.get("placements") or PLACEMENTS)
         self.encodings = tuple(opts.get("encodings") or ENCODINGS)
         self.tries = int(opts.get("keyword_tries") or KEYWORD_TRIES)
-        self.window = float(opts.get("residual_window") or RESIDUAL_WINDOW_SECONDS)
+        window = opts.get("residual_window")  # 0 is a window too: taint nothing
+        self.window = RESIDUAL_WINDOW_SECONDS if window is None else float(window)
         self.exchange_timeout = min(EXCHANGE_TIMEOUT, self.ctx.timeout)
         self.tracker: TaintTracker | None = None
         self.tls_tracker: TaintTracker | None = None
