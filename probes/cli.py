@@ -354,12 +354,18 @@ def helper(
         Path | None, typer.Option(help="Extra CA bundle trusted for TLS (default: none).")
     ] = None,
     echo_ports: Annotated[
-        list[int] | None,
-        typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable) (default: none)."),
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: a TCP/HTTP echo port or range LOW-HIGH (repeatable; hundreds "
+            "let a residual window taint one port, not the test) (default: none)."
+        ),
     ] = None,
     tls_echo_ports: Annotated[
-        list[int] | None,
-        typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable) (default: none)."),
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: a TLS echo port or range LOW-HIGH, any SNI (repeatable) "
+            "(default: none)."
+        ),
     ] = None,
     dns_zone: Annotated[
         str | None,
@@ -419,7 +425,14 @@ def helper(
         fail(str(exc))
     echo = None
     if echo_ports or tls_echo_ports:
-        echo = EchoConfig(host, list(echo_ports or []), list(tls_echo_ports or []))
+        from backend.helper_echo import parse_ports
+
+        try:
+            tcp = parse_ports(echo_ports or [])
+            tls = parse_ports(tls_echo_ports or [])
+        except ValueError as exc:
+            fail(f"--echo-ports/--tls-echo-ports: {exc}")
+        echo = EchoConfig(host, tcp, tls)
     zone = None
     if dns_zone:
         try:

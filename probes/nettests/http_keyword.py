@@ -37,6 +37,7 @@ from probes.net.http import JSONClient, aclose, http_exchange, make_client
 from probes.nettests.base import Nettest, SetupError
 from probes.nettests.keyword_placements import (
     ENCODINGS,
+    NAME_PLACEMENTS,
     PLACEMENTS,
     Shape,
     control_word,
@@ -101,6 +102,20 @@ class HTTPKeyword(Nettest):
     version = "0.2.0"  # 0.2: each encoding a word has (utf-8, gb18030, big5)
     needs_input = False
     keyword_inputs = True  # run_command streams the --keywords file as inputs
+
+    @classmethod
+    def default_budget(cls, options: dict[str, Any]) -> float:
+        """The per-input budget the method needs when --timeout is unset: every exchange of
+        every (placement, encoding) may run to its timeout (two controls, the tries, the
+        residual check), and one wait for an untainted endpoint. A fixed 30 s cannot hold one
+        censored word whose tries meet a residual window (the GFW's is ~90 s)."""
+        placements = list(options.get("placements") or PLACEMENTS)
+        n_encodings = len(options.get("encodings") or ENCODINGS)
+        tries = int(options.get("keyword_tries") or KEYWORD_TRIES)
+        window = options.get("residual_window")
+        window = RESIDUAL_WINDOW_SECONDS if window is None else float(window)
+        variants = sum(1 if p in NAME_PLACEMENTS else n_encodings for p in placements)
+        return variants * (tries + 3) * EXCHANGE_TIMEOUT + window
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -32,6 +32,9 @@ from probes.nettests.base import Nettest, SetupError
 # Citizen Lab studies wait a minute before calling a message dropped.
 DELIVERY_DEADLINE_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25
+# What one send or fetch may take on any channel (the relay's request timeout is 10 s; SMTP and
+# Matrix calls are bounded the same way).
+CHANNEL_CALL_SECONDS = 15.0
 CONTROL_TEXT = "censorscope control message"
 NONCE_RE = re.compile(r"\[cs:([0-9a-f]{16})\]")
 
@@ -146,6 +149,14 @@ class MessageDelivery(Nettest):
     version = "0.2.0"  # 0.2: sender and receiver accounts with their regions
     needs_input = False
     keyword_inputs = True
+
+    @classmethod
+    def default_budget(cls, options: dict[str, Any]) -> float:
+        """The per-input budget that holds the method when --timeout is unset: three sends,
+        then the receiver's wait up to the delivery deadline (60 s by default, more than the
+        probe's 30 s: a dropped message would otherwise be cut off undecided)."""
+        deadline = float(options.get("delivery_deadline") or DELIVERY_DEADLINE_SECONDS)
+        return deadline + 4 * CHANNEL_CALL_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
