@@ -127,6 +127,37 @@ def _isolations(result: KeywordFindings) -> str:
     return f"<table id='keyword-isolations'>{head}{rows}</table>"
 
 
+def _matrix(result: KeywordFindings) -> str:
+    """Sender region x receiver region per keyword (message_delivery between accounts)."""
+    matrix = result.matrix
+    if matrix.empty:
+        return ""
+    rows = "".join(
+        "<tr>"
+        + _cell(r.keyword)
+        + _cell(r.channel)
+        + _cell(r.sender_region)
+        + _cell(r.receiver_region)
+        + (
+            f"<td class='blocked'>{int(r.delivered)}/{int(r.tries)}</td>"
+            if r.delivered < r.tries - r.inconclusive
+            else _cell(f"{int(r.delivered)}/{int(r.tries)}")
+        )
+        + _cell(f"{r.delivery_low:.2f}-{r.delivery_high:.2f}" if pd.notna(r.delivery_low) else "")
+        + _cell(r.vantages)
+        + "</tr>"
+        for r in matrix.itertuples(index=False)
+    )
+    head = _head("keyword", "channel", "sender registered in", "receiver registered in",
+                 "delivered / tries", "rate (95% Wilson)", "sent from vantages")  # fmt: skip
+    return (
+        "<h3>Delivery matrix (accounts by region)</h3><p>message_delivery between accounts: "
+        "whether a message arrives depends on where the platform has the sender and the "
+        "receiver registered, whichever network each uses (every vantage pooled).</p>"
+        f"<table id='keyword-delivery-matrix'>{head}{rows}</table>"
+    )
+
+
 def _evidence(result: KeywordFindings, anchors: list[tuple[int, Any]]) -> str:
     if not anchors:
         return ""
@@ -181,6 +212,7 @@ def section(result: KeywordFindings | None, gates: cmp.Gates | None = None) -> s
             "is a finding of its own.</p>",
             table,
             _others(result),
+            _matrix(result),
             "<h3>Minimal combinations (keyword isolation)</h3>",
             _isolations(result),
             _evidence(result, anchors),

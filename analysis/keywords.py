@@ -132,6 +132,49 @@ def _outcome(value: Any) -> str | None:
     return _OUTCOME_ALIASES.get(value, value)
 
 
+# message_delivery between accounts (`sender`, `receiver` with their regions): the channel
+# and the region pair make the `where`, "relay CN->US", so each cell of the delivery matrix is
+# a finding of its own, compared between vantages like any other.
+PAIR_ARROW = "->"
+
+
+def region_pair(tk: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(sender region, receiver region) of a message_delivery between accounts, else None."""
+    regions = []
+    for role in ("sender", "receiver"):
+        end = tk.get(role)
+        region = end.get("region") if isinstance(end, dict) else None
+        if not isinstance(region, str) or not region:
+            return None
+        regions.append(region)
+    return regions[0], regions[1]
+
+
+def delivery_matrix(vantages: pd.DataFrame) -> pd.DataFrame:
+    """Per (keyword, channel, sender region, receiver region), every vantage pooled: tries,
+    delivered and not, and the delivery rate with its Wilson interval. Which network a message
+    was sent from is the vantage tables' business; this is the account's."""
+    columns = ["keyword", "channel", "sender_region", "receiver_region", "tries", "delivered",
+               "dropped", "rejected", "modified", "inconclusive", "delivery_rate",
+               "delivery_low", "delivery_high", "vantages"]  # fmt: skip
+    if vantages.empty or "where" not in vantages:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    cells = vantages[vantages["where"].astype(str).str.contains(PAIR_ARROW, regex=False)].copy()
+    if cells.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    split = cells["where"].astype(str).str.rsplit(" ", n=1, expand=True)
+    pair = split[1].str.split(PAIR_ARROW, n=1, expand=True)
+    cells = cells.assign(channel=split[0], sender_region=pair[0], receiver_region=pair[1])
+    key = ["keyword", "channel", "sender_region", "receiver_region"]
+    sums = ["tries", "delivered", "dropped", "rejected", "modified", "inconclusive", "ok",
+            "blocked"]  # fmt: skip
+    grouped = cells.groupby(key, sort=True)
+    out = grouped[sums].sum().reset_index()
+    out["vantages"] = grouped["vantage"].agg(lambda v: ",".join(sorted(set(map(str, v))))).values
+    out = _delivery(out).rename(columns={"ok": "_ok"})
+    return out[columns].reset_index(drop=True)
+
+
 def where_of(test_name: str, tk: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(placement, channel) of a keyword measurement as the measurements frame shows them:
     http_keyword's placements comma-joined, message_delivery's channel name."""
@@ -192,6 +235,9 @@ class KeywordCollector:
             return
         channel = _name(tk.get("channel")) or _str(tk.get("placement"))
         kind = "channel" if _name(tk.get("channel")) else "placement"
+        pair = region_pair(tk)
+        if channel is not None and pair is not None:
+            channel = f"{channel} {pair[0]}{PAIR_ARROW}{pair[1]}"
         self._row(common, str(test_name), keyword, channel, kind, tk, sends=1)
 
     def _row(
@@ -418,6 +464,11 @@ class KeywordFindings:
     isolations: pd.DataFrame  # minimal combinations, each with the message it came from
     evidence: pd.DataFrame  # the earliest blocked tests per (keyword, where, nettest, vantage)
 
+    @property
+    def matrix(self) -> pd.DataFrame:
+        """The delivery matrix: per keyword, sender region x receiver region."""
+        return delivery_matrix(self.vantages)
+
 
 TABLES = (
     "keyword_findings",
@@ -426,6 +477,7 @@ TABLES = (
     "keyword_changes",
     "keyword_isolations",
     "keyword_evidence",
+    "keyword_delivery_matrix",
 )
 
 
@@ -665,6 +717,7 @@ def tables(result: KeywordFindings) -> dict[str, pd.DataFrame]:
         "keyword_changes": result.changes,
         "keyword_isolations": result.isolations,
         "keyword_evidence": result.evidence,
+        "keyword_delivery_matrix": result.matrix,
     }
 
 

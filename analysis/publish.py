@@ -76,8 +76,11 @@ def scrub_frame(frame: pd.DataFrame, scrubber: Scrubber | None) -> pd.DataFrame:
                 changed[value] = cleaned
         if changed:
             out = out.copy() if out is frame else out
-            out[name] = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
-            out[name] = out[name].astype(column.dtype)
+            mapped = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
+            # A category column gets new categories: cast to its old dtype, a scrubbed value
+            # would be no category of it and turn into NaN.
+            categorical = isinstance(column.dtype, pd.CategoricalDtype)
+            out[name] = mapped.astype("category" if categorical else column.dtype)
     return out
 
 
@@ -164,7 +167,9 @@ derived from them.
   found; `keyword_vantages.csv` (per vantage, with the gates), `keyword_windows.csv` (per time
   window: tries, delivered, dropped, rejected, modified, reset, residual),
   `keyword_changes.csv`, `keyword_isolations.csv` (each minimal combination with the message
-  it came from) and `keyword_evidence.csv` (the earliest blocked measurements).
+  it came from), `keyword_evidence.csv` (the earliest blocked measurements) and, for
+  message_delivery between accounts, `keyword_delivery_matrix.csv` (per keyword, sender
+  region x receiver region, every vantage pooled).
 - `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
 
 ## Method

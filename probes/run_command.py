@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXIT_OK = 0
+# As probes.cli's (bad input, 2, goes through `fail`).
 EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
@@ -216,7 +215,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
-    where = _locate(cfg, req, fail)
+    manifest: ReportManifest | None = None
     if req.resume:
         try:
             manifest = store.load_manifest(req.resume)
@@ -232,15 +231,6 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     else:
         settings = run_settings.resolve(req, cfg, cls.default_budget(req.nettest_options))
         options[run_settings.SETTINGS] = settings
-        now = datetime.now(UTC)
-        manifest = ReportManifest(
-            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
-            test_name=cls.name,
-            vantage=vantage,
-            date=now.strftime("%Y-%m-%d"),
-            test_start_time=ooni_time(now),
-            options=options,
-        )
     if cls.needs_input and not req.inputs and not req.testlists:
         fail(f"{cls.name} needs inputs: give --input URL or --testlist FILE")
     for value in req.inputs:
@@ -262,6 +252,23 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
         n_inputs = _check_keywords(req.keywords, fail)
 
+    accounts = _accounts(cfg, fail)
+    from probes.consent import require_consent
+
+    # Consent before anything leaves this machine: locating asks whoami and STUN servers.
+    if problem := require_consent(cfg):
+        fail(problem)
+    where = _locate(cfg, req, fail)
+    if manifest is None:
+        now = datetime.now(UTC)
+        manifest = ReportManifest(
+            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
+            test_name=cls.name,
+            vantage=vantage,
+            date=now.strftime("%Y-%m-%d"),
+            test_start_time=ooni_time(now),
+            options=options,
+        )
     ctx = ProbeContext(
         vantage=vantage,
         probe_cc=where.probe_cc,
@@ -277,11 +284,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         fingerprint_files=list(settings["fingerprints"]),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
+        accounts=accounts,
     )
-    from probes.consent import require_consent
-
-    if problem := require_consent(cfg):
-        fail(problem)
     run_options = RunOptions(
         concurrency=settings["concurrency"],
         timeout=ctx.timeout,
@@ -364,4 +368,22 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    return getattr(nettest, "exit_status", EXIT_OK)
+    return nettest.exit_status
+
+
+def _accounts(cfg: Config, fail: Callable[[str], NoReturn]) -> dict[str, Any]:
+    """The config's messaging accounts; a bad [accounts.NAME] table stops the run (exit 2)."""
+    from probes.accounts import load_accounts
+    from probes.config import ConfigError
+    from probes.secret_files import loose_permissions
+
+    try:
+        accounts = load_accounts(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    raw = cfg.raw.get("accounts", {})
+    if any("mailbox_key" in table for table in raw.values()):
+        warning = loose_permissions(Path(cfg.source), "the config, with mailbox keys,")
+        if warning:
+            print(f"censorscope: {warning}", file=sys.stderr)
+    return dict(accounts)

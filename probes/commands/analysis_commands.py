@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 Results = Annotated[
     list[Path] | None,
-    typer.Option("--results", help="Results store (repeatable) (default: ./results)."),
+    typer.Option(
+        "--results", help="Results store (repeatable) (default: ./results, none with --ooni)."
+    ),
 ]
 Ooni = Annotated[
     list[Path] | None,

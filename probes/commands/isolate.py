@@ -87,6 +87,20 @@ def isolate(
         int | None,
         typer.Option(min=1, max=20, help="http-*: tries of a failing request (default: 5)."),
     ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            help="relay: the sending account ([accounts.NAME]; with --receiver) "
+            "(default: one anonymous mailbox)."
+        ),
+    ] = None,
+    receiver: Annotated[
+        str | None,
+        typer.Option(
+            help="relay: the receiving account ([accounts.NAME]; with --sender) "
+            "(default: one anonymous mailbox)."
+        ),
+    ] = None,
 ) -> None:
     """Find the minimal keyword combination(s) that get a message blocked."""
     from probes.cli import EXIT_FAILURE, _config, fail  # here: probes.cli imports this module
@@ -129,8 +143,11 @@ def isolate(
         options={k: v for k, v in options.items() if v is not None},
     )
     try:
-        tester = make_tester(channel, ctx, deadline=delivery_deadline)
-    except (KeyError, ChannelError) as exc:
+        if sender or receiver:
+            tester = _account_tester(cfg, channel, sender, receiver, ctx, delivery_deadline)
+        else:
+            tester = make_tester(channel, ctx, deadline=delivery_deadline)
+    except (KeyError, ChannelError, ValueError) as exc:
         fail(str(exc.args[0] if exc.args else exc))
     try:
         summary = asyncio.run(
@@ -155,6 +172,25 @@ def isolate(
         f"{'' if summary['complete'] else ' (incomplete: ' + str(summary['stopped_by']) + ')'}"
     )
     raise typer.Exit(0 if summary["complete"] else EXIT_FAILURE)
+
+
+def _account_tester(
+    cfg: Any, channel: str, sender: str | None, receiver: str | None, ctx: Any, deadline: float
+) -> Any:
+    """A relay tester from one configured account to another (the delivery matrix's cells)."""
+    from probes.accounts import load_accounts
+    from probes.channels.relay import RelayChannel
+    from probes.nettests.keyword_isolation import DeliveryTester
+
+    if channel != "relay" or not (sender and receiver):
+        raise ValueError("--sender and --receiver go together, with --channel relay")
+    accounts = load_accounts(cfg)
+    for flag, name in (("--sender", sender), ("--receiver", receiver)):
+        if name not in accounts:
+            known = ", ".join(sorted(accounts)) or "none configured"
+            raise ValueError(f"{flag} {name}: no [accounts.{name}] in the config (known: {known})")
+    pair = RelayChannel.between(accounts[sender], accounts[receiver], ctx.helpers, ctx.ca_file)
+    return DeliveryTester(pair, deadline, 0.25)
 
 
 async def run_isolation(
