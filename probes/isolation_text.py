@@ -74,7 +74,8 @@ class _Ask:
         return None
 
     async def __call__(self, fragments: list[str]) -> bool:
-        key = tuple(sorted(f for f in fragments if f))
+        sent = [f for f in fragments if f]  # in message order: components, then the rest
+        key = tuple(sorted(sent))
         inferred = self.known(key)
         if inferred is not None:
             return inferred
@@ -82,7 +83,7 @@ class _Ask:
             if self.tests >= self.budget:
                 raise TextBudgetExhausted
             self.tests += 1
-            answer = await self.test(list(key))
+            answer = await self.test(sent)
             if answer is not None:
                 (self.blocked if answer else self.passed).append(key)
                 return answer

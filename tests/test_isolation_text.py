@@ -112,3 +112,21 @@ def test_isolate_chinese_text_over_the_relay(tmp_path: Path) -> None:
     stored = [json.loads(x) for p in tmp_path.rglob("*.jsonl") for x in p.read_text().splitlines()]
     tests = [m for m in stored if m["test_name"] == "message_delivery"]
     assert len(tests) == summary["tests"] <= 22
+
+
+def test_fragments_go_out_in_message_order() -> None:
+    """Each test carries its fragments as they stand in the message (a filter on word order
+    would see what a user's message shows)."""
+    text = "新疆的天气很好今天我们去看集中营的报道"
+    censored = filter_of([frozenset({"新疆", "集中营"})])
+    sent: list[list[str]] = []
+
+    async def oracle(fragments: list[str]) -> bool:
+        sent.append(fragments)
+        return censored(fragments)
+
+    asyncio.run(isolate_text(text, oracle, known_blocked=True))
+    assert len(sent) > 5
+    for fragments in sent:
+        starts = [text.index(f) for f in fragments]
+        assert starts == sorted(starts), fragments
