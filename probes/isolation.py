@@ -168,7 +168,7 @@ async def _minimise(ask: _Asker, background: frozenset[str], candidates: list[st
             return kept
 
 
-def _minimal_hitting_sets(rules: list[frozenset[str]]) -> list[frozenset[str]]:
+def minimal_hitting_sets(rules: list[frozenset[str]]) -> list[frozenset[str]]:
     """Every minimal set of words meeting each rule (small: rules are few and short)."""
     found: set[frozenset[str]] = set()
     for choice in itertools.product(*[sorted(r) for r in rules]):
@@ -223,7 +223,7 @@ async def _search(
     rules.append(frozenset(await _minimise(ask, frozenset(), ask.ordered(everything))))
     while True:
         new_rule = None
-        for hitting in _minimal_hitting_sets(rules):
+        for hitting in minimal_hitting_sets(rules):
             rest = everything - hitting
             if rest and await ask.ask(rest):
                 new_rule = frozenset(await _minimise(ask, frozenset(), ask.ordered(rest)))

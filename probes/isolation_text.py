@@ -34,6 +34,9 @@ TextOracle = Callable[[list[str]], Awaitable[bool | None]]
 
 # The first component length tried (see the module docstring).
 FIRST_LENGTH = 2
+# Where `all_rules` cuts a found component out of the text: fragments are split here, so no
+# component can span it.
+CUT = "\x00"
 
 
 class TextBudgetExhausted(Exception):
@@ -44,7 +47,8 @@ class TextBudgetExhausted(Exception):
 class TextIsolation:
     """One rule (its components in message order) and what it cost."""
 
-    components: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)  # the first rule found
+    rules: list[list[str]] = field(default_factory=list)  # every rule found (`all_rules`)
     tests: int = 0
     complete: bool = True
     stopped_by: str | None = None  # "budget" | "inconclusive" | None
@@ -74,7 +78,8 @@ class _Ask:
         return None
 
     async def __call__(self, fragments: list[str]) -> bool:
-        sent = [f for f in fragments if f]  # in message order: components, then the rest
+        # in message order: components, then the rest; a cut text goes out in its pieces
+        sent = [piece for f in fragments for piece in f.split(CUT) if piece]
         key = tuple(sorted(sent))
         inferred = self.known(key)
         if inferred is not None:
@@ -122,6 +127,36 @@ async def _shortest_end(ask: _Ask, found: list[str], text: str, i: int, floor: i
     return j
 
 
+def cut_out(text: str, components: frozenset[str] | set[str]) -> str:
+    """`text` with every occurrence of each component broken: CUT inserted at its middle (a
+    one-character component is replaced). Its characters stay, so another rule's component
+    that overlaps it without spanning the cut survives (刘晓波 cut as 刘|晓波 keeps 晓波)."""
+    for component in sorted(components, key=len, reverse=True):
+        middle = len(component) // 2
+        broken = component[:middle] + CUT + component[middle:] if middle else CUT
+        while component in text:
+            text = text.replace(component, broken)
+    return text
+
+
+async def _one_rule(ask: _Ask, text: str) -> list[str]:
+    """The components of the rule whose first component starts last (`text` blocks)."""
+    found: list[str] = []
+    rest, floor = text, 0
+    while True:
+        i = await _latest_start(ask, found, rest)
+        j = await _shortest_end(ask, found, rest, i, floor)
+        found.append(rest[i:j])
+        if j >= len(rest):
+            return found
+        # The next component starts after i and ends after j: one ending at or before j
+        # would lie inside this one, which already brings it along.
+        floor = j - i
+        rest = rest[i + 1 :]
+        if await ask(found):
+            return found
+
+
 async def isolate_text(
     text: str,
     test: TextOracle,
@@ -129,12 +164,22 @@ async def isolate_text(
     budget: int = 400,
     retries: int = 3,
     known_blocked: bool = False,
+    all_rules: bool = False,
 ) -> TextIsolation:
     """The components of one rule that blocks `text` (see the module docstring).
 
     `known_blocked`: the caller has just seen `text` blocked, so it is not sent again (Citizen
     Lab's algorithm assumes the same). Otherwise the whole text is tested first.
+    `all_rules`: go on to every rule, as probes.isolation does for words: any other minimal
+    rule lacks a component of each rule found (a rule holding them all would not be minimal),
+    so the text with the components of each minimal hitting set of the found rules cut
+    (`cut_out`) is tested; a blocked remainder holds a new rule, searched the same way. It
+    costs one test per minimal hitting set more, which Citizen Lab's algorithm (one rule) does
+    not spend. Limit: a rule whose components occur in this text only across the middle of
+    another rule's component is not found.
     """
+    from probes.isolation import minimal_hitting_sets
+
     ask = _Ask(test, budget, retries)
     result = TextIsolation()
     try:
@@ -143,21 +188,18 @@ async def isolate_text(
             if not result.blocked:
                 result.tests = ask.tests
                 return result
-        found: list[str] = []
-        rest, floor = text, 0
-        while True:
-            i = await _latest_start(ask, found, rest)
-            j = await _shortest_end(ask, found, rest, i, floor)
-            found.append(rest[i:j])
-            if j >= len(rest):
+        result.rules.append(await _one_rule(ask, text))
+        result.components = result.rules[0]
+        while all_rules:
+            new = None
+            for hitting in minimal_hitting_sets([frozenset(r) for r in result.rules]):
+                rest = cut_out(text, hitting)
+                if rest.strip(CUT) and await ask([rest]):
+                    new = await _one_rule(ask, rest)
+                    break
+            if new is None:
                 break
-            # The next component starts after i and ends after j: one ending at or before j
-            # would lie inside this one, which already brings it along.
-            floor = j - i
-            rest = rest[i + 1 :]
-            if await ask(found):
-                break
-        result.components = found
+            result.rules.append(new)
     except TextBudgetExhausted:
         result.complete, result.stopped_by = False, "budget"
     except LookupError:

@@ -130,3 +130,66 @@ def test_fragments_go_out_in_message_order() -> None:
     for fragments in sent:
         starts = [text.index(f) for f in fragments]
         assert starts == sorted(starts), fragments
+
+
+def test_cut_keeps_what_overlaps_a_cut_component() -> None:
+    from probes.isolation_text import CUT, cut_out
+
+    assert cut_out("刘晓波获得和平奖", {"刘晓波", "和平"}) == f"刘{CUT}晓波获得和{CUT}平奖"
+    assert cut_out("六四六四", {"六四"}) == f"六{CUT}四六{CUT}四"
+    assert cut_out("a习b", {"习"}) == f"a{CUT}b"
+
+
+@pytest.mark.parametrize(
+    ("text", "rules"),
+    [
+        ("今天读到法轮功和新疆的新闻还有集中营的报道", [{"法轮功"}, {"新疆", "集中营"}]),
+        ("六四天安门广场六四", [{"六四"}, {"天安门", "广场"}]),  # a component seen twice
+        ("刘晓波获得诺贝尔和平奖", [{"刘晓波"}, {"诺贝尔", "和平"}, {"晓波", "和平奖"}]),
+    ],
+)
+def test_all_rules_finds_every_rule(text: str, rules: list[set[str]]) -> None:
+    planted = [frozenset(r) for r in rules]
+    censored = filter_of(planted)
+
+    async def oracle(fragments: list[str]) -> bool:
+        return censored(fragments)
+
+    one = asyncio.run(isolate_text(text, oracle, known_blocked=True))
+    assert len(one.rules) == 1 and frozenset(one.components) in planted
+    every = asyncio.run(isolate_text(text, oracle, known_blocked=True, all_rules=True))
+    assert every.complete
+    # {晓波, 和平奖} overlaps {刘晓波} and {诺贝尔, 和平} but is implied by neither
+    minimal = {r for r in planted if not any(o != r and _implies(r, o) for o in planted)}
+    assert {frozenset(r) for r in every.rules} == minimal
+    assert every.tests > one.tests
+
+
+def _implies(rule: frozenset[str], other: frozenset[str]) -> bool:
+    """Every text holding `rule` holds `other` (each of other's parts inside one of rule's)."""
+    return all(any(part in whole for whole in rule) for part in other)
+
+
+def test_isolate_every_rule_of_chinese_text_over_the_relay(tmp_path: Path) -> None:
+    from backend.helper import RelayConfig
+    from probes.channels.relay import RelayChannel
+    from probes.commands.isolate import run_isolation
+    from probes.nettests.keyword_isolation import DeliveryTester
+    from tests.loopback.keyword_censor import run_helper
+
+    text = "今天读到法轮功和新疆的新闻还有集中营的报道"
+    rules = (("新疆", "集中营"), ("法轮功",))
+    config = RelayConfig(token="iso-t0ken", rules=rules, action="reject")
+    with run_helper("127.0.0.7", relay=config) as (base, _):
+        summary = asyncio.run(
+            run_isolation(
+                DeliveryTester(RelayChannel(base, token="iso-t0ken"), 0.25, 0.02),
+                [],
+                results=tmp_path,
+                vantage="t",
+                text=text,
+                all_rules=True,
+            )
+        )
+    assert summary["complete"]
+    assert sorted(summary["rules"]) == [["新疆", "集中营"], ["法轮功"]]

@@ -87,6 +87,15 @@ def isolate(
         int | None,
         typer.Option(min=1, max=20, help="http-*: tries of a failing request (default: 5)."),
     ] = None,
+    all_rules: Annotated[
+        bool,
+        typer.Option(
+            "--all-rules",
+            help="Unspaced text: find every rule, not only one (one test more per minimal "
+            "hitting set of the rules found) (default: one rule, as Citizen Lab's method). "
+            "Word messages always get every rule.",
+        ),
+    ] = False,
     sender: Annotated[
         str | None,
         typer.Option(
@@ -162,6 +171,7 @@ def isolate(
                 scrubber=ctx.scrubber,
                 budget=budget,
                 text=message.strip() if unspaced(message, split) else None,
+                all_rules=all_rules,
             )
         )
     except SetupError as exc:
@@ -205,12 +215,14 @@ async def run_isolation(
     scrubber: Scrubber | None = None,
     budget: int = 400,
     text: str | None = None,
+    all_rules: bool = False,
 ) -> dict[str, Any]:
     """Search with `tester` as the oracle; store every test and the result; return the result.
 
     With `text` (an unspaced message: Chinese), the components of a rule are substrings of it
     (probes.isolation_text, Citizen Lab's method): each test sends fragments of the text, and
-    `words` is ignored. Otherwise the rules are sets of `words` (probes.isolation).
+    `words` is ignored; one rule is searched (as Citizen Lab's algorithm does), every rule with
+    `all_rules`. Otherwise the rules are sets of `words` (probes.isolation), every one of them.
     """
     from probes.isolation import IsolationResult
     from probes.isolation import isolate as search
@@ -284,9 +296,9 @@ async def run_isolation(
     try:
         if text is not None:
             words = [text]
-            one = await isolate_text(text, oracle, budget=budget)
+            one = await isolate_text(text, oracle, budget=budget, all_rules=all_rules)
             found = IsolationResult(
-                rules=[one.components] if one.components else [],
+                rules=one.rules,
                 tests=one.tests,
                 complete=one.complete,
                 blocked=one.blocked,
