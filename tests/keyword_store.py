@@ -46,6 +46,7 @@ RESIDUAL = 0.4
 DEADLINE = 0.4
 # Fisher's exact test of 5 blocked vs 5 delivered gives p = 0.008: enough for the q gate
 # after Benjamini-Hochberg over every keyword test here; 3 vs 3 (p = 0.1) would not be.
+# (DAYS x REPEATS = 10 per vantage.)
 REPEATS = 5
 DAYS = 2
 START = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
