@@ -192,8 +192,16 @@ def _evidence(result: KeywordFindings, anchors: list[tuple[int, Any]]) -> str:
 
 def section(result: KeywordFindings | None, gates: cmp.Gates | None = None) -> str:
     """The HTML of the keyword section (a paragraph when there are no keyword measurements)."""
-    if result is None or result.findings.empty:
+    if result is None or (result.findings.empty and result.isolations.empty):
         return "<p>No keyword measurements in these data.</p>"
+    if result.findings.empty:  # isolation runs only: their results still belong here
+        return "\n".join(
+            [
+                "<p>No keyword-list measurements in these data; isolation runs only.</p>",
+                "<h3>Minimal combinations (keyword isolation)</h3>",
+                _isolations(result),
+            ]
+        )
     g = gates or cmp.Gates()
     findings = result.findings
     keywords = findings["keyword"].nunique()

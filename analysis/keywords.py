@@ -736,8 +736,11 @@ def write_tables(result: KeywordFindings, out: Path) -> list[Path]:
 
 def summary(result: KeywordFindings | None, shown: int = 10) -> str | None:
     """Lines for the command's summary, or None without keyword measurements."""
-    if result is None or result.findings.empty:
+    if result is None or (result.findings.empty and result.isolations.empty):
         return None
+    if result.findings.empty:
+        rules = result.isolations["rule"].dropna()
+        return f"keywords: isolation runs only; {len(rules)} isolated combinations"
     findings = result.findings
     filtered = findings[findings["blocked_at"].notna()]
     rules = result.isolations["rule"].dropna() if len(result.isolations) else []

@@ -161,3 +161,34 @@ def test_publish_writes_the_keyword_findings(store: Path, tmp_path: Path) -> Non
     assert sorted(filtered["where"]) == ["path", "relay", "relay", "sni"]
     assert "keyword_findings.csv" in (out / "SHA256SUMS").read_text()
     assert "4 filtered somewhere" in (out / "README.md").read_text()
+
+
+def test_isolation_runs_alone_still_make_the_keyword_section(tmp_path: Path) -> None:
+    """A store holding only an isolate run (its tests are not keyword-list monitoring): the
+    report still shows the minimal combination and the message it came from."""
+    import asyncio
+
+    from backend.helper import RelayConfig
+    from probes.channels.relay import RelayChannel
+    from probes.commands.isolate import run_isolation
+    from probes.nettests.keyword_isolation import DeliveryTester
+    from tests.loopback.keyword_censor import run_helper
+
+    text = "今天读到法轮功的新闻"
+    config = RelayConfig(token="iso-t0ken", rules=(("法轮功",),), action="reject")
+    with run_helper("127.0.0.7", relay=config) as (base, _):
+        asyncio.run(
+            run_isolation(
+                DeliveryTester(RelayChannel(base, token="iso-t0ken"), 0.25, 0.02),
+                [],
+                results=tmp_path,
+                vantage="cn",
+                text=text,
+            )
+        )
+    result = run([tmp_path], [], Filters(), None)
+    assert result.keywords is not None and result.keywords.findings.empty
+    assert result.keywords.isolations[["message", "rule"]].values.tolist() == [[text, "法轮功"]]
+    page = render(result)
+    section = page[page.index("<h2 id='keywords'>") :]
+    assert "isolation runs only" in section and f"<td>{text}</td>" in section
