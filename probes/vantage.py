@@ -59,7 +59,12 @@ class Vantage:
 def source_problem(cfg: Config) -> str | None:
     """A malformed [geoip] source, named (checked before anything is measured)."""
     for url in cfg.geoip.whoami:
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError as exc:  # "http://[::1/": urlsplit raises
+            return f"[geoip] whoami: {url!r}: {exc}"
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             return f"[geoip] whoami: {url!r} is not an http(s) URL"
     for server in cfg.geoip.stun:
         try:

@@ -310,3 +310,7 @@ def test_malformed_sources_are_named_before_measuring() -> None:
     cfg.geoip.stun = []
     cfg.geoip.whoami = ["ftp://helper.example/x/whoami"]
     assert "not an http(s) URL" in (source_problem(cfg) or "")
+    # urlsplit raises on these: a named problem, not a traceback
+    for bad in ("http://[2001:db8::1/x/whoami", "http://helper.example:99999/x/whoami"):
+        cfg.geoip.whoami = [bad]
+        assert (source_problem(cfg) or "").startswith(f"[geoip] whoami: {bad!r}: ")
