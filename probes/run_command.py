@@ -173,9 +173,9 @@ def locate_vantage(
     from probes.geoip import GeoIPError
     from probes.vantage import locate, source_problem
 
-    problem = source_problem(cfg)
+    problem = source_problem(cfg, helpers)
     if problem:
-        fail(f"{cfg.source}: {problem}")
+        fail(problem if problem.startswith("control helper") else f"{cfg.source}: {problem}")
     try:
         where = run_async(
             locate(
