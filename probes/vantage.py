@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from probes.config import OONI_HELPERS, Config
-from probes.geoip import GeoDatabase, IPInfo
+from probes.geoip import UNKNOWN_CC, GeoDatabase, IPInfo
 from probes.net.addresses import parse_host_port
 from probes.ownip import local_addresses
 from probes.publicip import (
@@ -30,8 +30,7 @@ from probes.publicip import (
     whoami_url,
 )
 
-UNKNOWN_CC = "ZZ"
-UNKNOWN_ASN = "AS0"
+UNKNOWN_ASN = IPInfo().asn_string  # "AS0", OONI's spelling of geoip.UNKNOWN_ASN
 # probe-cli model.DefaultResolverIP: what OONI writes when the resolver lookup failed.
 UNKNOWN_RESOLVER_IP = "127.0.0.2"
 LOCATE_TIMEOUT = 4.0  # seconds for all sources together, before the first measurement
