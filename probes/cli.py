@@ -15,6 +15,8 @@ import typer
 
 from probes.cli_options import ConfigOption, ResultsOption
 from probes.config import Config, ConfigError, load_config
+from probes.exit_status import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from probes.exit_status import EXIT_FAILURE as EXIT_FAILURE  # commands import it from here
 
 app = typer.Typer(
     name="censorscope",
@@ -25,10 +27,6 @@ app = typer.Typer(
 )
 lists_app = typer.Typer(help="Test lists and keyword lists.", no_args_is_help=True)
 app.add_typer(lists_app, name="lists")
-
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def _nettest_help() -> str:

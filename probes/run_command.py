@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from probes import run_settings
 from probes.config import Config
+from probes.exit_status import EXIT_FAILURE, EXIT_INTERRUPTED
 from probes.gc_tuning import tuned_gc
 from probes.measurement import Scrubber, new_report_id, ooni_time
 from probes.net.addresses import is_ip, parse_host_port
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
     from probes.vantage import Vantage
 
 T = TypeVar("T")
-
-# As probes.cli's (bad input, 2, goes through `fail`).
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 @dataclass
