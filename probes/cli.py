@@ -428,7 +428,12 @@ def helper(
     relay_token = os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None
     if relay and relay_token is None:
         fail("--relay needs CENSORSCOPE_RELAY_TOKEN (the relay never runs open)")
-    relay_config = RelayConfig(token=relay_token) if relay_token and relay is not False else None
+    try:  # a blank token is refused by RelayConfig: bad input, not a traceback
+        relay_config = (
+            RelayConfig(token=relay_token) if relay_token and relay is not False else None
+        )
+    except ValueError as exc:
+        fail(f"CENSORSCOPE_RELAY_TOKEN: {exc}")
     asn_lookup = None
     if geoip_db:
         try:
