@@ -190,6 +190,22 @@ def locate_vantage(
     return where
 
 
+def _ca_file_problem(path: str) -> str | None:
+    """Why the CA file cannot be trusted (missing, unreadable, no PEM certificate), else None:
+    said before measuring, not as a traceback from the first nettest that builds a client."""
+    import ssl
+
+    from probes.net.tls import verifying_context
+
+    try:
+        verifying_context(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ssl.SSLError as exc:
+        return f"not a PEM CA bundle ({exc.reason or exc})"
+    return None
+
+
 def _resolver_ok(resolver: str) -> bool:
     try:
         return is_ip(parse_host_port(resolver, 53)[0])
@@ -242,6 +258,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"--resolver {resolver!r}: {exc}")
         if not is_ip(host):
             fail(f"--resolver {resolver!r}: give an IP address, optionally with :PORT")
+    if settings["ca_file"] and (problem := _ca_file_problem(settings["ca_file"])):
+        fail(f"CA file {settings['ca_file']} (--ca-file or [probe] ca_file): {problem}")
     n_inputs = _check_lists(req.testlists, fail) + sum(1 for v in req.inputs if v.strip())
     keyword_inputs = getattr(cls, "keyword_inputs", False) and not req.inputs
     if keyword_inputs:
