@@ -338,6 +338,25 @@ def run(
     raise typer.Exit(status)
 
 
+def _zone_problem(zone: str, answer: str) -> str | None:
+    """A --dns-zone that is no DNS name, or an A record that is no IPv4 address: named now,
+    not as a traceback when the zone server starts or answers."""
+    import ipaddress
+
+    import dns.exception
+    import dns.name
+
+    try:
+        dns.name.from_text(zone)
+    except dns.exception.DNSException as exc:
+        return f"--dns-zone {zone!r}: not a DNS name ({exc})"
+    try:
+        ipaddress.IPv4Address(answer)
+    except ValueError:
+        return f"--dns-answer {answer!r}: give the IPv4 address every name in the zone has"
+    return None
+
+
 @app.command()
 def helper(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
@@ -424,6 +443,8 @@ def helper(
             dns_host, dns_port = parse_listen(dns_listen)
         except ValueError as exc:
             fail(f"--dns-listen: {exc}")
+        if problem := _zone_problem(dns_zone, dns_answer or host):
+            fail(problem)
         zone = DNSZoneConfig(dns_zone, dns_answer or host, dns_host, dns_port)
     relay_token = os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None
     if relay and relay_token is None:

@@ -101,6 +101,18 @@ def test_helper_command_names_a_blank_relay_token(monkeypatch: pytest.MonkeyPatc
     assert "CENSORSCOPE_RELAY_TOKEN" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--dns-zone", "kw..example"], "--dns-zone"),
+        (["--dns-zone", "kw.example", "--dns-answer", "2001:db8::1"], "--dns-answer"),
+    ],
+)
+def test_helper_command_names_a_bad_dns_zone(args: list[str], named: str) -> None:
+    result = CliRunner().invoke(cli_app, ["helper", "--listen", "127.0.0.1:1", *args])
+    assert result.exit_code == 2 and named in result.output, result.output
+
+
 def test_a_mailbox_is_only_for_whoever_holds_its_key() -> None:
     other = "o" * 32
     with run_helper(HOST, relay=RelayConfig(token=TOKEN)) as (base, _):
