@@ -372,11 +372,19 @@ def helper(
     ] = None,
     echo_ports: Annotated[
         list[int] | None,
-        typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable) (default: none)."),
+        typer.Option(
+            min=0,
+            max=65535,
+            help="http_keyword: a TCP/HTTP echo port (repeatable) (default: none).",
+        ),
     ] = None,
     tls_echo_ports: Annotated[
         list[int] | None,
-        typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable) (default: none)."),
+        typer.Option(
+            min=0,
+            max=65535,
+            help="http_keyword: a TLS echo port, any SNI (repeatable) (default: none).",
+        ),
     ] = None,
     dns_zone: Annotated[
         str | None,

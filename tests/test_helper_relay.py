@@ -106,9 +106,10 @@ def test_helper_command_names_a_blank_relay_token(monkeypatch: pytest.MonkeyPatc
     [
         (["--dns-zone", "kw..example"], "--dns-zone"),
         (["--dns-zone", "kw.example", "--dns-answer", "2001:db8::1"], "--dns-answer"),
+        (["--echo-ports", "99999"], "--echo-ports"),  # bound as 99999 % 65536 before
     ],
 )
-def test_helper_command_names_a_bad_dns_zone(args: list[str], named: str) -> None:
+def test_helper_command_names_bad_zone_and_echo_options(args: list[str], named: str) -> None:
     result = CliRunner().invoke(cli_app, ["helper", "--listen", "127.0.0.1:1", *args])
     assert result.exit_code == 2 and named in result.output, result.output
 
