@@ -253,3 +253,16 @@ def test_partial_control_http_page_is_not_called_a_diff() -> None:
     v = analyze_v05(tk, url=m["input"])
     assert (v.blocking, v.accessible) == (False, True)
     assert v.why.startswith("partial control")
+
+
+@needs_data
+def test_a_failed_lookup_without_control_is_unknown_not_accessible() -> None:
+    """v0.5's classic engine (rule 5.1.1) calls a DNS failure with no control accessible; we
+    say unknown (nothing was compared)."""
+    m = _scenario("dnsBlockingNXDOMAIN")
+    tk = m["test_keys"]
+    tk["control"], tk["control_failure"] = None, "generic_timeout_error"
+    ooni = v05_keys(tk)
+    assert (ooni.blocking, ooni.accessible) == (False, True)
+    v = analyze_v05(tk, url=m["input"])
+    assert (v.blocking, v.accessible) == (None, None)

@@ -103,6 +103,7 @@ class Observation:
     dns_failure: str | None = None
     dns_query_type: str | None = None
     dns_engine: str | None = None
+    dns_classic: bool = False  # tagged "classic": the probe's own resolver (see classic_filter)
     dns_addrs: frozenset[str] | None = None
     ip_origin: str | None = None
     ip: str | None = None
@@ -185,6 +186,7 @@ def ingest(test_keys: Mapping[str, Any]) -> Container:
                 dns_failure=failure,
                 dns_query_type=str(q.get("query_type") or ""),
                 dns_engine=str(q.get("engine") or ""),
+                dns_classic="classic" in _list(q.get("tags")),
             )
         )
     for q in queries:
@@ -202,6 +204,7 @@ def ingest(test_keys: Mapping[str, Any]) -> Container:
                 dns_failure="",
                 dns_query_type=str(q.get("query_type") or ""),
                 dns_engine=str(q.get("engine") or ""),
+                dns_classic="classic" in _list(q.get("tags")),
                 dns_addrs=addrs,
                 ip_origin=ORIGIN_DNS,
                 ip=ip,
@@ -268,7 +271,13 @@ def ingest(test_keys: Mapping[str, Any]) -> Container:
             obs.http_is_final = code // 100 in (2, 4, 5)
     request = _map(test_keys.get("x_control_request"))
     control = test_keys.get("control")
-    if request and isinstance(control, Mapping):
+    # 0.5 stores control null when the helper failed; ours stores {} and control_failure.
+    if (
+        request
+        and isinstance(control, Mapping)
+        and control
+        and not test_keys.get("control_failure")
+    ):
         _ingest_control(c, str(request.get("http_request") or ""), control)
     return c
 
@@ -337,12 +346,20 @@ def _ingest_control(c: Container, url: str, resp: Mapping[str, Any]) -> None:
         obs.ctrl_http_title = str(http.get("title") or "")
 
 
+def _classic_lookup(obs: Observation) -> bool:
+    # classic.go keeps getaddrinfo's lookups. Ours also keeps a lookup tagged "classic" (the
+    # probe's own resolver when the user configured one, `--dns-resolver`): in OONI's 0.5
+    # measurements the tag is on exactly the getaddrinfo lookups, and its authors planned to
+    # filter by it (the TODO in ClassicFilter), so OONI's data reads the same either way.
+    return obs.dns_engine in SYSTEM_ENGINES or obs.dns_classic
+
+
 def classic_filter(c: Container) -> Container:
-    """classic.go ClassicFilter: getaddrinfo lookups and the fetching endpoints they fed."""
+    """classic.go ClassicFilter: the probe's own lookups and the fetching endpoints they fed."""
     out = Container(expectations=c.expectations)
-    out.dns_failures = [o for o in c.dns_failures if o.dns_engine in SYSTEM_ENGINES]
+    out.dns_failures = [o for o in c.dns_failures if _classic_lookup(o)]
     for obs in c.dns_successes:
-        if obs.dns_engine in SYSTEM_ENGINES:
+        if _classic_lookup(obs):
             out.dns_successes.append(obs)
             out.known_ips[obs.ip or ""] = obs
     for txid, obs in c.endpoints.items():

@@ -581,6 +581,11 @@ def analyze_v05(
             blocking, accessible = False, True
             why += f"; the reference page is the same (similarity {similarity:.2f})"
 
+    # 1b. v0.5 calls a failed lookup accessible when there is no control at all (classic
+    #     engine rule 5.1.1): with nothing to compare, we say unknown.
+    if ooni.rule == "DNS failure, no control":
+        blocking, accessible, why = None, None, "DNS failure and no control: unknown"
+
     # 2. Inconsistent DNS and a page of another length and title: shared header names do
     #    not excuse it (the block page may come from the same server software).
     final = ooni.final
