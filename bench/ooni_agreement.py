@@ -76,14 +76,14 @@ REASONS: dict[str, str] = {
     # web_connectivity 0.5 releases older than the probe-cli code we reproduce (commit
     # 7cb22410, the "classic" engine over the minipipeline).
     "web_connectivity_real.jsonl:22": _V05.format(
-        "0.5.28 read only transactions tagged 'classic' and this IP input has none, so it "
-        "stored null; the engine we reproduce keeps an endpoint of unknown origin (classic.go) "
-        "and its successful HTTPS fetch gives false/accessible"
+        "0.5.28 stored null for this IP input (no DNS lookup at all); the classic engine at "
+        "commit 7cb22410 keeps an endpoint whose address came from no lookup (classic.go, "
+        "unknown origin) and reads its successful HTTPS fetch as accessible"
     ),
     "web_connectivity_real.jsonl:23": _V05.format(
-        "0.5.26 ran the older 'orig' engine, which left a connect failure seen by the helper "
-        "too as null; the classic engine calls it down (blocking false, accessible false, "
-        "x_null_null_flags 2)"
+        "0.5.26 predates the classic engine we reproduce and stored null; the classic engine "
+        "calls a connect that failed at the probe and the helper alike down (blocking false, "
+        "accessible false, x_null_null_flags 2)"
     ),
 }
 
@@ -186,7 +186,56 @@ def main(argv: list[str] | None = None) -> int:
                 f"  - {case.where} ({case.version}) ours={json.dumps(ours)} "
                 f"ooni={json.dumps(theirs)}: {reason}"
             )
+    print_beyond(list(cases(args.data)), fps)
     return 1 if unexplained else 0
+
+
+def diff_rule_applies(keys: dict[str, Any]) -> bool:
+    """Our rule beyond v0.5 (docs/methodology.md): inconsistent DNS and a page of another
+    length and title, called accessible only thanks to shared header names."""
+    return (
+        keys.get("accessible") is True
+        and keys.get("dns_consistency") == "inconsistent"
+        and keys.get("body_length_match") is False
+        and keys.get("title_match") is False
+    )
+
+
+def print_beyond(all_cases: list[Case], fps: Fingerprints | None) -> None:
+    """The false-positive cost of our rules beyond v0.5 on OONI's measurements: how many
+    verdicts they change. On 0.4.x and older the rule is not applied (v0.4 is re-derived as
+    it was); it is evaluated on their keys to show what it would have changed."""
+    changed: list[str] = []
+    would: list[str] = []
+    n05 = n_old = accessible_old = 0
+    for case in all_cases:
+        tk = case.measurement.get("test_keys")
+        if not isinstance(tk, dict):
+            continue
+        verdict = analyze_measurement(
+            tk, case.version, url=case.measurement.get("input"), fingerprints=fps
+        )
+        keys = verdict.as_test_keys()
+        if uses_v05(case.version):
+            n05 += 1
+            if (keys["blocking"], keys["accessible"]) != (
+                keys["x_v05_blocking"],
+                keys["x_v05_accessible"],
+            ) and not keys.get("blocking_fingerprint"):
+                changed.append(f"{case.where}: v0.5 {keys['x_v05_blocking']} -> {keys['blocking']}")
+        else:
+            n_old += 1
+            accessible_old += keys["accessible"] is True
+            if diff_rule_applies(keys):
+                would.append(case.where)
+    print("our rules beyond v0.5 (partial control, inconsistent DNS with another page):")
+    print(f"  0.5.x: {len(changed)} of {n05} verdicts changed")
+    for line in changed:
+        print(f"    - {line}")
+    print(
+        f"  older: the inconsistent-DNS rule would change {len(would)} of {n_old} "
+        f"({accessible_old} accessible)" + (f": {', '.join(would)}" if would else "")
+    )
 
 
 if __name__ == "__main__":

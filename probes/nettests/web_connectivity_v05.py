@@ -525,8 +525,16 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
         return "tcp.connect_failure"
     if blocking == "http-failure":
         failure = keys.http_experiment_failure or ""
-        if keys.x_blocking_flags & FLAG_TLS or failure.startswith("ssl_"):
-            return "tls.sni_reset" if failure == "connection_reset" else "tls.handshake_failure"
+        tls_failures = {
+            hs.get("failure")
+            for hs in test_keys.get("tls_handshakes") or ()
+            if isinstance(hs, dict) and hs.get("failure")
+        }
+        if keys.x_blocking_flags & FLAG_TLS or failure.startswith("ssl_") or tls_failures:
+            # A handshake reset names the SNI reset even when a later connection met the
+            # censor's after-effect (refused, timed out) instead.
+            reset = "connection_reset" in tls_failures or failure == "connection_reset"
+            return "tls.sni_reset" if reset else "tls.handshake_failure"
         return {
             "connection_reset": "http.reset",
             "generic_timeout_error": "http.timeout",
