@@ -435,20 +435,15 @@ class V05Verdict:
 
 
 def helper_dns_lost(test_keys: Mapping[str, Any]) -> bool:
-    """The helper's DNS failed for a reason other than "the name does not exist" (a lost
-    datagram, a timeout) while its TCP connects ran: the control is partial, not negative."""
+    """The helper's lookup failed for a reason other than "the name does not exist" (a lost
+    datagram, a timeout, a server failure): the control is partial, not negative. Its
+    connects to the probe's addresses still say what they saw."""
     control = test_keys.get("control")
     if not isinstance(control, dict):
         return False
-    failure = (
-        (control.get("dns") or {}).get("failure") if isinstance(control.get("dns"), dict) else None
-    )
-    if not isinstance(failure, str) or failure in CONTROL_NXDOMAIN_FAILURES:
-        return False
-    tcp = control.get("tcp_connect")
-    return isinstance(tcp, dict) and any(
-        isinstance(v, dict) and v.get("failure") is None for v in tcp.values()
-    )
+    dns = control.get("dns")
+    failure = dns.get("failure") if isinstance(dns, dict) else None
+    return isinstance(failure, str) and failure not in CONTROL_NXDOMAIN_FAILURES
 
 
 def _partial_container(test_keys: Mapping[str, Any]) -> wo.Container:
