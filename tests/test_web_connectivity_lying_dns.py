@@ -96,3 +96,25 @@ def test_the_truthful_resolver_sees_the_site_accessible(
     assert keys["blocking"] is False and keys["accessible"] is True
     assert keys["x_blocking_flags"] == 32  # success
     assert "x_reference" not in keys  # nothing to doubt: no second fetch
+
+
+def test_more_than_ten_redirects_is_down_everywhere(
+    lying_world: dict[str, Any], tmp_path: Path
+) -> None:
+    """netem's redirectWithMoreThanTenRedirects on loopback: 0.5 follows 10 redirects, marks
+    the 11th response failed; the helper gave up too, so the site is down, not blocked."""
+    url = f"http://news.test:{lying_world['port']}/redirect/15"
+    cmd = [
+        *CENSORSCOPE, "run", "web_connectivity", "--input", url, "--results", str(tmp_path),
+        "--no-progress", "--resolver", lying_world["truthful"].address,
+        "--helper", lying_world["helper"], "--timeout", "10",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob("raw/date=*/vantage=*/test_name=web_connectivity/*.jsonl")
+    keys = json.loads(path.read_bytes().splitlines()[0])["test_keys"]
+    assert len(keys["requests"]) == 11
+    last = keys["requests"][0]
+    assert "redirects" in last["failure"] and "depth=10" in last["tags"]
+    assert keys["control"]["http_request"]["failure"]
+    assert keys["blocking"] is False and keys["accessible"] is False
