@@ -357,11 +357,18 @@ def _classic_lookup(obs: Observation) -> bool:
 def classic_filter(c: Container) -> Container:
     """classic.go ClassicFilter: the probe's own lookups and the fetching endpoints they fed."""
     out = Container(expectations=c.expectations)
-    out.dns_failures = [o for o in c.dns_failures if _classic_lookup(o)]
     for obs in c.dns_successes:
         if _classic_lookup(obs):
             out.dns_successes.append(obs)
             out.known_ips[obs.ip or ""] = obs
+    # Ours: a lookup that found addresses did not fail. A configured resolver's lookup is an A
+    # and an AAAA query under one transaction (as 0.5 records its UDP lookups); a lost AAAA
+    # beside a good A is the getaddrinfo lookup's success, not a failed classic lookup. OONI's
+    # classic lookups are single getaddrinfo queries, which this cannot change.
+    resolved = {o.dns_txid for o in out.dns_successes}
+    out.dns_failures = [
+        o for o in c.dns_failures if _classic_lookup(o) and o.dns_txid not in resolved
+    ]
     for txid, obs in c.endpoints.items():
         if obs.ip_origin == ORIGIN_TH:
             continue

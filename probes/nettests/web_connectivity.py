@@ -137,10 +137,11 @@ class WebConnectivity(Nettest):
         return keys
 
     def _tag_lookups(self, results: list[DNSResult], tx: Transactions) -> list[dict[str, Any]]:
-        """The lookups' query records, one transaction per lookup, tagged as 0.5 does."""
+        """The lookup's query records (getaddrinfo's one, or a resolver's A and AAAA with
+        their retries) under one transaction, tagged as 0.5 does."""
         queries: list[dict[str, Any]] = []
+        txid = tx.new_id()
         for result in results:
-            txid = tx.new_id()
             for query in result.queries:
                 query.update(transaction_id=txid, tags=tx.tags())
                 queries.append(query)

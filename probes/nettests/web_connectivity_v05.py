@@ -504,7 +504,8 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
             return "dns.nxdomain"
         if keys.x_dns_flags & DNS_BOGON:
             return "dns.bogon"
-        if keys.x_dns_flags & DNS_UNEXPECTED_FAILURE:
+        # The probe's own lookup (or a redirect's) failed where the helper's did not.
+        if keys.dns_experiment_failure or (failure or "").startswith("dns_"):
             return "dns.failure"
         return "dns.inconsistent"
     if blocking == "tcp_ip":
