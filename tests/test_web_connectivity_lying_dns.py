@@ -35,7 +35,9 @@ def lying_world() -> Iterator[dict[str, Any]]:
             WebServer("127.0.0.2", port, title="Daily Example News", paragraphs=40)
         )
         block = servers.start(WebServer("127.0.0.6", port, behaviour="blockpage"))
-        truthful = servers.start(FakeDNSServer("127.0.0.3", 0, {"news.test": ["127.0.0.2"]}))
+        # hop.test: a redirect target with a second address where nothing listens.
+        zone = {"news.test": ["127.0.0.2"], "hop.test": ["127.0.0.2", "127.0.0.8"]}
+        truthful = servers.start(FakeDNSServer("127.0.0.3", 0, zone))
         lying = servers.start(FakeDNSServer("127.0.0.4", 0, {"news.test": ["127.0.0.6"]}))
         config = HelperConfig(resolver=truthful.address, allow_private=True)
         with running_helper(config) as helper_url:
@@ -118,3 +120,28 @@ def test_more_than_ten_redirects_is_down_everywhere(
     assert "redirects" in last["failure"] and "depth=10" in last["tags"]
     assert keys["control"]["http_request"]["failure"]
     assert keys["blocking"] is False and keys["accessible"] is False
+
+
+def test_every_address_of_a_redirect_host_is_tried(
+    lying_world: dict[str, Any], tmp_path: Path
+) -> None:
+    """ts-017 E002: the GET reached hop.test on its first address; the second (nothing
+    listens) gets a flow of its own at depth 1, which explains nothing away: the final page
+    matches, so the site is accessible."""
+    port = lying_world["port"]
+    url = f"http://news.test:{port}/redirect-to?url=http://hop.test:{port}/"
+    cmd = [
+        *CENSORSCOPE, "run", "web_connectivity", "--input", url, "--results", str(tmp_path),
+        "--no-progress", "--resolver", lying_world["truthful"].address,
+        "--helper", lying_world["helper"], "--timeout", "10",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob("raw/date=*/vantage=*/test_name=web_connectivity/*.jsonl")
+    keys = json.loads(path.read_bytes().splitlines()[0])["test_keys"]
+    second = [c for c in keys["tcp_connect"] if c["ip"] == "127.0.0.8"]
+    assert len(second) == 1 and "depth=1" in second[0]["tags"]
+    assert second[0]["status"]["failure"] == "connection_refused"
+    hop_lookups = [q for q in keys["queries"] if q["hostname"] == "hop.test"]
+    assert hop_lookups and all("depth=1" in q["tags"] for q in hop_lookups)
+    assert keys["blocking"] is False and keys["accessible"] is True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from probes.net.tcp import tcp_connect, tcp_record
 from probes.net.tls import tls_handshake
 from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest, SetupError
 from probes.nettests.control import SAME_ASN_FEATURE, ControlClient, note_degraded
+from probes.nettests.wc_observations import tag_depth
 from probes.nettests.web_connectivity_analysis import is_bogon
 from probes.nettests.web_connectivity_v05 import analyze_v05, helper_dns_lost
 
@@ -41,6 +43,8 @@ MAX_REDIRECTS = 10
 # enough to see whether the real servers are reachable.
 MAX_HELPER_ADDRESSES = 4
 REFERENCE_TIMEOUT_SHARE = 0.3
+# Connectivity flows to a redirect host's other addresses (E002), at most this many per input.
+MAX_REDIRECT_FLOWS = 8
 # Retries, so that one lost datagram does not decide a verdict: a query that timed out is asked
 # once more (probes.net.dns.resolve_retrying); a busy helper is asked again by ControlClient.
 # Packet capture (RST evidence, docs/methodology.md) is opt-in here: option `packet_capture`,
@@ -158,11 +162,12 @@ class WebConnectivity(Nettest):
         *,
         fetch_body: bool,
         classic: bool,
+        depth: int = 0,
     ) -> bool:
         """One endpoint's connect (and TLS handshake with ``sni``), one transaction; True when
         the endpoint accepted the connection."""
         txid = tx.new_id()
-        tags = tx.tags(fetch_body=fetch_body, classic=classic, depth=0)
+        tags = tx.tags(fetch_body=fetch_body, classic=classic, depth=depth)
         timeout = self.ctx.timeout * CONNECT_TIMEOUT_SHARE
         if sni is None:
             connect = await tcp_connect(ip, port, timeout=timeout, t_zero=t_zero)
@@ -252,16 +257,20 @@ class WebConnectivity(Nettest):
             first_host = host.lower()
             ordered = reachable + [a for a in addrs if a not in reachable]
 
+            hop_addresses: dict[str, list[str]] = {}
+
             async def resolve(name: str) -> list[str]:
                 if name.lower() == first_host:
-                    return ordered
-                if is_ip(name):
-                    return [name.strip("[]")]
-                found_results = await self._resolve(name, t_zero)
-                keys["queries"].extend(self._tag_lookups(found_results, tx))
-                found: list[str] = []
-                for result in found_results:
-                    found.extend(a for a in result.addrs if a not in found)
+                    found = ordered
+                elif is_ip(name):
+                    found = [name.strip("[]")]
+                else:
+                    found_results = await self._resolve(name, t_zero)
+                    keys["queries"].extend(self._tag_lookups(found_results, tx))
+                    found = []
+                    for result in found_results:
+                        found.extend(a for a in result.addrs if a not in found)
+                hop_addresses[name.lower()] = found
                 return found
 
             http = await http_get(
@@ -281,6 +290,7 @@ class WebConnectivity(Nettest):
             keys["tls_handshakes"].extend(http.tls_handshakes)
             if http.failure is None:
                 final_body = http.body
+            await self._redirect_flows(http.requests, hop_addresses, tx, keys, t_zero)
         elif keys["dns_experiment_failure"] is None:
             keys["dns_experiment_failure"] = "dns_no_answer"
 
@@ -330,6 +340,39 @@ class WebConnectivity(Nettest):
         verdict = analyze_v05(keys, url=input_, fingerprints=self.fingerprints)
         keys.update(verdict.as_test_keys())
         return keys
+
+    async def _redirect_flows(
+        self,
+        requests: list[dict[str, Any]],
+        hop_addresses: dict[str, list[str]],
+        tx: Transactions,
+        keys: dict[str, Any],
+        t_zero: float,
+    ) -> None:
+        """Connectivity on each redirect (ts-017 E002): a flow to every address of a redirect
+        hop's host that the GET did not try, tagged with the hop's depth."""
+        tried = {(c["ip"], c["port"], tuple(c.get("tags") or ())) for c in keys["tcp_connect"]}
+        flows: list[Coroutine[Any, Any, bool]] = []
+        for request in requests:
+            depth = tag_depth(request.get("tags"))
+            if not depth:
+                continue
+            parts = urlsplit(str((request.get("request") or {}).get("url") or ""))
+            if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+                continue
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
+            sni = parts.hostname if parts.scheme == "https" else None
+            for ip in hop_addresses.get(parts.hostname.lower(), []):
+                tags = tuple(tx.tags(fetch_body=True, depth=depth))
+                if (ip, port, tags) in tried or len(flows) >= MAX_REDIRECT_FLOWS:
+                    continue
+                tried.add((ip, port, tags))
+                flows.append(
+                    self._flow(
+                        ip, port, sni, tx, keys, t_zero, fetch_body=True, classic=True, depth=depth
+                    )
+                )
+        await asyncio.gather(*flows)
 
     async def _reference(
         self,
