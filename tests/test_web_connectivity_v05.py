@@ -266,3 +266,39 @@ def test_a_failed_lookup_without_control_is_unknown_not_accessible() -> None:
     assert (ooni.blocking, ooni.accessible) == (False, True)
     v = analyze_v05(tk, url=m["input"])
     assert (v.blocking, v.accessible) == (None, None)
+
+
+JUNK: list[Any] = [None, 1, "x", [], {}, [1, 2], {"a": 1}, True, -1, 1.5]
+
+
+def _mutate(value: Any, rng: Any) -> None:
+    """Replace or drop about one field in twelve, at every depth."""
+    if isinstance(value, dict):
+        for key in list(value):
+            roll = rng.random()
+            if roll < 0.05:
+                value[key] = rng.choice(JUNK)
+            elif roll < 0.08:
+                del value[key]
+            else:
+                _mutate(value[key], rng)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if rng.random() < 0.05:
+                value[i] = rng.choice(JUNK)
+            else:
+                _mutate(item, rng)
+
+
+@needs_data
+def test_malformed_keys_never_crash_the_verdict() -> None:
+    """Stored data is whatever a probe wrote: a wrong type anywhere gives a verdict (maybe
+    null), never an exception that would stop a whole analysis."""
+    import random
+
+    rng = random.Random(14)
+    for _, m in SCENARIOS:
+        for _ in range(20):
+            keys = copy.deepcopy(m["test_keys"])
+            _mutate(keys, rng)
+            analyze_v05(keys)

@@ -24,6 +24,8 @@ from typing import Any
 
 from probes.fingerprints import Fingerprints, Match
 from probes.nettests import wc_observations as wo
+from probes.nettests.wc_observations import as_list as _list
+from probes.nettests.wc_observations import as_map as _map
 from probes.nettests.web_connectivity_analysis import (
     BODY_PROPORTION_THRESHOLD,
     CONTROL_NXDOMAIN_FAILURES,
@@ -94,18 +96,16 @@ class V05Keys:
 def asn_function(test_keys: Mapping[str, Any], asn_lookup: AsnLookup | None) -> wo.AsnOf:
     """IP -> ASN: the given lookup, else the probe's answers' ``asn``, else control.ip_info."""
     known: dict[str, int] = {}
-    for query in test_keys.get("queries") or ():
-        for answer in (query or {}).get("answers") or () if isinstance(query, dict) else ():
-            if not isinstance(answer, dict):
-                continue
-            ip = answer.get("ipv4") or answer.get("ipv6")
-            if isinstance(ip, str) and isinstance(answer.get("asn"), int) and answer["asn"] > 0:
-                known.setdefault(ip, answer["asn"])
-    control = test_keys.get("control")
-    ip_info = control.get("ip_info") if isinstance(control, dict) else None
-    for ip, info in (ip_info or {}).items() if isinstance(ip_info, dict) else ():
-        if isinstance(info, dict) and isinstance(info.get("asn"), int) and info["asn"] > 0:
-            known.setdefault(ip, info["asn"])
+    for query in _list(test_keys.get("queries")):
+        for answer in _list(_map(query).get("answers")):
+            answer = _map(answer)
+            ip, asn = answer.get("ipv4") or answer.get("ipv6"), answer.get("asn")
+            if isinstance(ip, str) and isinstance(asn, int) and asn > 0:
+                known.setdefault(ip, asn)
+    for ip, info in _map(_map(test_keys.get("control")).get("ip_info")).items():
+        asn = _map(info).get("asn")
+        if isinstance(asn, int) and asn > 0:
+            known.setdefault(str(ip), asn)
 
     def asn_of(ip: str) -> int:
         if asn_lookup is not None:
@@ -392,9 +392,10 @@ def reference_body(test_keys: Mapping[str, Any]) -> bytes | None:
     if not isinstance(ref, dict) or ref.get("failure") is not None:
         return None
     response = ref.get("response")
-    if not isinstance(response, dict) or not isinstance(response.get("code"), int):
+    if not isinstance(response, dict):
         return None
-    if response["code"] // 100 != 2:
+    code = response.get("code")
+    if not isinstance(code, int) or isinstance(code, bool) or code // 100 != 2:
         return None
     return body_bytes(response.get("body"))
 
@@ -474,15 +475,15 @@ def _fingerprints(
     if fingerprints is None:
         return [], []
     dns: list[Match] = []
-    for query in test_keys.get("queries") or ():
-        for answer in (query.get("answers") or ()) if isinstance(query, dict) else ():
-            if isinstance(answer, dict):
-                value = answer.get("ipv4") or answer.get("ipv6") or answer.get("hostname")
-                if isinstance(value, str):
-                    dns.extend(fingerprints.match_dns(value))
+    for query in _list(test_keys.get("queries")):
+        for answer in _list(_map(query).get("answers")):
+            answer = _map(answer)
+            value = answer.get("ipv4") or answer.get("ipv6") or answer.get("hostname")
+            if isinstance(value, str):
+                dns.extend(fingerprints.match_dns(value))
     http: list[Match] = []
-    for request in test_keys.get("requests") or ():
-        response = request.get("response") if isinstance(request, dict) else None
+    for request in _list(test_keys.get("requests")):
+        response = _map(request).get("response")
         if isinstance(response, dict):
             http.extend(
                 fingerprints.match_http(
@@ -510,9 +511,9 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
         return "dns.inconsistent"
     if blocking == "tcp_ip":
         failures = {
-            (e.get("status") or {}).get("failure")
-            for e in test_keys.get("tcp_connect") or ()
-            if isinstance(e, dict) and (e.get("status") or {}).get("failure")
+            f
+            for e in _list(test_keys.get("tcp_connect"))
+            if isinstance(f := _map(_map(e).get("status")).get("failure"), str)
         }
         if failures and failures <= {"connection_refused", "connection_reset"}:
             return "tcp.rst"
@@ -522,9 +523,9 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
     if blocking == "http-failure":
         failure = keys.http_experiment_failure or ""
         tls_failures = {
-            hs.get("failure")
-            for hs in test_keys.get("tls_handshakes") or ()
-            if isinstance(hs, dict) and hs.get("failure")
+            f
+            for hs in _list(test_keys.get("tls_handshakes"))
+            if isinstance(f := _map(hs).get("failure"), str)
         }
         if keys.x_blocking_flags & FLAG_TLS or failure.startswith("ssl_") or tls_failures:
             # A handshake reset names the SNI reset even when a later connection met the
@@ -553,7 +554,7 @@ def analyze_v05(
     if not isinstance(test_keys, Mapping):
         return V05Verdict(V05Keys(), None, None, None)
     url = target_url(test_keys, url) or str(
-        (test_keys.get("x_control_request") or {}).get("http_request") or ""
+        _map(test_keys.get("x_control_request")).get("http_request") or ""
     )
     hostname = wo.go_hostname(url) if url else None
     ooni = v05_keys(test_keys, asn_lookup)
