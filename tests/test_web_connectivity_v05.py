@@ -166,6 +166,7 @@ def test_lying_dns_to_a_block_page_with_the_same_headers_is_not_accessible() -> 
     assert (ooni.body_length_match, ooni.title_match) == (False, False)
     v = analyze_v05(tk, url=m["input"])
     assert (v.blocking, v.accessible, v.blocking_detail) == ("dns", False, "dns.inconsistent")
+    assert v.wants_reference  # the probe would fetch the page through the helper's address
     keys = v.as_test_keys()
     assert keys["x_v05_blocking"] is False and keys["x_v05_accessible"] is True
 
@@ -186,6 +187,7 @@ def test_a_reference_page_that_matches_keeps_a_dynamic_page_accessible() -> None
     v = analyze_v05(tk, url=m["input"])
     assert v.blocking is False and v.accessible is True
     assert v.similarity is not None and v.similarity > 0.9
+    assert not v.wants_reference
 
 
 def test_page_similarity_separates_a_block_page_from_the_site() -> None:
@@ -248,6 +250,7 @@ def test_partial_control_http_page_is_not_called_a_diff() -> None:
     assert v05_keys(tk).blocking == "dns"  # ghost DNS + a diff with a fetch that never ran
     v = analyze_v05(tk, url=m["input"])
     assert (v.blocking, v.accessible) == (None, None)
+    assert v.wants_reference
     final = next(r for r in tk["requests"] if r["response"]["code"] == 200)
     tk["x_reference"] = {"failure": None, "response": dict(final["response"])}
     v = analyze_v05(tk, url=m["input"])

@@ -331,13 +331,14 @@ class WebConnectivity(Nettest):
                     for ip in th_addrs
                 )
             )
-        # 5. Ours: a reference page to compare the fetched one with, when the control alone
-        # cannot tell (docs/methodology.md "reference page").
-        if final_body is not None:
+        verdict = analyze_v05(keys, url=input_, fingerprints=self.fingerprints)
+        # 5. Ours: a reference page to compare the fetched one with, only when it can change
+        # the verdict (docs/methodology.md "reference page").
+        if verdict.wants_reference and final_body is not None:
             reference = await self._reference(input_, host, addrs, th_addrs, keys, t_zero)
             if reference is not None:
                 keys["x_reference"] = reference
-        verdict = analyze_v05(keys, url=input_, fingerprints=self.fingerprints)
+                verdict = analyze_v05(keys, url=input_, fingerprints=self.fingerprints)
         keys.update(verdict.as_test_keys())
         return keys
 

@@ -414,6 +414,9 @@ class V05Verdict:
     why: str = ""
     fingerprint_matches: tuple[Match, ...] = ()
     website_down: bool = False
+    # A reference page (x_reference) could change this verdict and there is none: the probe
+    # fetches one then and decides again.
+    wants_reference: bool = False
 
     def as_test_keys(self) -> dict[str, Any]:
         keys = self.ooni.as_test_keys()
@@ -559,7 +562,7 @@ def analyze_v05(
     hostname = wo.go_hostname(url) if url else None
     ooni = v05_keys(test_keys, asn_lookup)
     blocking, accessible, why = ooni.blocking, ooni.accessible, f"v0.5: {ooni.rule}"
-    partial = False
+    partial = wants_reference = False
 
     ref = reference_body(test_keys)
 
@@ -585,6 +588,8 @@ def analyze_v05(
         if blocking is None and similarity is not None and similarity >= SIMILARITY_SAME_PAGE:
             blocking, accessible = False, True
             why += f"; the reference page is the same (similarity {similarity:.2f})"
+        cleartext = redo.final is not None and redo.final.tls_failure != ""
+        wants_reference = blocking is None and cleartext and ref is None
 
     # 1b. v0.5 calls a failed lookup accessible when there is no control at all (classic
     #     engine rule 5.1.1): with nothing to compare, we say unknown.
@@ -607,6 +612,7 @@ def analyze_v05(
         and ooni.body_length_match is False
         and ooni.title_match is False
     ):
+        wants_reference = ref is None
         if similarity is not None and similarity >= SIMILARITY_SAME_PAGE:
             why = f"inconsistent DNS, the reference page is the same (similarity {similarity:.2f})"
         else:
@@ -646,4 +652,5 @@ def analyze_v05(
         why=why,
         fingerprint_matches=tuple(dns_fps + http_fps),
         website_down=blocking is False and accessible is False,
+        wants_reference=wants_reference,
     )
