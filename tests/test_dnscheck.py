@@ -1,0 +1,313 @@
+"""dnscheck on loopback: real DoT and DoH servers with certificates from the test CA, the
+control helper as a separate process (the censors tell it from the probe by process or uid,
+tests/loopback/encrypted_dns.py), and a censor for each verdict: a lying bootstrap resolver,
+a relay that resets the probe's ClientHellos naming a blocked SNI, an iptables rule that drops
+the probe's SYNs to a port (root), a resolver that lies, a UDP injector."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from probes.nettests.base import ProbeContext
+from probes.nettests.dnscheck import DNSCheck, parse_resolver_url
+from probes.nettests.dnscheck_analysis import analyze
+from tests.loopback import FakeDNSServer, ServerThread, TestCA
+from tests.loopback.control_helper import free_port_on, wait_http
+from tests.loopback.doh import running_doh
+from tests.loopback.encrypted_dns import DoTServer, ProbeOnlyRelay, drop_syns_of_uid
+
+SITE, SITE_IP, LIE_IP, HIJACK_IP = "site.test", "127.0.61.20", "127.0.61.66", "127.0.61.99"
+DOT_IP, DOH_IP, SNI_IP, SNI_UPSTREAM = "127.0.61.10", "127.0.61.11", "127.0.61.12", "127.0.61.13"
+DROP_IP, LIAR_IP, INJECT_IP = "127.0.61.14", "127.0.61.15", "127.0.61.16"
+NOBODY = 65534
+EXEMPT = ["127.0.0.0/8"]
+REPO = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+
+
+@dataclass
+class World:
+    helper: str
+    ca_file: str
+    probe_dns: FakeDNSServer
+    dot: int
+    doh: str
+    sni: ProbeOnlyRelay
+    drop: int
+    liar: int
+    inject: FakeDNSServer
+
+
+def _zone() -> dict[str, list[str]]:
+    return {
+        SITE: [SITE_IP],
+        "dot.test": [DOT_IP],
+        "hijack.test": [DOT_IP],
+        "doh.test": [DOH_IP],
+        "sni.test": [SNI_IP],
+        "drop.test": [DROP_IP],
+        "liar.test": [LIAR_IP],
+    }
+
+
+@pytest.fixture(scope="module")
+def world(test_ca: TestCA) -> Iterator[World]:
+    # The helper may run as another user (the port-drop censor needs it): a readable CA copy.
+    shared = Path(tempfile.mkdtemp(prefix="cs-dnscheck-"))
+    shared.chmod(0o755)
+    ca_file = shared / "ca.pem"
+    shutil.copy(test_ca.ca_pem_path, ca_file)
+    ca_file.chmod(0o644)
+    thread = ServerThread("dnscheck")
+    helper = None
+    try:
+        truth = thread.start(FakeDNSServer("127.0.61.1", 0, _zone()))
+        probe_zone = {**_zone(), "hijack.test": [HIJACK_IP]}
+        probe_dns = thread.start(FakeDNSServer("127.0.61.2", 0, probe_zone))
+
+        def dot(ip: str, names: list[str], mode: str = "truthful") -> DoTServer:
+            tls = test_ca.server_context(names)
+            lies = {SITE: [LIE_IP]}
+            return thread.start(DoTServer(ip, 0, _zone(), mode, lies=lies, tls=tls))
+
+        dot_server = dot(DOT_IP, ["dot.test", "hijack.test"])
+        upstream = dot(SNI_UPSTREAM, ["sni.test"])
+        sni = thread.start(ProbeOnlyRelay(SNI_IP, (SNI_UPSTREAM, upstream.port), [b"sni.test"]))
+        drop = dot(DROP_IP, ["drop.test"])
+        liar = dot(LIAR_IP, ["liar.test"], mode="lying")
+        inject = thread.start(
+            FakeDNSServer(INJECT_IP, 0, _zone(), "inject_before", lies={SITE: [LIE_IP]})
+        )
+        port = free_port_on(["127.0.61.1"])
+        user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        env = {**os.environ, "HOME": str(shared), "XDG_CONFIG_HOME": str(shared)}
+        helper = subprocess.Popen(
+            [
+                *(user if IS_ROOT else []),
+                sys.executable,
+                "-m",
+                "probes",
+                "helper",
+                "--listen",
+                f"127.0.61.1:{port}",
+                "--resolver",
+                truth.address,
+                "--allow-private",
+                "--ca-file",
+                str(ca_file),
+                "--client-rate",
+                "0",
+            ],
+            cwd=shared,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.61.1:{port}/"
+        wait_http(url)
+        with running_doh(test_ca, _zone(), DOH_IP, names=("doh.test",)) as doh_url:
+            yield World(
+                url,
+                str(ca_file),
+                probe_dns,
+                dot_server.port,
+                doh_url,
+                sni,
+                drop.port,
+                liar.port,
+                inject,
+            )
+    finally:
+        if helper is not None:
+            helper.terminate()
+            helper.wait(10)
+        thread.close()
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+async def measure(world: World, input_: str, helper: bool = True, **options: Any) -> dict:
+    ctx = ProbeContext(
+        timeout=4,
+        helpers=[world.helper] if helper else [],
+        ca_file=world.ca_file,
+        resolver=world.probe_dns.address,
+        options={"domain": SITE, "bogon_exempt": EXEMPT, **options},
+    )
+    nettest = DNSCheck(ctx)
+    await nettest.setup()
+    try:
+        keys = await nettest.measure(input_)
+    finally:
+        await nettest.close()
+    json.dumps(keys)  # storable as it is
+    return keys
+
+
+def doh_url(world: World, name: str) -> str:
+    port = world.doh.rsplit(":", 1)[1].split("/")[0]
+    return f"https://{name}:{port}/dns-query"
+
+
+@pytest.mark.anyio
+async def test_open_dot_resolver_is_not_blocked(world: World) -> None:
+    keys = await measure(world, f"dot://dot.test:{world.dot}")
+    key = f"dot://{DOT_IP}:{world.dot}"
+    assert list(keys["lookups"]) == [key]
+    lookup = keys["lookups"][key]
+    assert lookup["failure"] is None and lookup["failed_operation"] is None
+    assert lookup["tcp_connect"][0]["status"]["success"] is True
+    assert lookup["tls_handshakes"][0]["server_name"] == "dot.test"
+    assert lookup["queries"][0]["answers"][0]["ipv4"] == SITE_IP
+    assert keys["bootstrap"]["queries"][0]["answers"][0]["ipv4"] == DOT_IP
+    assert keys["control"]["resolver"]["tls_handshake"][f"{DOT_IP}:{world.dot}"]["status"]
+    assert (keys["blocking"], keys["blocking_detail"]) == (False, None)
+
+
+@pytest.mark.anyio
+async def test_open_doh_resolver_is_not_blocked(world: World) -> None:
+    keys = await measure(world, doh_url(world, "doh.test"))
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failure"] is None, lookup
+    assert lookup["queries"][0]["engine"] == "doh"
+    assert lookup["tls_handshakes"][0]["server_name"] == "doh.test"
+    assert keys["blocking"] is False
+
+
+@pytest.mark.anyio
+async def test_injected_bootstrap(world: World) -> None:
+    keys = await measure(world, f"dot://hijack.test:{world.dot}")
+    assert keys["bootstrap"]["queries"][0]["answers"][0]["ipv4"] == HIJACK_IP
+    assert (keys["blocking"], keys["blocking_detail"]) == ("dns", "dns.bootstrap_inconsistent")
+
+
+@pytest.mark.anyio
+async def test_sni_reset(world: World) -> None:
+    before = world.sni.resets
+    keys = await measure(world, f"dot://sni.test:{world.sni.port}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failed_operation"] == "tls_handshake"
+    assert lookup["failure"] == "connection_reset"
+    assert lookup["x_control_sni_handshake"]["failure"] is None
+    assert world.sni.resets > before
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.sni_reset")
+
+
+@pytest.mark.anyio
+async def test_without_a_helper_every_verdict_is_null(world: World) -> None:
+    keys = await measure(world, f"dot://sni.test:{world.sni.port}", helper=False)
+    assert keys["lookups"]  # measured all the same
+    assert keys["blocking"] is None
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not IS_ROOT, reason="the port-drop censor is an iptables rule (needs root)")
+async def test_dropped_port(world: World) -> None:
+    with drop_syns_of_uid(os.geteuid(), DROP_IP, world.drop):
+        keys = await measure(world, f"dot://drop.test:{world.drop}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failed_operation"] == "connect"
+    assert lookup["failure"] == "generic_timeout_error"
+    assert keys["control"]["resolver"]["tcp_connect"][f"{DROP_IP}:{world.drop}"]["status"]
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tcp_ip", "tcp.connect_timeout")
+
+
+@pytest.mark.anyio
+async def test_resolver_down_everywhere_is_inconclusive(world: World) -> None:
+    keys = await measure(world, "dot://127.0.61.30:9")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failed_operation"] == "connect"
+    assert keys["bootstrap"] is None
+    assert keys["blocking"] is None
+
+
+@pytest.mark.anyio
+async def test_lying_resolver(world: World) -> None:
+    keys = await measure(world, f"dot://liar.test:{world.liar}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["queries"][0]["answers"][0]["ipv4"] == LIE_IP
+    assert (keys["blocking"], keys["blocking_detail"]) == ("dns", "dns.inconsistent")
+
+
+@pytest.mark.anyio
+async def test_injection_over_udp(world: World) -> None:
+    keys = await measure(world, f"udp://{world.inject.address}")
+    (lookup,) = keys["lookups"].values()
+    assert len(lookup["queries"][0]["x_responses"]) >= 2
+    assert (keys["blocking"], keys["blocking_detail"]) == ("dns", "dns.injected")
+
+
+@pytest.mark.anyio
+async def test_truthful_udp_and_tcp(world: World) -> None:
+    for scheme in ("udp", "tcp"):
+        keys = await measure(world, f"{scheme}://{world.probe_dns.address}")
+        (lookup,) = keys["lookups"].values()
+        assert lookup["failure"] is None, (scheme, lookup)
+        assert keys["blocking"] is False, scheme
+
+
+def test_reanalysis_of_stored_keys_gives_the_same_verdict() -> None:
+    """The verdict is a pure function of the keys: a stored SNI reset judged again."""
+    endpoint = "127.0.0.9:853"
+    lookup = {
+        "x_endpoint": endpoint,
+        "failed_operation": "tls_handshake",
+        "failure": "connection_reset",
+        "x_control_sni_handshake": {"failure": None},
+    }
+    control = {
+        "tcp_connect": {endpoint: {"status": True}},
+        "tls_handshake": {endpoint: {"status": True}},
+    }
+    tk = {
+        "bootstrap": None,
+        "lookups": {"dot://127.0.0.9:853": lookup},
+        "control": {"resolver": control},
+    }
+    assert analyze(tk).blocking_detail == "tls.sni_reset"
+    control["tls_handshake"][endpoint]["status"] = False
+    assert analyze(tk).blocking is None  # the control failed too: down, not blocked
+
+
+def test_ooni_spec_example_is_read() -> None:
+    """OONI's own dnscheck measurement (no control in it): judged inconclusive, not blocked."""
+    from tests.shared_data import SHARED_DATA
+
+    for line in (SHARED_DATA / "ooni" / "spec_examples.jsonl").read_text().splitlines():
+        data = json.loads(line)
+        if data.get("test_name") == "dnscheck":
+            assert analyze(data["test_keys"]).blocking is None
+            return
+    raise AssertionError("no dnscheck example")
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("https://dns.google/dns-query", "https://8.8.8.8/dns-query"),
+        ("dot://dns.google:853", "dot://8.8.8.8:853"),
+        ("dot://dns.google", "dot://8.8.8.8"),
+        ("udp://8.8.8.8:53", "udp://8.8.8.8:53"),
+    ],
+)
+def test_lookup_keys_follow_ooni(url: str, key: str) -> None:
+    assert parse_resolver_url(url).lookup_key("8.8.8.8") == key
+
+
+def test_bad_inputs_are_named() -> None:
+    assert "not supported" in (DNSCheck.input_problem("doq://dns.adguard.com") or "")
+    assert "scheme" in (DNSCheck.input_problem("ftp://x") or "")
+    assert DNSCheck.input_problem("https://dns.google/dns-query") is None
+    assert parse_resolver_url("dot://[2001:db8::1]:853").lookup_key("2001:db8::1") == (
+        "dot://[2001:db8::1]:853"
+    )
