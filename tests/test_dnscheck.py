@@ -311,3 +311,106 @@ def test_bad_inputs_are_named() -> None:
     assert parse_resolver_url("dot://[2001:db8::1]:853").lookup_key("2001:db8::1") == (
         "dot://[2001:db8::1]:853"
     )
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "probes", *args], capture_output=True, text=True, timeout=240
+    )
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_cli_run_then_analyze_report_publish(world: World, tmp_path: Path) -> None:
+    """`censorscope run dnscheck` stores OONI-shaped measurements, refuses a bad input naming
+    it, and analyze, report and publish read its verdicts like any nettest's."""
+    results = tmp_path / "results"
+    testlist = tmp_path / "resolvers.csv"
+    rows = [
+        f"dot://dot.test:{world.dot}",
+        f"dot://hijack.test:{world.dot}",
+        f"dot://liar.test:{world.liar}",
+    ]
+    testlist.write_text(
+        "url,category_code,category_description,date_added,source,notes\n"
+        + "".join(
+            f"{r},ANON,Anonymization and circumvention tools,2026-12-07,test,\n" for r in rows
+        )
+    )
+    _cli(
+        "run",
+        "dnscheck",
+        "--testlist",
+        str(testlist),
+        "--resolver",
+        world.probe_dns.address,
+        "--helper",
+        world.helper,
+        "--ca-file",
+        world.ca_file,
+        "--bogon-exempt",
+        "127.0.0.0/8",
+        "--domain",
+        SITE,
+        "--timeout",
+        "4",
+        "--results",
+        str(results),
+        "--vantage",
+        "lab",
+    )
+    (path,) = results.glob("raw/date=*/vantage=lab/test_name=dnscheck/*.jsonl")
+    stored = {m["input"]: m for m in map(json.loads, path.read_text().splitlines())}
+    assert set(stored) == set(rows)
+    verdicts = {
+        i: (m["test_keys"]["blocking"], m["test_keys"]["blocking_detail"])
+        for i, m in stored.items()
+    }
+    assert verdicts == {
+        rows[0]: (False, None),
+        rows[1]: ("dns", "dns.bootstrap_inconsistent"),
+        rows[2]: ("dns", "dns.inconsistent"),
+    }
+    refused = _cli(
+        "run", "dnscheck", "--input", "doq://dns.example", "--results", str(results), check=False
+    )
+    assert refused.returncode == 2 and "doq://dns.example" in refused.stderr
+    assert "not supported" in refused.stderr
+    first = stored[rows[0]]
+    assert first["test_name"] == "dnscheck" and first["probe_ip"] == "127.0.0.1"
+    assert first["test_keys"]["domain"] == SITE
+    out = tmp_path / "tables"
+    _cli("analyze", "--results", str(results), "--out", str(out))
+    import pandas as pd
+
+    table = pd.read_parquet(out / "vantages.parquet").set_index("target")
+    assert (table["test_name"] == "dnscheck").all()
+    assert table["blocked"].to_dict() == {rows[0]: 0, rows[1]: 1, rows[2]: 1}
+    assert table.loc[rows[0], "ok"] == 1
+    _cli("report", "--results", str(results), "--out", str(tmp_path / "report.html"))
+    assert "dnscheck" in (tmp_path / "report.html").read_text()
+    _cli("publish", "--results", str(results), "--out", str(tmp_path / "dataset"))
+    (part,) = (tmp_path / "dataset" / "data").rglob("test_name=dnscheck/*.parquet")
+    published = pd.read_parquet(part).set_index("input")
+    assert published.loc[rows[1], "blocking_detail"] == "dns.bootstrap_inconsistent"
+    assert published.loc[rows[2], "blocking"] == "dns"
+
+
+def test_analysis_reads_dnscheck_observations_nested_in_lookups(tmp_path: Path) -> None:
+    """OONI's dnscheck keeps its queries, connects and handshakes inside `bootstrap` and
+    `lookups`: the loader flattens them into observation rows like any nettest's."""
+    from analysis.load import Filters, load
+    from tests.shared_data import SHARED_DATA
+
+    lines = (SHARED_DATA / "ooni" / "spec_examples.jsonl").read_text().splitlines()
+    example = next(line for line in lines if json.loads(line).get("test_name") == "dnscheck")
+    path = tmp_path / "dnscheck.jsonl"
+    path.write_text(example + "\n")
+    loaded = load(ooni=[path], filters=Filters(test_names=frozenset({"dnscheck"})))
+    (row,) = loaded.measurements.itertuples()
+    assert row.test_name == "dnscheck" and row.input == "dot://dns.google:853"
+    obs = loaded.observations
+    assert set(obs[obs["kind"] == "tls"]["server_name"]) == {"dns.google"}
+    assert {"8.8.8.8", "93.184.216.34"} <= set(obs[obs["kind"] == "dns"]["address"])
+    assert (obs["kind"] == "tcp").sum() >= 4
