@@ -30,6 +30,14 @@ from tests.loopback.encrypted_dns import DoTServer, ProbeOnlyRelay, drop_syns_of
 SITE, SITE_IP, LIE_IP, HIJACK_IP = "site.test", "127.0.61.20", "127.0.61.66", "127.0.61.99"
 DOT_IP, DOH_IP, SNI_IP, SNI_UPSTREAM = "127.0.61.10", "127.0.61.11", "127.0.61.12", "127.0.61.13"
 DROP_IP, LIAR_IP, INJECT_IP = "127.0.61.14", "127.0.61.15", "127.0.61.16"
+DOH_SNI_IP, ALL_TLS_IP, MITM_IP, IMPOSTOR_IP = (
+    "127.0.61.17",
+    "127.0.61.18",
+    "127.0.61.19",
+    "127.0.61.21",
+)
+# The first bytes of every TLS ClientHello (a handshake record): a censor that resets all TLS.
+CLIENT_HELLO = b"\x16\x03\x01"
 NOBODY = 65534
 EXEMPT = ["127.0.0.0/8"]
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +55,9 @@ class World:
     drop: int
     liar: int
     inject: FakeDNSServer
+    doh_sni: ProbeOnlyRelay
+    all_tls: ProbeOnlyRelay
+    mitm: ProbeOnlyRelay
 
 
 def _zone() -> dict[str, list[str]]:
@@ -58,6 +69,10 @@ def _zone() -> dict[str, list[str]]:
         "sni.test": [SNI_IP],
         "drop.test": [DROP_IP],
         "liar.test": [LIAR_IP],
+        "gone.test": [DOT_IP],
+        "doh-sni.test": [DOH_SNI_IP],
+        "alltls.test": [ALL_TLS_IP],
+        "mitm.test": [MITM_IP],
     }
 
 
@@ -74,14 +89,31 @@ def world(test_ca: TestCA) -> Iterator[World]:
     try:
         truth = thread.start(FakeDNSServer("127.0.61.1", 0, _zone()))
         probe_zone = {**_zone(), "hijack.test": [HIJACK_IP]}
-        probe_dns = thread.start(FakeDNSServer("127.0.61.2", 0, probe_zone))
+        probe_dns = thread.start(FakeDNSServer("127.0.61.2", 0, probe_zone, nxdomain=["gone.test"]))
 
         def dot(ip: str, names: list[str], mode: str = "truthful") -> DoTServer:
             tls = test_ca.server_context(names)
             lies = {SITE: [LIE_IP]}
             return thread.start(DoTServer(ip, 0, _zone(), mode, lies=lies, tls=tls))
 
-        dot_server = dot(DOT_IP, ["dot.test", "hijack.test"])
+        dot_server = dot(DOT_IP, ["dot.test", "hijack.test", "gone.test"])
+        all_tls_up = dot("127.0.61.22", ["alltls.test"])
+        all_tls = thread.start(
+            ProbeOnlyRelay(ALL_TLS_IP, ("127.0.61.22", all_tls_up.port), [CLIENT_HELLO])
+        )
+        mitm_up = dot("127.0.61.23", ["mitm.test"])
+        untrusted = TestCA()  # another CA: its certificates fail the probe's verification
+        impostor = thread.start(
+            DoTServer(IMPOSTOR_IP, 0, _zone(), tls=untrusted.server_context(["mitm.test"]))
+        )
+        mitm = thread.start(
+            ProbeOnlyRelay(
+                MITM_IP,
+                ("127.0.61.23", mitm_up.port),
+                [],
+                probe_upstream=(IMPOSTOR_IP, impostor.port),
+            )
+        )
         upstream = dot(SNI_UPSTREAM, ["sni.test"])
         sni = thread.start(ProbeOnlyRelay(SNI_IP, (SNI_UPSTREAM, upstream.port), [b"sni.test"]))
         drop = dot(DROP_IP, ["drop.test"])
@@ -116,7 +148,12 @@ def world(test_ca: TestCA) -> Iterator[World]:
         )
         url = f"http://127.0.61.1:{port}/"
         wait_http(url)
-        with running_doh(test_ca, _zone(), DOH_IP, names=("doh.test",)) as doh_url:
+        names = ("doh.test", "doh-sni.test")
+        with running_doh(test_ca, _zone(), DOH_IP, names=names) as doh_url:
+            doh_port = int(doh_url.rsplit(":", 1)[1].split("/")[0])
+            doh_sni = thread.start(
+                ProbeOnlyRelay(DOH_SNI_IP, (DOH_IP, doh_port), [b"doh-sni.test"])
+            )
             yield World(
                 url,
                 str(ca_file),
@@ -127,6 +164,9 @@ def world(test_ca: TestCA) -> Iterator[World]:
                 drop.port,
                 liar.port,
                 inject,
+                doh_sni,
+                all_tls,
+                mitm,
             )
     finally:
         if helper is not None:
@@ -201,6 +241,39 @@ async def test_sni_reset(world: World) -> None:
     assert lookup["x_control_sni_handshake"]["failure"] is None
     assert world.sni.resets > before
     assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.sni_reset")
+
+
+@pytest.mark.anyio
+async def test_doh_sni_reset(world: World) -> None:
+    keys = await measure(world, f"https://doh-sni.test:{world.doh_sni.port}/dns-query")
+    (key,) = keys["lookups"]
+    assert key == f"https://{DOH_SNI_IP}:{world.doh_sni.port}/dns-query"
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.sni_reset")
+
+
+@pytest.mark.anyio
+async def test_all_tls_reset_is_not_called_sni(world: World) -> None:
+    keys = await measure(world, f"dot://alltls.test:{world.all_tls.port}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["x_control_sni_handshake"]["failure"] == "connection_reset"
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.handshake_reset")
+
+
+@pytest.mark.anyio
+async def test_interception(world: World) -> None:
+    keys = await measure(world, f"dot://mitm.test:{world.mitm.port}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failure"] == "ssl_unknown_authority"
+    assert lookup["tls_handshakes"][0]["peer_certificates"]  # the impostor's chain is kept
+    assert (keys["blocking"], keys["blocking_detail"]) == ("tls", "tls.intercepted")
+
+
+@pytest.mark.anyio
+async def test_bootstrap_nxdomain(world: World) -> None:
+    keys = await measure(world, f"dot://gone.test:{world.dot}")
+    assert keys["bootstrap_failure"] == "dns_nxdomain_error"
+    assert keys["lookups"] == {}
+    assert (keys["blocking"], keys["blocking_detail"]) == ("dns", "dns.bootstrap_nxdomain")
 
 
 @pytest.mark.anyio

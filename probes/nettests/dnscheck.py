@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ import dns.exception
 import dns.name
 
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
-from probes.net.dns import resolve
+from probes.net.dns import resolve, resolve_retrying
 from probes.net.dns_endpoint import Endpoint, lookup
 from probes.net.tls import tls_handshake
 from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest, ProbeContext, SetupError
@@ -51,9 +52,14 @@ _SCHEMES = {
     "tcp": ("tcp", 53),
     "udp": ("udp", 53),
 }
-# OONI gives the bootstrap 10 s and each lookup 15 s of its budget; we share ours alike.
-BOOTSTRAP_SHARE = 0.25
-LOOKUP_SHARE = 0.4
+# Shares of the per-input budget (--timeout, 30 s by default). OONI gives the bootstrap 10 s and
+# each lookup 15 s; ours add up within the budget so that each step's own timeout fires (and
+# names the step) before the runner abandons the input: bootstrap, then the control SNI
+# handshake and the lookup, while the helper is asked; the controls end by CONTROL_SHARE.
+BOOTSTRAP_SHARE = 0.2
+SNI_PROBE_SHARE = 0.1
+LOOKUP_SHARE = 0.35
+CONTROL_SHARE = 0.95
 # The bootstrap over UDP keeps listening this long after its first answer (forged answers
 # race the genuine one; dns_consistency's default).
 DEFAULT_LISTEN_WINDOW = 0.5
@@ -192,10 +198,20 @@ class DNSCheck(Nettest):
                 addrs.append(extra)
         addrs = addrs[:MAX_ADDRESSES]
         lookups = [self._lookup(target, ip, t_zero) for ip in addrs]
-        results = await asyncio.gather(self._resolver_control(target, addrs, keys), *lookups)
-        for ip, lookup_keys in zip(addrs, results[1:], strict=True):
-            keys["lookups"][target.lookup_key(ip)] = lookup_keys
-        await self._domain_control_for(keys)
+        deadline = t_zero + self.ctx.timeout * CONTROL_SHARE
+
+        async def lookups_then_domain_control() -> None:
+            results = await asyncio.gather(*lookups)
+            for ip, lookup_keys in zip(addrs, results, strict=True):
+                keys["lookups"][target.lookup_key(ip)] = lookup_keys
+            await _until(deadline, self._domain_control_for(keys), keys)
+
+        # The helper may take long over the resolver (its GET to a DoT or DNS-over-TCP port
+        # waits for the server to give up): the test domain's control does not wait for it.
+        await asyncio.gather(
+            _until(deadline, self._resolver_control(target, addrs, keys), keys),
+            lookups_then_domain_control(),
+        )
         verdict = analyze(keys)
         keys["x_verdicts"] = {
             "bootstrap": verdict.bootstrap.as_dict(),
@@ -215,20 +231,28 @@ class DNSCheck(Nettest):
         addrs: list[str] = []
         failure: str | None = None
         if self.ctx.resolver:
-            for query_type in ("A", "AAAA"):
-                result = await resolve(
-                    target.host,
-                    query_type=query_type,
-                    resolver=self.ctx.resolver,
-                    timeout=timeout,
-                    t_zero=t_zero,
-                    listen_window=self.listen_window,
+            # A and AAAA at once; a query that timed out is asked once more (a lost datagram
+            # must not decide the bootstrap), each attempt with half the share.
+            results = await asyncio.gather(
+                *(
+                    resolve_retrying(
+                        target.host,
+                        query_type=query_type,
+                        resolver=self.ctx.resolver,
+                        timeout=timeout,
+                        t_zero=t_zero,
+                        listen_window=self.listen_window,
+                    )
+                    for query_type in ("A", "AAAA")
                 )
-                record = result.queries[0]
-                record["x_responses"] = result.extra_responses
-                records.append(record)
+            )
+            for result in results:
+                for record in result.queries:
+                    record.setdefault("x_responses", [])
+                result.queries[-1]["x_responses"] = result.extra_responses
+                records.extend(result.queries)
                 addrs.extend(a for a in result.addrs if a not in addrs)
-            failure = None if addrs else (records[0]["failure"] or "dns_no_answer")
+            failure = None if addrs else (results[0].failure or "dns_no_answer")
         else:
             result = await resolve(target.host, query_type="ANY", timeout=timeout, t_zero=t_zero)
             records = result.queries
@@ -263,8 +287,9 @@ class DNSCheck(Nettest):
         timeout = max(0.5, self.ctx.timeout * LOOKUP_SHARE)
         sni_probe = None
         if target.transport in ("dot", "doh"):
+            sni_timeout = max(0.5, self.ctx.timeout * SNI_PROBE_SHARE)
             handshake = await tls_handshake(
-                ip, target.port, self.control_sni, timeout=timeout / 2, t_zero=t_zero, verify=False
+                ip, target.port, self.control_sni, timeout=sni_timeout, t_zero=t_zero, verify=False
             )
             sni_probe = handshake.record
         result = await lookup(
@@ -346,6 +371,16 @@ class DNSCheck(Nettest):
 
     def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
         return {"failure": failure, "blocking": None, "blocking_detail": None}
+
+
+async def _until(deadline: float, step: Coroutine[Any, Any, None], keys: dict[str, Any]) -> None:
+    """Run a control step until ``deadline`` (time.monotonic(), the event loop's clock): a
+    helper that answers late must not cost the measurement its own results."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await step
+    except TimeoutError:
+        keys["control_failure"] = "generic_timeout_error"
 
 
 def _domain_view(doc: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ a subprocess, so:
   connection whose client socket belongs to this process (its inode is one of our open fds,
   found through /proc/net/tcp) is the probe's, and is reset (SO_LINGER 0: a real RST) when its
   bytes carry a pattern (the blocked SNI in the ClientHello).
+  With ``probe_upstream`` it relays the probe's connections to another server instead (a TLS
+  interceptor with a certificate the probe does not trust).
 - `drop_syns_of_uid` (root) adds an iptables rule that drops the SYNs of one uid to one
   endpoint; the helper runs as another uid, so only the probe's connects time out.
 """
@@ -96,12 +98,14 @@ def is_own_connection(peer: tuple[str, int], local: tuple[str, int]) -> bool:
 @dataclass
 class ProbeOnlyRelay:
     """Listens on ``host``:``port`` (0: free) and relays to ``upstream``; resets this process's
-    connections whose first bytes contain one of ``patterns``."""
+    connections whose first bytes contain one of ``patterns``, or (``probe_upstream``) relays
+    them to another server (an interceptor)."""
 
     host: str
     upstream: tuple[str, int]
     patterns: list[bytes]
     port: int = 0
+    probe_upstream: tuple[str, int] | None = None
     resets: int = 0
     _server: asyncio.Server | None = field(default=None, repr=False)
 
@@ -117,8 +121,9 @@ class ProbeOnlyRelay:
         probe = is_own_connection(
             writer.get_extra_info("peername")[:2], writer.get_extra_info("sockname")[:2]
         )
+        upstream = self.probe_upstream if probe and self.probe_upstream else self.upstream
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            up_reader, up_writer = await asyncio.open_connection(*upstream)
         except OSError:
             writer.close()
             return
