@@ -487,3 +487,132 @@ def test_analysis_reads_dnscheck_observations_nested_in_lookups(tmp_path: Path) 
     assert set(obs[obs["kind"] == "tls"]["server_name"]) == {"dns.google"}
     assert {"8.8.8.8", "93.184.216.34"} <= set(obs[obs["kind"] == "dns"]["address"])
     assert (obs["kind"] == "tcp").sum() >= 4
+
+
+EP, EP6 = "192.0.2.9:853", "[2001:db8::9]:853"
+CONTROL_OK = {
+    "tcp_connect": {EP: {"status": True}, EP6: {"status": True}},
+    "tls_handshake": {EP: {"status": True}, EP6: {"status": True}},
+}
+
+
+def _lookup(endpoint: str = EP, **fields: Any) -> dict[str, Any]:
+    return {
+        "x_endpoint": endpoint,
+        "x_transport": "dot",
+        "failed_operation": None,
+        "failure": None,
+        "queries": [],
+        **fields,
+    }
+
+
+def _answered(addr: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "failure": None,
+            "answers": [{"answer_type": "A", "ipv4": addr}],
+            "x_responses": [
+                {
+                    "valid": True,
+                    "rcode": 0,
+                    "addrs": [addr],
+                    "answers": [{"answer_type": "A", "ipv4": addr}],
+                }
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "lookups", "control", "want"),
+    [
+        (
+            "connect refused by a censor",
+            {"k": _lookup(failed_operation="connect", failure="connection_refused")},
+            {"resolver": CONTROL_OK},
+            ("tcp_ip", "tcp.connect_refused"),
+        ),
+        (
+            "no route here is not interference",
+            {"k": _lookup(failed_operation="connect", failure="network_unreachable")},
+            {"resolver": CONTROL_OK},
+            (None, None),
+        ),
+        (
+            "IPv6 timeout with no IPv6 working",
+            {"k": _lookup(EP6, failed_operation="connect", failure="generic_timeout_error")},
+            {"resolver": CONTROL_OK},
+            (None, None),
+        ),
+        (
+            "IPv6 timeout while another IPv6 worked",
+            {
+                "k": _lookup(EP6, failed_operation="connect", failure="generic_timeout_error"),
+                "j": _lookup(
+                    "[2001:db8::10]:853", failed_operation="dns_round_trip", failure="eof_error"
+                ),
+            },
+            {"resolver": CONTROL_OK},
+            ("tcp_ip", "tcp.connect_timeout"),
+        ),
+        (
+            "handshake timeout, control SNI passed",
+            {
+                "k": _lookup(
+                    failed_operation="tls_handshake",
+                    failure="generic_timeout_error",
+                    x_control_sni_handshake={"failure": "ssl_invalid_hostname"},
+                )
+            },
+            {"resolver": CONTROL_OK},
+            ("tls", "tls.sni_timeout"),
+        ),
+        (
+            "a failure after the handshake",
+            {"k": _lookup(failed_operation="dns_round_trip", failure="connection_reset")},
+            {"resolver": CONTROL_OK},
+            (None, None),
+        ),
+        (
+            "answered over TLS, no domain control",
+            {"k": _lookup(queries=_answered("1.1.1.1"))},
+            {"resolver": CONTROL_OK},
+            (False, None),
+        ),
+        (
+            "answered over UDP, no domain control",
+            {"k": _lookup(x_transport="udp", queries=_answered("1.1.1.1"))},
+            {},
+            (None, None),
+        ),
+        (
+            "a blocked address outweighs a working one",
+            {
+                "k": _lookup(queries=_answered("1.1.1.1")),
+                "j": _lookup(failed_operation="connect", failure="connection_reset"),
+            },
+            {"resolver": CONTROL_OK},
+            ("tcp_ip", "tcp.connect_reset"),
+        ),
+    ],
+)
+def test_lookup_verdicts(name: str, lookups: dict, control: dict, want: tuple) -> None:
+    found = analyze({"bootstrap": None, "lookups": lookups, "control": control})
+    assert (found.blocking, found.blocking_detail) == want, name
+
+
+def test_bootstrap_refused_while_the_control_resolves() -> None:
+    tk = {
+        "bootstrap": {
+            "queries": [
+                {"failure": "dns_refused_error", "answers": [], "engine": "udp", "x_responses": []}
+            ]
+        },
+        "bootstrap_failure": "dns_refused_error",
+        "lookups": {},
+        "control": {"resolver": {"dns": {"failure": None, "addrs": ["192.0.2.9"]}}},
+    }
+    assert analyze(tk).blocking_detail == "dns.bootstrap_failure"
+    tk["bootstrap_failure"] = "generic_timeout_error"  # loss, a slow resolver: not evidence
+    assert analyze(tk).blocking is None
