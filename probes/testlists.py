@@ -528,8 +528,8 @@ def _valid_host(host: str) -> bool:
 
 
 # dnscheck's resolver URLs besides DoH's https (OONI's dnscheck inputs, ts-028): DNS over TLS,
-# TCP and UDP. Citizen Lab's lists hold http(s) only; a resolver list is ours.
-RESOLVER_SCHEMES: Final = ("dot", "tls", "tcp", "udp")
+# QUIC, TCP and UDP. Citizen Lab's lists hold http(s) only; a resolver list is ours.
+RESOLVER_SCHEMES: Final = ("dot", "tls", "doq", "tcp", "udp")
 
 
 def check_url(url: str) -> str | None:

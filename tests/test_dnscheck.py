@@ -25,7 +25,7 @@ from probes.nettests.dnscheck_analysis import analyze
 from tests.loopback import FakeDNSServer, ServerThread, TestCA
 from tests.loopback.control_helper import free_port_on, wait_http
 from tests.loopback.doh import running_doh
-from tests.loopback.encrypted_dns import DoTServer, ProbeOnlyRelay, drop_syns_of_uid
+from tests.loopback.encrypted_dns import DoQServer, DoTServer, ProbeOnlyRelay, drop_syns_of_uid
 
 SITE, SITE_IP, LIE_IP, HIJACK_IP = "site.test", "127.0.61.20", "127.0.61.66", "127.0.61.99"
 DOT_IP, DOH_IP, SNI_IP, SNI_UPSTREAM = "127.0.61.10", "127.0.61.11", "127.0.61.12", "127.0.61.13"
@@ -36,6 +36,7 @@ DOH_SNI_IP, ALL_TLS_IP, MITM_IP, IMPOSTOR_IP = (
     "127.0.61.19",
     "127.0.61.21",
 )
+DOQ_IP, DOQ_BAD_IP = "127.0.61.24", "127.0.61.25"
 # The first bytes of every TLS ClientHello (a handshake record): a censor that resets all TLS.
 CLIENT_HELLO = b"\x16\x03\x01"
 NOBODY = 65534
@@ -58,6 +59,8 @@ class World:
     doh_sni: ProbeOnlyRelay
     all_tls: ProbeOnlyRelay
     mitm: ProbeOnlyRelay
+    doq: DoQServer
+    doq_untrusted: DoQServer
 
 
 def _zone() -> dict[str, list[str]]:
@@ -73,6 +76,8 @@ def _zone() -> dict[str, list[str]]:
         "doh-sni.test": [DOH_SNI_IP],
         "alltls.test": [ALL_TLS_IP],
         "mitm.test": [MITM_IP],
+        "doq.test": [DOQ_IP],
+        "doq-bad.test": [DOQ_BAD_IP],
     }
 
 
@@ -106,6 +111,16 @@ def world(test_ca: TestCA) -> Iterator[World]:
         impostor = thread.start(
             DoTServer(IMPOSTOR_IP, 0, _zone(), tls=untrusted.server_context(["mitm.test"]))
         )
+
+        def doq(ip: str, name: str, ca: TestCA) -> DoQServer:
+            leaf = ca.ca.issue_cert(name)
+            cert, key = shared / f"{name}.pem", shared / f"{name}.key"
+            leaf.cert_chain_pems[0].write_to_path(str(cert))
+            leaf.private_key_pem.write_to_path(str(key))
+            return thread.start(DoQServer(ip, 0, _zone(), cert=str(cert), key=str(key)))
+
+        doq_server = doq(DOQ_IP, "doq.test", test_ca)
+        doq_untrusted = doq(DOQ_BAD_IP, "doq-bad.test", untrusted)
         mitm = thread.start(
             ProbeOnlyRelay(
                 MITM_IP,
@@ -167,6 +182,8 @@ def world(test_ca: TestCA) -> Iterator[World]:
                 doh_sni,
                 all_tls,
                 mitm,
+                doq_server,
+                doq_untrusted,
             )
     finally:
         if helper is not None:
@@ -277,6 +294,28 @@ async def test_bootstrap_nxdomain(world: World) -> None:
 
 
 @pytest.mark.anyio
+async def test_doq_resolver(world: World) -> None:
+    keys = await measure(world, f"doq://doq.test:{world.doq.port}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failure"] is None, lookup
+    assert lookup["quic_handshakes"][0]["negotiated_protocol"] == "doq"
+    assert lookup["queries"][0]["engine"] == "doq"
+    assert lookup["queries"][0]["answers"][0]["ipv4"] == SITE_IP
+    assert world.doq.log[-1]["transport"] == "doq"
+    assert (keys["blocking"], keys["blocking_detail"]) == (False, None)
+
+
+@pytest.mark.anyio
+async def test_doq_handshake_failure_has_no_control(world: World) -> None:
+    """The helper speaks no QUIC: a failed DoQ handshake is measured, never called blocked."""
+    keys = await measure(world, f"doq://doq-bad.test:{world.doq_untrusted.port}")
+    (lookup,) = keys["lookups"].values()
+    assert lookup["failed_operation"] == "quic_handshake"
+    assert lookup["quic_handshakes"][0]["failure"] == "ssl_failed_handshake"
+    assert keys["blocking"] is None
+
+
+@pytest.mark.anyio
 async def test_without_a_helper_every_verdict_is_null(world: World) -> None:
     keys = await measure(world, f"dot://sni.test:{world.sni.port}", helper=False)
     assert keys["lookups"]  # measured all the same
@@ -378,7 +417,10 @@ def test_lookup_keys_follow_ooni(url: str, key: str) -> None:
 
 
 def test_bad_inputs_are_named() -> None:
-    assert "not supported" in (DNSCheck.input_problem("doq://dns.adguard.com") or "")
+    assert DNSCheck.input_problem("doq://dns.adguard-dns.com") is None
+    assert parse_resolver_url("doq://dns.adguard-dns.com").lookup_key("94.140.14.14") == (
+        "doq://94.140.14.14"
+    )
     assert "scheme" in (DNSCheck.input_problem("ftp://x") or "")
     assert DNSCheck.input_problem("https://dns.google/dns-query") is None
     assert parse_resolver_url("dot://[2001:db8::1]:853").lookup_key("2001:db8::1") == (
@@ -446,10 +488,10 @@ def test_cli_run_then_analyze_report_publish(world: World, tmp_path: Path) -> No
         rows[2]: ("dns", "dns.inconsistent"),
     }
     refused = _cli(
-        "run", "dnscheck", "--input", "doq://dns.example", "--results", str(results), check=False
+        "run", "dnscheck", "--input", "ftp://dns.example", "--results", str(results), check=False
     )
-    assert refused.returncode == 2 and "doq://dns.example" in refused.stderr
-    assert "not supported" in refused.stderr
+    assert refused.returncode == 2 and "ftp://dns.example" in refused.stderr
+    assert "unknown scheme" in refused.stderr
     first = stored[rows[0]]
     assert first["test_name"] == "dnscheck" and first["probe_ip"] == "127.0.0.1"
     assert first["test_keys"]["domain"] == SITE

@@ -8,7 +8,9 @@ ask in one call and report one exception, so the connection is ours here (probes
 probes.net.tls) and dnspython only builds and parses the messages; DoH is one HTTP/1.1 POST
 (RFC 8484 section 4.1, ``application/dns-message``) written with h11 (probes.net.http_wire).
 UDP goes through probes.net.dns, which keeps listening after the first answer so that forged
-answers racing the genuine one are kept.
+answers racing the genuine one are kept. DNS over QUIC (RFC 9250) is aioquic's connection (the
+QUIC handshake, recorded like a TLS handshake in ``quic_handshakes``) and one stream per query
+carrying the same two-byte framing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from probes.net.records import b64, since
 from probes.net.tcp import open_socket, tcp_record
 from probes.net.tls import TLSResult, client_context, fill_from_ssl_object, tls_channel, tls_record
 
-TRANSPORTS = ("udp", "tcp", "dot", "doh")
+TRANSPORTS = ("udp", "tcp", "dot", "doh", "doq")
 DNS_MESSAGE = "application/dns-message"
 # The largest DNS message over TCP (a two-byte length prefix, RFC 1035 section 4.2.2).
 MAX_MESSAGE = 65535
@@ -42,6 +44,8 @@ MAX_MESSAGE = 65535
 OP_CONNECT = "connect"
 OP_TLS = "tls_handshake"
 OP_ROUND_TRIP = "dns_round_trip"
+OP_QUIC = "quic_handshake"  # netxlite's name for the QUIC handshake step
+DOQ_ALPN = "doq"  # RFC 9250 section 4.1.1
 # A DoH answer that is not 200 with a DNS message: OONI's failure for an HTTP request that did
 # not give what was asked for.
 HTTP_FAILURE = "http_request_failed"
@@ -73,6 +77,7 @@ class EndpointLookup:
     queries: list[dict[str, Any]] = field(default_factory=list)
     tcp_connect: list[dict[str, Any]] = field(default_factory=list)
     tls_handshakes: list[dict[str, Any]] = field(default_factory=list)
+    quic_handshakes: list[dict[str, Any]] = field(default_factory=list)
     network_events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -292,17 +297,20 @@ async def lookup(
     if ep.transport == "udp":
         return await _udp_lookup(ep, domain, query_type, out, timeout, t_zero, listen_window)
     query = dns.message.make_query(domain, query_type)
-    if ep.transport == "doh":
-        query.id = 0  # RFC 8484 section 4.1: cache friendly
+    if ep.transport in ("doh", "doq"):
+        query.id = 0  # RFC 8484 section 4.1 (cache friendly); RFC 9250 section 4.2.1 (must)
     t0 = since(t_zero)
     raw: bytes | None = None
     rcode: int | None = None
     answers: list[dict[str, Any]] = []
     try:
         async with asyncio.timeout(timeout):
-            raw = await _connected_lookup(
-                ep, query, out, timeout=timeout, t_zero=t_zero, ca_file=ca_file
-            )
+            if ep.transport == "doq":
+                raw = await _doq_lookup(ep, query, out, t_zero=t_zero, ca_file=ca_file)
+            else:
+                raw = await _connected_lookup(
+                    ep, query, out, timeout=timeout, t_zero=t_zero, ca_file=ca_file
+                )
         reply = dns.message.from_wire(raw)
         if not query.is_response(reply):
             raise _RoundTripError(F.DNS_SERVER_MISBEHAVING)
@@ -336,10 +344,69 @@ async def lookup(
     return out
 
 
+async def _doq_lookup(
+    ep: Endpoint,
+    query: dns.message.Message,
+    out: EndpointLookup,
+    *,
+    t_zero: float,
+    ca_file: str | None,
+) -> bytes:
+    """RFC 9250: a QUIC connection with ALPN "doq", the query on a new bidirectional stream
+    with a two-byte length, the stream's end after it; the answer framed alike."""
+    from aioquic.asyncio.client import connect
+    from aioquic.quic.configuration import QuicConfiguration
+
+    name = ep.server_name or ep.ip
+    config = QuicConfiguration(is_client=True, alpn_protocols=[DOQ_ALPN], server_name=name)
+    if ca_file:
+        config.load_verify_locations(cafile=ca_file)
+    result = TLSResult(address=ep.address, server_name=name, failure=None, t0=since(t_zero), t=0)
+    out.network_events.append(_event(t_zero, "quic_handshake_start"))
+    try:
+        async with connect(ep.ip, ep.port, configuration=config) as client:
+            result.t = since(t_zero)
+            result.tls_version, result.negotiated_protocol = "TLSv1.3", DOQ_ALPN
+            out.quic_handshakes.append(tls_record(result, no_tls_verify=False))
+            out.network_events.append(_event(t_zero, "quic_handshake_done"))
+            out.network_events.append(_event(t_zero, "dns_round_trip_start"))
+            try:
+                reader, writer = await client.create_stream()
+                wire = query.to_wire()
+                writer.write(struct.pack("!H", len(wire)) + wire)
+                writer.write_eof()
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                raw = await reader.readexactly(length)
+            except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+                failure = failure_from_exception(exc)
+                out.failed_operation = OP_ROUND_TRIP
+                out.network_events.append(_event(t_zero, "dns_round_trip_done", failure))
+                raise _RoundTripError(failure) from exc
+            out.network_events.append(_event(t_zero, "dns_round_trip_done"))
+            return raw
+    except ConnectionError as exc:
+        if out.quic_handshakes:
+            raise _RoundTripError(failure_from_exception(exc)) from exc
+        # aioquic ends a failed handshake (a certificate it rejects included) with a bare
+        # ConnectionError: OONI's generic word for a handshake that failed.
+        result.t, result.failure = since(t_zero), F.SSL_FAILED_HANDSHAKE
+        out.quic_handshakes.append(tls_record(result, no_tls_verify=False))
+        out.network_events.append(_event(t_zero, "quic_handshake_done", result.failure))
+        out.failed_operation = OP_QUIC
+        raise _RoundTripError(result.failure) from exc
+
+
 def _step_in_progress(out: EndpointLookup, ep: Endpoint, t0: float, t: float) -> str:
     """The step the lookup's deadline interrupted, given a record of its own: the deadline
     cancels the step, which then leaves none."""
     timeout = F.GENERIC_TIMEOUT_ERROR
+    if ep.transport == "doq":
+        if out.quic_handshakes:
+            return OP_ROUND_TRIP
+        name = ep.server_name or ep.ip
+        result = TLSResult(address=ep.address, server_name=name, failure=timeout, t0=t0, t=t)
+        out.quic_handshakes.append(tls_record(result, no_tls_verify=False))
+        return OP_QUIC
     if not out.tcp_connect:
         out.tcp_connect.append(tcp_record(ep.ip, ep.port, timeout, t0, t))
         return OP_CONNECT

@@ -29,6 +29,7 @@ import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.loopback.dns_server import FakeDNSServer
 from tests.loopback.web import arm_reset
@@ -65,6 +66,51 @@ class DoTServer(FakeDNSServer):
             pass
         finally:
             writer.close()
+
+
+class DoQServer(FakeDNSServer):
+    """DNS over QUIC (RFC 9250, aioquic) on ``host``:``port`` (0: a free one): each query on
+    its own stream, two-byte framing, answered like FakeDNSServer."""
+
+    def __init__(self, *args: object, cert: str, key: str, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.cert, self.key = cert, key
+        self._quic: Any = None
+        self._answering: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        from aioquic.asyncio import serve
+        from aioquic.quic.configuration import QuicConfiguration
+
+        config = QuicConfiguration(is_client=False, alpn_protocols=["doq"])
+        config.load_cert_chain(self.cert, self.key)
+        if not self.port:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind((self.host, 0))
+                self.port = probe.getsockname()[1]
+        self._quic = await serve(
+            self.host, self.port, configuration=config, stream_handler=self._stream
+        )
+
+    def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.ensure_future(self._answer_stream(reader, writer))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            replies = self._respond(await reader.readexactly(length), "doq")
+            if replies:
+                wire = replies[0][1]
+                writer.write(struct.pack("!H", len(wire)) + wire)
+            writer.write_eof()
+
+    async def stop(self) -> None:
+        if self._quic is not None:
+            self._quic.close()
 
 
 def _own_socket_inodes() -> set[str]:
