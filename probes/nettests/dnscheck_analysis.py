@@ -42,6 +42,11 @@ TCP_DETAILS = {
 }
 _TLS_KINDS = {"connection_reset": "reset", "generic_timeout_error": "timeout", "eof_error": "eof"}
 INTERCEPTED = "tls.intercepted"
+# Certificate failures (df-007): what an interceptor's certificate gives. Other ssl_ failures
+# (an alert, e.g. a server that refuses our ALPN) say nothing about who answered.
+CERTIFICATE_FAILURES = frozenset(
+    {"ssl_invalid_hostname", "ssl_unknown_authority", "ssl_invalid_certificate"}
+)
 BOOTSTRAP_FAILURE = "dns.bootstrap_failure"
 # Answers that are a censor's as often as a resolver's (a timeout is not: loss, a slow link).
 BOOTSTRAP_FAILURES = frozenset({"dns_refused_error", "dns_servfail_error", "dns_no_answer"})
@@ -125,7 +130,7 @@ def _tls_verdict(lookup: Mapping[str, Any], c_tls: Mapping[str, Any] | None) -> 
         return Verdict(None, None, "the control made no handshake with this endpoint")
     if not c_tls.get("status"):
         return Verdict(None, None, "the control's handshake failed too")
-    if failure.startswith("ssl_"):
+    if failure in CERTIFICATE_FAILURES:
         return Verdict("tls", INTERCEPTED, f"{failure} at the probe, valid for the control")
     kind = _TLS_KINDS.get(failure)
     if kind is None:
