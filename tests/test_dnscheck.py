@@ -658,3 +658,37 @@ def test_bootstrap_refused_while_the_control_resolves() -> None:
     assert analyze(tk).blocking_detail == "dns.bootstrap_failure"
     tk["bootstrap_failure"] = "generic_timeout_error"  # loss, a slow resolver: not evidence
     assert analyze(tk).blocking is None
+
+
+def test_analysis_rederives_dnscheck_verdicts() -> None:
+    """The analysis judges dnscheck again from the stored keys: ours keep their verdict, a
+    stored verdict that today's rules do not support is replaced (and the disagreement kept),
+    OONI's (no control) is null."""
+    from analysis.verdicts import Classifier
+    from tests.shared_data import SHARED_DATA
+
+    lookup = {
+        "x_endpoint": EP,
+        "failed_operation": "tls_handshake",
+        "failure": "connection_reset",
+        "x_control_sni_handshake": {"failure": None},
+    }
+    tk = {
+        "bootstrap": None,
+        "lookups": {"dot://192.0.2.9:853": lookup},
+        "control": {"resolver": CONTROL_OK},
+        "blocking": "tls",
+        "blocking_detail": "tls.sni_reset",
+    }
+    row = Classifier()({"test_name": "dnscheck", "test_keys": tk})
+    assert (row["blocking"], row["blocking_detail"], row["verdict_source"]) == (
+        "tls",
+        "tls.sni_reset",
+        "rederived",
+    )
+    assert "disagreement" not in row
+    tk["blocking"], tk["blocking_detail"] = "dns", "dns.inconsistent"
+    assert Classifier()({"test_name": "dnscheck", "test_keys": tk})["disagreement"]
+    lines = (SHARED_DATA / "ooni" / "spec_examples.jsonl").read_text().splitlines()
+    ooni = next(json.loads(x) for x in lines if json.loads(x).get("test_name") == "dnscheck")
+    assert Classifier()(ooni)["blocking"] is None
