@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import dns.exception
 import dns.name
 
-from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import resolve, resolve_retrying
 from probes.net.dns_endpoint import Endpoint, lookup
 from probes.net.tls import tls_handshake
@@ -392,9 +392,3 @@ def _domain_view(doc: dict[str, Any]) -> dict[str, Any]:
     if isinstance(doc.get("ip_info"), dict):
         view["ip_info"] = doc["ip_info"]
     return view
-
-
-def endpoint_of(key: str) -> tuple[str, int]:
-    """The "ip:port" of a lookups key (for analysis code that has only the key)."""
-    parts = urlsplit(key)
-    return parse_host_port(parts.netloc, _SCHEMES.get(parts.scheme, ("", 53))[1])
