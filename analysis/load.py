@@ -285,6 +285,10 @@ class _Columns:
             column.append(get(name))
 
     def observations(self, row: int, tk: Mapping[str, Any]) -> None:
+        for part in observation_parts(tk):
+            self._observations_of(row, part)
+
+    def _observations_of(self, row: int, tk: Mapping[str, Any]) -> None:
         for query in tk.get("queries") or ():
             if not isinstance(query, dict):
                 continue
@@ -344,6 +348,31 @@ class _Columns:
                 failure=_str(req.get("failure")),
                 t=req.get("t"),
             )
+
+
+def _nested(tk: Mapping[str, Any], key: str) -> str | None:
+    """The first failure of ``key`` in dnscheck's lookups (None for other nettests)."""
+    if not isinstance(tk.get("lookups"), dict):
+        return None
+    for part in observation_parts(tk)[1:]:
+        failure = _first_failure(part.get(key))
+        if failure is not None:
+            return failure
+    return None
+
+
+def observation_parts(tk: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The parts of test keys that hold queries, connects, handshakes and requests: the keys
+    themselves, and dnscheck's (OONI ts-028) urlgetter results nested in ``bootstrap`` and
+    ``lookups``."""
+    parts: list[Mapping[str, Any]] = [tk]
+    bootstrap = tk.get("bootstrap")
+    if isinstance(bootstrap, dict):
+        parts.append(bootstrap)
+    lookups = tk.get("lookups")
+    if isinstance(lookups, dict):
+        parts.extend(lk for lk in lookups.values() if isinstance(lk, dict))
+    return parts
 
 
 # --- the loader --------------------------------------------------------------------------------
@@ -468,9 +497,13 @@ class Loader:
         m["channel"].append(channel)
         m["orig_blocking"].append(blocking_text(tk.get("blocking")))
         m["orig_blocking_detail"].append(_str(tk.get("blocking_detail")))
-        m["dns_failure"].append(_str(tk.get("dns_experiment_failure")))
-        m["tcp_failure"].append(_first_failure(tk.get("tcp_connect")))
-        m["tls_failure"].append(_first_failure(tk.get("tls_handshakes")))
+        m["dns_failure"].append(
+            _str(tk.get("dns_experiment_failure")) or _str(tk.get("bootstrap_failure"))
+        )
+        m["tcp_failure"].append(_first_failure(tk.get("tcp_connect")) or _nested(tk, "tcp_connect"))
+        m["tls_failure"].append(
+            _first_failure(tk.get("tls_handshakes")) or _nested(tk, "tls_handshakes")
+        )
         m["http_failure"].append(
             _str(tk.get("http_experiment_failure")) or _first_failure(tk.get("requests"))
         )

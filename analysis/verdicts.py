@@ -4,7 +4,8 @@ Why re-derive: a better heuristic should apply to old data, and OONI's measureme
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
-on); other nettests keep the verdict their probe wrote (`verdict_source` = "probe").
+on), and dnscheck's from probes.nettests.dnscheck_analysis; other nettests keep the verdict
+their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
 Fingerprints: OONI's blocking-fingerprints CSV (probes.fingerprints) are applied inside
@@ -26,6 +27,7 @@ import orjson
 
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
+from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
 
@@ -130,6 +132,8 @@ class Classifier:
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
         tk = data.get("test_keys")
+        if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
+            return rederive_dnscheck(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -270,3 +274,29 @@ def default_classifier(fingerprint_dir: Path | None) -> Classifier:
             f"{' and/or '.join(fps.missing_files)}, or a censoredplanet/ folder)"
         )
     return Classifier(fps, sigs)
+
+
+def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """dnscheck's verdict from its stored lookups and controls (probes.nettests.
+    dnscheck_analysis, the probe's own pure function), so that ours and OONI's dnscheck
+    measurements are judged by today's rules; an abandoned input (no lookups) keeps the
+    probe's null. OONI's dnscheck has no control, so its measurements come out null."""
+    if not isinstance(tk.get("lookups"), dict):
+        return {
+            "blocking": blocking_text(tk.get("blocking")),
+            "blocking_detail": tk.get("blocking_detail"),
+            "down": False,
+            "verdict_source": "probe",
+        }
+    found = analyze_dnscheck(tk)
+    row: dict[str, Any] = {
+        "blocking": blocking_text(found.blocking),
+        "blocking_detail": found.blocking_detail,
+        "blocking_fingerprint": None,
+        "down": False,
+        "verdict_source": "rederived",
+    }
+    said = (blocking_text(tk.get("blocking")), tk.get("blocking_detail"))
+    if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
+        row["disagreement"] = f"probe said {said[0]} / {said[1]}"
+    return row

@@ -12,7 +12,11 @@ stored verdicts are scored against the scenario's truth for that nettest:
 - tcp_connect: every domain's IPv4 address on its scheme's port, `Scenario.tcp_truth()`;
 - sni_blocking: the SNI-blocked names and a sample of open ones, `Scenario.sni_truth()`;
 - tls_interception: intercepted, regional-certificate and a sample of open names,
-  `Scenario.tls_truth()`.
+  `Scenario.tls_truth()`;
+- dnscheck: each SNI-reset domain as a DoH resolver (tls.sni_reset), each blackholed and each
+  DNS-blocked domain as a DoT resolver (tcp.connect_timeout; dns.bootstrap_injected,
+  _nxdomain, _bogon), and a sample of open names as both (`dnscheck_truth` here), asked for an
+  open domain of the scenario.
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -83,6 +87,63 @@ class NettestSpec:
     types: tuple[str, ...]
     truth: Callable[[scenario_mod.Scenario, int | None], Truth]
     type_key: str = "blocking_detail"
+    # Flags of this nettest's own, from the scenario (dnscheck: the domain to ask for).
+    args: Callable[[scenario_mod.Scenario], list[str]] = lambda _s: []
+
+
+# dnscheck's verdict for a DoT resolver whose name the censor's DNS rules tamper with: the
+# bootstrap lookup (the lab resolver over UDP) gets the censor's answer.
+DNSCHECK_BOOTSTRAP = {
+    "dns_inject": ("dns", "dns.bootstrap_injected"),  # forged answers race the genuine one
+    "dns_nxdomain": ("dns", "dns.bootstrap_nxdomain"),
+    "dns_bogon": ("dns", "dns.bootstrap_bogon"),
+}
+
+
+def _truth(verdict: tuple[Any, Any], mechanism: str) -> dict[str, Any]:
+    return {"blocking": verdict[0], "blocking_detail": verdict[1], "mechanism": mechanism}
+
+
+def _dnscheck_open_names(scen: scenario_mod.Scenario) -> list[str]:
+    """Names whose TLS reaches their own server untouched at cn and whose DNS is not touched."""
+    special = set(scen.tls_sni_names()) | set(scen.censor.blocked_sni)
+    return [
+        d.name
+        for d in scen.domains
+        if d.block in scenario_mod.TLS_OPEN_KINDS
+        and d.name not in special
+        and not any(w in d.name for k in scen.censor.keywords for w in k)
+    ]
+
+
+def dnscheck_truth(scen: scenario_mod.Scenario, open_sample: int | None) -> Truth:
+    """Resolver URL -> expected dnscheck verdict at the censored vantage (see the docstring).
+    Every name serves DoH on 443 and DoT on 853 in the lab (lab.servers)."""
+    out: Truth = {}
+    blocked_sni = set(scen.censor.blocked_sni)
+    for d in scen.domains:
+        if d.block == "sni_rst" or (
+            d.name in blocked_sni and d.block in scenario_mod.TLS_OPEN_KINDS
+        ):
+            out[f"https://{d.name}/dns-query"] = _truth(("tls", "tls.sni_reset"), "sni_rst")
+        elif d.block == "blackhole":
+            out[f"dot://{d.name}:853"] = _truth(("tcp_ip", "tcp.connect_timeout"), "blackhole")
+        elif d.block in DNSCHECK_BOOTSTRAP:
+            out[f"dot://{d.name}:853"] = _truth(DNSCHECK_BOOTSTRAP[d.block], d.block)
+    names = _dnscheck_open_names(scen)
+    if open_sample is not None and len(names) > open_sample:
+        step = len(names) / open_sample
+        names = [names[int(i * step)] for i in range(open_sample)]
+    for i, name in enumerate(names):
+        url = f"https://{name}/dns-query" if i % 2 == 0 else f"dot://{name}:853"
+        out[url] = _truth((False, None), scen.domain(name).block)
+    return out
+
+
+def dnscheck_args(scen: scenario_mod.Scenario) -> list[str]:
+    """The name every resolver is asked for: an open domain of the scenario."""
+    names = [n for n in _dnscheck_open_names(scen) if scen.domain(n).block == "none"]
+    return ["--domain", names[0]] if names else []
 
 
 NETTESTS: dict[str, NettestSpec] = {
@@ -93,6 +154,9 @@ NETTESTS: dict[str, NettestSpec] = {
         NettestSpec("tcp_connect", ("tcp_ip",), lambda s, _n: s.tcp_truth()),
         NettestSpec("sni_blocking", ("tls",), lambda s, n: s.sni_truth(open_sample=n)),
         NettestSpec("tls_interception", ("tls",), lambda s, n: s.tls_truth(open_sample=n)),
+        NettestSpec(
+            "dnscheck", ("dns", "tcp_ip", "tls"), dnscheck_truth, "blocking", dnscheck_args
+        ),
     )
 }
 
@@ -240,11 +304,14 @@ def score(
     right_type = [u for u in found if _said(cn, u)[index] == truth_pair[u][index]]
     exact = [u for u in truth if _said(cn, u) == truth_pair[u]]
     wrong = {
-        u: {"mechanism": truth[u]["mechanism"], "truth": list(truth_pair[u]),
-            "probe": list(_said(cn, u))}
+        u: {
+            "mechanism": truth[u]["mechanism"],
+            "truth": list(truth_pair[u]),
+            "probe": list(_said(cn, u)),
+        }
         for u in truth
         if u not in exact
-    }  # fmt: skip
+    }
     open_verdicts = Counter(json.dumps(open_.get(u, {}).get("blocking", "missing")) for u in truth)
     open_not_false = {u: _said(open_, u)[0] for u in truth if _said(open_, u)[0] is not False}
     return {
@@ -367,7 +434,8 @@ def measure(
     for name in nettests:
         spec = NETTESTS[name]
         truth = spec.truth(lab.scenario, open_sample)
-        runs += run_nettest(lab, name, list(truth), results, work, extra)
+        own = spec.args(lab.scenario)
+        runs += run_nettest(lab, name, list(truth), results, work, [*extra, *own])
         cn, open_ = (read_verdicts(results, v, name) for v in ("cn", "open"))
         scores[name] = score(truth, cn, open_, spec.types, spec.type_key)
     return scores, runs
@@ -392,14 +460,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--domains", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loss", type=float, default=0.02)
-    parser.add_argument("--nettests", type=_nettests, default=list(NETTESTS),
-                        help=f"comma-separated subset of {','.join(NETTESTS)} [all]")  # fmt: skip
-    parser.add_argument("--intercept", type=float, default=DEFAULT_INTERCEPT_SHARE,
-                        help="share of domains re-signed by the censor's interceptor")  # fmt: skip
-    parser.add_argument("--regional-cert", type=float, default=DEFAULT_REGIONAL_SHARE,
-                        help="share of domains with a CDN-like regional certificate")  # fmt: skip
-    parser.add_argument("--open-sample", type=int, default=DEFAULT_OPEN_SAMPLE,
-                        help="open names scored by sni_blocking and tls_interception")  # fmt: skip
+    parser.add_argument(
+        "--nettests",
+        type=_nettests,
+        default=list(NETTESTS),
+        help=f"comma-separated subset of {','.join(NETTESTS)} [all]",
+    )
+    parser.add_argument(
+        "--intercept",
+        type=float,
+        default=DEFAULT_INTERCEPT_SHARE,
+        help="share of domains re-signed by the censor's interceptor",
+    )
+    parser.add_argument(
+        "--regional-cert",
+        type=float,
+        default=DEFAULT_REGIONAL_SHARE,
+        help="share of domains with a CDN-like regional certificate",
+    )
+    parser.add_argument(
+        "--open-sample",
+        type=int,
+        default=DEFAULT_OPEN_SAMPLE,
+        help="open names scored by sni_blocking and tls_interception",
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--timeout", type=float, help="the probe's per-input budget [its own]")
     parser.add_argument("--keep", type=Path, help="keep the probe's results here")

@@ -4,6 +4,9 @@ Authoritative DNS (only on the resolver addresses, so every other address has no
 a probe can use them to detect injection), HTTP on 80/8080 and HTTPS on 443 on every local
 address (AnyIP routes), serving a page per scenario domain and echoing anything else, and a
 TCP echo on port 7, and the message platform (Platform) on PLATFORM_V4/V6:PLATFORM_PORT.
+Encrypted DNS for dnscheck, answering from the same zone on every address: DNS over HTTPS
+(POST /dns-query, RFC 8484) on 443 and DNS over TLS (RFC 7858) on 853; plain DNS over UDP
+stays on the resolver addresses alone.
 Run as `python -m lab.servers --scenario FILE --state DIR`.
 """
 
@@ -144,11 +147,18 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     return Request(method, target, headers, head, body)
 
 
-class Web:
-    """HTTP(S) handler: a domain's page when Host names one that is up, otherwise an echo."""
+DNS_MESSAGE = "application/dns-message"
+DOT_PORT = 853
+DOT_IDLE_S = 2.0  # RFC 7766 section 6.2.3: close idle connections (a helper's GET, too)
 
-    def __init__(self, scen: scenario_mod.Scenario) -> None:
+
+class Web:
+    """HTTP(S) handler: a domain's page when Host names one that is up, a DoH answer for a
+    POST to /dns-query, otherwise an echo."""
+
+    def __init__(self, scen: scenario_mod.Scenario, zone: Zone | None = None) -> None:
         self.pages = {d.name: page_for(d) for d in scen.domains if d.block != "down"}
+        self.zone = zone
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -160,7 +170,11 @@ class Web:
                 host = headers.get("host", "").lower()
                 host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
                 page = self.pages.get(host)
-                if page is not None:
+                doh = request.method == "POST" and request.target.split("?")[0] == "/dns-query"
+                answer = self.zone.answer(body) if doh and self.zone is not None else None
+                if answer is not None:
+                    content, ctype = answer, DNS_MESSAGE
+                elif page is not None:
                     content, ctype = page, "text/html; charset=utf-8"
                 else:
                     content, ctype = head + body, "text/plain; charset=latin-1"
@@ -294,6 +308,25 @@ class Platform:
                 writer.close()
 
 
+async def dot(zone: Zone, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """DNS over TLS: RFC 7766 framing (a two-byte length, then the message) inside TLS."""
+    try:
+        while True:
+            async with asyncio.timeout(DOT_IDLE_S):
+                length = int.from_bytes(await reader.readexactly(2), "big")
+                query = await reader.readexactly(length)
+            reply = zone.answer(query)
+            if reply is None:
+                return
+            writer.write(len(reply).to_bytes(2, "big") + reply)
+            await writer.drain()
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
@@ -365,7 +398,7 @@ def tls_context(state: Path, names: Iterable[str] = ()) -> ssl.SSLContext:
 async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
     loop = asyncio.get_running_loop()
     zone = Zone(scen)
-    web = Web(scen)
+    web = Web(scen, zone)
     servers: list[asyncio.AbstractServer] = []
     transports: list[asyncio.BaseTransport] = []
     for ip in (addresses.RESOLVER_V4, addresses.RESOLVER_V6):
@@ -380,6 +413,11 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
         servers.append(await asyncio.start_server(web.handle, host=None, port=port, backlog=1024))
     servers.append(
         await asyncio.start_server(web.handle, host=None, port=443, ssl=ctx, backlog=1024)
+    )
+    servers.append(
+        await asyncio.start_server(
+            lambda r, w: dot(zone, r, w), host=None, port=DOT_PORT, ssl=ctx, backlog=1024
+        )
     )
     servers.append(await asyncio.start_server(echo, host=None, port=addresses.ECHO_PORT))
     # A wildcard bind, like the web ports (AnyIP IPv6 addresses cannot be bound one by one);

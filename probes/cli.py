@@ -188,7 +188,19 @@ def run(
         str | None, typer.Option(help="sni_blocking: IP:PORT to handshake with (default: DNS).")
     ] = None,
     control_sni: Annotated[
-        str | None, typer.Option(help="sni_blocking: the control SNI (default: example.com).")
+        str | None,
+        typer.Option(help="sni_blocking, dnscheck: the control SNI (default: example.com)."),
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="dnscheck: the name each resolver is asked for (default: example.org)."),
+    ] = None,
+    default_addr: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="dnscheck: an address of the resolver measured besides the bootstrap's "
+            "(repeatable; OONI's default_addrs) (default: none)."
+        ),
     ] = None,
     listen_window: Annotated[
         float | None,
@@ -323,6 +335,8 @@ def run(
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
+                "domain": domain,
+                "default_addrs": " ".join(default_addr) if default_addr else None,
                 "packet_capture": packet_capture,
                 "pcap_dir": str(pcap) if pcap else None,
                 "trace_keyword": keyword,

@@ -527,8 +527,14 @@ def _valid_host(host: str) -> bool:
     return True
 
 
+# dnscheck's resolver URLs besides DoH's https (OONI's dnscheck inputs, ts-028): DNS over TLS,
+# QUIC, TCP and UDP. Citizen Lab's lists hold http(s) only; a resolver list is ours.
+RESOLVER_SCHEMES: Final = ("dot", "tls", "doq", "tcp", "udp")
+
+
 def check_url(url: str) -> str | None:
-    """Why a nettest could not measure `url` (as scripts/lint-lists.py sees it), or None."""
+    """Why a nettest could not measure `url` (as scripts/lint-lists.py sees it, plus
+    dnscheck's resolver URLs), or None."""
     if not url:
         return "empty URL"
     if _URL_BAD_CHAR.search(url):
@@ -538,7 +544,7 @@ def check_url(url: str) -> str | None:
         _ = split.port  # raises ValueError on a port that is not a number in range
     except ValueError as exc:
         return f"unparseable URL: {exc}"
-    if split.scheme not in ("http", "https"):
+    if split.scheme not in ("http", "https", *RESOLVER_SCHEMES):
         if not split.scheme:
             return "no scheme: write http:// or https://"
         return f"scheme must be http or https, not '{split.scheme}'"
@@ -549,7 +555,7 @@ def check_url(url: str) -> str | None:
         return f"non-ASCII host '{host}': write it in its xn-- (IDNA) form"
     if not _valid_host(host):
         return f"invalid host '{host}'"
-    if split.path == "":
+    if split.path == "" and split.scheme not in RESOLVER_SCHEMES:
         return "no path: end a bare host with '/' (e.g. https://example.org/)"
     return None
 

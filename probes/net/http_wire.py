@@ -168,6 +168,22 @@ async def exchange(
         wire.sock.close()
 
 
+async def converse_on(
+    sock: socket.socket,
+    tls: TLSChannel | None,
+    *,
+    method: str,
+    target: str,
+    head: list[tuple[str, str]],
+    body: bytes = b"",
+    body_cap: int,
+    listener: ExchangeListener,
+) -> Exchange:
+    """One request and its response on a connection the caller opened (and closes): for a
+    measurement that records the connect and the handshake itself (DNS over HTTPS)."""
+    return await _converse(_Wire(sock, tls), method, target, head, body, body_cap, listener)
+
+
 async def _converse(
     wire: _Wire,
     method: str,

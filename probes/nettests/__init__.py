@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "http_keyword": "probes.nettests.http_keyword:HTTPKeyword",
     "message_delivery": "probes.nettests.message_delivery:MessageDelivery",
     "censor_trace": "probes.nettests.censor_trace:CensorTrace",
+    "dnscheck": "probes.nettests.dnscheck:DNSCheck",
 }
 
 

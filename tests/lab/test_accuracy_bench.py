@@ -75,6 +75,23 @@ def test_nettests_option_checks_names() -> None:
         accuracy.parse_args(["--nettests", "nope"])
 
 
+def test_dnscheck_truth_plants_each_censor_rule() -> None:
+    """Each DoH name the censor resets by SNI, each DoT name it drops or lies about, and open
+    ones of both kinds; the domain asked for is open."""
+    scen = scenario_mod.generate(SMALL_DOMAINS, SMALL_SEED, loss=0.0)
+    truth = accuracy.dnscheck_truth(scen, None)
+    kinds = {(v["blocking"], v["blocking_detail"]) for v in truth.values()}
+    assert {
+        ("tls", "tls.sni_reset"),
+        ("tcp_ip", "tcp.connect_timeout"),
+        ("dns", "dns.bootstrap_injected"),
+        (False, None),
+    } <= kinds
+    assert all(u.startswith("https://") for u, v in truth.items() if v["blocking"] == "tls")
+    (flag, name) = accuracy.dnscheck_args(scen)
+    assert flag == "--domain" and scen.domain(name).block == "none"
+
+
 @pytest.fixture(scope="module")
 def small_lab(lab: LabInfo) -> Iterator[LabInfo]:
     """A small generated scenario; the session's scenario is restored afterwards."""

@@ -49,9 +49,12 @@ def doh_app(zone: dict[str, list[str]]) -> FastAPI:
 
 
 @contextmanager
-def running_doh(ca: TestCA, zone: dict[str, list[str]], host: str = "127.0.0.5") -> Iterator[str]:
-    """Serve DoH on https://HOST:PORT/dns-query with a certificate for HOST; yield the URL."""
-    leaf = ca.ca.issue_cert(host)
+def running_doh(
+    ca: TestCA, zone: dict[str, list[str]], host: str = "127.0.0.5", names: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Serve DoH on https://HOST:PORT/dns-query with a certificate for HOST (and ``names``);
+    yield the URL."""
+    leaf = ca.ca.issue_cert(host, *names)
     cert_path = Path(ca.directory) / f"doh-{host}.pem"
     key_path = Path(ca.directory) / f"doh-{host}.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert_path))
