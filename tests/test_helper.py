@@ -42,6 +42,7 @@ from backend.helper_protocol import (
     plan_endpoints,
 )
 from backend.ssrf import FORBIDDEN_FAILURE, AddressGuard, is_special
+from probes.net.dns import DNS_ATTEMPTS
 from probes.nettests.control import ControlClient, ControlResult
 from tests.loopback.dns_server import FakeDNSServer
 
@@ -413,17 +414,17 @@ def test_lost_query_of_a_redirect_hop_is_asked_again(
 def test_dns_timeout_is_a_timeout_not_unknown_error(
     dns_server: Callable[..., FakeDNSServer],
 ) -> None:
-    """A resolver that never answers: the lookup is asked twice, then reported as the timeout
+    """A resolver that never answers: the lookup is asked again, then reported as the timeout
     it is (oohelperd would say unknown_error); the GET's failure is oohelperd's
     dns_lookup_error for a timeout while resolving."""
     silent = dns_server(zone=ZONE, mode="silent")
     with helper(HelperConfig(resolver=silent.address, allow_private=True, timeout=1.0)) as base:
         doc = control(base, "http://site.test/", [])
     assert doc["dns"] == {"failure": "generic_timeout_error", "addrs": []}
-    assert doc["x_dns"] == {"failure": "generic_timeout_error", "attempts": 2}
+    assert doc["x_dns"] == {"failure": "generic_timeout_error", "attempts": DNS_ATTEMPTS}
     assert doc["http_request"]["failure"] == "dns_lookup_error"
     assert doc["x_http_request"]["failure"] == "generic_timeout_error"
-    assert queried(silent).count("site.test") == 4
+    assert queried(silent).count("site.test") == 2 * DNS_ATTEMPTS  # A and AAAA
 
 
 def test_closed_port(resolver: FakeDNSServer) -> None:
