@@ -96,8 +96,8 @@ async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
 
     A and AAAA concurrently, each asked again when it timed out (resolve_retrying, as the
     probe does): one lost datagram on the helper's path must not become a control without
-    addresses, hence a null verdict at the probe. Each attempt gets an equal share of the
-    step's timeout, so a lookup still ends within it.
+    addresses, hence a null verdict at the probe. The lookup still ends within the step's
+    timeout.
     """
     timeout = ctx.config.timeout
     try:
@@ -123,7 +123,7 @@ async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
     except Exception:
         log.exception("DNS lookup of %s raised", printable(host))
         return _INTERNAL_FAILURE, []
-    ctx.dns_attempts[host] = max(len(r.queries) for r in results)
+    ctx.dns_attempts[host] = max(max(r.transmissions, len(r.queries)) for r in results)
     ctx.cache[host] = _join_dns(list(results))
     return ctx.cache[host]
 
