@@ -210,12 +210,17 @@ async def test_resolve_retrying_keeps_listening_for_a_slow_answer(dns_server: Ma
 
     def slow_first(query: dns.message.Message) -> list[tuple[float, dns.message.Message | bytes]]:
         if len(srv.log) == 1:
-            return [(0.8, srv._answer(query, ZONE["example.test"]))]
+            # After the second send (at a quarter of the 1.6 s), before the third (at half).
+            return [(0.6, srv._answer(query, ZONE["example.test"]))]
         return []  # the retransmissions are lost
 
     srv = dns_server(handler=slow_first)
     res = await resolve_retrying(
-        "example.test", resolver=srv.address, timeout=1.5, t_zero=time.monotonic()
+        "example.test",
+        resolver=srv.address,
+        timeout=1.6,
+        attempts=4,
+        t_zero=time.monotonic(),
     )
     assert (res.failure, res.addrs) == (None, ["127.0.0.2"])
     assert res.transmissions == 2 and len(srv.log) == 2

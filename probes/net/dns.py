@@ -471,11 +471,13 @@ async def resolve(
     return res
 
 
-# Attempts of a query that timed out: one lost datagram must not decide a measurement. glibc's
-# stub resolver tries twice (`attempts:2` in resolv.conf(5)); at 2% loss each way two lost
-# attempts in a row still befall ~1 query in 600, about one null verdict per 300-name run at two
-# vantages in the lab (bench.accuracy, docs/benchmarks.md), so we ask three times (~1 in 15,000).
-DNS_ATTEMPTS = 3
+# Sends of a query without an answer (resolve_retrying: retransmitted on one socket, so an
+# earlier send's late answer still counts and a short interval costs only a duplicate query):
+# one lost datagram must not decide a measurement. glibc's stub resolver tries twice
+# (`attempts:2` in resolv.conf(5)); at 2% loss each way two lost sends in a row still befall ~1
+# query in 600, about one null verdict per 300-name run at two vantages in the lab
+# (bench.accuracy, docs/benchmarks.md), and three still left one null in two such runs; four.
+DNS_ATTEMPTS = 4
 
 
 async def resolve_retrying(

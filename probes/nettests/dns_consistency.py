@@ -53,7 +53,7 @@ from probes.nettests.dns_consistency_analysis import (
 # seen tens of milliseconds apart) without making each name cost much.
 DEFAULT_LISTEN_WINDOW = 0.5
 # Share of the per-input budget for one DNS attempt; a UDP query that timed out is asked again,
-# up to probes.net.dns.DNS_ATTEMPTS times in all (three: see there).
+# up to probes.net.dns.DNS_ATTEMPTS times in all (see there).
 DNS_TIMEOUT_SHARE = 0.1
 DNS_ATTEMPTS = NET_DNS_ATTEMPTS
 # At most this many of the probe's addresses are sent to the helper for TLS checks (the
