@@ -394,6 +394,21 @@ def test_lost_dns_query_is_asked_again(
     assert queried(losing).count("site.test") == 4  # A and AAAA, twice each; the GET reused them
 
 
+def test_a_retried_lookup_does_not_eat_the_fetchs_budget(
+    dns_server: Callable[..., FakeDNSServer], web: CountingServer
+) -> None:
+    """The GET gets its whole step after the lookup: a lookup that needed a second send and a
+    slow site together take longer than one step, and the page is still fetched."""
+    losing = losing_resolver(dns_server, ZONE, lose=1)
+    web.delay = 1.7
+    with helper(HelperConfig(resolver=losing.address, allow_private=True, timeout=2.0)) as base:
+        doc = control(base, f"http://site.test:{web.port}/", [])
+    # The second send goes out after a quarter of the step (0.5 s) and the site answers after
+    # 1.7 s: a GET whose deadline counted from the request's start would have timed out.
+    assert doc["x_dns"]["attempts"] == 2
+    assert doc["http_request"]["status_code"] == 200 and doc["http_request"]["failure"] is None
+
+
 def test_lost_query_of_a_redirect_hop_is_asked_again(
     dns_server: Callable[..., FakeDNSServer], web: CountingServer
 ) -> None:
