@@ -15,6 +15,8 @@ import typer
 
 from probes.cli_options import ConfigOption, ResultsOption
 from probes.config import Config, ConfigError, load_config
+from probes.exit_status import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from probes.exit_status import EXIT_FAILURE as EXIT_FAILURE  # commands import it from here
 
 app = typer.Typer(
     name="censorscope",
@@ -25,10 +27,6 @@ app = typer.Typer(
 )
 lists_app = typer.Typer(help="Test lists and keyword lists.", no_args_is_help=True)
 app.add_typer(lists_app, name="lists")
-
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def _nettest_help() -> str:
@@ -127,7 +125,9 @@ def run(
     timeout: Annotated[
         float | None,
         typer.Option(
-            min=0.1, help="Per-input time budget, seconds (default: config probe.timeout, else 30)."
+            min=0.1,
+            help="Per-input time budget, seconds (default: config probe.timeout, else 30; "
+            "censor_trace: computed from its pacing).",
         ),
     ] = None,
     repeat: Annotated[int, typer.Option(min=1, max=1000, help="Measure each input N times.")] = 1,
@@ -203,6 +203,13 @@ def run(
             help="http_keyword: path, query, host, body, sni (repeatable) (default: all)."
         ),
     ] = None,
+    encoding: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: utf-8, gb18030, big5: the encodings a word's URL and body bytes "
+            "are sent in, each that can carry the word (repeatable) (default: all three)."
+        ),
+    ] = None,
     residual_window: Annotated[
         float | None,
         typer.Option(
@@ -218,6 +225,20 @@ def run(
         str | None,
         typer.Option(
             help="message_delivery: channel adapter (relay, smtp, matrix) (default: relay)."
+        ),
+    ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            help="message_delivery: the account that sends ([accounts.NAME] in the config; "
+            "with --receiver) (default: one anonymous mailbox for both ends)."
+        ),
+    ] = None,
+    receiver: Annotated[
+        str | None,
+        typer.Option(
+            help="message_delivery: the account that receives ([accounts.NAME]; with "
+            "--sender) (default: one anonymous mailbox for both ends)."
         ),
     ] = None,
     delivery_deadline: Annotated[
@@ -293,9 +314,12 @@ def run(
                 "listen_window": listen_window,
                 "bogon_exempt": bogon_exempt,
                 "placements": placement,
+                "encodings": encoding,
                 "residual_window": residual_window,
                 "keyword_tries": keyword_tries,
                 "channel": channel,
+                "sender": sender,
+                "receiver": receiver,
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
@@ -314,6 +338,25 @@ def run(
     raise typer.Exit(status)
 
 
+def _zone_problem(zone: str, answer: str) -> str | None:
+    """A --dns-zone that is no DNS name, or an A record that is no IPv4 address: named now,
+    not as a traceback when the zone server starts or answers."""
+    import ipaddress
+
+    import dns.exception
+    import dns.name
+
+    try:
+        dns.name.from_text(zone)
+    except dns.exception.DNSException as exc:
+        return f"--dns-zone {zone!r}: not a DNS name ({exc})"
+    try:
+        ipaddress.IPv4Address(answer)
+    except ValueError:
+        return f"--dns-answer {answer!r}: give the IPv4 address every name in the zone has"
+    return None
+
+
 @app.command()
 def helper(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
@@ -328,12 +371,18 @@ def helper(
         Path | None, typer.Option(help="Extra CA bundle trusted for TLS (default: none).")
     ] = None,
     echo_ports: Annotated[
-        list[int] | None,
-        typer.Option(help="http_keyword: a TCP/HTTP echo port (repeatable) (default: none)."),
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: a TCP/HTTP echo port or range LOW-HIGH (repeatable; hundreds "
+            "let a residual window taint one port, not the test) (default: none)."
+        ),
     ] = None,
     tls_echo_ports: Annotated[
-        list[int] | None,
-        typer.Option(help="http_keyword: a TLS echo port, any SNI (repeatable) (default: none)."),
+        list[str] | None,
+        typer.Option(
+            help="http_keyword: a TLS echo port or range LOW-HIGH, any SNI (repeatable) "
+            "(default: none)."
+        ),
     ] = None,
     dns_zone: Annotated[
         str | None,
@@ -393,18 +442,32 @@ def helper(
         fail(str(exc))
     echo = None
     if echo_ports or tls_echo_ports:
-        echo = EchoConfig(host, list(echo_ports or []), list(tls_echo_ports or []))
+        from backend.helper_echo import parse_ports
+
+        try:
+            tcp = parse_ports(echo_ports or [])
+            tls = parse_ports(tls_echo_ports or [])
+        except ValueError as exc:
+            fail(f"--echo-ports/--tls-echo-ports: {exc}")
+        echo = EchoConfig(host, tcp, tls)
     zone = None
     if dns_zone:
         try:
             dns_host, dns_port = parse_listen(dns_listen)
         except ValueError as exc:
             fail(f"--dns-listen: {exc}")
+        if problem := _zone_problem(dns_zone, dns_answer or host):
+            fail(problem)
         zone = DNSZoneConfig(dns_zone, dns_answer or host, dns_host, dns_port)
     relay_token = os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None
     if relay and relay_token is None:
         fail("--relay needs CENSORSCOPE_RELAY_TOKEN (the relay never runs open)")
-    relay_config = RelayConfig(token=relay_token) if relay_token and relay is not False else None
+    try:  # a blank token is refused by RelayConfig: bad input, not a traceback
+        relay_config = (
+            RelayConfig(token=relay_token) if relay_token and relay is not False else None
+        )
+    except ValueError as exc:
+        fail(f"CENSORSCOPE_RELAY_TOKEN: {exc}")
     asn_lookup = None
     if geoip_db:
         try:
@@ -430,11 +493,20 @@ def helper(
 @lists_app.command("validate")
 def lists_validate(
     files: Annotated[list[Path], typer.Argument(help="Test lists or keyword lists.")],
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail on warnings too (odd rows a published list keeps as written): "
+            "for lists we write ourselves (default: warnings do not fail).",
+        ),
+    ] = False,
 ) -> None:
-    """Report every bad row as FILE:LINE: FIELD: REASON; exit 2 if any."""
+    """Report every bad row as FILE:LINE: FIELD: REASON; exit 2 on an error (or, with --strict,
+    a warning)."""
     from probes.testlists import validate_command
 
-    raise typer.Exit(validate_command(files, sys.stdout))
+    raise typer.Exit(validate_command(files, sys.stdout, strict=strict))
 
 
 def _mount_lab() -> None:

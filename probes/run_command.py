@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from probes import run_settings
 from probes.config import Config
+from probes.exit_status import EXIT_FAILURE, EXIT_INTERRUPTED
 from probes.gc_tuning import tuned_gc
 from probes.measurement import Scrubber, new_report_id, ooni_time
 from probes.net.addresses import is_ip, parse_host_port
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
     from probes.vantage import Vantage
 
 T = TypeVar("T")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 @dataclass
@@ -81,20 +77,37 @@ def _inputs(testlists: list[Path], inputs: list[str]) -> Iterator[str]:
     return iter_inputs(testlists, inputs)
 
 
-def _keyword_inputs(path: Path) -> Iterator[str]:
+def _keyword_inputs(path: Path, on_warning: Callable[[Any], None] | None = None) -> Iterator[str]:
     """Keyword nettests (`keyword_inputs = True`): one input per keyword, `A+B` a combination."""
     from probes.testlists import iter_keywords
 
-    for keyword in iter_keywords(path):
+    for keyword in iter_keywords(path, on_warning=on_warning):
         yield "+".join(keyword.parts)
 
 
+# Warnings about odd rows of a published keyword list printed before a run; the rest counted.
+MAX_LIST_WARNINGS_SHOWN = 20
+
+
 def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> int:
-    """Read the keyword list through (a bad row fails now); returns how many inputs it gives."""
+    """Read the keyword list through (a bad row fails now, an odd one is kept and said on
+    stderr as FILE:LINE); returns how many inputs it gives."""
     from probes.testlists import ListError
 
+    warned = 0
+
+    def say(problem: Any) -> None:
+        nonlocal warned
+        warned += 1
+        if warned <= MAX_LIST_WARNINGS_SHOWN:
+            print(f"censorscope: {problem}", file=sys.stderr)
+
     try:
-        return sum(1 for _ in _keyword_inputs(path))
+        n = sum(1 for _ in _keyword_inputs(path, say))
+        if warned > MAX_LIST_WARNINGS_SHOWN:
+            more = warned - MAX_LIST_WARNINGS_SHOWN
+            print(f"censorscope: {path}: {more} more warning(s)", file=sys.stderr)
+        return n
     except ListError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -157,9 +170,9 @@ def locate_vantage(
     from probes.geoip import GeoIPError
     from probes.vantage import locate, source_problem
 
-    problem = source_problem(cfg)
+    problem = source_problem(cfg, helpers)
     if problem:
-        fail(f"{cfg.source}: {problem}")
+        fail(problem if problem.startswith("control helper") else f"{cfg.source}: {problem}")
     try:
         where = run_async(
             locate(
@@ -175,6 +188,22 @@ def locate_vantage(
         if line:
             print(f"censorscope: {line}", file=sys.stderr)
     return where
+
+
+def _ca_file_problem(path: str) -> str | None:
+    """Why the CA file cannot be trusted (missing, unreadable, no PEM certificate), else None:
+    said before measuring, not as a traceback from the first nettest that builds a client."""
+    import ssl
+
+    from probes.net.tls import verifying_context
+
+    try:
+        verifying_context(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ssl.SSLError as exc:
+        return f"not a PEM CA bundle ({exc.reason or exc})"
+    return None
 
 
 def _resolver_ok(resolver: str) -> bool:
@@ -199,7 +228,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
-    where = _locate(cfg, req, fail)
+    manifest: ReportManifest | None = None
     if req.resume:
         try:
             manifest = store.load_manifest(req.resume)
@@ -215,15 +244,6 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     else:
         settings = run_settings.resolve(req, cfg, cls.default_budget(req.nettest_options))
         options[run_settings.SETTINGS] = settings
-        now = datetime.now(UTC)
-        manifest = ReportManifest(
-            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
-            test_name=cls.name,
-            vantage=vantage,
-            date=now.strftime("%Y-%m-%d"),
-            test_start_time=ooni_time(now),
-            options=options,
-        )
     if cls.needs_input and not req.inputs and not req.testlists:
         fail(f"{cls.name} needs inputs: give --input URL or --testlist FILE")
     for value in req.inputs:
@@ -238,6 +258,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"--resolver {resolver!r}: {exc}")
         if not is_ip(host):
             fail(f"--resolver {resolver!r}: give an IP address, optionally with :PORT")
+    if settings["ca_file"] and (problem := _ca_file_problem(settings["ca_file"])):
+        fail(f"CA file {settings['ca_file']} (--ca-file or [probe] ca_file): {problem}")
     n_inputs = _check_lists(req.testlists, fail) + sum(1 for v in req.inputs if v.strip())
     keyword_inputs = getattr(cls, "keyword_inputs", False) and not req.inputs
     if keyword_inputs:
@@ -245,6 +267,23 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
         n_inputs = _check_keywords(req.keywords, fail)
 
+    accounts = _accounts(cfg, fail)
+    from probes.consent import require_consent
+
+    # Consent before anything leaves this machine: locating asks whoami and STUN servers.
+    if problem := require_consent(cfg):
+        fail(problem)
+    where = _locate(cfg, req, fail)
+    if manifest is None:
+        now = datetime.now(UTC)
+        manifest = ReportManifest(
+            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
+            test_name=cls.name,
+            vantage=vantage,
+            date=now.strftime("%Y-%m-%d"),
+            test_start_time=ooni_time(now),
+            options=options,
+        )
     ctx = ProbeContext(
         vantage=vantage,
         probe_cc=where.probe_cc,
@@ -260,11 +299,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         fingerprint_files=list(settings["fingerprints"]),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
+        accounts=accounts,
     )
-    from probes.consent import require_consent
-
-    if problem := require_consent(cfg):
-        fail(problem)
     run_options = RunOptions(
         concurrency=settings["concurrency"],
         timeout=ctx.timeout,
@@ -347,4 +383,22 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    return getattr(nettest, "exit_status", EXIT_OK)
+    return nettest.exit_status
+
+
+def _accounts(cfg: Config, fail: Callable[[str], NoReturn]) -> dict[str, Any]:
+    """The config's messaging accounts; a bad [accounts.NAME] table stops the run (exit 2)."""
+    from probes.accounts import load_accounts
+    from probes.config import ConfigError
+    from probes.secret_files import loose_permissions
+
+    try:
+        accounts = load_accounts(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    raw = cfg.raw.get("accounts", {})
+    if any("mailbox_key" in table for table in raw.values()):
+        warning = loose_permissions(Path(cfg.source), "the config, with mailbox keys,")
+        if warning:
+            print(f"censorscope: {warning}", file=sys.stderr)
+    return dict(accounts)

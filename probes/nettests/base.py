@@ -11,6 +11,9 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+# `censorscope run` exits with EXIT_HELPER_UNREACHABLE (3) when no control helper answered:
+# every input is still measured and stored, verdicts null (nettests import it from here).
+from probes.exit_status import EXIT_HELPER_UNREACHABLE as EXIT_HELPER_UNREACHABLE
 from probes.measurement import Scrubber
 from probes.net.addresses import parse_host_port
 
@@ -35,12 +38,8 @@ class ProbeContext:
     fingerprint_files: list[str] = field(default_factory=list)
     scrubber: Scrubber = field(default_factory=Scrubber)
     options: dict[str, Any] = field(default_factory=dict)
-
-
-# `censorscope run` exits with this when no control helper answered (every input is still
-# measured and stored, verdicts null): a status of its own, so a script can tell it from bad
-# usage (2).
-EXIT_HELPER_UNREACHABLE = 3
+    # The config's messaging accounts by name (probes/accounts.py), for message_delivery.
+    accounts: dict[str, Any] = field(default_factory=dict)
 
 
 class SetupError(Exception):
@@ -59,6 +58,9 @@ class Nettest(abc.ABC):
         self.ctx = ctx
         # Warnings the CLI prints once at the end (e.g. "control helper unreachable").
         self.warnings: list[str] = []
+        # The run's exit status when every input was measured (EXIT_HELPER_UNREACHABLE: no
+        # control, verdicts null); setup sets it.
+        self.exit_status = 0
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Prepare shared resources (clients, helper checks) before the first input."""
