@@ -35,7 +35,7 @@ from backend.helper_protocol import (
 from backend.log_text import printable
 from backend.ssrf import FORBIDDEN_FAILURE, parse_ip
 from probes.net.addresses import format_host_port, is_bogon
-from probes.net.dns import DNSResult, resolve_both
+from probes.net.dns import DNS_ATTEMPTS, DNSResult, resolve_retrying
 from probes.net.tcp import guarded_connects, tcp_connect
 from probes.net.tls import TLSResult, tls_handshake
 
@@ -65,6 +65,7 @@ class _Context:
     t_zero: float
     # host -> (failure, addresses) of lookups already made, so the GET reuses the first one
     cache: dict[str, tuple[str | None, list[str]]] = field(default_factory=dict)
+    dns_attempts: dict[str, int] = field(default_factory=dict)  # host -> queries sent per family
     refused_hosts: list[str] = field(default_factory=list)
     http_dns_failure: str | None = None  # why a hop of the GET did not resolve
     # The GET's first TLS handshake (None when it made none) and the endpoint it goes to first:
@@ -87,20 +88,33 @@ def _join_dns(results: list[DNSResult]) -> tuple[str | None, list[str]]:
     if addrs:
         return None, addrs
     failures = [r.failure for r in results if r.failure not in (None, "dns_no_answer")]
-    return (failures[0] if failures else None), []
+    return (failures[0] if failures else "dns_no_answer"), []
 
 
 async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
-    """Resolve `host` through the configured resolver (OONI failure string, addresses)."""
+    """Resolve `host` through the configured resolver (OONI failure string, addresses).
+
+    A and AAAA concurrently, each asked again when it timed out (resolve_retrying, as the
+    probe does): one lost datagram on the helper's path must not become a control without
+    addresses, hence a null verdict at the probe. The lookup still ends within the step's
+    timeout.
+    """
     timeout = ctx.config.timeout
     try:
         results = await _bounded(
-            resolve_both(
-                host,
-                resolver=ctx.config.resolver,
-                timeout=timeout,
-                t_zero=ctx.t_zero,
-                pool=ctx.config.resolver_pool,
+            asyncio.gather(
+                *(
+                    resolve_retrying(
+                        host,
+                        query_type=query_type,
+                        resolver=ctx.config.resolver,
+                        timeout=timeout,
+                        attempts=DNS_ATTEMPTS,
+                        t_zero=ctx.t_zero,
+                        pool=ctx.config.resolver_pool,
+                    )
+                    for query_type in ("A", "AAAA")
+                )
             ),
             timeout + 1.0,
         )
@@ -109,7 +123,8 @@ async def _lookup(ctx: _Context, host: str) -> tuple[str | None, list[str]]:
     except Exception:
         log.exception("DNS lookup of %s raised", printable(host))
         return _INTERNAL_FAILURE, []
-    ctx.cache[host] = _join_dns(results)
+    ctx.dns_attempts[host] = max(max(r.transmissions, len(r.queries)) for r in results)
+    ctx.cache[host] = _join_dns(list(results))
     return ctx.cache[host]
 
 
@@ -245,16 +260,18 @@ async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
         if ctx.fetch_tls is not None and not ctx.fetch_tls.done():
             ctx.fetch_tls.set_result(None)  # no handshake to share: endpoints measure their own
     # Whatever http_get called these, we know the cause: the guard, or a hop's DNS lookup.
+    during_dns = False
     if failure is not None and ctx.refused_hosts:
         failure = FORBIDDEN_FAILURE
     elif failure is not None and ctx.http_dns_failure is not None:
-        failure = ctx.http_dns_failure
+        failure, during_dns = ctx.http_dns_failure, True
     extra: dict[str, Any] = {"failure": failure, "body_truncated": False, "hops": hops}
+    legacy = map_http_failure(failure, during_dns=during_dns)
     if result is None or not result.status_code:
         doc = {
             "body_length": -1,
             "discovered_h3_endpoint": "",
-            "failure": map_http_failure(failure),
+            "failure": legacy,
             "title": "",
             "headers": {},
             "status_code": -1,
@@ -264,7 +281,7 @@ async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
     doc = {
         "body_length": len(result.body),
         "discovered_h3_endpoint": "",
-        "failure": map_http_failure(failure),
+        "failure": legacy,
         "title": result.title or "",
         "headers": {canonical_header(k): v for k, v in result.headers.items()},
         "status_code": result.status_code,
@@ -332,6 +349,12 @@ async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
         "http_request": http_doc,
         "http3_request": None,
         "dns": {"failure": map_dns_failure(dns_failure), "addrs": th_addrs},
+        # The lookup in the probe's own words (netxlite's strings: dns_nxdomain_error,
+        # dns_no_answer, generic_timeout_error, ...), which the legacy `dns.failure` loses.
+        "x_dns": {
+            "failure": dns_failure,
+            "attempts": ctx.dns_attempts.get(req.hostname, 0),
+        },
         "ip_info": info,
         "x_tls_certificates": certificates,
         "x_http_request": http_extra,

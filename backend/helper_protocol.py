@@ -214,7 +214,18 @@ def plan_endpoints(
 
 
 def map_dns_failure(failure: str | None) -> str | None:
-    """The probe's DNS failure string as the legacy helper reported it (oohelperd dns.go)."""
+    """The probe's DNS failure string as the legacy helper reported it (oohelperd dns.go
+    dnsMapFailure), except for a timeout.
+
+    oohelperd writes `unknown_error` for every failure it has no legacy name for, a timeout
+    included; ours keeps `generic_timeout_error`, the name the legacy vocabulary already uses
+    for TCP and HTTP timeouts, so that "the helper's DNS timed out" stays distinguishable from
+    a broken helper. Clients test `dns.failure` against `dns_name_error` or for null (probe-cli's
+    dnsanalysis and webconnectivitylte, ooni/data), so any other string reads the same to
+    them. SERVFAIL is `dns_server_failure`, as the legacy helper said it (oohelperd's table
+    predates netxlite's `dns_servfail_error` and lets it fall to `unknown_error`). The raw
+    string is in the response's `x_dns.failure`.
+    """
     if failure is None or failure == "dns_no_answer":
         return None  # the legacy helper answered an empty list without an error
     if failure == "dns_nxdomain_error":
@@ -227,6 +238,8 @@ def map_dns_failure(failure: str | None) -> str | None:
         "dns_temporary_failure",
     }:
         return "dns_server_failure"
+    if failure == "generic_timeout_error":
+        return failure
     return "unknown_error"
 
 
@@ -239,12 +252,15 @@ def map_tcp_failure(failure: str | None) -> str | None:
     return "connect_error"
 
 
-def map_http_failure(failure: str | None) -> str | None:
-    """HTTP failures in the legacy helper's words (oohelperd http.go)."""
-    if failure is None or failure in {"generic_timeout_error", "x_forbidden_address"}:
+def map_http_failure(failure: str | None, *, during_dns: bool = False) -> str | None:
+    """HTTP failures in the legacy helper's words (oohelperd http.go httpMapFailure): a DNS
+    failure of the GET, a timeout of its lookup included, is `dns_lookup_error`."""
+    if failure is None or failure == "x_forbidden_address":
         return failure
-    if failure.startswith("dns_"):
+    if failure.startswith("dns_") or during_dns:
         return "dns_lookup_error"
+    if failure == "generic_timeout_error":
+        return failure
     if failure == "connection_refused":
         return "connection_refused_error"
     return "unknown_error"

@@ -73,6 +73,29 @@ SPARE_BASE_V4 = 0x0B640000  # 11.100.0.0
 SPARE_BASE_V6 = int(ipaddress.IPv6Address("2a0c:cafe:100::"))
 MAX_DOMAINS = 250 * 256
 
+# The censor's block-page server (dns_blockpage): served by lab.servers like every site, but
+# with the national block page whatever the Host; its port 443 refuses connections.
+BLOCKPAGE_V4 = "11.0.0.80"
+BLOCKPAGE_V6 = "2a0c:cafe::80"
+
+# Routers between the censored vantage and the censor (scenario `censor.hops`): namespace
+# cs-hop<k>, k = 1 next to the vantage; the link above hop k (toward the censor) is
+# 10.77.(HOP_SUBNET_BASE + k).0/24 and fd00:77:(HOP_SUBNET_BASE + k)::/64, .1 on the upper side.
+HOP_PREFIX = "cs-hop"
+HOP_SUBNET_BASE = 10
+MAX_HOPS = 8
+
+
+def hop_namespace(k: int) -> str:
+    return f"{HOP_PREFIX}{k}"
+
+
+def hop_link(k: int) -> tuple[tuple[str, str], tuple[str, str]]:
+    """((upper v4, lower v4), (upper v6, lower v6)) CIDRs of the link above hop k."""
+    n = HOP_SUBNET_BASE + k
+    return (f"10.77.{n}.1/24", f"10.77.{n}.2/24"), (f"fd00:77:{n}::1/64", f"fd00:77:{n}::2/64")
+
+
 # GFW-style forged answers come from this pool: routed to the internet namespace, never served.
 DEFAULT_INJECT_POOL = ("11.201.0.1", "11.201.0.2", "11.201.0.3", "11.201.0.4", "11.201.0.5")
 DEFAULT_BOGON = "10.10.34.35"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
 import dns.flags
 import dns.message
@@ -19,6 +18,7 @@ import dns.rdatatype
 import dns.rrset
 
 from lab import addresses, matching
+from lab.http_head import HTML, response_head
 from lab.packets import (
     ACK,
     FIN,
@@ -61,13 +61,6 @@ class Flow:
     last: float = 0.0
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Blocked"
-
-
 class Censor:
     """State and rules of one censor; `decide` is called once per queued packet."""
 
@@ -90,12 +83,11 @@ class Censor:
         self.residual: dict[tuple[str, str, int], float] = {}
         self.ip_id = 0
         self.stats: dict[str, int] = {}
-        title = c.blockpage_title
-        body = c.blockpage_body.replace("{title}", title).encode()
-        self.blockpage = (
-            f"HTTP/1.1 {c.blockpage_status} {_reason(c.blockpage_status)}\r\n"
-            f"Content-Type: text/html\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode() + body
+        body = c.blockpage_html()
+        # The same head as the sites' server software (lab.http_head): status and header names
+        # match the site's, as with a filter built into the stack that serves the sites.
+        self.blockpage = response_head(c.blockpage_status, HTML, len(body), keep_alive=False) + body
+        self.dns_blockpage = {d.name for d in scenario.by_block("dns_blockpage")}
         self._last_gc = 0.0
 
     # -- helpers -------------------------------------------------------------------------
@@ -170,6 +162,13 @@ class Censor:
                 forged=[self._dns_reply(pkt, query, None, None)],
                 reason="dns_nxdomain",
             )
+        if self._name_in(qname, self.dns_blockpage):
+            # The censor's resolver sends the name to its block-page server.
+            if question.rdtype == dns.rdatatype.AAAA:
+                answer = self._dns_reply(pkt, query, "AAAA", addresses.BLOCKPAGE_V6)
+            else:
+                answer = self._dns_reply(pkt, query, "A", addresses.BLOCKPAGE_V4)
+            return Decision(accept=False, forged=[answer], reason="dns_blockpage")
         if self._name_in(qname, self.dns_bogon):
             if question.rdtype == dns.rdatatype.AAAA:
                 answer = self._dns_reply(pkt, query, "AAAA", "fd00:10:10:34::35")

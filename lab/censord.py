@@ -1,8 +1,9 @@
 """The censor daemon: runs lab.censor on packets queued by iptables NFQUEUE in cs-censor.
 
 In-path (default): forged packets are sent *before* the original is released or dropped, so
-the forgery always wins. On-path: the original is released first and the forgery races it,
-as a real on-path injector does. Delayed verdicts (faults.delay_ms, the on-path delay) are
+the forgery always wins. On-path: the original is always released (an on-path injector only
+sees a copy: it cannot drop a query, a request or the server's answer) and the forgery races
+it, as a real on-path injector does. Delayed verdicts (faults.delay_ms, the on-path delay) are
 kept in a heap and released by the same single-threaded loop.
 
 Run as `python -m lab.censord --scenario FILE --queue N --stats FILE` inside cs-censor.
@@ -56,7 +57,8 @@ class Daemon:
         decision = self.censor.decide(pkt.get_payload(), now)
         if self.on_path:
             # Release first, then race: the forgery may lose, as on a real network.
-            if decision.delay_s > 0 and decision.accept:
+            decision.accept = True
+            if decision.delay_s > 0:
                 pkt.retain()
                 heapq.heappush(self.held, (now + decision.delay_s, next(self.counter), pkt, True))
             else:

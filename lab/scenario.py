@@ -33,6 +33,10 @@ BLOCK_KINDS: dict[str, tuple[str | bool | None, str | None, str | None]] = {
     "sni_rst": ("http-failure", "tls.sni_reset", "https"),
     "blackhole": ("tcp_ip", "tcp.timeout", None),
     "blockpage": ("http-diff", "http.blockpage", "http"),
+    # The censor's resolver answers with its block-page server's address, where the same
+    # server software as the sites serves the national block page (over http; its port 443
+    # refuses connections, as a block-page server holds no certificate for the name).
+    "dns_blockpage": ("dns", "dns.inconsistent", "http"),
     "throttle": (False, None, None),
     "down": (False, None, None),
 }
@@ -43,7 +47,12 @@ DNS_CONSISTENCY_KINDS: dict[str, tuple[str, str]] = {
     "dns_inject": ("dns", "dns.injected"),
     "dns_nxdomain": ("dns", "dns.nxdomain"),
     "dns_bogon": ("dns", "dns.bogon"),
+    # One forged address, no DNS server behind it, nothing serving the name there.
+    "dns_blockpage": ("dns", "dns.inconsistent"),
 }
+# An on-path injector cannot drop the query: the genuine answer follows the forged one, which
+# dns_consistency reads as injection (two differing answers) whatever the forgery said.
+FORGED_DNS_KINDS = ("dns_inject", "dns_nxdomain", "dns_bogon", "dns_blockpage")
 # Block kinds whose name resolves to its own server and whose TLS handshake (any SNI) goes
 # through from the censored vantage: candidates for "not blocked" in the TLS nettests' truth.
 TLS_OPEN_KINDS = ("none", "http_rst", "blockpage", "throttle")
@@ -107,6 +116,8 @@ class Censor:
     blockpage_status: int = 200
     residual_seconds: float = 0.0
     residual_action: str = "rst"  # or "drop"
+    # Routers between the censored vantage and the censor (0: the censor is its first hop).
+    hops: int = 0
     # TLS for these scenario domains is re-signed by the censor's own CA (lab.interceptor) at
     # the censored vantage; regional_cert_sni get another key from the public (lab) CA there,
     # like a CDN's regional edge: not interception.
@@ -115,6 +126,10 @@ class Censor:
     # Where on-path keyword rules look (KEYWORD_PLACEMENTS); the default is the historical
     # request line and Host only, so older scenarios keep their meaning.
     keyword_placements: tuple[str, ...] = ("path", "query", "host")
+
+    def blockpage_html(self) -> bytes:
+        """The national block page as served (by the censor or its block-page server)."""
+        return self.blockpage_body.replace("{title}", self.blockpage_title).encode()
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,9 @@ class Faults:
 
     loss: float = 0.0
     delay_ms: float = 0.0
+    # Random loss on the control helper's own path (its DNS queries, connects and fetches to
+    # the lab's servers, inside cs-internet), so the control is measured under loss too.
+    helper_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -177,8 +195,14 @@ class Scenario:
 
     def dns_truth(self) -> dict[str, dict[str, Any]]:
         """Name -> expected dns_consistency verdict at the censored vantage."""
+        on_path = self.censor.mode == "on-path"
         return {
-            d.name: _expect(DNS_CONSISTENCY_KINDS.get(d.block, _OPEN), d.block)
+            d.name: _expect(
+                ("dns", "dns.injected")
+                if on_path and d.block in FORGED_DNS_KINDS
+                else DNS_CONSISTENCY_KINDS.get(d.block, _OPEN),
+                d.block,
+            )
             for d in self.domains
         }
 
@@ -374,6 +398,9 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     residual = _get(c, "residual_seconds", float, 0.0, source, "censor")
     if residual < 0:
         raise _err(source, "censor.residual_seconds", "must be >= 0")
+    hops = _get(c, "hops", int, 0, source, "censor")
+    if not 0 <= hops <= addresses.MAX_HOPS:
+        raise _err(source, "censor.hops", f"expected 0..{addresses.MAX_HOPS}, got {hops}")
     censor = Censor(
         mode=mode,
         onpath_server_delay_ms=_get(c, "onpath_server_delay_ms", float, 1.0, source, "censor"),
@@ -396,6 +423,7 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         blockpage_status=status,
         residual_seconds=residual,
         residual_action=residual_action,
+        hops=hops,
         intercept_sni=tuple(s.lower() for s in _string_list(c, "intercept_sni", source, "censor")),
         regional_cert_sni=tuple(
             s.lower() for s in _string_list(c, "regional_cert_sni", source, "censor")
@@ -409,7 +437,12 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     delay = _get(f, "delay_ms", float, 0.0, source, "faults")
     if delay < 0:
         raise _err(source, "faults.delay_ms", "must be >= 0")
-    faults = Faults(loss=loss, delay_ms=delay)
+    helper_loss = _get(f, "helper_loss", float, 0.0, source, "faults")
+    if not 0.0 <= helper_loss < 1.0:
+        raise _err(
+            source, "faults.helper_loss", f"expected a probability in [0, 1), got {helper_loss}"
+        )
+    faults = Faults(loss=loss, delay_ms=delay, helper_loss=helper_loss)
 
     p = data.get("platform", {})
     if not isinstance(p, dict):
@@ -546,6 +579,7 @@ def _to_toml(s: Scenario) -> str:
         "blockpage_status",
         "residual_seconds",
         "residual_action",
+        "hops",
         "intercept_sni",
         "regional_cert_sni",
         "keyword_placements",
@@ -554,7 +588,9 @@ def _to_toml(s: Scenario) -> str:
         if key == "keywords":
             value = _combos_toml(value)
         lines.append(f"{key} = {_toml_value(value)}")
-    lines += ["", "[faults]", f"loss = {s.faults.loss!r}", f"delay_ms = {s.faults.delay_ms!r}"]
+    f = s.faults
+    lines += ["", "[faults]", f"loss = {f.loss!r}", f"delay_ms = {f.delay_ms!r}"]
+    lines.append(f"helper_loss = {f.helper_loss!r}")
     lines += [
         "",
         "[platform]",
@@ -633,6 +669,10 @@ def generate(
     residual_seconds: float = 0.0,
     intercept: float = 0.0,
     regional_cert: float = 0.0,
+    helper_loss: float = 0.0,
+    mode: str = "in-path",
+    hops: int = 0,
+    dns_blockpage: float = 0.0,
 ) -> Scenario:
     """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
 
@@ -640,11 +680,15 @@ def generate(
     `intercept_sni` and `regional_cert_sni`, taken from the accessible http:// domains (so
     web_connectivity, which makes no TLS handshake with them, expects the same verdicts) by
     a random generator of their own: with both 0 the scenario is exactly the one before.
+    `dns_blockpage` adds that share of DNS-redirected block pages to the mix (0 keeps the
+    domains as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
     """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
     rng = random.Random(seed)
-    shares = DEFAULT_MIX if mix is None else mix
+    shares = dict(DEFAULT_MIX if mix is None else mix)
+    if dns_blockpage > 0:
+        shares["dns_blockpage"] = dns_blockpage
     kinds: list[str] = []
     for kind, share in shares.items():
         if kind not in BLOCK_KINDS:
@@ -661,6 +705,8 @@ def generate(
     censor: dict[str, Any] = {
         "residual_seconds": residual_seconds,
         "keywords": [["forbidden", "words"]],
+        "mode": mode,
+        "hops": hops,
     }
     censor |= _tls_shares(raw, seed, round(intercept * n_domains), round(regional_cert * n_domains))
     data = {
@@ -669,7 +715,7 @@ def generate(
             "description": f"generated by lab.scenario.generate({n_domains}, seed={seed})",
         },
         "censor": censor,
-        "faults": {"loss": loss},
+        "faults": {"loss": loss, "helper_loss": helper_loss},
         "domain": raw,
     }
     return parse(data, f"<generated {n_domains} seed={seed}>")
@@ -684,6 +730,12 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--loss", type=float, default=0.0)
     gen.add_argument("--residual", type=float, default=0.0)
+    gen.add_argument("--helper-loss", type=float, default=0.0, help="loss on the helper's path")
+    gen.add_argument("--mode", choices=("in-path", "on-path"), default="in-path")
+    gen.add_argument("--hops", type=int, default=0, help="routers between cn and the censor")
+    gen.add_argument(
+        "--dns-blockpage", type=float, default=0.0, help="share sent to the block-page server"
+    )
     gen.add_argument("--intercept", type=float, default=0.0, help="share re-signed by the censor")
     gen.add_argument(
         "--regional-cert", type=float, default=0.0, help="share with a CDN-like regional cert"
@@ -701,6 +753,10 @@ def main(argv: list[str] | None = None) -> int:
                     residual_seconds=args.residual,
                     intercept=args.intercept,
                     regional_cert=args.regional_cert,
+                    helper_loss=args.helper_loss,
+                    mode=args.mode,
+                    hops=args.hops,
+                    dns_blockpage=args.dns_blockpage,
                 ).to_toml()
             )
         else:

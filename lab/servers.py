@@ -37,6 +37,7 @@ import dns.rrset
 from lab import addresses, matching
 from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
+from lab.http_head import HTML, response_head
 
 HEAD_LIMIT = 64 * 1024
 BODY_LIMIT = 1024 * 1024
@@ -154,39 +155,45 @@ DOT_IDLE_S = 2.0  # RFC 7766 section 6.2.3: close idle connections (a helper's G
 
 class Web:
     """HTTP(S) handler: a domain's page when Host names one that is up, a DoH answer for a
-    POST to /dns-query, otherwise an echo."""
+    POST to /dns-query, otherwise an echo; on the censor's block-page server address, the
+    block page whatever the Host."""
 
     def __init__(self, scen: scenario_mod.Scenario, zone: Zone | None = None) -> None:
         self.pages = {d.name: page_for(d) for d in scen.domains if d.block != "down"}
         self.zone = zone
+        self.blockpage = scen.censor.blockpage_html()
+        self.blockpage_status = scen.censor.blockpage_status
+
+    def _response(self, request: Request, local: str, keep: bool) -> bytes:
+        if local in (addresses.BLOCKPAGE_V4, addresses.BLOCKPAGE_V6):
+            return (
+                response_head(self.blockpage_status, HTML, len(self.blockpage), keep_alive=keep)
+                + self.blockpage
+            )
+        doh = request.method == "POST" and request.target.split("?")[0] == "/dns-query"
+        answer = self.zone.answer(request.body) if doh and self.zone is not None else None
+        if answer is not None:
+            return response_head(200, DNS_MESSAGE, len(answer), keep_alive=keep) + answer
+        host = request.headers.get("host", "").lower()
+        host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        page = self.pages.get(host)
+        if page is not None:
+            return response_head(200, HTML, len(page), keep_alive=keep) + page
+        content = request.head + request.body
+        return response_head(200, "text/plain; charset=latin-1", len(content), keep_alive=keep) + (
+            content
+        )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sockname = writer.get_extra_info("sockname")
+        local = str(sockname[0]).split("%")[0].removeprefix("::ffff:") if sockname else ""
         try:
             while True:
                 request = await read_request(reader)
                 if request is None:
                     return
-                head, body, headers = request.head, request.body, request.headers
-                host = headers.get("host", "").lower()
-                host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-                page = self.pages.get(host)
-                doh = request.method == "POST" and request.target.split("?")[0] == "/dns-query"
-                answer = self.zone.answer(body) if doh and self.zone is not None else None
-                if answer is not None:
-                    content, ctype = answer, DNS_MESSAGE
-                elif page is not None:
-                    content, ctype = page, "text/html; charset=utf-8"
-                else:
-                    content, ctype = head + body, "text/plain; charset=latin-1"
-                keep = headers.get("connection", "").lower() != "close"
-                writer.write(
-                    (
-                        f"HTTP/1.1 200 OK\r\nServer: cs-lab\r\nContent-Type: {ctype}\r\n"
-                        f"Content-Length: {len(content)}\r\n"
-                        f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
-                    ).encode()
-                    + content
-                )
+                keep = request.headers.get("connection", "").lower() != "close"
+                writer.write(self._response(request, local, keep))
                 await writer.drain()
                 if not keep:
                     return

@@ -178,7 +178,7 @@ def _existing_namespaces() -> list[str]:
     except LabError:
         return []
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return [n for n in names if n in A.NAMESPACES]
+    return [n for n in names if n in A.NAMESPACES or n.startswith(A.HOP_PREFIX)]
 
 
 # -- up ---------------------------------------------------------------------------------------
@@ -212,8 +212,58 @@ def _link(
         _ns(ns, "ethtool", "-K", ifname, "tx", "off")
 
 
+def _hop_namespaces(scen: scenario_mod.Scenario) -> list[str]:
+    return [A.hop_namespace(k) for k in range(1, scen.censor.hops + 1)]
+
+
+def _link_censored_vantage(scen: scenario_mod.Scenario) -> None:
+    """cs-vp-cn to the censor, directly or through `censor.hops` routers (cs-hop1 next to the
+    vantage). The vantage's own link keeps its addresses (10.77.1.0/24: its gateway 10.77.1.1
+    is the censor or hop 1), so the censor's rules and the probe's settings do not change."""
+    hops = _hop_namespaces(scen)
+    if not hops:
+        _link(A.NS_CENSOR, "cen-cn", A.NS_VP_CN, "vp0", A.CN_V4, A.CN_V6)
+        return
+    _link(hops[0], "down0", A.NS_VP_CN, "vp0", A.CN_V4, A.CN_V6)
+    for k, ns in enumerate(hops, start=1):
+        last = k == len(hops)
+        v4, v6 = A.hop_link(k)
+        _link(A.NS_CENSOR if last else hops[k], "cen-cn" if last else "down0", ns, "up0", v4, v6)
+        _ns(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        _run(["ip", "-n", ns, "route", "add", "default", "via", A.host_part(v4[0])])
+        _run(["ip", "-n", ns, "-6", "route", "add", "default", "via", A.host_part(v6[0])])
+        if k > 1:
+            below4, below6 = A.hop_link(k - 1)
+            _run(["ip", "-n", ns, "route", "add", A.CN_SUBNET_V4, "via", A.host_part(below4[1])])
+            _run(
+                ["ip", "-n", ns, "-6", "route", "add", A.CN_SUBNET_V6, "via",
+                 A.host_part(below6[1])]
+            )  # fmt: skip
+    top4, top6 = A.hop_link(len(hops))
+    _run(["ip", "-n", A.NS_CENSOR, "route", "add", A.CN_SUBNET_V4, "via", A.host_part(top4[1])])
+    _run(
+        ["ip", "-n", A.NS_CENSOR, "-6", "route", "add", A.CN_SUBNET_V6, "via",
+         A.host_part(top6[1])]
+    )  # fmt: skip
+
+
+def _internet_rules(scen: scenario_mod.Scenario) -> None:
+    """cs-internet's own filter: loss on the control helper's path (every packet it exchanges
+    with the lab's servers and resolver crosses lo there, both ways; the vantages' traffic comes
+    in on inet0) and the block-page server's closed port 443."""
+    loss = f"{scen.faults.helper_loss:.6f}"
+    for cmd, blockpage in (("iptables", A.BLOCKPAGE_V4), ("ip6tables", A.BLOCKPAGE_V6)):
+        refuse = ["-d", blockpage, "-p", "tcp", "--dport", "443", "-j", "REJECT"]
+        _ns(A.NS_INTERNET, cmd, "-A", "INPUT", *refuse, "--reject-with", "tcp-reset")
+        if scen.faults.helper_loss > 0:
+            # On arrival, not on the way out: a packet dropped in OUTPUT fails the sender's
+            # send() with EPERM at once, which no lost datagram does.
+            drop = ["-i", "lo", "-m", "statistic", "--mode", "random", "--probability", loss]
+            _ns(A.NS_INTERNET, cmd, "-A", "INPUT", *drop, "-j", "DROP")
+
+
 def _build_network(scen: scenario_mod.Scenario) -> None:
-    for ns in A.NAMESPACES:
+    for ns in (*A.NAMESPACES, *_hop_namespaces(scen)):
         _run(["ip", "netns", "add", ns])
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         _ns(
@@ -225,7 +275,7 @@ def _build_network(scen: scenario_mod.Scenario) -> None:
             "net.ipv6.conf.default.accept_dad=0",
         )
     _link(A.NS_CENSOR, "cen-inet", A.NS_INTERNET, "inet0", A.TRANSIT_V4, A.TRANSIT_V6)
-    _link(A.NS_CENSOR, "cen-cn", A.NS_VP_CN, "vp0", A.CN_V4, A.CN_V6)
+    _link_censored_vantage(scen)
     _link(A.NS_CENSOR, "cen-open", A.NS_VP_OPEN, "vp0", A.OPEN_V4, A.OPEN_V6)
     _ns(
         A.NS_CENSOR, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"
@@ -285,6 +335,7 @@ def _build_network(scen: scenario_mod.Scenario) -> None:
     if nat:
         # --noflush: keep the filter table just restored.
         _ns(A.NS_CENSOR, "iptables-restore", "--noflush", input=nat)
+    _internet_rules(scen)
     for ns in (A.NS_VP_CN, A.NS_VP_OPEN):
         etc = NETNS_ETC / ns
         etc.mkdir(parents=True, exist_ok=True)
@@ -722,7 +773,7 @@ def status() -> LabStatus:
     stats = lab.censor_stats() if lab else {}
     # The control helper is another component: the lab is up without it.
     essential = [processes.get(name, {}).get("alive", False) for name in ("servers", "censor")]
-    up_now = len(namespaces) == len(A.NAMESPACES) and all(essential)
+    up_now = set(A.NAMESPACES) <= set(namespaces) and all(essential)
     return LabStatus(
         up=up_now,
         namespaces=namespaces,

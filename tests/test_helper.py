@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import dns.message
 import httpx
 import pytest
 import trustme
@@ -41,6 +42,7 @@ from backend.helper_protocol import (
     plan_endpoints,
 )
 from backend.ssrf import FORBIDDEN_FAILURE, AddressGuard, is_special
+from probes.net.dns import DNS_ATTEMPTS
 from probes.nettests.control import ControlClient, ControlResult
 from tests.loopback.dns_server import FakeDNSServer
 
@@ -54,7 +56,7 @@ TS017_EXAMPLE_HTTP_KEYS = {"body_length", "failure", "title", "headers", "status
 # these; OONI's own keys must all be present, ours are x_-prefixed extensions.
 OONI_KEYS = TS017_EXAMPLE_KEYS | {"tls_handshake", "quic_handshake", "http3_request", "ip_info"}
 OONI_HTTP_KEYS = TS017_EXAMPLE_HTTP_KEYS | {"discovered_h3_endpoint"}
-OUR_KEYS = {"x_tls_certificates", "x_http_request"}
+OUR_KEYS = {"x_tls_certificates", "x_http_request", "x_dns"}
 
 
 # --- loopback servers ---------------------------------------------------------------------
@@ -340,6 +342,7 @@ def test_nxdomain(resolver: FakeDNSServer) -> None:
     with helper(lab_config(resolver)) as base:
         doc = control(base, "http://gone.test/", [])
     assert doc["dns"] == {"failure": "dns_name_error", "addrs": []}
+    assert doc["x_dns"] == {"failure": "dns_nxdomain_error", "attempts": 1}
     assert doc["tcp_connect"] == {}
     assert doc["ip_info"] == {}
     http = doc["http_request"]
@@ -354,6 +357,89 @@ def test_dns_server_failure(dns_server: Callable[..., FakeDNSServer]) -> None:
         doc = control(base, "http://site.test/", [])
     assert doc["dns"] == {"failure": "dns_server_failure", "addrs": []}
     assert doc["http_request"]["failure"] == "dns_lookup_error"
+
+
+def losing_resolver(
+    dns_server: Callable[..., FakeDNSServer], zone: dict[str, list[str]], lose: int
+) -> FakeDNSServer:
+    """A resolver that drops the first `lose` queries of each (name, type), as 2% loss on the
+    helper's path now and then does, and answers from `zone` after that."""
+    seen: dict[tuple[str, int], int] = {}
+    server: FakeDNSServer
+
+    def handler(query: dns.message.Message) -> list[tuple[float, dns.message.Message | bytes]]:
+        question = query.question[0]
+        key = (question.name.to_text().lower().rstrip("."), int(question.rdtype))
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= lose:
+            return []
+        return [(0.0, server._answer(query, zone.get(key[0])))]
+
+    server = dns_server(zone=zone, handler=handler)
+    return server
+
+
+def test_lost_dns_query_is_asked_again(
+    dns_server: Callable[..., FakeDNSServer], web: CountingServer
+) -> None:
+    """The first query of every name and type is lost: the helper asks again and measures."""
+    losing = losing_resolver(dns_server, ZONE, lose=1)
+    url = f"http://site.test:{web.port}/"
+    with helper(HelperConfig(resolver=losing.address, allow_private=True, timeout=2.0)) as base:
+        doc = control(base, url, [])
+    assert doc["dns"] == {"failure": None, "addrs": ["127.0.0.1"]}
+    assert doc["x_dns"] == {"failure": None, "attempts": 2}
+    assert doc["http_request"]["status_code"] == 200 and doc["http_request"]["failure"] is None
+    assert doc["tcp_connect"][f"127.0.0.1:{web.port}"]["status"] is True
+    assert queried(losing).count("site.test") == 4  # A and AAAA, twice each; the GET reused them
+
+
+def test_a_retried_lookup_does_not_eat_the_fetchs_budget(
+    dns_server: Callable[..., FakeDNSServer], web: CountingServer
+) -> None:
+    """The GET gets its whole step after the lookup: a lookup that needed a second send and a
+    slow site together take longer than one step, and the page is still fetched."""
+    losing = losing_resolver(dns_server, ZONE, lose=1)
+    web.delay = 1.7
+    with helper(HelperConfig(resolver=losing.address, allow_private=True, timeout=2.0)) as base:
+        doc = control(base, f"http://site.test:{web.port}/", [])
+    # The second send goes out after a quarter of the step (0.5 s) and the site answers after
+    # 1.7 s: a GET whose deadline counted from the request's start would have timed out.
+    assert doc["x_dns"]["attempts"] == 2
+    assert doc["http_request"]["status_code"] == 200 and doc["http_request"]["failure"] is None
+
+
+def test_lost_query_of_a_redirect_hop_is_asked_again(
+    dns_server: Callable[..., FakeDNSServer], web: CountingServer
+) -> None:
+    """The GET's own lookup of a redirect's new host retries as well."""
+    losing = losing_resolver(dns_server, {**ZONE, "www.site.test": ["127.0.0.1"]}, lose=1)
+    final = CountingServer("127.0.0.1")
+    web.redirect_to = f"http://www.site.test:{final.port}/"
+    try:
+        with helper(HelperConfig(resolver=losing.address, allow_private=True, timeout=2.5)) as base:
+            doc = control(base, f"http://site.test:{web.port}/", [])
+    finally:
+        final.close()
+    assert doc["http_request"]["status_code"] == 200 and doc["http_request"]["failure"] is None
+    assert doc["x_http_request"]["hops"] == 2 and final.connections == 1
+    assert queried(losing).count("www.site.test") == 4
+
+
+def test_dns_timeout_is_a_timeout_not_unknown_error(
+    dns_server: Callable[..., FakeDNSServer],
+) -> None:
+    """A resolver that never answers: the lookup is asked again, then reported as the timeout
+    it is (oohelperd would say unknown_error); the GET's failure is oohelperd's
+    dns_lookup_error for a timeout while resolving."""
+    silent = dns_server(zone=ZONE, mode="silent")
+    with helper(HelperConfig(resolver=silent.address, allow_private=True, timeout=1.0)) as base:
+        doc = control(base, "http://site.test/", [])
+    assert doc["dns"] == {"failure": "generic_timeout_error", "addrs": []}
+    assert doc["x_dns"] == {"failure": "generic_timeout_error", "attempts": DNS_ATTEMPTS}
+    assert doc["http_request"]["failure"] == "dns_lookup_error"
+    assert doc["x_http_request"]["failure"] == "generic_timeout_error"
+    assert queried(silent).count("site.test") == 2 * DNS_ATTEMPTS  # A and AAAA
 
 
 def test_closed_port(resolver: FakeDNSServer) -> None:
@@ -668,11 +754,15 @@ def test_legacy_failure_strings() -> None:
     assert map_dns_failure("dns_nxdomain_error") == "dns_name_error"
     assert map_dns_failure("dns_no_answer") is None
     assert map_dns_failure("dns_servfail_error") == "dns_server_failure"
-    assert map_dns_failure("generic_timeout_error") == "unknown_error"
+    # oohelperd says unknown_error for a timeout; ours never does (helper_protocol.py).
+    assert map_dns_failure("generic_timeout_error") == "generic_timeout_error"
+    assert map_dns_failure("unknown_failure: weird") == "unknown_error"
     assert map_tcp_failure("connection_refused") == "connection_refused_error"
     assert map_tcp_failure("generic_timeout_error") == "generic_timeout_error"
     assert map_tcp_failure("connection_reset") == "connect_error"
     assert map_http_failure("dns_nxdomain_error") == "dns_lookup_error"
+    assert map_http_failure("generic_timeout_error") == "generic_timeout_error"
+    assert map_http_failure("generic_timeout_error", during_dns=True) == "dns_lookup_error"
     assert map_http_failure("connection_refused") == "connection_refused_error"
     assert map_http_failure("ssl_invalid_hostname") == "unknown_error"
     assert map_http_failure(FORBIDDEN_FAILURE) == FORBIDDEN_FAILURE

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import dns.message
 import pytest
 
-from probes.net.dns import resolve, resolve_both, resolve_retrying
+from probes.net.dns import DNS_ATTEMPTS, resolve, resolve_both, resolve_retrying
 from tests.loopback import BOGON_ANSWERS, FakeDNSServer, TestCA
 
 pytestmark = pytest.mark.anyio
@@ -194,11 +194,45 @@ async def test_resolve_retrying_asks_again_after_a_lost_query(dns_server: MakeDN
 
     srv = dns_server(handler=lose_first)
     res = await resolve_retrying(
-        "example.test", resolver=srv.address, timeout=1.0, t_zero=time.monotonic()
+        "example.test", resolver=srv.address, timeout=1.5, t_zero=time.monotonic()
     )
     assert (res.failure, res.addrs) == (None, ["127.0.0.2"])
-    assert [q["failure"] for q in res.queries] == ["generic_timeout_error", None]
+    # One socket, the query sent again after a third of the time: one record, two sends.
+    assert [q["failure"] for q in res.queries] == [None]
+    assert res.queries[0]["x_transmissions"] == res.transmissions == 2
     assert len(srv.log) == 2
+
+
+async def test_resolve_retrying_keeps_listening_for_a_slow_answer(dns_server: MakeDNS) -> None:
+    """The first query's answer comes after the retransmission: it still counts, as a stub
+    resolver's would (a cut-off attempt would have lost it)."""
+    srv: FakeDNSServer
+
+    def slow_first(query: dns.message.Message) -> list[tuple[float, dns.message.Message | bytes]]:
+        if len(srv.log) == 1:
+            # After the second send (at a quarter of the 1.6 s), before the third (at half).
+            return [(0.6, srv._answer(query, ZONE["example.test"]))]
+        return []  # the retransmissions are lost
+
+    srv = dns_server(handler=slow_first)
+    res = await resolve_retrying(
+        "example.test",
+        resolver=srv.address,
+        timeout=1.6,
+        attempts=4,
+        t_zero=time.monotonic(),
+    )
+    assert (res.failure, res.addrs) == (None, ["127.0.0.2"])
+    assert res.transmissions == 2 and len(srv.log) == 2
+
+
+async def test_resolve_retrying_gives_up_after_every_transmission(dns_server: MakeDNS) -> None:
+    srv = dns_server(zone=ZONE, mode="silent")
+    res = await resolve_retrying(
+        "example.test", resolver=srv.address, timeout=0.6, t_zero=time.monotonic()
+    )
+    assert res.failure == "generic_timeout_error" and res.transmissions == DNS_ATTEMPTS
+    assert len(srv.log) == DNS_ATTEMPTS and len(res.queries) == 1
 
 
 async def test_resolve_retrying_does_not_ask_again_after_an_answer(dns_server: MakeDNS) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,6 +225,39 @@ def test_double_failure_strings(world: World) -> None:
     assert doc["tcp_connect"] == {} and "ip_info" not in doc and "tls_handshake" not in doc
     assert doc["http_request"]["failure"] == "dns_lookup_error"
     assert (doc["http_request"]["body_length"], doc["http_request"]["status_code"]) == (-1, -1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "oohelperd", "ours"),
+    [
+        # dns.go dnsMapFailure: a timeout (netxlite generic_timeout_error) has no legacy name.
+        ("silent", "unknown_error", "generic_timeout_error"),
+        # classify.go: SERVFAIL is dns_servfail_error, missing from dnsMapFailure's table.
+        ("servfail", "unknown_error", "dns_server_failure"),
+        ("refused", "dns_server_failure", "dns_server_failure"),
+    ],
+)
+def test_dns_failures_where_our_helper_departs_from_oohelperd(
+    dns_server: Callable[..., FakeDNSServer], mode: str, oohelperd: str, ours: str
+) -> None:
+    """The double keeps oohelperd's unknown_error; our helper names a timeout and a SERVFAIL.
+
+    The GET's failure is the same on both: http.go httpMapFailure's dns_lookup_error for a
+    lookup that timed out, and unknown_error (oohelperd) for SERVFAIL, which ours calls a
+    DNS failure of the lookup, dns_lookup_error.
+    """
+    failing = dns_server(zone=CONTROL_ZONE, mode=mode)
+    double = OOHelperdDouble(resolver=failing.address, dns_timeout=0.6, step_timeout=2)
+    config = HelperConfig(resolver=failing.address, allow_private=True, timeout=1.2)
+    request = {"http_request": "http://site.test/", "tcp_connect": []}
+    with running_asgi(double.app) as theirs, running_helper(config) as mine:
+        their_doc = post(theirs, request).json()
+        our_doc = post(mine, request).json()
+    assert their_doc["dns"] == {"failure": oohelperd, "addrs": []}
+    assert our_doc["dns"] == {"failure": ours, "addrs": []}
+    their_get = "unknown_error" if mode == "servfail" else "dns_lookup_error"
+    assert their_doc["http_request"]["failure"] == their_get
+    assert our_doc["http_request"]["failure"] == "dns_lookup_error"
 
 
 # --- our helper behaves the same where OONI Probe depends on it -----------------------------

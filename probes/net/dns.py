@@ -60,6 +60,8 @@ class DNSResult:
     # among captured packets (probes.net.dns_packets).
     query_id: int | None = None
     local_port: int | None = None
+    # UDP: how many times the query was sent (retransmitted on the same socket, same ID).
+    transmissions: int = 1
 
 
 def answers_of(msg: dns.message.Message) -> list[dict[str, Any]]:
@@ -113,6 +115,8 @@ def _query_record(
         rec["raw_response"] = b64(raw)
     if res.rcode is not None:
         rec["rcode"] = res.rcode
+    if res.transmissions > 1:
+        rec["x_transmissions"] = res.transmissions
     return rec
 
 
@@ -245,6 +249,33 @@ async def _first_valid(
         await listener.wait()
 
 
+async def _await_answer(
+    listener: _Listener,
+    question: _Question,
+    res: DNSResult,
+    parsed: list[dict[str, Any]],
+    timeout: float,
+    transmissions: int,
+) -> tuple[dict[str, Any], bytes]:
+    """The first valid answer within `timeout`, sending the query again (same socket, same ID)
+    every timeout/transmissions seconds while none came, as a stub resolver retransmits: an
+    answer to any transmission counts, a slow answer to the first one included."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    interval = timeout / max(1, transmissions)
+    while True:
+        last = res.transmissions >= transmissions
+        limit = deadline if last else min(deadline, loop.time() + interval)
+        try:
+            async with asyncio.timeout_at(limit):
+                return await _first_valid(listener, question, res.query_type, parsed)
+        except TimeoutError:
+            if last or loop.time() >= deadline:
+                raise
+        listener.sock.send(question.wire)
+        res.transmissions += 1
+
+
 class AnswerCapture(Protocol):
     """What _resolve_udp needs of a packet capture (probes.net.dns_packets.DNSCapture)."""
 
@@ -263,6 +294,7 @@ async def _resolve_udp(
     t_zero: float,
     listen_window: float,
     capture: AnswerCapture | None = None,
+    transmissions: int = 1,
 ) -> tuple[bytes | None, list[dict[str, Any]]]:
     loop = asyncio.get_running_loop()
     question = _question(res.domain, res.query_type)
@@ -277,8 +309,9 @@ async def _resolve_udp(
             capture.begin(res.local_port)
         listener.sock.send(question.wire)
         try:
-            async with asyncio.timeout(timeout):
-                first, first_raw = await _first_valid(listener, question, res.query_type, parsed)
+            first, first_raw = await _await_answer(
+                listener, question, res, parsed, timeout, transmissions
+            )
         except (TimeoutError, OSError) as exc:
             res.failure = failure_from_exception(exc)
         if first is not None and listen_window > 0:
@@ -383,6 +416,7 @@ async def resolve(
     ca_file: str | None = None,
     capture: AnswerCapture | None = None,
     pool: ResolverPool | None = None,
+    transmissions: int = 1,
 ) -> DNSResult:
     """Resolve ``domain``; never raises on network failure.
 
@@ -393,7 +427,9 @@ async def resolve(
     a run-wide packet capture that adds each answer's IP TTL and
     IP-ID to its ``extra_responses`` entry.
     ``pool``: the system resolver's threads (probes.net.resolver_pool; default the loop's
-    executor).
+    executor). ``transmissions`` (UDP only): times the query may be sent, again every
+    ``timeout / transmissions`` seconds without a valid answer (recorded as
+    ``x_transmissions``).
     """
     domain = domain.rstrip(".")
     query_type = query_type.upper()
@@ -411,7 +447,7 @@ async def resolve(
             ip, port = parse_host_port(resolver, DNS_PORT)
             resolver_address = res.resolver = format_host_port(ip, port)
             raw, answers = await _resolve_udp(
-                res, ip, port, timeout, t_zero, listen_window, capture
+                res, ip, port, timeout, t_zero, listen_window, capture, transmissions
             )
         elif transport in TRANSPORTS:
             res.engine = transport
@@ -435,16 +471,28 @@ async def resolve(
     return res
 
 
-# Attempts of a query that timed out (glibc's stub resolver also tries twice, `attempts:2` in
-# resolv.conf(5)): one lost datagram must not decide a measurement.
-DNS_ATTEMPTS = 2
+# Sends of a query without an answer (resolve_retrying: retransmitted on one socket, so an
+# earlier send's late answer still counts and a short interval costs only a duplicate query):
+# one lost datagram must not decide a measurement. glibc's stub resolver tries twice
+# (`attempts:2` in resolv.conf(5)); at 2% loss each way two lost sends in a row still befall ~1
+# query in 600, about one null verdict per 300-name run at two vantages in the lab
+# (bench.accuracy, docs/benchmarks.md), and three still left one null in two such runs; four.
+DNS_ATTEMPTS = 4
 
 
 async def resolve_retrying(
     domain: str, *, timeout: float, attempts: int = DNS_ATTEMPTS, **kw: Any
 ) -> DNSResult:
-    """resolve(), asking again while the query times out, each attempt getting an equal share
-    of ``timeout``; the result is the last attempt's, with every attempt's record in queries."""
+    """resolve(), asking again while the query times out, within ``timeout`` in all.
+
+    Over UDP the query is sent up to ``attempts`` times on one socket (every timeout/attempts
+    seconds without an answer) and an answer to any of them counts until ``timeout``: a slow
+    resolver is not cut off by the retransmission. Other transports (the system resolver,
+    TCP, DoH, DoT) make sequential attempts of an equal share each, every attempt's record
+    kept in ``queries``.
+    """
+    if kw.get("resolver") is not None and kw.get("transport", "udp") == "udp":
+        return await resolve(domain, timeout=timeout, transmissions=attempts, **kw)
     per_attempt = timeout / attempts
     result = await resolve(domain, timeout=per_attempt, **kw)
     for _ in range(attempts - 1):

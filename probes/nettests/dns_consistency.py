@@ -34,6 +34,7 @@ import dns.name
 
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.dns import DNS_ATTEMPTS as NET_DNS_ATTEMPTS
 from probes.net.dns import DNSResult, resolve
 from probes.net.dns_packets import DNSCapture, capture_unavailable
 from probes.net.packets import UNAVAILABLE, pcap_path
@@ -51,10 +52,10 @@ from probes.nettests.dns_consistency_analysis import (
 # before or after it; half a second covers the round trips of most paths (GFW injections are
 # seen tens of milliseconds apart) without making each name cost much.
 DEFAULT_LISTEN_WINDOW = 0.5
-# Share of the per-input budget for one DNS attempt; a UDP query that timed out is asked once
-# more, as glibc's stub resolver does (`attempts:2` in resolv.conf(5)).
+# Share of the per-input budget for one DNS attempt; a UDP query that timed out is asked again,
+# up to probes.net.dns.DNS_ATTEMPTS times in all (see there).
 DNS_TIMEOUT_SHARE = 0.1
-DNS_ATTEMPTS = 2
+DNS_ATTEMPTS = NET_DNS_ATTEMPTS
 # At most this many of the probe's addresses are sent to the helper for TLS checks (the
 # helper's own limit is 64 endpoints per request).
 MAX_TLS_CHECKS = 16

@@ -115,7 +115,7 @@ class SNIBlocking(Nettest):
         if self.endpoint:
             ip, port = parse_host_port(str(self.endpoint), port)
         else:
-            # A lost datagram must not end the input: a timed-out query is asked once more.
+            # A lost datagram must not end the input: an unanswered query is sent again.
             dns = await resolve_retrying(
                 name, resolver=self.ctx.resolver, timeout=timeout, t_zero=t_zero
             )

@@ -8,7 +8,7 @@ disagreement is measured a second time before it counts (a key rotation mid-test
 middlebox). Both sides' certificates stay in the measurement as evidence.
 
 So that one lost datagram or a busy helper does not decide a verdict, a DNS query that timed
-out is asked once more (`resolve_retrying`) and a helper answering 503/429 or a broken helper
+out is sent again (`resolve_retrying`) and a helper answering 503/429 or a broken helper
 connection is asked again with backoff (`ControlClient.measure`), as in every nettest.
 """
 

@@ -1,9 +1,10 @@
 """bench.accuracy's scorer: on made-up verdicts (no root), and end to end in a small lab.
 
-The lab test brings up its own 40-domain generated scenario (every mechanism, one intercepted
-and one regional-certificate domain, no loss), runs every nettest the bench scores from both
-vantages through `bench.accuracy.measure`, and checks that each input got a verdict and that
-the targets are met; the session's lab is restored afterwards.
+The lab test brings up its own 40-domain generated scenario (every mechanism, DNS-redirected
+block pages among them, one intercepted and one regional-certificate domain, no loss, residual
+censorship for 2 s, the censor 2 hops away), in-path and on-path, runs every nettest the bench
+scores from both vantages through `bench.accuracy.measure`, and checks that each input got a
+verdict and that the targets are met; the session's lab is restored afterwards.
 """
 
 from __future__ import annotations
@@ -58,6 +59,25 @@ def test_score_counts_precision_recall_detail_and_open() -> None:
     assert not accuracy.meets_targets(s)
 
 
+def test_null_verdicts_miss_the_target_at_either_vantage() -> None:
+    truth = {"x": _truth("dns", "dns.bogon", "dns_bogon"), "y": _truth(False, None, "none")}
+    right = {"x": _keys("dns", "dns.bogon"), "y": _keys(False)}
+    s = accuracy.score(truth, right, {"x": _keys(False), "y": _keys(None)}, ("dns",))
+    assert (s["null_at_cn"], s["null_at_open"]) == (0, 1)
+    assert accuracy.misses(s) == ["null verdicts: {'cn': 0, 'open': 1}"]
+
+
+def test_bench_options_set_the_issue14_conditions() -> None:
+    args = accuracy.parse_args([])
+    assert (args.residual, args.mode, args.hops, args.helper_loss) == (
+        accuracy.DEFAULT_RESIDUAL_S,
+        "in-path",
+        accuracy.DEFAULT_HOPS,
+        None,  # the same loss as the censor's
+    )
+    assert accuracy.parse_args(["--mode", "on-path", "--no-fingerprints"]).no_fingerprints
+
+
 def test_score_meets_targets_when_all_right() -> None:
     truth = {"x": _truth("dns", "dns.bogon", "dns_bogon"), "y": _truth(False, None, "none")}
     verdicts = {"x": _keys("dns", "dns.bogon"), "y": _keys(False)}
@@ -92,11 +112,19 @@ def test_dnscheck_truth_plants_each_censor_rule() -> None:
     assert flag == "--domain" and scen.domain(name).block == "none"
 
 
-@pytest.fixture(scope="module")
-def small_lab(lab: LabInfo) -> Iterator[LabInfo]:
+@pytest.fixture(scope="module", params=["in-path", "on-path"])
+def small_lab(lab: LabInfo, request: pytest.FixtureRequest) -> Iterator[LabInfo]:
     """A small generated scenario; the session's scenario is restored afterwards."""
     scen = scenario_mod.generate(
-        SMALL_DOMAINS, SMALL_SEED, loss=0.0, intercept=0.025, regional_cert=0.025
+        SMALL_DOMAINS,
+        SMALL_SEED,
+        loss=0.0,
+        intercept=0.025,
+        regional_cert=0.025,
+        dns_blockpage=0.05,
+        residual_seconds=2.0,
+        mode=request.param,
+        hops=2,
     )
     try:
         yield topology.up(scen)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from lab import topology
+from lab.addresses import BLOCKPAGE_V4
 from lab.topology import LabInfo
 
 pytestmark = pytest.mark.lab
@@ -122,6 +123,17 @@ def test_blockpage_injected(lab: LabInfo) -> None:
     assert cn["outcome"] == "ok" and cn["title"] == lab.scenario.censor.blockpage_title
     open_ = lab.client("open", "http", "--ip", d.a, "--host", d.name)
     assert open_["title"] == d.title
+
+
+def test_dns_blockpage_sends_the_name_to_the_censors_block_page_server(lab: LabInfo) -> None:
+    d = lab.scenario.by_block("dns_blockpage")[0]
+    assert [a["addrs"] for a in _dns(lab, "cn", d.name, lab.resolver_v4)] == [[BLOCKPAGE_V4]]
+    assert [a["addrs"] for a in _dns(lab, "open", d.name, lab.resolver_v4)] == [[d.a]]
+    page = lab.client("cn", "http", "--ip", BLOCKPAGE_V4, "--host", d.name)
+    assert (page["status"], page["title"]) == (200, lab.scenario.censor.blockpage_title)
+    # No certificate for the name there: port 443 of the block-page server refuses.
+    assert lab.client("cn", "tcp", "--ip", BLOCKPAGE_V4, "--port", "443")["outcome"] == "refused"
+    assert lab.client("open", "http", "--ip", d.a, "--host", d.name)["title"] == d.title
 
 
 def test_residual_blocks_same_triple_not_other_port(lab: LabInfo, spares) -> None:

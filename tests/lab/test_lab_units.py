@@ -7,12 +7,13 @@ import struct
 from dataclasses import replace
 from pathlib import Path
 
+import dns.message
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lab import cli, matching, packets, rules
+from lab import addresses, cli, http_head, matching, packets, rules
 from lab import scenario as sc
 from lab.censor import Censor
 
@@ -98,6 +99,83 @@ def test_per_nettest_truths() -> None:
     assert {n for n, v in tls.items() if v["blocking"]} == set(s.censor.intercept_sni)
     assert set(s.censor.regional_cert_sni) <= set(tls) and len(tls) == 20 + 12
     assert s.tls_truth(open_sample=20) == tls  # the same sample every time
+
+
+def test_issue14_conditions_parse_round_trip_and_leave_old_scenarios_alone(
+    tmp_path: Path,
+) -> None:
+    plain = sc.generate(300, 1, loss=0.02)
+    harder = sc.generate(
+        300, 1, loss=0.02, helper_loss=0.02, residual_seconds=15, mode="on-path", hops=2
+    )
+    assert harder.domains == plain.domains  # the conditions change the network, not the sites
+    assert (harder.faults.helper_loss, harder.censor.hops, harder.censor.mode) == (
+        0.02,
+        2,
+        "on-path",
+    )
+    assert sc.generate(300, 1, loss=0.02, dns_blockpage=0.0) == plain
+    redirected = sc.generate(300, 1, dns_blockpage=0.04)
+    pages = redirected.by_block("dns_blockpage")
+    assert len(pages) == 12 and {d.scheme for d in pages} == {"http"}
+    assert {redirected.ground_truth()[d.url]["blocking"] for d in pages} == {"dns"}
+    path = tmp_path / "h.toml"
+    path.write_text(harder.to_toml())
+    assert replace(sc.load(path), source="") == replace(harder, source="")
+    for toml, field in (
+        ("[censor]\nhops = 9\n", "censor.hops"),
+        ("[faults]\nhelper_loss = 1.0\n", "faults.helper_loss"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(toml)
+        with pytest.raises(sc.ScenarioError, match=field):
+            sc.load(bad)
+
+
+def test_on_path_dns_truth_is_injection_for_every_forged_answer() -> None:
+    """An on-path censor cannot drop the query: the genuine answer follows every forgery."""
+    s = sc.generate(300, 2, dns_blockpage=0.04, mode="on-path")
+    dns = s.dns_truth()
+    forged = {d.name for d in s.domains if d.block in sc.FORGED_DNS_KINDS}
+    assert {n for n, v in dns.items() if v["blocking"]} == forged
+    assert {dns[n]["blocking_detail"] for n in forged} == {"dns.injected"}
+    in_path = sc.generate(300, 2, dns_blockpage=0.04).dns_truth()
+    assert {in_path[d.name]["blocking_detail"] for d in s.by_block("dns_blockpage")} == {
+        "dns.inconsistent"
+    }
+
+
+def test_censor_sends_dns_blockpage_names_to_its_block_page_server() -> None:
+    s = sc.load()
+    d = s.by_block("dns_blockpage")[0]
+    censor = Censor(s)
+    for qtype, want in (("A", addresses.BLOCKPAGE_V4), ("AAAA", addresses.BLOCKPAGE_V6)):
+        query = dns.message.make_query(d.name, qtype)
+        pkt = packets.build_udp(CLIENT, "11.0.0.53", 5353, 53, query.to_wire())
+        decision = censor.decide(pkt, 1.0)
+        assert (decision.accept, decision.reason, len(decision.forged)) == (
+            False,
+            "dns_blockpage",
+            1,
+        )
+        reply = dns.message.from_wire(packets.parse(decision.forged[0]).payload)
+        assert [rd.address for rrset in reply.answer for rd in rrset] == [want]
+
+
+def test_forged_block_page_has_the_sites_server_head() -> None:
+    """The censor's block page and the lab's sites come from the same server software: the
+    same status and header names (what v0.4's comparison looks at), another body."""
+    s = sc.load()
+    censor = Censor(s)
+    head, _, body = censor.blockpage.partition(b"\r\n\r\n")
+    site_head = http_head.response_head(200, http_head.HTML, 10, keep_alive=False)
+
+    def names(raw: bytes) -> list[str]:
+        return [line.split(":")[0] for line in raw.decode().split("\r\n")[1:] if line]
+
+    assert names(head) == names(site_head.rstrip(b"\r\n"))
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
+    assert body == s.censor.blockpage_html()
 
 
 def test_service_addresses_are_not_bogons() -> None:

@@ -41,9 +41,11 @@ DNS_TRUTH = {
     "dns_inject": ("dns", "dns.injected"),  # differing answers to one query
     "dns_nxdomain": ("dns", "dns.nxdomain"),
     "dns_bogon": ("dns", "dns.bogon"),
+    # One forged public address, which the helper's handshake for the name cannot reach.
+    "dns_blockpage": ("dns", "dns.inconsistent"),
 }
 DNS_EVIDENCE = {"dns_inject": "dns.injected", "dns_nxdomain": "dns.nxdomain",
-                "dns_bogon": "dns.bogon"}  # fmt: skip
+                "dns_bogon": "dns.bogon", "dns_blockpage": "dns.injected"}  # fmt: skip
 
 
 def _scenario() -> scenario_mod.Scenario:

@@ -17,16 +17,17 @@ Common to both, as in the Go code:
 - The body is read up to 16 MiB (longer bodies are cut there and fail to parse); a body that
   is not the request's JSON (wrong types included) or a URL that does not parse is a bare 400.
 - The measurement: the URL's host is resolved first (skipped for an IP literal; NXDOMAIN is
-  ``dns_name_error``, no answer is no failure, SERVFAIL/REFUSED are ``dns_server_failure``,
-  anything else, a timeout included, ``unknown_error``). ``ip_info`` then holds every address
-  the probe sent (flag 1, the probe's ports are ignored) or the helper resolved (flag 2), bogons
-  flagged 4, and the ASN of each. Every non-bogon address is measured on the URL's port, or on
-  443 for https and on 80 and 443 for http without a port, with a TLS handshake (SNI: the URL's
-  host, ALPN h2 and http/1.1) only on port 443; a successful one adds flag 8. TCP failures are
-  ``connection_refused_error``, ``generic_timeout_error`` or ``connect_error``; TLS failures are
-  the raw OONI strings. The GET (only User-Agent, Accept and Accept-Language forwarded, at most
-  10 redirects, a cookie jar, a resolver that refuses bogons) runs beside the endpoints; its
-  failures are ``dns_lookup_error``, ``connection_refused_error``, ``generic_timeout_error`` or
+  ``dns_name_error``, no answer is no failure, REFUSED is ``dns_server_failure``, anything else,
+  a timeout and SERVFAIL (netxlite's ``dns_servfail_error``) included, ``unknown_error``).
+  ``ip_info`` then holds every address the probe sent (flag 1, the probe's ports are ignored) or
+  the helper resolved (flag 2), bogons flagged 4, and the ASN of each. Every non-bogon address
+  is measured on the URL's port, or on 443 for https and on 80 and 443 for http without a port,
+  with a TLS handshake (SNI: the URL's host, ALPN h2 and http/1.1) only on port 443; a
+  successful one adds flag 8. TCP failures are ``connection_refused_error``,
+  ``generic_timeout_error`` or ``connect_error``; TLS failures are the raw OONI strings. The GET
+  (only User-Agent, Accept and Accept-Language forwarded, at most 10 redirects, a cookie jar, a
+  resolver that refuses bogons) runs beside the endpoints; its failures are
+  ``dns_lookup_error``, ``connection_refused_error``, ``generic_timeout_error`` or
   ``unknown_error``, with ``body_length``/``status_code`` -1 when no response came.
 - The response: ``tcp_connect``, ``tls_handshake`` (left out when empty), ``quic_handshake``
   ({}), ``http_request``, ``http3_request`` (null: QUIC is off unless the operator turns it on
@@ -64,6 +65,8 @@ GREETING = {"message": "Hello OONItarian!"}
 MAX_BODY = 1 << 24  # handler.go maxAcceptableBodySize
 SERVER = "oohelperd/3.x ooniprobe-engine/3.x"
 _TITLE = re.compile(r"(?i)<title>([^<]{1,512})</title>")  # measurexlite.WebGetTitle
+# netxlite's DNS failures that http.go httpMapFailure calls dns_lookup_error. Not
+# dns_servfail_error (classify.go's ErrOODNSServfail), which its table lacks: unknown_error.
 _DNS_FAILURES = {
     "dns_nxdomain_error",
     "dns_no_answer",
@@ -71,7 +74,6 @@ _DNS_FAILURES = {
     "dns_refused_error",
     "dns_server_misbehaving",
     "dns_temporary_failure",
-    "dns_servfail_error",
 }
 
 
@@ -83,7 +85,8 @@ def should_throttle(inflight: int, user_agent: str) -> bool:
 
 
 def map_dns(failure: str | None) -> str | None:
-    """dns.go dnsMapFailure."""
+    """dns.go dnsMapFailure: every string outside its table is unknown_error, a timeout and
+    netxlite's dns_servfail_error (SERVFAIL, classify.go) among them."""
     if failure is None or failure == "dns_no_answer":
         return None
     if failure == "dns_nxdomain_error":
@@ -93,7 +96,6 @@ def map_dns(failure: str | None) -> str | None:
         "dns_refused_error",
         "dns_server_misbehaving",
         "dns_temporary_failure",
-        "dns_servfail_error",  # our name for what netxlite calls server misbehaving
     }:
         return "dns_server_failure"
     return "unknown_error"
@@ -274,19 +276,24 @@ class OOHelperdDouble:
             doc["ip_info"] = info
         return doc
 
-    async def _dns(self, host: str, t_zero: float) -> dict[str, Any]:
+    async def _lookup(self, host: str, t_zero: float) -> tuple[str | None, list[str]]:
+        """LookupHost with the 4 s bound of dns.go: (netxlite failure, addresses)."""
         try:
             async with asyncio.timeout(self.dns_timeout):
                 results = await resolve_both(
                     host, resolver=self.resolver, timeout=self.dns_timeout, t_zero=t_zero
                 )
         except TimeoutError:
-            return {"failure": "unknown_error", "addrs": []}
+            return "generic_timeout_error", []
         addrs = [a for r in results for a in r.addrs]
         if addrs:
-            return {"failure": None, "addrs": list(dict.fromkeys(addrs))}
+            return None, list(dict.fromkeys(addrs))
         failures = [r.failure for r in results if r.failure not in (None, "dns_no_answer")]
-        return {"failure": map_dns(failures[0] if failures else None), "addrs": []}
+        return (failures[0] if failures else "dns_no_answer"), []
+
+    async def _dns(self, host: str, t_zero: float) -> dict[str, Any]:
+        failure, addrs = await self._lookup(host, t_zero)
+        return {"failure": map_dns(failure), "addrs": addrs}
 
     def _ip_info(self, req: _Request, th_addrs: list[str]) -> dict[str, dict[str, int]]:
         flags: dict[str, int] = {}
@@ -322,14 +329,14 @@ class OOHelperdDouble:
         async def resolve(name: str) -> list[str]:
             nonlocal during_dns
             during_dns = True
-            found = await self._dns(name, t_zero)
-            if found["failure"] is not None or not found["addrs"]:
-                raise NetworkFailure("dns_nxdomain_error")  # any DNS failure: dns_lookup_error
-            if any(self.is_bogon(a) for a in found["addrs"]):
+            failure, addrs = await self._lookup(name, t_zero)
+            if not addrs:
+                raise NetworkFailure(failure or "dns_no_answer")  # mapped by httpMapFailure
+            if any(self.is_bogon(a) for a in addrs):
                 during_dns = False
                 raise NetworkFailure("dns_bogon_error")  # bogonResolver; maps to unknown_error
             during_dns = False
-            return list(found["addrs"])
+            return addrs
 
         if _is_ip(host) and self.is_bogon(host):
             return {**failed, "failure": "unknown_error", "status_code": -1}
