@@ -27,7 +27,15 @@ import pytest
 
 from probes.store import LineProblem, ResultsStore
 from tests import missing
-from tests.test_collector_support import CLI, ROOT, CollectorProcess, free_port, make_token
+from tests.test_collector_support import (
+    CLI,
+    ROOT,
+    CollectorProcess,
+    fill_store,
+    free_port,
+    make_token,
+    stored_uids,
+)
 
 SEED = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
 HOSTS = [f"127.0.0.{i}:9" for i in range(2, 42)]  # 40 one-input hosts
@@ -176,6 +184,57 @@ def test_helper_killed_mid_run_gives_control_failures_then_recovers(
     assert all(f is None or isinstance(f, str) for f in failures)
     assert failures[0] is None and failures[-1] is None, failures  # before and after
     assert any(isinstance(f, str) for f in failures), "no input saw the helper down"
+
+
+def test_collector_and_uploader_killed_at_random_points_store_each_measurement_once(
+    tmp_path: Path,
+) -> None:
+    """A long upload (3 reports, 1,500 measurements) during which the collector and the
+    uploader are each killed with SIGKILL at seeded random points (by the collector's count),
+    the collector restarted on the same data: nothing acknowledged is lost, nothing is stored
+    twice, no torn line, and a last upload finds nothing left."""
+    rng = random.Random(SEED)
+    token = make_token()
+    (tmp_path / "tokens").write_text(f"v0 {token}\n")
+    (tmp_path / "tokens").chmod(0o600)
+    expected = set(fill_store(tmp_path / "probe", "v0", 1500, reports=3))
+    collector = CollectorProcess(data=tmp_path / "collected", tokens=tmp_path / "tokens").start()
+    argv = [sys.executable, "-c", CLI, "upload", "--collector", collector.url,
+            "--results", str(tmp_path / "probe"), "--attempts", "30"]  # fmt: skip
+    env = _env(CENSORSCOPE_UPLOAD_TOKEN=token)
+    points = sorted(rng.sample(range(50, 1400), 4))
+    victims = [rng.choice(["collector", "uploader"]) for _ in points]
+    try:
+        for point, victim in zip(points, victims, strict=True):
+            uploader = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)  # fmt: skip
+            deadline = time.monotonic() + 120
+            try:
+                while (count := collector.get("/health")["measurements"]) < point:
+                    assert uploader.poll() is None or count >= len(expected), "uploader ended"
+                    assert time.monotonic() < deadline, f"seed {SEED}: stuck at {count}"
+                    time.sleep(0.005)
+                if victim == "collector":
+                    collector.kill()
+                    collector.start()
+                uploader.kill()  # a killed collector's uploader is stopped too, then rerun
+                uploader.wait()
+            finally:
+                if uploader.poll() is None:
+                    uploader.kill()
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, f"seed {SEED}: {done.stderr}"
+        uids = stored_uids(collector.data)  # asserts every line is whole
+        assert len(uids) == len(set(uids)), f"seed {SEED}: stored twice"
+        assert set(uids) == expected, f"seed {SEED}: {len(expected - set(uids))} lost"
+        assert not list(collector.data.rglob("*.torn"))
+        again = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=120)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert "upload: 0 uploaded, 0 already at the collector" in again.stdout, again.stdout
+    finally:
+        collector.stop()
 
 
 # --- a read-only results directory ----------------------------------------------------------------
