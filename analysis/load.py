@@ -30,6 +30,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from analysis.keywords import KeywordCollector, empty_isolations, empty_rows, where_of
 from probes.store import LineProblem, ResultsStore
 
 STR = pd.ArrowDtype(pa.string())
@@ -117,6 +118,9 @@ class Loaded:
     problems: list[LineProblem] = field(default_factory=list)
     n_problems: int = 0
     sources: list[str] = field(default_factory=list)
+    # one row per (keyword measurement, placement or channel); isolation results (analysis.keywords)
+    keyword_rows: pd.DataFrame = field(default_factory=empty_rows)
+    isolations: pd.DataFrame = field(default_factory=empty_isolations)
 
 
 # --- reading lines ----------------------------------------------------------------------------
@@ -385,6 +389,7 @@ class Loader:
         self.classifier_dtypes = dict(classifier_columns or {})
         self.want_observations = observations
         self.cols = _Columns(self.classifier_dtypes)
+        self.keywords = KeywordCollector()
         self.problems: list[LineProblem] = []
         self.n_problems = 0
         self.sources: list[str] = []
@@ -500,8 +505,9 @@ class Loader:
         keyword = _str(tk.get("keyword"))
         m["domain"].append(None if keyword else domain_of(input_))
         m["keyword"].append(keyword)
-        m["placement"].append(_str(tk.get("placement")))
-        m["channel"].append(_str(tk.get("channel")))
+        placement, channel = where_of(test_name, tk)
+        m["placement"].append(placement)
+        m["channel"].append(channel)
         m["orig_blocking"].append(blocking_text(tk.get("blocking")))
         m["orig_blocking_detail"].append(_str(tk.get("blocking_detail")))
         m["dns_failure"].append(_str(tk.get("dns_experiment_failure")))
@@ -519,8 +525,10 @@ class Loader:
             values.append(extra.get(name))
         if self.want_observations:
             self.cols.observations(row, tk)
+        self.keywords.add(row, data, tk, time=stamp, vantage=vantage_name, line=number)
 
     def frames(self) -> Loaded:
+        keyword_rows, isolations = self.keywords.frames()
         return Loaded(
             measurements=_frame(
                 {**self.cols.m, **self.cols.extra}, {**MEASUREMENT_DTYPES, **self.classifier_dtypes}
@@ -529,6 +537,8 @@ class Loader:
             problems=list(self.problems),
             n_problems=self.n_problems,
             sources=list(self.sources),
+            keyword_rows=keyword_rows,
+            isolations=isolations,
         )
 
 

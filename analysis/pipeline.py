@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis.compare import DEFAULT_WINDOW, Comparison, Gates, compare
+from analysis.keywords import KeywordFindings, findings_of, findings_on_dask
 from analysis.load import Filters, Loaded, load
 from analysis.verdicts import (
     VERDICT_COLUMNS,
@@ -29,6 +30,8 @@ class Analysis:
     comparison: Comparison
     gates: Gates | None = None  # the finding gates used; publish recomputes with the same
     fingerprints_used: str = "none"  # analysis.verdicts.describe_fingerprints
+    keywords: KeywordFindings | None = None  # per keyword, placement/channel (analysis.keywords)
+    window: str | None = DEFAULT_WINDOW
 
 
 def load_classified(
@@ -74,7 +77,9 @@ def run(
         results, ooni, filters, fingerprints, observations=observations, classifier=classifier
     )
     if engine == "pandas":
-        return Analysis(loaded, compare(loaded.measurements, window, gates), gates, used)
+        comparison = compare(loaded.measurements, window, gates)
+        keywords = findings_of(loaded.keyword_rows, loaded.isolations, window, gates)
+        return Analysis(loaded, comparison, gates, used, keywords, window)
     if engine != "dask":
         raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
     from analysis.dask_engine import compare_parquet, local_cluster, write_partitioned
@@ -83,4 +88,7 @@ def run(
         write_partitioned(loaded.measurements, Path(tmp))
         with local_cluster(workers):
             comparison = compare_parquet(Path(tmp), window, gates)
-    return Analysis(loaded, comparison, gates, used)
+            keywords = findings_on_dask(
+                loaded.keyword_rows, loaded.isolations, window, gates, workers
+            )
+    return Analysis(loaded, comparison, gates, used, keywords, window)

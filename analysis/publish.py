@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from analysis.compare import Gates, compare
+from analysis.keywords import KeywordFindings, renamed_vantages
+from analysis.keywords import tables as keyword_tables
 from analysis.tables import TABLES, plain, write_csv, write_parquet
 
 if TYPE_CHECKING:
@@ -74,8 +76,11 @@ def scrub_frame(frame: pd.DataFrame, scrubber: Scrubber | None) -> pd.DataFrame:
                 changed[value] = cleaned
         if changed:
             out = out.copy() if out is frame else out
-            out[name] = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
-            out[name] = out[name].astype(column.dtype)
+            mapped = column.map(lambda v, c=changed: c.get(v, v) if isinstance(v, str) else v)
+            # A category column gets new categories: cast to its old dtype, a scrubbed value
+            # would be no category of it and turn into NaN.
+            categorical = isinstance(column.dtype, pd.CategoricalDtype)
+            out[name] = mapped.astype("category" if categorical else column.dtype)
     return out
 
 
@@ -156,6 +161,15 @@ derived from them.
   passed; `vantages.csv`: rates per input, nettest and vantage with 95% Wilson intervals and
   Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates per time window;
   `changes.csv`: when blocking starts and stops.
+- `keyword_findings.csv`: one finding per keyword (or combination), placement or channel and
+  nettest ({_keyword_count(result)}), with the vantages where it is filtered, the
+  mechanism, since when, the delivery rate per vantage and the minimal combination isolation
+  found; `keyword_vantages.csv` (per vantage, with the gates), `keyword_windows.csv` (per time
+  window: tries, delivered, dropped, rejected, modified, reset, residual),
+  `keyword_changes.csv`, `keyword_isolations.csv` (each minimal combination with the message
+  it came from), `keyword_evidence.csv` (the earliest blocked measurements) and, for
+  message_delivery between accounts, `keyword_delivery_matrix.csv` (per keyword, sender
+  region x receiver region, every vantage pooled).
 - `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
 
 ## Method
@@ -176,6 +190,32 @@ detail were judged at risk. Probe IP addresses are never included.
 {title}, censorscope dataset, {period}. Cite with the SHA256 of `datapackage.json` from
 `SHA256SUMS`.
 """
+
+
+def _keyword_count(result: Analysis) -> str:
+    found = result.keywords.findings if result.keywords is not None else pd.DataFrame()
+    if found.empty:
+        return "no keyword measurements"
+    return f"{len(found)} findings, {int(found['blocked_at'].notna().sum())} filtered somewhere"
+
+
+def _keywords(
+    result: Analysis, measurements: pd.DataFrame, drop_asn: Set[str]
+) -> KeywordFindings | None:
+    """The keyword findings to publish: recomputed when vantage names were redacted."""
+    if result.keywords is None or not drop_asn:
+        return result.keywords
+    loaded = result.loaded
+    names = dict(
+        zip(
+            loaded.measurements["vantage"].astype(str),
+            measurements["vantage"].astype(str),
+            strict=True,
+        )
+    )
+    return renamed_vantages(
+        loaded.keyword_rows, loaded.isolations, names, result.window, result.gates
+    )
 
 
 def publish(
@@ -205,6 +245,24 @@ def publish(
     files: list[Path] = list(parts)
     for name in TABLES:
         table = scrub_frame(plain(getattr(comparison, name)), scrubber)
+        path = out / f"{name}.csv"
+        write_csv(table, path)
+        files.append(path)
+        resources.append(
+            {
+                "name": name,
+                "path": path.name,
+                "format": "csv",
+                "mediatype": "text/csv",
+                "encoding": "utf-8",
+                "schema": _schema(table),
+            }
+        )
+    keywords = _keywords(result, frame, drop_asn)
+    for name, keyword_table in (keyword_tables(keywords) if keywords is not None else {}).items():
+        if keyword_table.empty:
+            continue  # no keyword measurements (or no isolation, no change): no empty resource
+        table = scrub_frame(plain(keyword_table), scrubber)
         path = out / f"{name}.csv"
         write_csv(table, path)
         files.append(path)

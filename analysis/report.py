@@ -146,20 +146,9 @@ def _table(frame: pd.DataFrame, columns: list[str], limit: int = 200) -> str:
 
 
 def _keywords(result: Analysis) -> str:
-    m = result.loaded.measurements
-    kw = m[m["keyword"].notna()]
-    if kw.empty:
-        return "<p>No keyword measurements in these data.</p>"
-    table = (
-        kw.assign(where=kw["placement"].fillna(kw["channel"]).fillna(""))
-        .groupby(["keyword", "where", "vantage"], observed=True, dropna=False)
-        .agg(
-            n=("row", "size"),
-            blocked=("blocking", lambda s: int((s.astype(str) != "false").mul(s.notna()).sum())),
-        )
-        .reset_index()
-    )
-    return _table(table, ["keyword", "where", "vantage", "n", "blocked"])
+    from analysis.keyword_report import section
+
+    return section(result.keywords, result.gates)
 
 
 MAX_DISAGREEMENT_ROWS = 50
@@ -245,7 +234,7 @@ def render(result: Analysis) -> str:
         _table(events, ["target", "vantage", "event", "start", "end", "windows"])
         if len(events)
         else "<p>No change points.</p>",
-        "<h2>Keywords</h2>",
+        "<h2 id='keywords'>Keyword filtering</h2>",
         _keywords(result),
         "<h2>Method</h2>",
         "<ul>",

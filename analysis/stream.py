@@ -28,6 +28,10 @@ from analysis.compare import (
     merge_partials,
     partial_counts,
 )
+from analysis.keywords import KeywordFindings, KeywordPartial
+from analysis.keywords import from_partial as keyword_findings
+from analysis.keywords import merge as merge_keywords
+from analysis.keywords import partial as keyword_partial
 from analysis.load import Filters, Loader, LoadError, iter_ooni_file, iter_store_file
 from analysis.verdicts import VERDICT_COLUMNS, Classifier, default_classifier
 from probes.store import LineProblem, ResultsStore
@@ -58,6 +62,7 @@ class PieceResult:
     partial: Partial
     problems: list[LineProblem]
     n_problems: int
+    keywords: KeywordPartial | None = None
 
 
 @dataclass
@@ -70,6 +75,7 @@ class Streamed:
     pieces: int
     problems: list[LineProblem] = field(default_factory=list)
     n_problems: int = 0
+    keywords: KeywordFindings | None = None
 
 
 def _is_jsonl(path: Path) -> bool:
@@ -178,7 +184,8 @@ def process_piece(
     )
     lines = _Lines(piece)
     loader._add_lines(Path(piece.path), lines, vantage=piece.vantage)
-    frame = loader.frames().measurements
+    loaded = loader.frames()
+    frame = loaded.measurements
     if parquet_dir is not None and len(frame):
         from analysis.dask_engine import write_piece
 
@@ -190,6 +197,7 @@ def process_piece(
         partial_counts(frame, window),
         loader.problems,
         loader.n_problems,
+        keyword_partial(loaded.keyword_rows, loaded.isolations, window),
     )
 
 
@@ -223,6 +231,7 @@ def run_streamed(
     ]
     workers = workers or os.cpu_count() or 1
     pending: list[Partial] = []
+    keyword_parts: list[KeywordPartial] = []
     pending_rows = 0
     rows = lines = n_problems = 0
     problems: list[LineProblem] = []
@@ -241,9 +250,13 @@ def run_streamed(
         lines += result.lines
         pending.append(result.partial)
         pending_rows += len(result.partial.counts)
+        if result.keywords is not None:
+            keyword_parts.append(result.keywords)
+            pending_rows += len(result.keywords.counts)
         if pending_rows > MERGE_ROWS:
             pending = [merge_partials(pending)]
-            pending_rows = len(pending[0].counts)
+            keyword_parts[:] = [merge_keywords(keyword_parts)] if keyword_parts else []
+            pending_rows = len(pending[0].counts) + sum(len(k.counts) for k in keyword_parts)
 
     if workers == 1 or len(jobs) == 1:
         for job in jobs:
@@ -253,10 +266,14 @@ def run_streamed(
             for result in pool.imap(_work, jobs):  # in order: line offsets need it
                 collect(result)
     if not pending:
-        empty = Loader(filters, classifier_columns=VERDICT_COLUMNS, observations=False)
-        pending.append(partial_counts(empty.frames().measurements, window))
+        empty = Loader(filters, classifier_columns=VERDICT_COLUMNS, observations=False).frames()
+        pending.append(partial_counts(empty.measurements, window))
+        keyword_parts.append(keyword_partial(empty.keyword_rows, empty.isolations, window))
     merged = merge_partials(pending)
-    return Streamed(from_partial(merged, gates), rows, lines, len(todo), problems, n_problems)
+    keywords = keyword_findings(merge_keywords(keyword_parts), gates)
+    return Streamed(
+        from_partial(merged, gates), rows, lines, len(todo), problems, n_problems, keywords
+    )
 
 
 def _str(path: Path | None) -> str | None:

@@ -38,6 +38,30 @@ class EchoConfig:
     tls_ports: list[int] = field(default_factory=list)
 
 
+# Most echo ports one helper opens (each is a listening socket; the descriptor limit is raised
+# at start, backend/serving.py).
+MAX_ECHO_PORTS = 2048
+
+
+def parse_ports(values: list[str]) -> list[int]:
+    """Ports given as numbers or ranges `LOW-HIGH` (inclusive), in order, each once."""
+    ports: list[int] = []
+    for value in values:
+        text = str(value).strip()
+        low_text, dash, high_text = text.partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if dash else low
+        except ValueError:
+            raise ValueError(f"{text!r} is not a port or a range LOW-HIGH") from None
+        if not 0 <= low <= high <= 65535 or (low == 0 and high != 0):
+            raise ValueError(f"{text!r}: ports are 1-65535 (0: any free port), LOW <= HIGH")
+        ports += [p for p in range(low, high + 1) if p == 0 or p not in ports]
+    if len(ports) > MAX_ECHO_PORTS:
+        raise ValueError(f"{len(ports)} ports: at most {MAX_ECHO_PORTS}")
+    return ports
+
+
 def self_signed_context(common_name: str = "censorscope-echo") -> ssl.SSLContext:
     """A server context with a fresh self-signed certificate (any SNI is accepted)."""
     from cryptography import x509

@@ -17,8 +17,10 @@ accept. So the protocol class here adds, per connection:
 
 `ClientRateLimit` is an ASGI middleware: a token bucket per client address (IPv6 by /64),
 429 with Retry-After when it is empty, because one control request can make the helper
-open ~256 connections to public hosts. The address is the TCP peer's: behind a reverse
-proxy every client is the proxy, so limit there instead (docs/deployment.md).
+open ~256 connections to public hosts. Its address is the client's as uvicorn reports it:
+the TCP peer, or a trusted proxy's X-Forwarded-For (uvicorn's ProxyHeadersMiddleware wraps
+this app and trusts 127.0.0.1 and ::1 by default); the connection caps always count the TCP
+peer. Behind a proxy uvicorn does not trust every client is the proxy (docs/deployment.md).
 """
 
 from __future__ import annotations

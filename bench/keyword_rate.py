@@ -118,6 +118,81 @@ def lab_main(args: argparse.Namespace, censored: list[str], words: list[str]) ->
     print(f"model: <= {bound:.1f} censored keywords/min at the probe's window {window:g} s")
 
 
+def target_main(args: argparse.Namespace) -> None:
+    """Issue 15's target in the lab: 1,000 words, 2% censored, every placement, a 90 s
+    residual window, `censorscope run http_keyword` with its defaults (budget, concurrency,
+    tries); every (word, placement) must be decided and right, within 10 minutes."""
+    import json
+    import subprocess
+    import tempfile
+    from dataclasses import replace
+
+    from lab import addresses, topology
+    from lab import scenario as scenario_mod
+
+    n_censored = round(args.keywords * args.censored)
+    censored = [f"blocked{i}" for i in range(n_censored)]
+    words = [f"benign{i}" for i in range(args.keywords - n_censored)]
+    step = max(1, len(words) // max(1, n_censored))
+    for i, word in enumerate(censored):  # spread evenly through the list
+        words.insert(i * (step + 1), word)
+    base = scenario_mod.load()
+    scen = replace(
+        base,
+        name="keyword-target",
+        censor=replace(
+            base.censor,
+            keywords=tuple((w,) for w in censored),
+            residual_seconds=args.window,
+            residual_action="rst",
+        ),
+    )
+    planted = set(scen.censor.keyword_placements)
+    info = topology.up(scen)
+    try:
+        assert info.helper_url, "the lab helper did not start"
+        with tempfile.TemporaryDirectory() as tmp:
+            kw = Path(tmp) / "keywords.csv"
+            kw.write_text(
+                "keyword,language,category,source\n" + "".join(f"{w},en,t,b\n" for w in words)
+            )
+            argv = [*info.vantages["cn"].exec_prefix, *topology._censorscope_argv(), "run",
+                    "http_keyword", "--keywords", str(kw), "--helper", info.helper_url,
+                    "--residual-window", str(args.window + LAB_MARGIN_S),
+                    "--results", f"{tmp}/results", "--vantage", "cn", "--no-progress"]  # fmt: skip
+            started = time.monotonic()
+            proc = subprocess.run(argv, capture_output=True, text=True, env=topology._python_env())
+            elapsed = time.monotonic() - started
+            if proc.returncode != 0:
+                raise SystemExit(f"censorscope run failed: {proc.stderr[-2000:]}")
+            cells: dict[tuple[str, str], object] = {}
+            for f in Path(tmp, "results").glob("raw/date=*/vantage=cn/test_name=http_keyword/*"):
+                for line in f.read_text().splitlines():
+                    m = json.loads(line)
+                    for placement, r in (m["test_keys"].get("placements") or {}).items():
+                        cells[(m["input"], placement)] = r["blocking"]
+    finally:
+        topology.down()
+    placements = sorted({p for _w, p in cells})
+    undecided = sum(v is None for v in cells.values())
+    right = sum(
+        (v not in (False, None)) == (w in censored and p in planted)
+        for (w, p), v in cells.items()
+        if v is not None
+    )
+    missing = len(words) * len(placements) - len(cells)
+    met = not undecided and not missing and right == len(cells) and elapsed <= 600
+    print(
+        f"lab target: {len(words)} words ({len(censored)} censored) x {len(placements)} "
+        f"placements ({', '.join(placements)}), {len(addresses.HELPER_ECHO_PORTS)} + "
+        f"{len(addresses.HELPER_TLS_ECHO_PORTS)} echo ports, censor window {args.window:g} s, "
+        f"run defaults: {elapsed:.0f} s ({len(words) * 60 / elapsed:.0f} words/min); "
+        f"cells decided {len(cells) - undecided}/{len(cells)} (missing {missing}), "
+        f"right {right}/{len(cells) - undecided}; {'meets' if met else 'misses'} the target "
+        "(all decided and right within 600 s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keywords", type=int, default=40)
@@ -127,7 +202,15 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=2)
     parser.add_argument("--placement", default="path")
     parser.add_argument("--lab", action="store_true", help="measure in the censor lab (root)")
+    parser.add_argument(
+        "--target",
+        action="store_true",
+        help="issue 15's target in the lab: use with --keywords 1000 --censored 0.02 --window 90",
+    )
     args = parser.parse_args()
+    if args.target:
+        target_main(args)
+        return
     n_censored = round(args.keywords * args.censored)
     censored = [f"blocked{i}" for i in range(n_censored)]
     words = censored + [f"benign{i}" for i in range(args.keywords - n_censored)]

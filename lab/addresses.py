@@ -53,10 +53,12 @@ ECHO_PORT = 7
 PLATFORM_V4 = "11.0.0.25"
 PLATFORM_V6 = "2a0c:cafe::25"
 PLATFORM_PORT = 8025
-# The lab helper's echo endpoints for http_keyword (topology): several ports so the probe can
-# rotate away from endpoints under residual censorship; none of them is served by lab.servers.
-HELPER_ECHO_PORTS = (9101, 9102, 9103)
-HELPER_TLS_ECHO_PORTS = (9443, 9444, 9445)
+# The lab helper's echo endpoints for http_keyword (topology): 200 of each, so that a trigger
+# under a residual window costs the probe one endpoint, not the test (a 1,000-word list with
+# 2% censored words taints ~100-200 (port) triples within a 90 s window); none of them is
+# served by lab.servers.
+HELPER_ECHO_PORTS = tuple(range(9101, 9301))
+HELPER_TLS_ECHO_PORTS = tuple(range(9443, 9643))
 # The helper's DNS zone for the dns placement, on port 53 where the censor looks at queries.
 HELPER_DNS_ZONE = "kw.lab.example"
 

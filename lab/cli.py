@@ -236,9 +236,27 @@ def _scheduled_demo(lab: topology.LabInfo, work: Path | None, interval: float, r
             "[green]yes[/]" if ok else "[red]no[/]",
         )
     console.print(table)
+    keywords = Table(title="keyword monitoring (message_delivery through the lab platform)")
+    for col in ("keyword", "expected", "analysis finding", "isolated", "ok"):
+        keywords.add_column(col)
+    found = result.keyword_findings or {}
+    expected = result.keyword_expected or {}
+    isolated = result.isolated or {}
+    kw_good = 0
+    for keyword in result.keyword_inputs or []:
+        got = found.get((keyword, "relay"), "missing")
+        ok = got == expected[keyword]
+        kw_good += ok
+        rules = " | ".join(isolated.get(" ".join(keyword.split()), []))
+        keywords.add_row(
+            keyword, expected[keyword], got, rules, "[green]yes[/]" if ok else "[red]no[/]"
+        )
+    console.print(keywords)
+    n_keywords = len(result.keyword_inputs or [])
     console.print(
-        f"{good}/{len(result.inputs)} findings as the scenario says; collector store in "
-        f"{result.collector_data}, analysis in {out / 'analysis'}"
+        f"{good}/{len(result.inputs)} web and {kw_good}/{n_keywords} keyword findings as the "
+        f"scenario says; collector store in {result.collector_data}, analysis in "
+        f"{out / 'analysis'}, report {result.report or '(not written)'}"
     )
-    if failed or good != len(result.inputs):
+    if failed or good != len(result.inputs) or kw_good != n_keywords:
         raise typer.Exit(1)

@@ -1,8 +1,12 @@
 """`lab demo`: run the probe from both vantages and set its verdicts beside the ground truth.
 
 `lab demo --scheduled` (run_scheduled) is the deployment in miniature: a collector in the lab
-internet, one scheduling daemon per vantage uploading to it, and `censorscope analyze` over the
-collector's store.
+internet, one scheduling daemon per vantage uploading to it, and `censorscope analyze` and
+`censorscope report` over the collector's store. Each daemon runs two jobs: web_connectivity
+over a handful of the scenario's sites, and keyword monitoring (message_delivery through the
+lab's message platform, over the platform's planted rules, benign words and one sentence that
+holds a combination, with `isolate = true`), so the report names the planted keyword rules
+filtered at cn only, with the minimal combination isolation found in the sentence.
 
 The probe is only ever run as the `censorscope` command inside a namespace and read back from
 its results files: the lab judges the probe, it does not import it.
@@ -109,6 +113,8 @@ def compare(lab: LabInfo, results: Path) -> list[Finding]:
 FAST_KINDS = ("none", "dns_inject", "dns_nxdomain", "blockpage")
 VANTAGES = ("cn", "open")
 JOB_ID = "lab-web"
+KEYWORD_JOB_ID = "lab-keywords"
+BENIGN_WORDS = ("weather", "tank")  # "tank": a single part of the planted `tank+man`
 
 
 @dataclass
@@ -128,6 +134,12 @@ class ScheduledRun:
     mechanisms: dict[str, str]
     daemon_status: dict[str, int | None]
     analyze: subprocess.CompletedProcess[str] | None = None
+    # keyword monitoring: its inputs, (keyword, where) -> finding, and the isolated rules
+    keyword_inputs: list[str] | None = None
+    keyword_findings: dict[tuple[str, str], str] | None = None
+    keyword_expected: dict[str, str] | None = None
+    isolated: dict[str, list[str]] | None = None  # message -> minimal combinations found
+    report: Path | None = None
 
 
 def scheduled_inputs(lab: LabInfo, limit: int = 6) -> list[str]:
@@ -137,6 +149,24 @@ def scheduled_inputs(lab: LabInfo, limit: int = 6) -> list[str]:
     firsts = {d.block: d for d in reversed(fast)}
     chosen = [*firsts.values()] + [d for d in fast if d not in firsts.values()]
     return [d.url for d in chosen[:limit]]
+
+
+def keyword_inputs(lab: LabInfo) -> tuple[list[str], str | None]:
+    """The platform's planted rules (`A+B` for a combination), benign words, and a sentence
+    holding the first combination among other words (for isolation), if there is one."""
+    rules = ["+".join(rule) for rule in lab.scenario.platform.keywords]
+    combo = next((rule for rule in lab.scenario.platform.keywords if len(rule) > 1), None)
+    sentence = None
+    if combo is not None:
+        sentence = f"by the river a {combo[0]} and one {' and '.join(combo[1:])} stood still"
+    return [*rules, *BENIGN_WORDS, *([sentence] if sentence else [])], sentence
+
+
+def expected_keyword(lab: LabInfo, value: str) -> str:
+    """The ground truth for a keyword input: the platform drops it from cn senders only."""
+    words = {w for part in value.split("+") for w in part.split()}
+    planted = any(set(rule) <= words for rule in lab.scenario.platform.keywords)
+    return "blocked at cn" if planted else "accessible everywhere"
 
 
 def expected_finding(lab: LabInfo, url: str) -> str:
@@ -150,9 +180,16 @@ def _toml_list(values: list[str]) -> str:
 
 
 def write_vantage_config(
-    lab: LabInfo, vantage: str, home: Path, collector: str, inputs: list[str], interval: float
+    lab: LabInfo,
+    vantage: str,
+    home: Path,
+    collector: str,
+    inputs: list[str],
+    interval: float,
+    keywords: list[str] | None = None,
 ) -> Path:
-    """One probe's config: the lab's resolver and helper, the collector, one interval job.
+    """One probe's config: the lab's resolver and helper, the collector, a web job and (with
+    `keywords`) a keyword-monitoring job through the platform that isolates new triggers.
 
     The token is not written here: the daemon reads CENSORSCOPE_UPLOAD_TOKEN, as a deployment
     keeps secrets out of config files.
@@ -184,6 +221,17 @@ nettest = "web_connectivity"
 inputs = {_toml_list(inputs)}
 interval = {interval:g}
 time_limit = 120
+"""
+    if keywords:
+        text += f"""
+[[schedule.jobs]]
+id = {json.dumps(KEYWORD_JOB_ID)}
+nettest = "message_delivery"
+inputs = {_toml_list(keywords)}
+interval = {interval:g}
+time_limit = 180
+isolate = true
+options = {{ channel = "relay", delivery_deadline = 1 }}
 """
     path = home / "censorscope.toml"
     path.write_text(text)
@@ -222,13 +270,44 @@ def read_uids(store: Path) -> dict[str, list[str]]:
     return out
 
 
-def read_findings(out: Path) -> dict[str, str]:
-    """target -> finding from the analysis' findings.csv."""
-    path = out / "findings.csv"
+def _csv_rows(path: Path) -> list[dict[str, str]]:
     if not path.exists():
-        return {}
+        return []
     with path.open(newline="", encoding="utf-8") as fh:
-        return {row["target"]: row["finding"] for row in csv.DictReader(fh)}
+        return list(csv.DictReader(fh))
+
+
+def read_findings(out: Path) -> dict[str, str]:
+    """target -> finding from the analysis' findings.csv (web tests)."""
+    return {
+        row["target"]: row["finding"]
+        for row in _csv_rows(out / "findings.csv")
+        if row.get("test_name", "web_connectivity") == "web_connectivity"
+    }
+
+
+def read_keyword_findings(out: Path) -> dict[tuple[str, str], str]:
+    """(keyword, where) -> finding from keyword_findings.csv."""
+    return {
+        (r["keyword"], r["where"]): r["finding"] for r in _csv_rows(out / "keyword_findings.csv")
+    }
+
+
+def read_isolated(out: Path) -> dict[str, list[str]]:
+    """message -> the minimal combinations isolation found in it (keyword_isolations.csv)."""
+    found: dict[str, list[str]] = {}
+    for row in _csv_rows(out / "keyword_isolations.csv"):
+        if row.get("rule"):
+            found.setdefault(row["message"], []).append(row["rule"])
+    return found
+
+
+def _runs_finished(log: Path, job_id: str) -> int:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0
+    return text.count(f"{job_id}: run finished")
 
 
 def _stop_daemon(proc: subprocess.Popen[bytes], grace: float = 60.0) -> int | None:
@@ -260,6 +339,7 @@ def run_scheduled(
     """Collector + one scheduling daemon per vantage until each uploaded `runs` runs, then
     `censorscope analyze` over the collector's store."""
     inputs = inputs or scheduled_inputs(lab)
+    keywords, _sentence = keyword_inputs(lab)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "collector"
     tokens = {v: secrets.token_urlsafe(24) for v in VANTAGES}
@@ -273,8 +353,12 @@ def run_scheduled(
     try:
         for v in VANTAGES:
             home = work / v
-            config = write_vantage_config(lab, v, home, url, inputs, interval)
-            env = {**_python_env(), "CENSORSCOPE_UPLOAD_TOKEN": tokens[v]}
+            config = write_vantage_config(lab, v, home, url, inputs, interval, keywords)
+            env = {
+                **_python_env(),
+                "CENSORSCOPE_UPLOAD_TOKEN": tokens[v],
+                "CENSORSCOPE_RELAY_URL": lab.platform_url,
+            }
             with (home / "daemon.out").open("ab") as log:
                 daemons[v] = subprocess.Popen(
                     [
@@ -293,12 +377,17 @@ def run_scheduled(
                     start_new_session=True,
                 )
             progress(f"schedule daemon at {v}: pid {daemons[v].pid}, every {interval:g} s")
-        want = runs * len(inputs)
+        want = runs * (len(inputs) + len(keywords))
         end = time.monotonic() + deadline_s
         counts: dict[str, int] = {}
         while time.monotonic() < end:
             counts = collector_stats(lab, url, tokens)
-            if all(counts.get(v, 0) >= want for v in VANTAGES):
+            finished = all(
+                _runs_finished(work / v / "schedule.log", job) >= runs
+                for v in VANTAGES
+                for job in (JOB_ID, KEYWORD_JOB_ID)
+            )
+            if finished and all(counts.get(v, 0) >= want for v in VANTAGES):
                 break
             if any(p.poll() is not None for p in daemons.values()):
                 break
@@ -326,6 +415,12 @@ def run_scheduled(
         timeout=300,
         check=False,
     )
+    report = work / "report.html"
+    subprocess.run(
+        [*_censorscope_argv(), "report", "--results", str(data), "--out", str(report),
+         "--fingerprints", lab.fingerprints],
+        capture_output=True, text=True, env=_python_env(), timeout=300, check=False,
+    )  # fmt: skip
     local: dict[str, list[str]] = {}
     for v in VANTAGES:
         local[v] = read_uids(work / v / "results").get(v, [])
@@ -340,4 +435,9 @@ def run_scheduled(
         mechanisms={d.url: d.block for d in lab.scenario.domains},
         daemon_status=status,
         analyze=analyze,
+        keyword_inputs=keywords,
+        keyword_findings=read_keyword_findings(out),
+        keyword_expected={k: expected_keyword(lab, k) for k in keywords},
+        isolated=read_isolated(out),
+        report=report if report.exists() else None,
     )

@@ -127,6 +127,14 @@ class Platform:
 
     keywords: tuple[tuple[str, ...], ...] = ()
     action: str = "drop"  # "drop" (accept, never deliver), "reject" (403), "modify" (mask)
+    # Registered accounts, (name, region): a sender naming one (X-Censorscope-Sender) is judged
+    # by where it was registered, wherever it connects from, as WeChat judges by the phone
+    # number's country. A sender naming none is judged by its address (cn subnet: "CN").
+    accounts: tuple[tuple[str, str], ...] = ()
+    regions: tuple[str, ...] = ("CN",)  # the regions whose senders the rules apply to
+
+    def account_region(self, name: str) -> str | None:
+        return dict(self.accounts).get(name)
 
 
 @dataclass(frozen=True)
@@ -409,7 +417,19 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     action = _get(p, "action", str, "drop", source, "platform")
     if action not in PLATFORM_ACTIONS:
         raise _err(source, "platform.action", f"expected one of {list(PLATFORM_ACTIONS)}")
-    platform = Platform(keywords=_keywords(p, source, "platform"), action=action)
+    raw_accounts = _get(p, "accounts", dict, {}, source, "platform")
+    for account, region in raw_accounts.items():
+        if not isinstance(region, str) or not region:
+            raise _err(source, f"platform.accounts.{account}", "expected a region code string")
+    regions = _get(p, "regions", list, ["CN"], source, "platform")
+    if not all(isinstance(r, str) and r for r in regions):
+        raise _err(source, "platform.regions", "expected a list of region codes")
+    platform = Platform(
+        keywords=_keywords(p, source, "platform"),
+        action=action,
+        accounts=tuple((str(k), str(v).upper()) for k, v in raw_accounts.items()),
+        regions=tuple(r.upper() for r in regions),
+    )
 
     raw_domains = data.get("domain", [])
     if not isinstance(raw_domains, list):
@@ -540,6 +560,10 @@ def _to_toml(s: Scenario) -> str:
         "[platform]",
         f"keywords = {_toml_value(_combos_toml(s.platform.keywords))}",
         f"action = {_toml_value(s.platform.action)}",
+        f"regions = {_toml_value(list(s.platform.regions))}",
+        "accounts = { "
+        + ", ".join(f"{_toml_value(n)} = {_toml_value(r)}" for n, r in s.platform.accounts)
+        + " }",
     ]
     for d in s.domains:
         lines += [

@@ -185,21 +185,28 @@ class Web:
 
 _RELAY_PATH = re.compile(r"^/relay/([A-Za-z0-9_-]{1,64})(?:\?after=(\d+))?$")
 MAILBOX_LIMIT = 1000  # messages kept per mailbox (the helper relay's default)
+# The account a message is sent from (probes/channels/relay.py SENDER_HEADER; the lab imports
+# nothing from probes/, DESIGN 6).
+SENDER_HEADER = "X-Censorscope-Sender"
 
 
 class Platform:
     """A message platform speaking the helper relay's protocol (probes/channels/relay.py).
 
     POST /relay/{box} {"text": ...} sends, GET /relay/{box}?after=N receives. The scenario's
-    [platform] rules apply only when the sender's address is in the cn vantage's subnet, as a
-    national platform filters its own region's users: that is the ground truth message_delivery
-    and isolation are checked against. Matching is on the lower-cased text, every word of a
-    combination present (as the helper relay's rules).
+    [platform] rules apply only to senders of its `regions`, as a national platform filters its
+    own region's users: that is the ground truth message_delivery and isolation are checked
+    against. A sender that names a registered account (X-Censorscope-Sender) has that account's
+    region wherever it connects from (WeChat judges by the phone number an account was
+    registered with, Citizen Lab's "One App, Two Systems"); one that names none has the region
+    of its address (the cn subnet is "CN"). Matching is on the lower-cased text, every word of
+    a combination present (as the helper relay's rules).
     """
 
     def __init__(self, scen: scenario_mod.Scenario) -> None:
         self.rules = scen.platform.keywords
         self.action = scen.platform.action
+        self.platform = scen.platform
         self.cn = [
             ipaddress.ip_network(addresses.CN_SUBNET_V4),
             ipaddress.ip_network(addresses.CN_SUBNET_V6),
@@ -208,13 +215,23 @@ class Platform:
         self.ids = itertools.count(1)
         self.stats = {"sent": 0, "dropped": 0, "rejected": 0, "modified": 0}
 
-    def _censored(self, peer: str, text: str) -> tuple[str, ...] | None:
+    def sender_region(self, peer: str, sender: str | None) -> str:
+        """The region the platform files a sender under: its account's, else its address's."""
+        if sender:
+            registered = self.platform.account_region(sender)
+            if registered is not None:
+                return registered
         addr = ipaddress.ip_address(peer.split("%", 1)[0])
-        if not any(addr in net for net in self.cn):
+        return "CN" if any(addr in net for net in self.cn) else ""
+
+    def _censored(self, region: str, text: str) -> tuple[str, ...] | None:
+        if region not in self.platform.regions:
             return None
         return matching.keyword_match(text.lower(), self.rules)
 
-    def post(self, box: str, peer: str, body: bytes) -> tuple[int, dict[str, object]]:
+    def post(
+        self, box: str, peer: str, body: bytes, sender: str | None = None
+    ) -> tuple[int, dict[str, object]]:
         try:
             text = json.loads(body)["text"]
         except (ValueError, KeyError, TypeError):
@@ -223,7 +240,7 @@ class Platform:
             return 400, {"error": "text must be a string"}
         self.stats["sent"] += 1
         message_id = next(self.ids)
-        rule = self._censored(peer, text)
+        rule = self._censored(self.sender_region(peer, sender), text)
         if rule is not None:
             if self.action == "reject":
                 self.stats["rejected"] += 1
@@ -254,7 +271,8 @@ class Platform:
                 if m is None:
                     status, doc = 404, {"error": "no such mailbox path"}
                 elif request.method == "POST":
-                    status, doc = self.post(m.group(1), peer, request.body)
+                    sender = request.headers.get(SENDER_HEADER.lower())
+                    status, doc = self.post(m.group(1), peer, request.body, sender)
                 elif request.method == "GET":
                     status, doc = self.get(m.group(1), int(m.group(2) or 0))
                 else:

@@ -514,8 +514,8 @@ def up(scen: scenario_mod.Scenario | str | Path | None = None, *, helper: bool =
                     "--ca-file",
                     str(state / "ca.pem"),
                     # http_keyword's echo endpoints and DNS zone, behind the censor from cn.
-                    *[f"--echo-ports={p}" for p in A.HELPER_ECHO_PORTS],
-                    *[f"--tls-echo-ports={p}" for p in A.HELPER_TLS_ECHO_PORTS],
+                    f"--echo-ports={A.HELPER_ECHO_PORTS[0]}-{A.HELPER_ECHO_PORTS[-1]}",
+                    f"--tls-echo-ports={A.HELPER_TLS_ECHO_PORTS[0]}-{A.HELPER_TLS_ECHO_PORTS[-1]}",
                     f"--dns-zone={A.HELPER_DNS_ZONE}",
                     f"--dns-listen={A.HELPER_V4}:53",
                     f"--dns-answer={A.HELPER_V4}",

@@ -187,16 +187,34 @@ def load_config(path: Path | None) -> Config:
     try:  # OONI's form, "AS<number>": its pipeline reads the number after "AS"
         config.vantage.probe_asn = ooni_asn(config.vantage.probe_asn)
     except ValueError as exc:
-        raise ConfigError(f"{config.source}: key 'vantage.probe_asn': {exc}") from exc
+        origin = (
+            "environment CENSORSCOPE_VANTAGE_PROBE_ASN"
+            if "CENSORSCOPE_VANTAGE_PROBE_ASN" in os.environ
+            else f"{config.source}: key 'vantage.probe_asn'"
+        )
+        raise ConfigError(f"{origin}: {exc}") from exc
     if "resolver" in data.get("probe", {}) and not config.probe.resolver:
         config.probe.resolver = None
     return config
 
 
-def _env_flag(name: str, value: str) -> bool:
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def parse_flag(value: str) -> bool | None:
+    """An on/off environment value: True, False, or None for a word that is neither (the
+    caller names the variable; a typo must never quietly turn a safety setting off)."""
     text = value.strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("0", "false", "no", "off", ""):
+    if text in FALSE_WORDS:
         return False
-    raise ConfigError(f"environment {name}: expected 1/0, true/false, got {value!r}")
+    return None
+
+
+def _env_flag(name: str, value: str) -> bool:
+    flag = parse_flag(value) if value.strip() else False
+    if flag is None:
+        raise ConfigError(f"environment {name}: expected 1/0, true/false, got {value!r}")
+    return flag

@@ -9,10 +9,11 @@ therefore monotone in the set of words, and isolation is a search for all minima
 blocking subsets.
 
 Method:
-- one minimal blocking subset is found with QuickXplain-style splitting (Junker, AAAI 2004):
-  halve the candidates; when neither half blocks alone, the rule straddles the split and each
-  half is minimised with the other as background. About 2k*log2(n/k) + 2k tests for a rule
-  of k words among n, instead of n for word-by-word deletion;
+- one minimal blocking subset is found by binary-search deletion in message order (Citizen
+  Lab's comp_aware_bin_split on words, Xiong and Knockel, FOCI 2019): binary-search the
+  latest start of a suffix that still blocks, keep that word, go on to its right until the
+  kept words block alone. About k*(log2(n) + 1) tests for a rule of k words among n (our
+  earlier QuickXplain halving cost 2k*log2(n/k) + 2k);
 - further rules: every other minimal rule misses at least one word of each rule found so far,
   so the message minus a hitting set of the found rules is tested for each minimal hitting
   set; a blocked one holds a new rule, which is then minimised the same way;
@@ -139,23 +140,32 @@ class _Asker:
 
 
 async def _minimise(ask: _Asker, background: frozenset[str], candidates: list[str]) -> list[str]:
-    """A minimal subset X of `candidates` with background | X blocked (QuickXplain).
+    """A minimal subset X of `candidates` with background | X blocked.
 
-    Precondition: background | candidates is blocked and background alone is not.
+    Binary-search deletion in message order, the word form of Citizen Lab's
+    comp_aware_bin_split (Xiong and Knockel, FOCI 2019; citizenlab/censored-keyword-isolation):
+    the largest i whose suffix candidates[i:] (with the words kept so far) still blocks starts
+    a rule, so candidates[i] is kept and the search goes on to the right of it, until the kept
+    words block alone. About k * (log2(n) + 1) tests for a rule of k words among n, against
+    2k * log2(n/k) + 2k for QuickXplain's halving, which this replaced.
+
+    Precondition: background | candidates is blocked.
     """
-
-    async def qx(bg: frozenset[str], delta_added: bool, cands: list[str]) -> list[str]:
-        if delta_added and await ask.ask(bg):
-            return []
-        if len(cands) == 1:
-            return cands
-        half = len(cands) // 2
-        first, second = cands[:half], cands[half:]
-        keep_second = await qx(bg | frozenset(first), True, second)
-        keep_first = await qx(bg | frozenset(keep_second), bool(keep_second), first)
-        return keep_first + keep_second
-
-    return await qx(background, False, candidates)
+    kept: list[str] = []
+    rest = list(candidates)
+    while True:
+        # invariant: background | kept | rest is blocked
+        lo, hi = 0, len(rest)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if await ask.ask(background | frozenset(kept) | frozenset(rest[mid:])):
+                lo = mid
+            else:
+                hi = mid
+        kept.append(rest[lo])
+        rest = rest[lo + 1 :]
+        if not rest or await ask.ask(background | frozenset(kept)):
+            return kept
 
 
 def _minimal_hitting_sets(rules: list[frozenset[str]]) -> list[frozenset[str]]:

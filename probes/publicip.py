@@ -25,6 +25,7 @@ import httpx
 
 from probes.net.addresses import parse_host_port
 from probes.net.stun import DEFAULT_PORT, STUNError, stun_mapped_address
+from probes.net.tls import verifying_context
 
 WHOAMI_PATH = "x/whoami"
 MAX_WHOAMI_BYTES = 4096
@@ -59,20 +60,12 @@ def whoami_url(base: str) -> str:
     return urljoin(base if base.endswith("/") else base + "/", WHOAMI_PATH)
 
 
-def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system's roots, plus the operator's CA file when given (labs)."""
-    ctx = ssl.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    return ctx
-
-
 async def ask_whoami(url: str, *, timeout: float, ca_file: str | None = None) -> WhoamiAnswer:
     """GET one /x/whoami endpoint: the address the server saw us come from."""
     try:
         async with (
             httpx.AsyncClient(
-                timeout=timeout, verify=_ssl_context(ca_file), follow_redirects=False
+                timeout=timeout, verify=verifying_context(ca_file), follow_redirects=False
             ) as client,
             client.stream("GET", url) as response,
         ):

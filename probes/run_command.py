@@ -36,9 +36,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXIT_OK = 0
+# As probes.cli's (bad input, 2, goes through `fail`).
 EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
@@ -86,20 +85,37 @@ def _inputs(testlists: list[Path], inputs: list[str]) -> Iterator[str]:
     return iter_inputs(testlists, inputs)
 
 
-def _keyword_inputs(path: Path) -> Iterator[str]:
+def _keyword_inputs(path: Path, on_warning: Callable[[Any], None] | None = None) -> Iterator[str]:
     """Keyword nettests (`keyword_inputs = True`): one input per keyword, `A+B` a combination."""
     from probes.testlists import iter_keywords
 
-    for keyword in iter_keywords(path):
+    for keyword in iter_keywords(path, on_warning=on_warning):
         yield "+".join(keyword.parts)
 
 
+# Warnings about odd rows of a published keyword list printed before a run; the rest counted.
+MAX_LIST_WARNINGS_SHOWN = 20
+
+
 def _check_keywords(path: Path, fail: Callable[[str], NoReturn]) -> int:
-    """Read the keyword list through (a bad row fails now); returns how many inputs it gives."""
+    """Read the keyword list through (a bad row fails now, an odd one is kept and said on
+    stderr as FILE:LINE); returns how many inputs it gives."""
     from probes.testlists import ListError
 
+    warned = 0
+
+    def say(problem: Any) -> None:
+        nonlocal warned
+        warned += 1
+        if warned <= MAX_LIST_WARNINGS_SHOWN:
+            print(f"censorscope: {problem}", file=sys.stderr)
+
     try:
-        return sum(1 for _ in _keyword_inputs(path))
+        n = sum(1 for _ in _keyword_inputs(path, say))
+        if warned > MAX_LIST_WARNINGS_SHOWN:
+            more = warned - MAX_LIST_WARNINGS_SHOWN
+            print(f"censorscope: {path}: {more} more warning(s)", file=sys.stderr)
+        return n
     except ListError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -204,7 +220,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         "nettest_options": req.nettest_options,
     }
     vantage = req.vantage or cfg.vantage.name
-    where = _locate(cfg, req, fail)
+    manifest: ReportManifest | None = None
     if req.resume:
         try:
             manifest = store.load_manifest(req.resume)
@@ -220,15 +236,6 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     else:
         settings = run_settings.resolve(req, cfg, cls.default_budget(req.nettest_options))
         options[run_settings.SETTINGS] = settings
-        now = datetime.now(UTC)
-        manifest = ReportManifest(
-            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
-            test_name=cls.name,
-            vantage=vantage,
-            date=now.strftime("%Y-%m-%d"),
-            test_start_time=ooni_time(now),
-            options=options,
-        )
     if cls.needs_input and not req.inputs and not req.testlists:
         fail(f"{cls.name} needs inputs: give --input URL or --testlist FILE")
     for value in req.inputs:
@@ -250,6 +257,23 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"{cls.name} needs --keywords FILE (or --input KEYWORD)")
         n_inputs = _check_keywords(req.keywords, fail)
 
+    accounts = _accounts(cfg, fail)
+    from probes.consent import require_consent
+
+    # Consent before anything leaves this machine: locating asks whoami and STUN servers.
+    if problem := require_consent(cfg):
+        fail(problem)
+    where = _locate(cfg, req, fail)
+    if manifest is None:
+        now = datetime.now(UTC)
+        manifest = ReportManifest(
+            report_id=new_report_id(cls.name, where.probe_cc, where.probe_asn, now),
+            test_name=cls.name,
+            vantage=vantage,
+            date=now.strftime("%Y-%m-%d"),
+            test_start_time=ooni_time(now),
+            options=options,
+        )
     ctx = ProbeContext(
         vantage=vantage,
         probe_cc=where.probe_cc,
@@ -265,11 +289,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         fingerprint_files=list(settings["fingerprints"]),
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
+        accounts=accounts,
     )
-    from probes.consent import require_consent
-
-    if problem := require_consent(cfg):
-        fail(problem)
     run_options = RunOptions(
         concurrency=settings["concurrency"],
         timeout=ctx.timeout,
@@ -359,4 +380,22 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    return getattr(nettest, "exit_status", EXIT_OK)
+    return nettest.exit_status
+
+
+def _accounts(cfg: Config, fail: Callable[[str], NoReturn]) -> dict[str, Any]:
+    """The config's messaging accounts; a bad [accounts.NAME] table stops the run (exit 2)."""
+    from probes.accounts import load_accounts
+    from probes.config import ConfigError
+    from probes.secret_files import loose_permissions
+
+    try:
+        accounts = load_accounts(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    raw = cfg.raw.get("accounts", {})
+    if any("mailbox_key" in table for table in raw.values()):
+        warning = loose_permissions(Path(cfg.source), "the config, with mailbox keys,")
+        if warning:
+            print(f"censorscope: {warning}", file=sys.stderr)
+    return dict(accounts)

@@ -27,6 +27,7 @@ _OPTION_FLAGS = {
     "dns_resolvers": "--dns-resolver",
     "dns_probe_addresses": "--dns-probe-address",
     "placements": "--placement",
+    "encodings": "--encoding",
     "pcap_dir": "--pcap",
     "trace_keyword": "--keyword",
 }

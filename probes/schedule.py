@@ -41,6 +41,7 @@ CLI = "from probes.cli import main; main()"
 STOP_GRACE = 30.0  # seconds a stopped run gets to store what it finished before SIGKILL
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RUNNING: set[subprocess.Popen[bytes]] = set()
+ISOLATING_NETTESTS = ("message_delivery", "http_keyword")
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -62,6 +63,12 @@ class JobSpec:
     concurrency: int | None = None
     time_limit: float | None = None
     vantage: str | None = None
+    keywords: str | None = None  # a keyword list (keyword nettests), as `run --keywords`
+    helpers: list[str] = field(default_factory=list)
+    # Any other `run` option, by its name: {channel = "relay", placement = ["path", "sni"]}.
+    options: dict[str, Any] = field(default_factory=dict)
+    # After each run, isolate every newly blocked input of two or more words (probes/triggers.py).
+    isolate: bool = False
 
     def describe_trigger(self) -> str:
         when = f"cron '{self.cron}'" if self.cron else f"every {self.interval:g} s"
@@ -90,7 +97,17 @@ _JOB_KEYS: dict[str, str] = {
     "concurrency": "int",
     "time_limit": "number",
     "vantage": "str",
+    "keywords": "str",
+    "helpers": "list",
+    "options": "options",
+    "isolate": "bool",
 }
+# `run` options a job sets with keys of its own (or that a scheduled run must not take).
+_RESERVED_OPTIONS = {
+    "input": "inputs", "testlist": "testlists", "keywords": "keywords", "helper": "helpers",
+    "concurrency": "concurrency", "vantage": "vantage", "config": "(the daemon's config)",
+    "resume": "(a scheduled run starts afresh)", "progress": "(runs have no terminal)",
+}  # fmt: skip
 _SETTINGS_KEYS: dict[str, str] = {
     "state_file": "str",
     "jobstore": "str",
@@ -111,12 +128,74 @@ def _check(where: str, key: str, value: Any, kind: str) -> Any:
         raise ScheduleError(f"{where}: key '{key}': expected a list of strings")
     if kind == "bool" and not isinstance(value, bool):
         raise ScheduleError(f"{where}: key '{key}': expected true or false, got {value!r}")
+    if kind == "options":
+        _check_options(where, key, value)
     if kind in ("int", "number"):
         types = (int,) if kind == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, types) or value <= 0:
             what = "a positive integer" if kind == "int" else "a positive number"
             raise ScheduleError(f"{where}: key '{key}': expected {what}, got {value!r}")
     return value
+
+
+def run_option_flags() -> dict[str, str]:
+    """`run`'s option names (as a job's `options` keys write them) -> their kind: "flag" for
+    an on/off switch, "multiple" for a repeatable option, "value" for the rest."""
+    from typer.main import get_command
+
+    from probes.cli import app
+
+    command = get_command(app).commands["run"]  # type: ignore[attr-defined]
+    out = {}
+    for param in command.params:
+        longs = [o for o in param.opts if o.startswith("--")]
+        if param.param_type_name != "option" or not longs:
+            continue
+        kind = "flag" if param.is_flag else "multiple" if param.multiple else "value"
+        out[longs[0][2:].replace("-", "_")] = kind
+    return out
+
+
+def _check_options(where: str, key: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ScheduleError(f"{where}: key '{key}': expected a table of run options")
+    flags = run_option_flags()
+    for name, item in value.items():
+        name_key = name.replace("-", "_")
+        if name_key in _RESERVED_OPTIONS:
+            raise ScheduleError(
+                f"{where}: key '{key}.{name}': set it with the job's own key "
+                f"{_RESERVED_OPTIONS[name_key]}"
+            )
+        kind = flags.get(name_key)
+        if kind is None:
+            known = ", ".join(sorted(k for k in flags if k not in _RESERVED_OPTIONS))
+            raise ScheduleError(f"{where}: key '{key}.{name}': not a run option (known: {known})")
+        good = (
+            isinstance(item, bool)
+            if kind == "flag"
+            else isinstance(item, list) and all(isinstance(v, str | int | float) for v in item)
+            if kind == "multiple"
+            else isinstance(item, str | int | float) and not isinstance(item, bool)
+        )
+        if not good:
+            what = {"flag": "true or false", "multiple": "a list", "value": "a string or number"}
+            raise ScheduleError(f"{where}: key '{key}.{name}': expected {what[kind]}")
+
+
+def option_args(options: dict[str, Any]) -> list[str]:
+    """A job's `options` as `run` arguments (checked by _check_options)."""
+    args: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def _trigger(spec: JobSpec) -> Any:
@@ -184,8 +263,12 @@ def parse_schedule(cfg: Config) -> ScheduleSettings:
             )
         if (spec.cron is None) == (spec.interval is None):
             raise ScheduleError(f"{where}: key '{prefix}': give exactly one of cron or interval")
-        if not spec.inputs and not spec.testlists:
-            raise ScheduleError(f"{where}: key '{prefix}': give inputs or testlists")
+        if not spec.inputs and not spec.testlists and not spec.keywords:
+            raise ScheduleError(f"{where}: key '{prefix}': give inputs, testlists or keywords")
+        if spec.isolate and spec.nettest not in ISOLATING_NETTESTS:
+            raise ScheduleError(
+                f"{where}: key '{prefix}.isolate': only for {', '.join(ISOLATING_NETTESTS)}"
+            )
         try:
             _trigger(spec)
         except ValueError as exc:
@@ -205,6 +288,11 @@ def _command(spec: JobSpec, config_path: str | None) -> list[str]:
         cmd += ["--input", value]
     for path in spec.testlists:
         cmd += ["--testlist", path]
+    if spec.keywords:
+        cmd += ["--keywords", spec.keywords]
+    for helper in spec.helpers:
+        cmd += ["--helper", helper]
+    cmd += option_args(spec.options)
     if spec.concurrency:
         cmd += ["--concurrency", str(spec.concurrency)]
     if spec.vantage:
@@ -227,6 +315,7 @@ def run_job(spec: dict[str, Any], config_path: str | None) -> int:
     """The scheduled function (module level, so the job store can name it): run, then upload."""
     job = JobSpec(**spec)
     cmd = _command(job, config_path)
+    started = datetime.now(UTC)
     log.info("%s: starting %s", job.id, job.nettest)
     # The daemon checked consent when it started (probes.consent); its runs have no terminal.
     env = {**os.environ, "CENSORSCOPE_CONSENT_INFORMED": "true"}
@@ -249,6 +338,10 @@ def run_job(spec: dict[str, Any], config_path: str | None) -> int:
     for line in output.decode("utf-8", "replace").splitlines():
         log.info("%s: %s", job.id, line)
     log.info("%s: run finished with status %s", job.id, proc.returncode)
+    if job.isolate:
+        from probes.triggers import isolate_new_triggers
+
+        isolate_new_triggers(job, config_path, started, env)
     _upload_after_run(job.id, config_path)
     return int(proc.returncode or 0)
 

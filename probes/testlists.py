@@ -14,6 +14,13 @@ Errors: the iterators raise `ListError(file, line, field, reason)` on anything t
 unreadable (encoding, header, column count); `validate` reports every problem it finds as a
 `Problem` and goes on. Both print as `FILE:LINE: FIELD: REASON`; line 0 means the file as a
 whole (it could not be opened).
+
+Warnings: published keyword lists are taken as they are. What is odd in them but readable (a
+row marked `combo` with one part or with parts joined by `x`, a control character, a row a
+column short) is a warning (`Problem.severity == "warning"`, printed `FILE:LINE: FIELD:
+warning: REASON`): the row is kept as written, `iter_keywords(..., on_warning=...)` hands the
+warning to the caller, and `lists validate` prints it without failing; `lists validate
+--strict` fails on warnings too (for the lists we write ourselves).
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ import codecs
 import csv
 import ipaddress
 import re
-from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Final, Literal, TextIO
@@ -181,17 +188,31 @@ _URL_BAD_CHAR: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f\\]")
 _LANGUAGE_TAG: Final = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 
 
+ERROR: Final = "error"
+WARNING: Final = "warning"
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with a list, located precisely enough to fix it."""
+    """One thing wrong with a list, located precisely enough to fix it.
+
+    `severity` "error": the row or file cannot be used (loading raises ListError); "warning":
+    the row is odd but kept as written (published lists load; `lists validate --strict` fails).
+    """
 
     file: str
     line: int
     field: str
     reason: str
+    severity: str = ERROR
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.reason}"
+        marker = "warning: " if self.severity == WARNING else ""
+        return f"{self.file}:{self.line}: {self.field}: {marker}{self.reason}"
+
+    @property
+    def is_warning(self) -> bool:
+        return self.severity == WARNING
 
 
 class ListError(ValueError):
@@ -256,15 +277,20 @@ class Keyword:
         return all(part in message for part in self.parts)
 
 
+WarningHandler = Callable[[Problem], None]
+
+
 class _Sink:
-    """Where parsing problems go: raised at once when loading, collected when validating.
+    """Where parsing problems go: errors raised at once when loading, collected when validating.
 
     `error` is for what makes a row or file unreadable; `warn` for what loading tolerates
-    (published Citizen Lab files are taken as they are) but validation reports.
+    (published Citizen Lab files are taken as they are, the row kept as written): collected when
+    validating, handed to `on_warning` (if any) when loading.
     """
 
-    def __init__(self, strict: bool) -> None:
+    def __init__(self, strict: bool, on_warning: WarningHandler | None = None) -> None:
         self.strict = strict
+        self.on_warning = on_warning
         self.problems: list[Problem] = []
 
     def error(self, problem: Problem) -> None:
@@ -273,8 +299,11 @@ class _Sink:
         self.problems.append(problem)
 
     def warn(self, problem: Problem) -> None:
+        problem = replace(problem, severity=WARNING)
         if not self.strict:
             self.problems.append(problem)
+        elif self.on_warning is not None:
+            self.on_warning(problem)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -359,6 +388,9 @@ def _kind_from_header(path: Path, header: list[str]) -> Kind:
         )
     if any(name in KEYWORD_COLUMN_ALIASES for name in names):
         return "keywords-citizenlab"
+    table = _not_a_keyword_list(names)
+    if table is not None:
+        raise ListError(path, 1, "header", f"not a keyword list: {table} (header '{shown}')")
     raise ListError(
         path,
         1,
@@ -367,6 +399,22 @@ def _kind_from_header(path: Path, header: list[str]) -> Kind:
         f"a keyword list ({','.join(OUR_KEYWORD_COLUMNS)}) or a Citizen Lab keyword list "
         f"(a column named {', '.join(KEYWORD_COLUMN_ALIASES)})",
     )
+
+
+def _not_a_keyword_list(names: tuple[str, ...]) -> str | None:
+    """What a published table that holds no keywords is, from its header, or None.
+
+    chat-censorship ships code books beside its keyword lists (livestream/
+    categories_keyword_censorship.csv `Theme,Category,Description,...`,
+    themes_keyword_censorship.csv `Theme,Description,Examples`) and a table of URLs
+    (wechat/one_app_two_systems/wechat_blocked_urls.csv `URLs,Categorization,Language`).
+    """
+    lowered = {name.lower() for name in names}
+    if lowered & {"url", "urls"}:
+        return f"a table of URLs (a test list has the columns {','.join(TESTLIST_COLUMNS)})"
+    if "description" in lowered and lowered & {"theme", "category"}:
+        return "a table of themes or categories (a code book for other lists' columns)"
+    return None
 
 
 def _open_csv(path: Path, codec: str, sink: _Sink) -> tuple[Kind, list[str], _Records]:
@@ -580,8 +628,22 @@ def _keyword_parts(
     if len(kept) != len(parts):
         sink.warn(Problem(str(path), line, "keyword", f"empty part in combination '{text}'"))
     if _is_control(text):
-        sink.warn(Problem(str(path), line, "keyword", "contains a control character"))
+        reason = "contains a control character; kept as written"
+        sink.warn(Problem(str(path), line, "keyword", reason))
     return kept
+
+
+# A combination whose parts are joined by a Latin `x` between two non-ASCII characters
+# (wechat/one_app_two_systems line 176: `15日实行x全市大罢工x灌云x连云港`).
+_X_JOINED: Final = re.compile(r"[^\x00-\x7f]x[^\x00-\x7f]")
+
+
+def _one_part_combo(text: str) -> str:
+    """The warning for a row marked `combo` whose keyword has no space between parts."""
+    marked = f"marked '{_KEYWORD_TYPE_COMBO}' but has one part (parts separated by spaces)"
+    if _X_JOINED.search(text):
+        return f"{marked}; its parts seem joined by 'x'; kept as written (one keyword)"
+    return f"{marked}; kept as written (one keyword)"
 
 
 def _parse_ours(path: Path, records: _Records, sink: _Sink) -> Iterator[Keyword]:
@@ -631,7 +693,7 @@ def _parse_citizenlab(
     column = next(name for name in KEYWORD_COLUMN_ALIASES if name in names)
     for line, row in records:
         if len(row) != len(names):
-            reason = f"expected {len(names)} columns, got {len(row)}"
+            reason = f"expected {len(names)} columns, got {len(row)}; kept as written"
             sink.warn(Problem(str(path), line, "row", reason))
         values = dict(zip(names, row, strict=False))
         text = values.pop(column, "").strip()
@@ -641,8 +703,7 @@ def _parse_citizenlab(
             path, line, text, text.split() if combo else split_combination(text), sink
         )
         if combo and parts is not None and len(parts) == 1:
-            reason = f"marked '{_KEYWORD_TYPE_COMBO}' but has one part (parts separated by spaces)"
-            sink.warn(Problem(str(path), line, "keyword", reason))
+            sink.warn(Problem(str(path), line, "keyword", _one_part_combo(text)))
         if parts is not None:
             yield Keyword(
                 parts,
@@ -680,13 +741,19 @@ def _parse_keywords(path: Path, encoding: str | None, sink: _Sink) -> Iterator[K
         raise ListError(path, 1, "header", f"not a keyword list: this is a {kind} file")
 
 
-def iter_keywords(path: str | Path, *, encoding: str | None = None) -> Iterator[Keyword]:
+def iter_keywords(
+    path: str | Path,
+    *,
+    encoding: str | None = None,
+    on_warning: WarningHandler | None = None,
+) -> Iterator[Keyword]:
     """Stream the keywords of any recognised keyword list (ours, Citizen Lab's, `.txt`).
 
     `encoding` overrides the choice made from the file name (UTF-8, or GB18030 for the
     `(gb2312)` files). Rows without a keyword are skipped; ListError on an unreadable file.
+    Odd rows are kept as written and their warnings (file:line) go to `on_warning`.
     """
-    return _parse_keywords(Path(path), encoding, _Sink(strict=True))
+    return _parse_keywords(Path(path), encoding, _Sink(strict=True, on_warning=on_warning))
 
 
 def _validate_keywords(path: Path, kind: Kind, sink: _Sink) -> int:
@@ -766,20 +833,26 @@ def validate(paths: Iterable[str | Path], *, against_global: bool = True) -> lis
     return _validate(paths, against_global)[0]
 
 
-def validate_command(paths: list[Path], out: TextIO) -> int:
-    """`censorscope lists validate FILE...`: print problems and a summary; 0 or 2."""
+def validate_command(paths: list[Path], out: TextIO, *, strict: bool = False) -> int:
+    """`censorscope lists validate [--strict] FILE...`: print problems and a summary; 0 or 2.
+
+    Errors always fail (exit 2). Warnings (odd rows of published lists, kept as written) are
+    printed and fail only with `strict`, the check for lists we write ourselves.
+    """
     if not paths:
         print("lists validate: no files given", file=out)
         return EXIT_BAD_INPUT
     problems, rows = _validate(paths, against_global=True)
     for problem in problems:
         print(problem, file=out)
-    if problems:
-        bad_files = len({problem.file for problem in problems})
+    failing = problems if strict else [p for p in problems if not p.is_warning]
+    if failing:
+        bad_files = len({problem.file for problem in failing})
         print(
-            f"{len(problems)} problem(s) in {bad_files} of {len(paths)} file(s)",
+            f"{len(failing)} problem(s) in {bad_files} of {len(paths)} file(s)",
             file=out,
         )
         return EXIT_BAD_INPUT
-    print(f"OK: {len(paths)} file(s), {rows} row(s)", file=out)
+    warned = f"; {len(problems)} warning(s), rows kept as written" if problems else ""
+    print(f"OK: {len(paths)} file(s), {rows} row(s){warned}", file=out)
     return EXIT_OK

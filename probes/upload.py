@@ -490,7 +490,8 @@ def settings_from_config(
 
     The token, by precedence: `token` (the deprecated --token), `token_file`, the environment
     (CENSORSCOPE_UPLOAD_TOKEN, already in `cfg.upload.token`), `[upload] token_file`, then
-    `[upload] token`. Raises UploadError (bad input) when there is no collector or no token.
+    `[upload] token`. The collector's certificate is checked against the system's roots plus
+    `[probe] ca_file`. Raises UploadError (bad input) when there is no collector or no token.
     """
     warnings: list[str] = []
     url = collector or cfg.upload.collector
@@ -527,5 +528,10 @@ def settings_from_config(
             "no token: set CENSORSCOPE_UPLOAD_TOKEN, --token-file FILE or [upload] token_file",
             bad_input=True,
         )
-    settings = UploadSettings(collector=url, token=secret, allow_http=cfg.upload.allow_http)
+    settings = UploadSettings(
+        collector=url,
+        token=secret,
+        allow_http=cfg.upload.allow_http,
+        ca_file=cfg.probe.ca_file or None,  # a lab's collector behind its own CA: https still
+    )
     return settings, warnings

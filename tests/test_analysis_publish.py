@@ -218,6 +218,20 @@ def test_publish_scrubs_addresses_a_store_still_holds(tmp_path: Path) -> None:
         assert form not in everything
 
 
+def test_scrubbing_a_category_cell_keeps_the_rest_of_it() -> None:
+    """A category column (vantage, probe_asn, ...) holding our address: the scrubbed text is
+    published, not a missing value (a cast back to the old categories made it NaN)."""
+    from analysis.publish import scrub_frame
+    from probes.measurement import Scrubber
+
+    frame = pd.DataFrame(
+        {"vantage": pd.Series(["home-203.0.113.7", "office", "home-203.0.113.7"], dtype="category")}
+    )
+    out = scrub_frame(frame, Scrubber(["203.0.113.7"]))
+    assert out["vantage"].tolist() == ["home-[scrubbed]", "office", "home-[scrubbed]"]
+    assert isinstance(out["vantage"].dtype, pd.CategoricalDtype)
+
+
 def test_publish_refuses_a_bad_scrub_address(tmp_path: Path, store: Path) -> None:
     result = CliRunner().invoke(
         app, ["publish", "--results", str(store), "--out", str(tmp_path), "--scrub", "nope"]

@@ -302,6 +302,23 @@ def test_bad_test_list_names_file_and_line(tmp_path: Path) -> None:
     assert f"{bad}:3:" in proc.stdout
 
 
+def test_lists_validate_strict_fails_on_warnings(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.csv"
+    odd.write_text("Keyword,Keyword Type\n甲乙x丙丁,combo\n", encoding="utf-8")
+    lenient = subprocess.run(
+        [*CENSORSCOPE, "lists", "validate", str(odd)], capture_output=True, text=True, timeout=60
+    )
+    assert lenient.returncode == 0, lenient.stdout
+    assert f"{odd}:2: keyword: warning: marked 'combo'" in lenient.stdout
+    strict = subprocess.run(
+        [*CENSORSCOPE, "lists", "validate", "--strict", str(odd)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert strict.returncode == 2, strict.stdout
+
+
 def _write_list(path: Path, urls: list[str]) -> None:
     rows = ["url,category_code,category_description,date_added,source,notes"]
     rows += [f"{u},NEWS,News Media,2024-01-01,test," for u in urls]

@@ -4,6 +4,7 @@ config or environment for unattended runs, and never waited for where nobody can
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,24 @@ def test_unattended_run_without_consent_stops_with_the_instruction(
     )  # fmt: skip
     assert proc.returncode == 2
     assert f"{ENV_VAR}=true" in proc.stderr and "informed = true" in proc.stderr
+    assert not _stored(tmp_path)
+
+
+def test_nothing_is_contacted_before_consent(tmp_path: Path, fresh_user: dict[str, str]) -> None:
+    """Locating the vantage asks our helper's whoami: not before the notice is accepted."""
+    with socket.socket() as helper:
+        helper.bind(("127.0.0.1", 0))
+        helper.listen(8)
+        args = _run_args(tmp_path)
+        args[args.index("--helper") + 1] = f"http://127.0.0.1:{helper.getsockname()[1]}/"
+        proc = subprocess.run(
+            args, env=fresh_user, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2 and ENV_VAR in proc.stderr, proc.stderr
+        helper.setblocking(False)
+        with pytest.raises(BlockingIOError):  # no connection waits in the backlog
+            helper.accept()
     assert not _stored(tmp_path)
 
 
@@ -163,5 +182,5 @@ def test_a_scheduled_run_inherits_the_daemons_acceptance(
         "inputs": [f"127.0.0.2:{closed_port('127.0.0.2')}"],
         "interval": 60.0,
     }
-    assert run_job(spec, str(config)) == 0
+    assert run_job(spec, str(config)) == 3  # measured; the helper is down (exit 3)
     assert _stored(tmp_path)

@@ -278,3 +278,40 @@ def test_ip_ttl_evidence_from_stored_keys(
     assert (verdict.blocking, verdict.blocking_detail) == expected
     if expected[0]:
         assert [e.detail for e in verdict.evidence] == ["answers' IP TTLs differ: 57,63"]
+
+
+def _other_address_keys(tls_ok: bool | None, asns: dict[str, int]) -> dict[str, Any]:
+    """Keys where the resolver answered CDN_EDGE and the helper SITE: `tls_ok` None means the
+    helper connected but made no handshake (oohelperd off port 443)."""
+    query = {"x_role": "resolver", "resolver_address": "127.0.7.2:53", "failure": None,
+             "answers": [], "x_responses": [_answer(CDN_EDGE, None)]}  # fmt: skip
+    endpoint = f"{CDN_EDGE}:443"
+    control: dict[str, Any] = {
+        "dns": {"addrs": [SITE], "failure": None},
+        "tcp_connect": {endpoint: {"status": True, "failure": None}},
+        "tls_handshake": {} if tls_ok is None else {endpoint: {"status": tls_ok}},
+        "ip_info": {ip: {"asn": asn, "flags": 1} for ip, asn in asns.items()},
+    }
+    return {"queries": [query], "control_queries": [], "control": control,
+            "x_bogon_exempt": EXEMPT}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tls_ok", "asns", "expected"),
+    [
+        # No handshake to tell: the same network as the control's answer is consistent...
+        (None, {SITE: 13335, CDN_EDGE: 13335}, (False, None)),
+        # ...another network, or ASNs unknown (0), stays inconclusive.
+        (None, {SITE: 13335, CDN_EDGE: 64666}, (None, None)),
+        (None, {SITE: 0, CDN_EDGE: 0}, (None, None)),
+        # A handshake that failed for the name is stronger evidence than a shared ASN.
+        (False, {SITE: 13335, CDN_EDGE: 13335}, ("dns", "dns.inconsistent")),
+        (True, {SITE: 13335, CDN_EDGE: 64666}, (False, None)),
+    ],
+    ids=["same_asn", "other_asn", "unknown_asn", "failed_handshake_wins", "handshake_ok"],
+)
+def test_same_asn_rule_from_stored_keys(
+    tls_ok: bool | None, asns: dict[str, int], expected: tuple[Any, Any]
+) -> None:
+    verdict = analyze(_other_address_keys(tls_ok, asns))
+    assert (verdict.blocking, verdict.blocking_detail) == expected

@@ -133,7 +133,7 @@ def test_ctrl_c_exits_130_and_its_hint_resumes_as_typed(tmp_path: Path) -> None:
     again = subprocess.run(
         [*CENSORSCOPE, *argv[1:]], capture_output=True, text=True, timeout=120, env=_env()
     )
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 3, again.stderr  # finished; the config's helper is down
     [path] = list(results.glob("raw/*/*/*/*.jsonl"))
     assert path.read_bytes().count(b"\n") == 20
 

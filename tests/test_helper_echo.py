@@ -145,3 +145,85 @@ def test_helper_command_serves_echo_zone_and_relay() -> None:
     }
     assert open_post.status_code == 401  # the token from the environment is required
     assert echoed["target"] == "/kw/x"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["9101"], [9101]),
+        (["9101-9103", "9443"], [9101, 9102, 9103, 9443]),
+        (["9101-9102", "9102-9103"], [9101, 9102, 9103]),  # each port once
+        (["0", "0"], [0, 0]),  # any free port, twice: two ports
+    ],
+)
+def test_echo_ports_take_ranges(values: list[str], expected: list[int]) -> None:
+    from backend.helper_echo import parse_ports
+
+    assert parse_ports(values) == expected
+
+
+@pytest.mark.parametrize("value", ["9103-9101", "x", "70000", "1-", "0-5", "1-3000"])
+def test_bad_echo_ports_are_refused(value: str) -> None:
+    from backend.helper_echo import parse_ports
+
+    with pytest.raises(ValueError):
+        parse_ports([value])
+
+
+def test_helper_serves_an_echo_port_range() -> None:
+    """Hundreds of echo ports from one range (issue 15 item 4: a residual window taints one
+    port, not the test); here 64 from `--echo-ports LOW-HIGH`, each answering."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.loopback.web import closed_port
+
+    host = "127.0.0.18"
+    port = closed_port(host)
+    low = _free_range(host, 64)
+    args = [sys.executable, "-c", "from probes.cli import main; main()", "helper",
+            "--listen", f"{host}:{port}", "--echo-ports", f"{low}-{low + 63}"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=Path(__file__).resolve().parents[1],
+                            env=dict(os.environ), stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                info = httpx.get(f"http://{host}:{port}/echo", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "helper did not start"
+                time.sleep(0.05)
+        for echo_port in (low, low + 31, low + 63):
+            with socket.create_connection((host, echo_port), timeout=5):
+                pass
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert info["tcp_ports"] == list(range(low, low + 64))
+
+
+def _free_range(host: str, n: int) -> int:
+    """The first port of `n` consecutive free ports on `host` (a bind test of each)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        low = random.randrange(20000, 60000 - n)
+        socks = []
+        try:
+            for p in range(low, low + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, p))
+            return low
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port range")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ import pytest
 from backend.helper import DNSZoneConfig, EchoConfig
 from probes.nettests.base import ProbeContext
 from probes.nettests.http_keyword import HTTPKeyword
-from probes.nettests.keyword_placements import PLACEMENTS, control_word, shape
+from probes.nettests.keyword_placements import PLACEMENTS, control_word, encodings_for, shape
 from probes.nettests.keyword_residual import TaintTracker
 from tests.loopback import ServerThread
 from tests.loopback.keyword_censor import FORGED_ANSWER, KeywordCensor, patterns_for, run_helper
@@ -130,13 +131,59 @@ def test_without_residual_probe_sees_a_fresh_endpoint(censored: Setup) -> None:
 
 def test_control_word_has_the_same_shape() -> None:
     for placement in PLACEMENTS:
-        for word in ("falun", "法轮功", "a b"):
-            req, ctl = shape(placement, word), shape(placement, control_word(placement, word))
-            assert (req.method, len(req.target), len(req.host), len(req.body)) == (
-                ctl.method, len(ctl.target), len(ctl.host), len(ctl.body),
-            )  # fmt: skip
-            assert (req.sni is None) == (ctl.sni is None)
-            assert control_word(placement, word) != word
+        for word in ("falun", "法轮功", "a b", "天安門"):
+            for encoding in encodings_for(placement, word):
+                benign = control_word(placement, word, encoding)
+                req = shape(placement, word, encoding=encoding)
+                ctl = shape(placement, benign, encoding=encoding)
+                assert (req.method, len(req.target), len(req.host), len(req.body)) == (
+                    ctl.method, len(ctl.target), len(ctl.host), len(ctl.body),
+                )  # fmt: skip
+                assert (req.sni is None) == (ctl.sni is None)
+                assert benign != word
+
+
+@pytest.mark.parametrize(
+    ("word", "placement", "expected"),
+    [
+        ("falun", "path", ["utf-8"]),  # ASCII: the same bytes in every encoding
+        ("天安门", "query", ["utf-8", "gb18030"]),  # simplified: Big5 cannot carry 门
+        ("天安門", "body", ["utf-8", "gb18030", "big5"]),  # traditional
+        ("天安門", "host", ["idna"]),
+        ("falun", "sni", ["ascii"]),
+    ],
+)
+def test_encodings_a_word_is_sent_in(word: str, placement: str, expected: list[str]) -> None:
+    assert encodings_for(placement, word) == expected
+    wire = {e: shape(placement, word, encoding=e) for e in expected}
+    assert len({(s.target, s.body, s.host) for s in wire.values()}) == len(expected)
+    assert encodings_for(placement, word, ("utf-8",)) == expected[:1]
+
+
+def test_a_filter_on_gbk_bytes_is_found_in_that_encoding_only(censored: Setup) -> None:
+    """A censor that matches the GB18030 bytes of a word (a GBK page's form and query), not its
+    UTF-8: the placement is blocked, and the measurement says in which encoding (issue 15)."""
+    word = "天安门"
+    gbk = word.encode("gb18030")
+    censor = KeywordCensor("127.0.0.6", HELPER_HOST, censored.ports,
+                           [gbk, quote(gbk, safe="").encode()], RESIDUAL)  # fmt: skip
+    with ServerThread("gbk-censor") as thread:
+        thread.start(censor)
+        url = f"http://127.0.0.6:{censored.base_port}/"
+        keys = measure(censored, word, url, placements=["query", "host"], keyword_tries=2)
+        # Only UTF-8 asked for: the filter is not seen (what the default encodings are for).
+        utf8_only = measure(censored, word, url, placements=["query"], encodings=["utf-8"])
+    assert utf8_only["blocking"] is False
+    query = keys["placements"]["query"]
+    assert (query["blocking_detail"], query["encoding"]) == ("tcp.rst_injected.query", "gb18030")
+    assert {e: r["outcome"] for e, r in query["encodings"].items()} == {
+        "utf-8": "delivered",
+        "gb18030": "reset",
+    }
+    assert query["encoding_results"]["utf-8"]["keyword_tries"][0]["outcome"] == "delivered"
+    host = keys["placements"]["host"]
+    assert (host["blocking"], host["encoding"]) == (False, "idna")
+    assert keys["blocked_placements"] == ["query"]
 
 
 def test_tracker_marks_failures_inside_a_foreign_taint_as_residual() -> None:
@@ -202,3 +249,9 @@ def test_block_page_instead_of_the_echo(censored: Setup, tmp_path: Path) -> None
     tries = keys["placements"]["body"]["keyword_tries"]
     assert tries[0]["outcome"] == "blockpage" and tries[0]["fingerprints"] == [fp.name]
     assert tries[0]["status_code"] == 403
+
+
+def test_a_zero_residual_window_is_kept() -> None:
+    """--residual-window 0 (the option's minimum) means no wait, not the 90 s default."""
+    assert HTTPKeyword(ProbeContext(vantage="v", options={"residual_window": 0.0})).window == 0.0
+    assert HTTPKeyword(ProbeContext(vantage="v")).window == 90.0

@@ -143,3 +143,15 @@ def test_asn_takes_ooni_form_and_config_rejects_other_values(tmp_path: Path) -> 
     bad_file.write_text('[vantage]\nprobe_asn = "Telecom Italia"\n')
     with pytest.raises(ConfigError, match=r"bad\.toml: key 'vantage\.probe_asn'"):
         load_config(bad_file)
+
+
+def test_a_bad_probe_asn_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probes.config import ConfigError, load_config
+
+    config = tmp_path / "good.toml"
+    config.write_text('[vantage]\nprobe_asn = "AS3269"\n')
+    monkeypatch.setenv("CENSORSCOPE_VANTAGE_PROBE_ASN", "Telecom Italia")
+    with pytest.raises(ConfigError, match=r"^environment CENSORSCOPE_VANTAGE_PROBE_ASN: "):
+        load_config(config)

@@ -359,6 +359,20 @@ def test_smtp_refuses_to_log_in_without_tls_unless_told_it_is_a_lab(
     assert lab.settings.plaintext_login
 
 
+@pytest.mark.parametrize("name", ["CENSORSCOPE_SMTP_STARTTLS", "CENSORSCOPE_MAIL_PLAINTEXT_LOGIN"])
+def test_smtp_on_off_settings_refuse_a_word_that_is_neither(name: str) -> None:
+    """A typo ("ture", "enabled") is named, never read as off (STARTTLS off sends in clear)."""
+    from probes.channels.base import ChannelError
+    from probes.channels.smtp import SMTPChannel
+
+    with pytest.raises(ChannelError, match=name):
+        SMTPChannel.from_settings([], None, {**LAB_MAIL, name: "ture"})
+    channel = SMTPChannel.from_settings([], None, {**LAB_MAIL, name: " Yes "})
+    assert channel.settings.starttls and (
+        channel.settings.plaintext_login == (name == "CENSORSCOPE_MAIL_PLAINTEXT_LOGIN")
+    )
+
+
 def test_smtp_tls_is_on_and_verified_by_default() -> None:
     from probes.channels.smtp import SMTPChannel
 
@@ -408,3 +422,32 @@ def test_smtp_starttls_verifies_the_server_certificate(test_ca: Any) -> None:
         assert len(recorder.messages) == 1
     finally:
         controller.stop()
+
+
+def test_the_default_budget_holds_the_delivery_deadline(tmp_path: Path) -> None:
+    """Without --timeout the per-input budget follows the method: a probe timeout (here 1 s,
+    30 s by default) shorter than the delivery deadline (here 2 s, 60 s by default) would cut
+    a dropped message off undecided (issue 15 item 4)."""
+    from probes.nettests.http_keyword import HTTPKeyword
+
+    assert MessageDelivery.default_budget({}) > 60
+    assert MessageDelivery.default_budget({"delivery_deadline": 2}) > 2
+    assert HTTPKeyword.default_budget({}) > 90  # the GFW's residual window fits
+    config = tmp_path / "probe.toml"
+    config.write_text(f'[probe]\ntimeout = 1.0\nresults = "{tmp_path / "results"}"\n')
+    env = {**os.environ, "CENSORSCOPE_RELAY_TOKEN": "t0ken"}
+    relay = RelayConfig(rules=RULES, action="drop", token="t0ken")
+    with run_helper("127.0.0.16", relay=relay) as (base, _):
+        proc = subprocess.run(
+            [sys.executable, "-c", "from probes.cli import main; main()", "run",
+             "message_delivery", "--config", str(config), "--channel", "relay", "--input",
+             "falun", "--helper", base, "--delivery-deadline", "2"],
+            capture_output=True, text=True, timeout=60, env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [
+        x for p in (tmp_path / "results").rglob("*.jsonl") for x in p.read_text().splitlines()
+    ]
+    keys = json.loads(line)["test_keys"]
+    assert keys["blocking_detail"] == "delivery.dropped", keys

@@ -349,6 +349,18 @@ def context(world: World, variant: str, **options: Any) -> ProbeContext:
     )
 
 
+def dns_context(world: World, variant: str, tls_port: int) -> ProbeContext:
+    """dns_consistency asking the probe's (censored) resolver, the helper checking on tls_port."""
+    return context(
+        world,
+        variant,
+        dns_resolvers=[world.probe_dns.address],
+        listen_window=0.2,
+        bogon_exempt=[NET],
+        tls_port=tls_port,
+    )
+
+
 async def run(nettest: Nettest, input_: str) -> dict[str, Any]:
     await nettest.setup()
     try:
@@ -418,15 +430,7 @@ async def test_sni_blocking_against_oohelperd(world: World, variant: str) -> Non
 async def test_dns_consistency_against_oohelperd(
     world: World, variant: str, name: str, blocking: Any
 ) -> None:
-    ctx = context(
-        world,
-        variant,
-        dns_resolvers=[world.probe_dns.address],
-        listen_window=0.2,
-        bogon_exempt=[NET],
-        tls_port=443,
-    )
-    keys = await run(DNSConsistency(ctx), name)
+    keys = await run(DNSConsistency(dns_context(world, variant, 443)), name)
     assert keys["control_failure"] is None
     assert keys["blocking"] == blocking
     assert "x_tls_certificates" not in keys["control"]
@@ -461,3 +465,27 @@ async def test_web_connectivity_without_ip_info_loses_the_asn_rule_not_the_verdi
     assert set(keys["x_control_degraded"]) == {"ip_info"}
     current = await run(WebConnectivity(context(world, CURRENT)), url)
     assert "x_control_degraded" not in current
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("variant", "name", "blocking"),
+    [
+        # A CDN's other address, in the control's network: consistent by the same-ASN rule.
+        (CURRENT, "cdn.test", False),
+        (PRE_HEALTH_CHECK, "cdn.test", False),
+        # Another network, and no handshake to tell: inconclusive, never blocked.
+        (CURRENT, "lied.test", None),
+        # A helper from before ip_info: the ASN rule is gone, the verdict is null, not false.
+        (NO_IP_INFO, "cdn.test", None),
+    ],
+)
+async def test_dns_consistency_same_asn_rule_where_no_handshake_can_check(
+    world: World, variant: str, name: str, blocking: Any
+) -> None:
+    """On a port other than 443 oohelperd connects but makes no TLS handshake, so only the
+    ASNs of its ip_info can tell a CDN's answer from a lie (issue 12, section 1)."""
+    keys = await run(DNSConsistency(dns_context(world, variant, world.port)), name)
+    assert keys["control_failure"] is None
+    assert keys["blocking"] == blocking, (keys["dns_evidence"], keys["control"])
+    assert ("ip_info" in keys.get("x_control_degraded", {})) == (variant == NO_IP_INFO)

@@ -43,6 +43,16 @@ def test_ipv6_in_any_valid_form(written: str) -> None:
     assert left in (SCRUBBED, f"::FFFF:{SCRUBBED}"), out
 
 
+@pytest.mark.parametrize("learned", ["::ffff:203.0.113.7", "::ffff:cb00:7107"])
+def test_an_ipv4_learned_in_its_ipv4_mapped_form_is_scrubbed_in_every_form(learned: str) -> None:
+    """A dual-stack socket reports an IPv4 peer as ::ffff:a.b.c.d: the dotted and dashed forms
+    of the address are ours too."""
+    text = "from 203.0.113.7, host 203-0-113-7.dsl.example, peer ::ffff:cb00:7107"
+    assert Scrubber([learned]).scrub_text(text) == (
+        f"from {SCRUBBED}, host {SCRUBBED}.dsl.example, peer {SCRUBBED}"
+    )
+
+
 def test_other_ipv6_addresses_are_left_alone() -> None:
     clean = "2001:db8::70 2001:db8::7:1 12:34:56 2001:db8:0:0:0:0:1:7"
     assert Scrubber([V6]).scrub_text(clean) is clean

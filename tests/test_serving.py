@@ -273,6 +273,27 @@ def test_rate_limit_answers_429_per_client() -> None:
     assert elsewhere.status_code == 200
 
 
+def test_rate_limit_counts_a_trusted_proxys_forwarded_client() -> None:
+    """What docs/deployment.md says: from a peer uvicorn trusts (127.0.0.1 by default) the
+    rate limit counts X-Forwarded-For's client; from any other peer the header counts for
+    nothing, so a client cannot pick its own bucket."""
+    limits = ServerLimits(client_rate=0.5, client_burst=1)
+    with serve(helper_app(), limits) as port:
+        url = f"http://127.0.0.1:{port}/"
+        with httpx.Client() as proxy:
+            first, second = (
+                proxy.get(url, headers={"x-forwarded-for": ip}) for ip in ("192.0.2.1", "192.0.2.2")
+            )
+        transport = httpx.HTTPTransport(local_address="127.0.0.3")
+        with httpx.Client(transport=transport) as stranger:
+            spoofed = [
+                stranger.get(url, headers={"x-forwarded-for": ip})
+                for ip in ("192.0.2.3", "192.0.2.4")
+            ]
+    assert first.status_code == second.status_code == 200
+    assert [r.status_code for r in spoofed] == [200, 429]
+
+
 def test_rate_limit_refills_and_forgets_old_clients() -> None:
     now = [0.0]
     limit = ClientRateLimit(slow_app(), rate=2.0, burst=2, max_clients=2, clock=lambda: now[0])

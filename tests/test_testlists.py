@@ -9,6 +9,7 @@ import os
 import tracemalloc
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -563,11 +564,24 @@ def test_one_app_two_systems_splits_combos_on_spaces() -> None:
     assert by_text["退出中共"].parts == ("退出中共",)
     kinds = Counter(k.metadata["Keyword Type"].strip() for k in keywords)
     assert kinds == {"phrase": 97, "combo": 80}
-    # Two rows marked combo are not space-separated in the published file (line 176 uses 'x').
-    assert [(p.line, p.reason) for p in validate([path])] == [
-        (152, "marked 'combo' but has one part (parts separated by spaces)"),
-        (176, "marked 'combo' but has one part (parts separated by spaces)"),
+    # Two rows marked combo are not space-separated in the published file (line 176 uses 'x'):
+    # warnings, and each row kept as written (one keyword).
+    assert [(p.line, p.reason, p.severity) for p in validate([path])] == [
+        (
+            152,
+            "marked 'combo' but has one part (parts separated by spaces); kept as written "
+            "(one keyword)",
+            "warning",
+        ),
+        (
+            176,
+            "marked 'combo' but has one part (parts separated by spaces); its parts seem "
+            "joined by 'x'; kept as written (one keyword)",
+            "warning",
+        ),
     ]
+    assert by_text["天安门事件"].parts == ("天安门事件",)
+    assert by_text["15日实行x全市大罢工x灌云x连云港"].parts == ("15日实行x全市大罢工x灌云x连云港",)
     assert sum(k.is_combination for k in keywords) == 78
 
 
@@ -582,7 +596,7 @@ def test_validate_reports_the_real_problems_in_published_keyword_files() -> None
             "citizenlab-chat-censorship/livestream/categories_keyword_censorship.csv",
             1,
             "header",
-            "unknown header 'Theme,Category,Descripti",
+            "not a keyword list: a table of themes or",
         ),
         (
             "citizenlab-chat-censorship/livestream/livestream_keywords_02_15_05_15.csv",
@@ -594,7 +608,7 @@ def test_validate_reports_the_real_problems_in_published_keyword_files() -> None
             "citizenlab-chat-censorship/livestream/themes_keyword_censorship.csv",
             1,
             "header",
-            "unknown header 'Theme,Description,Exampl",
+            "not a keyword list: a table of themes or",
         ),
         (
             "citizenlab-chat-censorship/wechat/one_app_two_systems/wechat_blocked_keywords.csv",
@@ -612,7 +626,7 @@ def test_validate_reports_the_real_problems_in_published_keyword_files() -> None
             "citizenlab-chat-censorship/wechat/one_app_two_systems/wechat_blocked_urls.csv",
             1,
             "header",
-            "unknown header 'URLs,Categorization,Langu",
+            "not a keyword list: a table of URLs (a t",
         ),
         # a stray quote in machine_translation ("li?s?,"Six four") merges two columns
         (
@@ -686,9 +700,8 @@ def test_blank_records_are_skipped_in_citizenlab_files(tmp_path: Path) -> None:
 def test_bundled_lists_validate_cleanly() -> None:
     assert DEFAULT_TESTLIST == BUNDLED / "default.csv"
     out = io.StringIO()
-    assert validate_command([DEFAULT_TESTLIST, BUNDLED / "keywords-example.csv"], out) == 0, (
-        out.getvalue()
-    )
+    bundled = [DEFAULT_TESTLIST, BUNDLED / "keywords-example.csv"]
+    assert validate_command(bundled, out, strict=True) == 0, out.getvalue()
     entries = list(iter_test_list(DEFAULT_TESTLIST))
     assert 40 <= len(entries) <= 60
     assert len({e.category_code for e in entries}) >= 15
@@ -707,3 +720,129 @@ def test_bundled_sources_are_true() -> None:
         if keyword.source.startswith("cf. citizenlab/chat-censorship "):
             cited = keyword.source.split()[2]
             assert keyword.parts in {k.parts for k in iter_keywords(CHAT / cited)}, keyword
+
+
+# --- published keyword lists as they are (issue 15 item 5) -----------------------------------
+
+# The published tables that hold no keywords, refused as such.
+NOT_KEYWORD_LISTS = {
+    "citizenlab-chat-censorship/livestream/categories_keyword_censorship.csv": "themes",
+    "citizenlab-chat-censorship/livestream/themes_keyword_censorship.csv": "themes",
+    "citizenlab-chat-censorship/wechat/one_app_two_systems/wechat_blocked_urls.csv": "URLs",
+}
+# Every oddity of the published keyword lists: a warning with file:line, the row kept.
+PUBLISHED_WARNINGS = [
+    ("citizenlab-chat-censorship/livestream/livestream_keywords_02_15_05_15.csv", 1151, "keyword"),
+    ("citizenlab-chat-censorship/wechat/one_app_two_systems/wechat_blocked_keywords.csv", 152,
+     "keyword"),
+    ("citizenlab-chat-censorship/wechat/one_app_two_systems/wechat_blocked_keywords.csv", 176,
+     "keyword"),
+    ("jasonqng-chinese-keywords/csv/no-dummy-vars-for-categories-and-themes_only-sensitive-words.csv",
+     927, "row"),
+]  # fmt: skip
+
+
+@needs_data
+def test_every_published_keyword_file_loads_as_published() -> None:
+    files = sorted(p for p in KEYWORDS.rglob("*") if p.is_file() and p.name != "README.md")
+    assert len(files) == 45
+    warnings: list[Problem] = []
+    refused: dict[str, str] = {}
+    loaded = 0
+    for path in files:
+        relative = str(path.relative_to(KEYWORDS))
+        try:
+            keywords = list(iter_keywords(path, on_warning=warnings.append))
+        except ListError as exc:
+            assert (exc.line, exc.field) == (1, "header"), exc
+            refused[relative] = exc.reason
+            continue
+        loaded += 1
+        assert keywords, relative
+        assert all(k.parts and all(k.parts) for k in keywords), relative
+    assert loaded == 42
+    assert set(refused) == set(NOT_KEYWORD_LISTS)
+    for relative, what in NOT_KEYWORD_LISTS.items():
+        assert refused[relative].startswith(f"not a keyword list: a table of {what}"), refused
+    assert [(str(Path(w.file).relative_to(KEYWORDS)), w.line, w.field) for w in warnings] == (
+        PUBLISHED_WARNINGS
+    )
+    assert all(w.is_warning and str(w).startswith(f"{w.file}:{w.line}: ") for w in warnings)
+    # the rows are kept as written
+    livestream = CHAT / "livestream/livestream_keywords_02_15_05_15.csv"
+    odd = [k for k in iter_keywords(livestream) if k.line == 1151]
+    assert [k.text for k in odd] == ["c\to\tm"]
+    jasonqng = JASONQNG / "no-dummy-vars-for-categories-and-themes_only-sensitive-words.csv"
+    short = [k for k in iter_keywords(jasonqng) if k.line == 927]
+    assert len(short) == 1 and short[0].text
+
+
+@needs_data
+def test_published_lists_validate_with_warnings_and_fail_strict() -> None:
+    path = CHAT / "wechat/one_app_two_systems/wechat_blocked_keywords.csv"
+    out = io.StringIO()
+    assert validate_command([path], out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"{path}:152: keyword: warning: marked 'combo'")
+    assert lines[-1] == "OK: 1 file(s), 177 row(s); 2 warning(s), rows kept as written"
+    out = io.StringIO()
+    assert validate_command([path], out, strict=True) == 2
+    assert out.getvalue().splitlines()[-1] == "2 problem(s) in 1 of 1 file(s)"
+    out = io.StringIO()
+    assert validate_command([CHAT / "wechat/one_app_two_systems/wechat_blocked_urls.csv"], out) == 2
+
+
+def test_oddities_are_warnings_and_rows_are_kept(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "odd.csv",
+        "Date Tested,Keyword,Keyword Type ,Language\r\n"
+        "07/2016,甲乙x丙丁,combo,zh\r\n"  # 2: parts joined by x
+        "07/2016,天安门,combo,zh\r\n"  # 3: one part
+        "07/2016,a\tb,phrase,zh\r\n"  # 4: control character
+        "07/2016,六四 方励之,combo\r\n"  # 5: a column short (and a real combination)
+        "07/2016,x,y\r\n"  # 6: one column short of its own
+        "07/2016,,phrase,zh\r\n",  # 7: no keyword: skipped
+    )
+    warned: list[Problem] = []
+    keywords = list(iter_keywords(path, on_warning=warned.append))
+    assert [(k.line, k.parts) for k in keywords] == [
+        (2, ("甲乙x丙丁",)),
+        (3, ("天安门",)),
+        (4, ("a\tb",)),
+        (5, ("六四", "方励之")),
+        (6, ("x",)),
+    ]
+    assert [(w.line, w.field, w.severity) for w in warned] == [
+        (2, "keyword", "warning"),
+        (3, "keyword", "warning"),
+        (4, "keyword", "warning"),
+        (5, "row", "warning"),
+        (6, "row", "warning"),
+        (7, "keyword", "warning"),
+    ]
+    assert "joined by 'x'" in warned[0].reason and "joined" not in warned[1].reason
+    assert str(warned[3]) == f"{path}:5: row: warning: expected 4 columns, got 3; kept as written"
+    assert validate_command([path], io.StringIO()) == 0
+    assert validate_command([path], io.StringIO(), strict=True) == 2
+    # our own format keeps today's rules: a short row is an error even without --strict
+    ours = _write(tmp_path / "ours.csv", "keyword,language,category,source\nx,en\n")
+    assert validate_command([ours], io.StringIO()) == 2
+
+
+def test_run_reads_a_published_list_and_says_its_warnings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from probes.run_command import _check_keywords
+
+    path = _write(
+        tmp_path / "wechat.csv",
+        "Date Tested,Keyword,Keyword Type ,Language\r\n07/2016,甲乙x丙丁,combo,zh\r\n"
+        "07/2016,六四 方励之,combo,zh\r\n",
+    )
+
+    def fail(message: str) -> NoReturn:
+        raise AssertionError(message)
+
+    assert _check_keywords(path, fail) == 2
+    err = capsys.readouterr().err
+    assert f"censorscope: {path}:2: keyword: warning: marked 'combo'" in err

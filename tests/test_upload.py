@@ -284,3 +284,35 @@ def test_upload_command_exit_status_for_a_refused_token_and_a_rejection(
                 env={"CENSORSCOPE_UPLOAD_TOKEN": token})  # fmt: skip
     assert done.returncode == 2 and "refused the token" in done.stderr
     assert count_pending(tmp_path / "b", proc.url) == 2
+
+
+def test_an_https_collector_behind_the_configured_ca(tmp_path: Path) -> None:
+    """[probe] ca_file reaches the uploader: a lab's collector keeps https (and the token stays
+    off the wire in clear) instead of needing allow_http."""
+    import uvicorn
+
+    from backend.collector import CollectorConfig, create_app
+    from probes.config import Config
+    from probes.upload import settings_from_config
+    from tests.loopback.certs import TestCA
+    from tests.loopback.control_helper import uvicorn_on
+
+    ca = TestCA(tmp_path / "ca")
+    leaf = ca.ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    token = make_token()
+    (tmp_path / "tokens").write_text(f"probe-a {token}\n")
+    app = create_app(CollectorConfig(data=tmp_path / "collected", tokens=tmp_path / "tokens"))
+    config = uvicorn.Config(app, log_level="warning", ssl_certfile=str(cert), ssl_keyfile=str(key))
+    uids = fill_store(tmp_path / "results", "probe-a", 3)
+    cfg = Config()
+    cfg.upload.token = token
+    cfg.probe.ca_file = ca.ca_pem_path
+    with uvicorn_on(config) as port:
+        cfg.upload.collector = f"https://127.0.0.1:{port}"
+        upload, _warnings = settings_from_config(cfg)
+        summary = asyncio.run(upload_store(tmp_path / "results", upload))
+    assert summary.uploaded == 3 and summary.ok, summary.describe()
+    assert sorted(stored_uids(tmp_path / "collected")) == sorted(uids)

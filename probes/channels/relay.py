@@ -18,11 +18,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from probes.accounts import Account, key_variable
 from probes.channels.base import Channel, ChannelError, Received, SendReceipt
 from probes.net.http import JSONClient
 
 # The relay's mailbox-key header and shortest key (backend/helper_relay.py says why).
 MAILBOX_KEY_HEADER = "X-Censorscope-Mailbox-Key"
+# The account a message is sent from, for a platform that filters by the sender's registered
+# region (the lab's platform, lab/servers.py); our helper's relay ignores it.
+SENDER_HEADER = "X-Censorscope-Sender"
 MIN_KEY_LENGTH = 16
 
 # Per request: a relay is one HTTP hop, a slow one is itself a finding.
@@ -41,14 +45,17 @@ class RelayChannel(Channel):
         token: str | None = None,
         mailbox_key: str | None = None,
         ca_file: str | None = None,
+        sender: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.receive_url = (receive_url or url).rstrip("/")
         self.mailbox = mailbox or f"cs-{secrets.token_hex(8)}"
+        self.sender = sender
         headers = {MAILBOX_KEY_HEADER: mailbox_key or secrets.token_hex(16)}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._sender = JSONClient(ca_file=ca_file, headers=headers)
+        sender_headers = {**headers, SENDER_HEADER: sender} if sender else headers
+        self._sender = JSONClient(ca_file=ca_file, headers=sender_headers)
         self._receiver = JSONClient(ca_file=ca_file, headers=headers)
         self._after = 0
 
@@ -77,6 +84,39 @@ class RelayChannel(Channel):
             token=env.get("CENSORSCOPE_RELAY_TOKEN") or None,
             mailbox_key=key,
             ca_file=ca_file,
+        )
+
+    @classmethod
+    def between(
+        cls,
+        sender: Account,
+        receiver: Account,
+        helpers: list[str],
+        ca_file: str | None,
+        env: Mapping[str, str] = os.environ,
+    ) -> RelayChannel:
+        """From one account to another: the sender's way in sends into the receiver's
+        mailbox, which the receiver reads its own way (its `url`, e.g. from another network)."""
+        default = env.get("CENSORSCOPE_RELAY_URL") or (helpers[0] if helpers else "")
+        url, receive_url = sender.url or default, receiver.url or default
+        if not url or not receive_url:
+            raise ChannelError(
+                "relay: give --helper URL, CENSORSCOPE_RELAY_URL or the accounts' url"
+            )
+        key = receiver.mailbox_key
+        if not key or len(key) < MIN_KEY_LENGTH:
+            raise ChannelError(
+                f"relay: account {receiver.name!r} needs its mailbox_key ({MIN_KEY_LENGTH}+ "
+                f"characters; in the config or {key_variable(receiver.name)})"
+            )
+        return cls(
+            url,
+            mailbox=receiver.mailbox,
+            receive_url=receive_url,
+            token=env.get("CENSORSCOPE_RELAY_TOKEN") or None,
+            mailbox_key=key,
+            ca_file=ca_file,
+            sender=sender.name,
         )
 
     async def send(self, text: str) -> SendReceipt:
@@ -115,4 +155,7 @@ class RelayChannel(Channel):
         await self._receiver.aclose()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "mailbox": self.mailbox}
+        out = {"name": self.name, "url": self.url, "mailbox": self.mailbox}
+        if self.sender:
+            out["sender"] = self.sender
+        return out

@@ -14,7 +14,7 @@ Settings come from the environment only (never the command line, never a measure
     CENSORSCOPE_MAIL_CA_FILE (extra trust anchors; default: the run's --ca-file, else the
     system's), CENSORSCOPE_MAIL_PLAINTEXT_LOGIN (0; 1 = a lab may log in without TLS).
 
-TLS is verified (ssl.create_default_context: chain and host name). Credentials never cross the
+TLS is verified (probes.net.tls.verifying_context: chain and host name). Credentials never cross the
 network in clear: a login over a session without TLS is refused before any connection is made,
 unless CENSORSCOPE_MAIL_PLAINTEXT_LOGIN=1 says this is a lab.
 """
@@ -36,7 +36,9 @@ from email.message import EmailMessage
 from typing import Any
 
 from probes.channels.base import Channel, ChannelError, Received, SendReceipt
+from probes.config import FALSE_WORDS, TRUE_WORDS, parse_flag
 from probes.net.failures import failure_from_exception
+from probes.net.tls import verifying_context
 
 # Per SMTP/IMAP session; a mail server slower than this is itself a finding.
 SESSION_TIMEOUT = 15.0
@@ -62,15 +64,19 @@ class MailSettings:
     plaintext_login: bool = False  # a lab only: log in without TLS
 
 
-def _flag(value: str | None, default: bool = False) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """An on/off setting; a word that is neither is an error, never a quiet "off"."""
+    value = env.get(f"CENSORSCOPE_{name}")
     if value is None or not value.strip():
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    flag = parse_flag(value)
+    if flag is None:
+        raise ChannelError(f"smtp: CENSORSCOPE_{name}={value!r}: use 1 or 0 (true/false)")
+    return flag
 
 
-_IMAP_TLS = {"1": "tls", "true": "tls", "yes": "tls", "on": "tls", "tls": "tls",
-             "starttls": "starttls", "0": "none", "false": "none", "no": "none", "off": "none",
-             "none": "none"}  # fmt: skip
+_IMAP_TLS = {**dict.fromkeys(TRUE_WORDS, "tls"), **dict.fromkeys(FALSE_WORDS, "none"),
+             "tls": "tls", "starttls": "starttls", "none": "none"}  # fmt: skip
 
 
 def _settings(env: Mapping[str, str], ca_file: str | None = None) -> MailSettings:
@@ -96,11 +102,11 @@ def _settings(env: Mapping[str, str], ca_file: str | None = None) -> MailSetting
             imap_password=need("IMAP_PASSWORD"),
             smtp_user=env.get("CENSORSCOPE_SMTP_USER") or None,
             smtp_password=env.get("CENSORSCOPE_SMTP_PASSWORD") or None,
-            starttls=_flag(env.get("CENSORSCOPE_SMTP_STARTTLS"), default=True),
+            starttls=_flag(env, "SMTP_STARTTLS", default=True),
             imap_tls=imap_tls,
             mailbox=env.get("CENSORSCOPE_IMAP_MAILBOX") or "INBOX",
             ca_file=env.get("CENSORSCOPE_MAIL_CA_FILE") or ca_file,
-            plaintext_login=_flag(env.get("CENSORSCOPE_MAIL_PLAINTEXT_LOGIN")),
+            plaintext_login=_flag(env, "MAIL_PLAINTEXT_LOGIN"),
         )
     except ValueError as exc:
         raise ChannelError(f"smtp: a port is not a number: {exc}") from exc
@@ -146,9 +152,7 @@ class SMTPChannel(Channel):
     def _context(self) -> ssl.SSLContext:
         """Verified TLS: the system's trust store (plus the CA file), host names checked."""
         if self._tls is None:
-            self._tls = ssl.create_default_context()
-            if self.settings.ca_file:
-                self._tls.load_verify_locations(cafile=self.settings.ca_file)
+            self._tls = verifying_context(self.settings.ca_file)
         return self._tls
 
     def _send_sync(self, text: str) -> SendReceipt:

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 Results = Annotated[
     list[Path] | None,
-    typer.Option("--results", help="Results store (repeatable) (default: ./results)."),
+    typer.Option(
+        "--results", help="Results store (repeatable) (default: ./results, none with --ooni)."
+    ),
 ]
 Ooni = Annotated[
     list[Path] | None,
@@ -217,7 +219,11 @@ def _streamed(src: _Sources) -> Streamed:
     return result
 
 
-def _summary(comparison: Comparison, measurements: int, vantages: int, skipped: int) -> str:
+def _summary(
+    comparison: Comparison, measurements: int, vantages: int, skipped: int, keywords: Any = None
+) -> str:
+    from analysis.keywords import summary as keyword_summary
+
     findings = comparison.findings
     lines = [
         f"{measurements} measurements, {vantages} vantages, "
@@ -235,12 +241,20 @@ def _summary(comparison: Comparison, measurements: int, vantages: int, skipped: 
             )
         if len(blocked) > 10:
             lines.append(f"  ... {len(blocked) - 10} more blocked inputs")
+    if (line := keyword_summary(keywords)) is not None:
+        lines.append(line)
     return "\n".join(lines)
 
 
 def _summary_of(result: Analysis) -> str:
     m = result.loaded.measurements
-    return _summary(result.comparison, len(m), m["vantage"].nunique(), result.loaded.n_problems)
+    return _summary(
+        result.comparison,
+        len(m),
+        m["vantage"].nunique(),
+        result.loaded.n_problems,
+        result.keywords,
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -264,6 +278,7 @@ def register(app: typer.Typer) -> None:
         blocked_share: BlockedShare = 0.5,
     ) -> None:
         """Compare vantages: findings, per-vantage rates and timelines as Parquet + CSV."""
+        from analysis.keywords import write_tables as write_keyword_tables
         from analysis.tables import write_tables
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
@@ -273,12 +288,18 @@ def register(app: typer.Typer) -> None:
             comparison = streamed.comparison
             vantages = streamed.comparison.vantages
             n_vantages = vantages["vantage"].nunique() if len(vantages) else 0
-            summary = _summary(comparison, streamed.rows, n_vantages, streamed.n_problems)
+            summary = _summary(
+                comparison, streamed.rows, n_vantages, streamed.n_problems, streamed.keywords
+            )
+            keywords = streamed.keywords
         else:
             result = _analysis(engine, src)
             comparison, summary = result.comparison, _summary_of(result)
+            keywords = result.keywords
         try:
             written = write_tables(comparison, out)
+            if keywords is not None:
+                written += write_keyword_tables(keywords, out)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(summary)

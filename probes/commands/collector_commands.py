@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from probes.cli import EXIT_BAD_INPUT, EXIT_FAILURE, _config, fail
-from probes.cli_options import ConfigOption
+from probes.cli_options import ConfigOption, ResultsOption
 
 
 def register(app: typer.Typer) -> None:
@@ -69,9 +69,7 @@ def upload(
         Path | None,
         typer.Option(help="File holding the bearer token (default: [upload] token_file)."),
     ] = None,
-    results: Annotated[
-        Path | None, typer.Option(help="Results directory (default: ./results).")
-    ] = None,
+    results: ResultsOption = None,
     config: ConfigOption = None,
     attempts: Annotated[
         int, typer.Option(min=1, max=100, help="Tries per request before giving up.")

@@ -33,9 +33,14 @@ def register(app: typer.Typer) -> None:
     app.command()(isolate)
 
 
+def unspaced(text: str, mode: str) -> bool:
+    """Whether to isolate substrings of the text (unspaced scripts) rather than words."""
+    return mode == "chars" or (mode == "auto" and len(text.split()) == 1 and not text.isascii())
+
+
 def split_words(text: str, mode: str) -> list[str]:
     """Words to isolate among: whitespace tokens, or characters for unspaced scripts."""
-    if mode == "chars" or (mode == "auto" and len(text.split()) == 1 and not text.isascii()):
+    if unspaced(text, mode):
         return [c for c in text if not c.isspace()]
     return text.split()
 
@@ -62,7 +67,13 @@ def isolate(
         typer.Option(help="Vantage name (default: config vantage.name, else 'default')."),
     ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Most tests (messages) to spend.")] = 400,
-    split: Annotated[str, typer.Option(help="auto | words | chars")] = "auto",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="auto | words | chars (chars: the rule as substrings of an unspaced text; "
+            "auto picks it for one non-ASCII token)."
+        ),
+    ] = "auto",
     delivery_deadline: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for each message.")
     ] = 60.0,
@@ -75,6 +86,20 @@ def isolate(
     keyword_tries: Annotated[
         int | None,
         typer.Option(min=1, max=20, help="http-*: tries of a failing request (default: 5)."),
+    ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            help="relay: the sending account ([accounts.NAME]; with --receiver) "
+            "(default: one anonymous mailbox)."
+        ),
+    ] = None,
+    receiver: Annotated[
+        str | None,
+        typer.Option(
+            help="relay: the receiving account ([accounts.NAME]; with --sender) "
+            "(default: one anonymous mailbox)."
+        ),
     ] = None,
 ) -> None:
     """Find the minimal keyword combination(s) that get a message blocked."""
@@ -118,8 +143,11 @@ def isolate(
         options={k: v for k, v in options.items() if v is not None},
     )
     try:
-        tester = make_tester(channel, ctx, deadline=delivery_deadline)
-    except (KeyError, ChannelError) as exc:
+        if sender or receiver:
+            tester = _account_tester(cfg, channel, sender, receiver, ctx, delivery_deadline)
+        else:
+            tester = make_tester(channel, ctx, deadline=delivery_deadline)
+    except (KeyError, ChannelError, ValueError) as exc:
         fail(str(exc.args[0] if exc.args else exc))
     try:
         summary = asyncio.run(
@@ -133,6 +161,7 @@ def isolate(
                 probe_network_name=ctx.probe_network_name,
                 scrubber=ctx.scrubber,
                 budget=budget,
+                text=message.strip() if unspaced(message, split) else None,
             )
         )
     except SetupError as exc:
@@ -143,6 +172,25 @@ def isolate(
         f"{'' if summary['complete'] else ' (incomplete: ' + str(summary['stopped_by']) + ')'}"
     )
     raise typer.Exit(0 if summary["complete"] else EXIT_FAILURE)
+
+
+def _account_tester(
+    cfg: Any, channel: str, sender: str | None, receiver: str | None, ctx: Any, deadline: float
+) -> Any:
+    """A relay tester from one configured account to another (the delivery matrix's cells)."""
+    from probes.accounts import load_accounts
+    from probes.channels.relay import RelayChannel
+    from probes.nettests.keyword_isolation import DeliveryTester
+
+    if channel != "relay" or not (sender and receiver):
+        raise ValueError("--sender and --receiver go together, with --channel relay")
+    accounts = load_accounts(cfg)
+    for flag, name in (("--sender", sender), ("--receiver", receiver)):
+        if name not in accounts:
+            known = ", ".join(sorted(accounts)) or "none configured"
+            raise ValueError(f"{flag} {name}: no [accounts.{name}] in the config (known: {known})")
+    pair = RelayChannel.between(accounts[sender], accounts[receiver], ctx.helpers, ctx.ca_file)
+    return DeliveryTester(pair, deadline, 0.25)
 
 
 async def run_isolation(
@@ -156,9 +204,17 @@ async def run_isolation(
     probe_network_name: str = "",
     scrubber: Scrubber | None = None,
     budget: int = 400,
+    text: str | None = None,
 ) -> dict[str, Any]:
-    """Search with `tester` as the oracle; store every test and the result; return the result."""
+    """Search with `tester` as the oracle; store every test and the result; return the result.
+
+    With `text` (an unspaced message: Chinese), the components of a rule are substrings of it
+    (probes.isolation_text, Citizen Lab's method): each test sends fragments of the text, and
+    `words` is ignored. Otherwise the rules are sets of `words` (probes.isolation).
+    """
+    from probes.isolation import IsolationResult
     from probes.isolation import isolate as search
+    from probes.isolation_text import isolate_text
     from probes.measurement import (
         Measurement,
         base_annotations,
@@ -226,13 +282,25 @@ async def run_isolation(
 
     started, t0 = datetime.now(UTC), time.monotonic()
     try:
-        found = await search(words, oracle, budget=budget)
+        if text is not None:
+            words = [text]
+            one = await isolate_text(text, oracle, budget=budget)
+            found = IsolationResult(
+                rules=[one.components] if one.components else [],
+                tests=one.tests,
+                complete=one.complete,
+                blocked=one.blocked,
+                stopped_by=one.stopped_by,
+            )
+        else:
+            found = await search(words, oracle, budget=budget)
     finally:
         tests_writer.close()
         await tester.close()
     layer, detail = evidence.most_common(1)[0][0] if evidence else (None, None)
     summary: dict[str, Any] = {
         "isolation_run": run_id,
+        "mode": "substrings" if text is not None else "words",
         "words": words,
         "rules": found.rules,
         "tests": found.tests,

@@ -35,6 +35,8 @@ class ProbeContext:
     fingerprint_files: list[str] = field(default_factory=list)
     scrubber: Scrubber = field(default_factory=Scrubber)
     options: dict[str, Any] = field(default_factory=dict)
+    # The config's messaging accounts by name (probes/accounts.py), for message_delivery.
+    accounts: dict[str, Any] = field(default_factory=dict)
 
 
 # `censorscope run` exits with this when no control helper answered (every input is still
@@ -59,6 +61,9 @@ class Nettest(abc.ABC):
         self.ctx = ctx
         # Warnings the CLI prints once at the end (e.g. "control helper unreachable").
         self.warnings: list[str] = []
+        # The run's exit status when every input was measured (EXIT_HELPER_UNREACHABLE: no
+        # control, verdicts null); setup sets it.
+        self.exit_status = 0
 
     async def setup(self) -> None:  # noqa: B027 - optional hook
         """Prepare shared resources (clients, helper checks) before the first input."""

@@ -38,7 +38,7 @@ from probes.net.dns import DNSResult, resolve
 from probes.net.dns_packets import DNSCapture, capture_unavailable
 from probes.net.packets import UNAVAILABLE, pcap_path
 from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest, ProbeContext, SetupError
-from probes.nettests.control import ControlClient
+from probes.nettests.control import SAME_ASN_FEATURE, ControlClient, note_degraded
 from probes.nettests.dns_consistency_analysis import (
     ROLE_PROBE_ADDRESS,
     ROLE_RESOLVER,
@@ -313,6 +313,10 @@ class DNSConsistency(Nettest):
                 "tcp_connect": doc.get("tcp_connect") or {},
                 "tls_handshake": doc.get("tls_handshake") or {},
             }
+            if isinstance(doc.get("ip_info"), dict):  # ASNs for OONI's same-ASN rule
+                keys["control"]["ip_info"] = doc["ip_info"]
+            elif (doc.get("dns") or {}).get("addrs"):  # oohelperd before Aug 2022
+                note_degraded(keys, doc, {"ip_info": SAME_ASN_FEATURE})
             if isinstance(doc.get("x_tls_certificates"), dict):
                 keys["control"]["x_tls_certificates"] = doc["x_tls_certificates"]
             if not keys["control"]["tls_handshake"] and self.tls_port != DEFAULT_TLS_PORT:

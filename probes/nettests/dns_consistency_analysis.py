@@ -15,6 +15,13 @@ Evidence, strongest first (the first one found names ``blocking_detail``):
 - ``dns.inconsistent``: no address in common with the control, and the control helper's TLS
   handshake to each of the probe's addresses (SNI = the name) failed, so the address does not
   serve the name. A CDN or geo-DNS answer passes that handshake and does not count.
+
+A probe answer in the same network (non-zero ASN) as one of the control's answers is consistent
+too, OONI's same-ASN rule (probe-cli webconnectivity dnsanalysis.go): the ASNs are the helper's
+``control.ip_info``, which oohelperd fills for its own addresses and for the probe's. It settles
+the answers no TLS handshake could check (no helper handshake, or a helper before oohelperd's
+TLS step), which would otherwise be ``dns.inconsistent_unverified`` and a null verdict; a failed
+handshake for the name stays the stronger evidence and is not overruled by the ASN.
 """
 
 from __future__ import annotations
@@ -120,6 +127,26 @@ def control_view(test_keys: Mapping[str, Any]) -> tuple[set[str], bool, bool]:
     return addrs, bool(addrs), nxdomain and not addrs
 
 
+def control_asns(test_keys: Mapping[str, Any]) -> dict[str, int]:
+    """IP -> non-zero ASN from the helper's ``ip_info`` (oohelperd since 2022; ours with a
+    GeoIP database); empty when the helper sent none."""
+    ip_info = (test_keys.get("control") or {}).get("ip_info")
+    if not isinstance(ip_info, Mapping):
+        return {}
+    out = {}
+    for ip, info in ip_info.items():
+        asn = info.get("asn") if isinstance(info, Mapping) else None
+        if isinstance(ip, str) and isinstance(asn, int) and not isinstance(asn, bool) and asn > 0:
+            out[ip] = asn
+    return out
+
+
+def same_network(addrs: Iterable[str], control_addrs: set[str], asns: Mapping[str, int]) -> bool:
+    """True when a probe answer shares a known ASN with a control answer (OONI's rule)."""
+    control_networks = {asns[a] for a in control_addrs if a in asns}
+    return any(asns.get(a) in control_networks for a in addrs)
+
+
 def tls_valid_addresses(test_keys: Mapping[str, Any]) -> set[str] | None:
     """Addresses whose TLS handshake from the control succeeded for the name.
 
@@ -192,6 +219,7 @@ def _query_evidence(
     tls_valid: set[str] | None,
     fingerprints: Fingerprints | None,
     bogon: Callable[[str], bool] = _is_bogon,
+    asns: Mapping[str, int] | None = None,
 ) -> list[Evidence]:
     resolver = str(query.get("resolver_address") or query.get("engine") or "")
     found: list[Evidence] = []
@@ -226,7 +254,8 @@ def _query_evidence(
         # CDNs and geo-DNS give other addresses: only an address the control cannot complete a
         # valid TLS handshake with for this name counts.
         if tls_valid is None:
-            found.append(Evidence(UNVERIFIED, resolver, ",".join(addrs)))
+            if not same_network(addrs, control_addrs, asns or {}):
+                found.append(Evidence(UNVERIFIED, resolver, ",".join(addrs)))
         elif not set(addrs) & tls_valid:
             found.append(Evidence(INCONSISTENT, resolver, ",".join(addrs)))
     return found
@@ -240,8 +269,11 @@ def analyze(test_keys: Mapping[str, Any], fingerprints: Fingerprints | None = No
     inconsistent: list[str] = []
     answered = False
     bogon = bogon_check(test_keys)
+    asns = control_asns(test_keys)
     for query in test_keys.get("queries") or []:
-        found = _query_evidence(query, control_addrs, control_ok, tls_valid, fingerprints, bogon)
+        found = _query_evidence(
+            query, control_addrs, control_ok, tls_valid, fingerprints, bogon, asns
+        )
         evidence.extend(found)
         if query.get("x_role") != ROLE_PROBE_ADDRESS:
             answered |= query.get("failure") is None or bool(_valid(query))

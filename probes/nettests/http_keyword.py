@@ -1,7 +1,8 @@
 """http_keyword: is a request carrying a keyword delivered to an echo outside the censor?
 
-For each keyword (the input; a combination `A+B` carries all its parts) and each placement
-(URL path, query, Host header, body, TLS SNI, DNS name: keyword_placements), the method follows the
+For each keyword (the input; a combination `A+B` carries all its parts), each placement
+(URL path, query, Host header, body, TLS SNI, DNS name: keyword_placements) and each encoding
+the word has there (UTF-8, GB18030, Big5 in the URL and body; IDNA in names), the method follows the
 keyword-testing anchors (Citizen Lab's chat-censorship studies; Park and Crandall, "Empirical
 study of a national-scale distributed intrusion detection system", DSN 2010):
 - a benign control of the same shape and length before, and another after, each on its own
@@ -12,7 +13,9 @@ study of a national-scale distributed intrusion detection system", DSN 2010):
   too, the censor is stateful (residual censorship) and the path itself is shown to work by
   the controls on the other endpoints.
 `blocking` is set only when every keyword try failed while both controls passed; a failure on
-an endpoint tainted by another trigger is `residual`, never a verdict.
+an endpoint tainted by another trigger is `residual`, never a verdict. A placement is blocked
+when the word is blocked in any of its encodings; its record is that encoding's (`encoding`),
+`encodings` says each encoding's outcome and `encoding_results` keeps the others' records.
 
 Outcomes of one exchange: delivered (echo intact), reset, timeout, blockpage (a page instead
 of the echo), modified (the echo differs), error, residual; for the DNS name (a query to the
@@ -32,7 +35,15 @@ from probes.net.addresses import format_host_port, is_ip
 from probes.net.dns import resolve
 from probes.net.http import JSONClient, aclose, http_exchange, make_client
 from probes.nettests.base import Nettest, SetupError
-from probes.nettests.keyword_placements import PLACEMENTS, Shape, control_word, shape
+from probes.nettests.keyword_placements import (
+    ENCODINGS,
+    NAME_PLACEMENTS,
+    PLACEMENTS,
+    Shape,
+    control_word,
+    encodings_for,
+    shape,
+)
 from probes.nettests.keyword_residual import RESIDUAL_WINDOW_SECONDS, Endpoint, TaintTracker
 
 # Citizen Lab's keyword tests retry a blocked message a few times before calling it
@@ -88,16 +99,32 @@ def dns_outcome(failure: str | None, addrs: list[str], expected: str) -> str:
 
 class HTTPKeyword(Nettest):
     name = "http_keyword"
-    version = "0.1.0"
+    version = "0.2.0"  # 0.2: each encoding a word has (utf-8, gb18030, big5)
     needs_input = False
     keyword_inputs = True  # run_command streams the --keywords file as inputs
+
+    @classmethod
+    def default_budget(cls, options: dict[str, Any]) -> float:
+        """The per-input budget the method needs when --timeout is unset: every exchange of
+        every (placement, encoding) may run to its timeout (two controls, the tries, the
+        residual check), and one wait for an untainted endpoint. A fixed 30 s cannot hold one
+        censored word whose tries meet a residual window (the GFW's is ~90 s)."""
+        placements = list(options.get("placements") or PLACEMENTS)
+        n_encodings = len(options.get("encodings") or ENCODINGS)
+        tries = int(options.get("keyword_tries") or KEYWORD_TRIES)
+        window = options.get("residual_window")
+        window = RESIDUAL_WINDOW_SECONDS if window is None else float(window)
+        variants = sum(1 if p in NAME_PLACEMENTS else n_encodings for p in placements)
+        return variants * (tries + 3) * EXCHANGE_TIMEOUT + window
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         opts = self.ctx.options
         self.placements = list(opts.get("placements") or PLACEMENTS)
+        self.encodings = tuple(opts.get("encodings") or ENCODINGS)
         self.tries = int(opts.get("keyword_tries") or KEYWORD_TRIES)
-        self.window = float(opts.get("residual_window") or RESIDUAL_WINDOW_SECONDS)
+        window = opts.get("residual_window")  # 0 is a window too: taint nothing
+        self.window = RESIDUAL_WINDOW_SECONDS if window is None else float(window)
         self.exchange_timeout = min(EXCHANGE_TIMEOUT, self.ctx.timeout)
         self.tracker: TaintTracker | None = None
         self.tls_tracker: TaintTracker | None = None
@@ -115,6 +142,9 @@ class HTTPKeyword(Nettest):
         for placement in self.placements:
             if placement not in PLACEMENTS:
                 raise SetupError(f"unknown placement {placement!r} (known: {PLACEMENTS})")
+        for encoding in self.encodings:
+            if encoding not in ENCODINGS:
+                raise SetupError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
         if not self.ctx.helpers:
             raise SetupError("http_keyword needs --helper URL (a censorscope helper with echo)")
         base = self.ctx.helpers[0].rstrip("/")
@@ -229,14 +259,34 @@ class HTTPKeyword(Nettest):
             if tries[-1]["outcome"] == "delivered":
                 break
         after = await self._dns_exchange(benign, t_zero)
-        return self._verdict("dns", word, before, tries, after, None)
+        return self._verdict(req, word, before, tries, after, None)
 
     async def _placement(self, placement: str, word: str, t_zero: float) -> dict[str, Any]:
+        """Every encoding of the word at `placement`; the first blocked one decides."""
+        variants = []
+        for encoding in encodings_for(placement, word, self.encodings):
+            variants.append(await self._variant(placement, word, encoding, t_zero))
+        shown = next((v for v in variants if v["blocking"] not in (False, None)), None)
+        shown = shown or next((v for v in variants if v["blocking"] is None), variants[0])
+        record = dict(shown)
+        record["encodings"] = {
+            v["encoding"]: {k: v[k] for k in ("outcome", "blocking", "blocking_detail")}
+            for v in variants
+        }
+        record["encoding_results"] = {
+            v["encoding"]: v for v in variants if v["encoding"] != shown["encoding"]
+        }
+        return record
+
+    async def _variant(
+        self, placement: str, word: str, encoding: str, t_zero: float
+    ) -> dict[str, Any]:
         if placement == "dns":
             return await self._dns_placement(word, t_zero)
         tracker = self.tls_tracker if placement == "sni" else self.tracker
         assert tracker is not None
-        req, benign = shape(placement, word), shape(placement, control_word(placement, word))
+        req = shape(placement, word, encoding=encoding)
+        benign = shape(placement, control_word(placement, word, encoding), encoding=encoding)
         before, _ = await self._exchange(tracker, benign, t_zero)
         tries: list[dict[str, Any]] = []
         residual_check = None
@@ -250,17 +300,18 @@ class HTTPKeyword(Nettest):
                 if residual_check is None and record["outcome"] in ("reset", "timeout"):
                     residual_check, _ = await self._exchange(tracker, benign, t_zero, ep)
         after, _ = await self._exchange(tracker, benign, t_zero)
-        return self._verdict(placement, word, before, tries, after, residual_check)
+        return self._verdict(req, word, before, tries, after, residual_check)
 
     def _verdict(
         self,
-        placement: str,
+        req: Shape,
         word: str,
         before: dict[str, Any],
         tries: list[dict[str, Any]],
         after: dict[str, Any],
         residual_check: dict[str, Any] | None,
     ) -> dict[str, Any]:
+        placement = req.placement
         fresh = [t for t in tries if t["outcome"] != "residual"]
         controls_ok = before["outcome"] == after["outcome"] == "delivered"
         delivered = any(t["outcome"] == "delivered" for t in tries)
@@ -282,7 +333,8 @@ class HTTPKeyword(Nettest):
         return {
             "placement": placement,
             "word": word,
-            "control_word": control_word(placement, word),
+            "encoding": req.encoding,
+            "control_word": control_word(placement, word, req.encoding),
             "outcome": outcome,
             "blocking": blocking,
             "blocking_detail": detail,

@@ -8,6 +8,11 @@ deadline passes. Outcome of the keyword message: `delivered` (text intact), `mod
 altered), `rejected` (the platform refused it to the sender), `dropped` (accepted or cut off on
 the way, never received while both controls were). `blocking` is "delivery" only when both
 controls arrived; otherwise null.
+
+With `--sender NAME --receiver NAME` (accounts of the config, probes/accounts.py) the messages
+go from one account to another, each registered in a region the platform knows; `sender` and
+`receiver` record both (name and region), so that runs for each pair of regions make a
+delivery matrix (analysis: sender region x receiver region per keyword).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from probes.nettests.base import Nettest, SetupError
 # Citizen Lab studies wait a minute before calling a message dropped.
 DELIVERY_DEADLINE_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25
+# What one send or fetch may take on any channel (the relay's request timeout is 10 s; SMTP and
+# Matrix calls are bounded the same way).
+CHANNEL_CALL_SECONDS = 15.0
 CONTROL_TEXT = "censorscope control message"
 NONCE_RE = re.compile(r"\[cs:([0-9a-f]{16})\]")
 
@@ -138,9 +146,17 @@ def make_channel(name: str, helpers: list[str], ca_file: str | None) -> Channel:
 
 class MessageDelivery(Nettest):
     name = "message_delivery"
-    version = "0.1.0"
+    version = "0.2.0"  # 0.2: sender and receiver accounts with their regions
     needs_input = False
     keyword_inputs = True
+
+    @classmethod
+    def default_budget(cls, options: dict[str, Any]) -> float:
+        """The per-input budget that holds the method when --timeout is unset: three sends,
+        then the receiver's wait up to the delivery deadline (60 s by default, more than the
+        probe's 30 s: a dropped message would otherwise be cut off undecided)."""
+        deadline = float(options.get("delivery_deadline") or DELIVERY_DEADLINE_SECONDS)
+        return deadline + 4 * CHANNEL_CALL_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,12 +164,45 @@ class MessageDelivery(Nettest):
         self.channel_name = str(opts.get("channel") or "relay")
         self.deadline = float(opts.get("delivery_deadline") or DELIVERY_DEADLINE_SECONDS)
         self.poll = float(opts.get("poll_interval") or POLL_INTERVAL_SECONDS)
+        self.sender_name = opts.get("sender")
+        self.receiver_name = opts.get("receiver")
+        self.ends: dict[str, Any] = {}  # "sender"/"receiver" -> Account
         self.channel: Channel | None = None
         self.postman: Postman | None = None
 
+    def _accounts(self) -> dict[str, Any]:
+        """The sender and receiver accounts named by the options (SetupError if unusable)."""
+        named = {"sender": self.sender_name, "receiver": self.receiver_name}
+        if not any(named.values()):
+            return {}
+        if not all(named.values()):
+            raise SetupError("give both --sender and --receiver (accounts of the config)")
+        if self.channel_name != "relay":
+            raise SetupError(
+                f"--sender/--receiver: the {self.channel_name} channel names its accounts in "
+                "its own settings; accounts work with --channel relay"
+            )
+        ends = {}
+        for role, name in named.items():
+            account = self.ctx.accounts.get(str(name))
+            if account is None:
+                known = ", ".join(sorted(self.ctx.accounts)) or "none configured"
+                raise SetupError(f"--{role} {name}: no [accounts.{name}] in the config "
+                                 f"(known: {known})")  # fmt: skip
+            ends[role] = account
+        return ends
+
     async def setup(self) -> None:
+        self.ends = self._accounts()
         try:
-            self.channel = make_channel(self.channel_name, self.ctx.helpers, self.ctx.ca_file)
+            if self.ends:
+                from probes.channels.relay import RelayChannel
+
+                self.channel = RelayChannel.between(
+                    self.ends["sender"], self.ends["receiver"], self.ctx.helpers, self.ctx.ca_file
+                )
+            else:
+                self.channel = make_channel(self.channel_name, self.ctx.helpers, self.ctx.ca_file)
         except (KeyError, ChannelError) as exc:
             raise SetupError(str(exc.args[0] if exc.args else exc)) from exc
         self.postman = Postman(self.channel, self.deadline, self.poll)
@@ -167,10 +216,12 @@ class MessageDelivery(Nettest):
             raise ValueError("message_delivery measures one keyword per input, after setup()")
         parts = [p for p in input_.split("+") if p]
         keys = await deliver_once(self.postman, " ".join(parts))
+        ends = {role: account.describe() for role, account in self.ends.items()}
         return {
             "keyword": input_,
             "keyword_parts": parts,
             "channel": self.channel.describe(),
+            **ends,
             "delivery_deadline": self.deadline,
             **keys,
         }

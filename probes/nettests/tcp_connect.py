@@ -26,7 +26,7 @@ from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import resolve_retrying
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tcp import TCPResult, tcp_connect
-from probes.nettests.base import Nettest
+from probes.nettests.base import EXIT_HELPER_UNREACHABLE, Nettest
 from probes.nettests.control import ControlClient
 
 MAX_ADDRESSES = 4
@@ -103,7 +103,10 @@ class TCPConnect(Nettest):
             )
             problem = await self.control.choose()
             if problem:
+                # A failed connect cannot be told from a server that is down: verdicts null,
+                # and the run exits 3 as every nettest whose helper is unreachable.
                 self.warnings.append(f"control helper unreachable ({problem})")
+                self.exit_status = EXIT_HELPER_UNREACHABLE
 
     async def close(self) -> None:
         if self.control is not None:

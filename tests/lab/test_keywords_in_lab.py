@@ -180,6 +180,47 @@ def test_platform_drops_planted_messages_from_cn_only(klab: LabInfo, delivery_ru
     assert all(k["blocking"] is False for k in delivery_runs["open"].values())
 
 
+def test_delivery_matrix_follows_registration_not_location(klab: LabInfo, tmp_path: Path) -> None:
+    """Each scenario account sends from each vantage to an account of each region (issue 15
+    item 2): a message is dropped exactly when its sender is registered in a filtered region,
+    whichever network it is sent from (a CN account abroad is still filtered, a foreign
+    account inside the cn network is not), and whoever receives it."""
+    platform = klab.scenario.platform
+    regions = dict(platform.accounts)
+    assert {"CN", "US"} <= set(regions.values())
+    by_region = {g: [n for n, r in regions.items() if r == g] for g in ("CN", "US")}
+    senders = [names[0] for names in by_region.values()]
+    receivers = [names[-1] for names in by_region.values()]
+    keys = {name: f"{name}-lab-mailbox-key-000" for name in regions}
+    config = tmp_path / "accounts.toml"
+    config.write_text("".join(f'[accounts.{n}]\nregion = "{g}"\nmailbox_key = "{keys[n]}"\n'
+                              for n, g in regions.items()), encoding="utf-8")  # fmt: skip
+    config.chmod(0o600)
+    word = _words(platform.keywords)[0]
+    seen: dict[tuple[str, str, str], str] = {}
+    for vantage in VANTAGES:
+        for sender in senders:
+            for receiver in receivers:
+                results = tmp_path / f"{vantage}-{sender}-{receiver}"
+                proc = _censorscope(klab, vantage, [
+                    "run", "message_delivery", "--config", str(config), "--channel", "relay",
+                    "--sender", sender, "--receiver", receiver, "--input", word, "--input",
+                    "weather", "--results", str(results), "--vantage", vantage,
+                    "--delivery-deadline", "1.5", "--no-progress",
+                ], {"CENSORSCOPE_RELAY_URL": klab.platform_url})  # fmt: skip
+                assert proc.returncode == 0, proc.stderr[-3000:]
+                for m in _stored(results, vantage, "message_delivery"):
+                    got = m["test_keys"]
+                    cell = (vantage, got["sender"]["region"], got["receiver"]["region"])
+                    seen[(*cell, m["input"])] = got["outcome"]
+    for (vantage, sender_region, receiver_region, text), outcome in seen.items():
+        filtered = text == word and sender_region in platform.regions
+        assert outcome == ("dropped" if filtered else "delivered"), (
+            vantage, sender_region, receiver_region, text, outcome,
+        )  # fmt: skip
+    assert len(seen) == len(VANTAGES) * 2 * 2 * 2
+
+
 def test_isolation_recovers_every_planted_combination(klab: LabInfo, tmp_path: Path) -> None:
     text = tmp_path / "message.txt"
     text.write_text(ISOLATION_TEXT, encoding="utf-8")

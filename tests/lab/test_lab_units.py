@@ -272,3 +272,19 @@ def test_servers_send_the_leaf_alone_and_clients_verify_it(tmp_path: Path) -> No
         with client_ctx.wrap_socket(near, server_hostname="site.example") as tls:
             assert tls.getpeercert(binary_form=True)  # verified against the lab CA
         served.join(5)
+
+
+def test_platform_accounts_survive_a_toml_round_trip(tmp_path: Path) -> None:
+    """The scenario's name, its platform accounts and regions read back as written (a loop
+    variable once shadowed the name with the last account's)."""
+    from dataclasses import replace
+
+    from lab import scenario as scenario_mod
+
+    base = scenario_mod.load()
+    scen = replace(base, name="renamed", platform=replace(base.platform, regions=("CN", "IR")))
+    path = tmp_path / "s.toml"
+    path.write_text(scen.to_toml(), encoding="utf-8")
+    back = scenario_mod.load(path)
+    assert replace(back, source="") == replace(scen, source="")
+    assert back.platform.account_region("intl-carol") == "US"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.demo import VANTAGES, run_scheduled
+from lab.demo import VANTAGES, ScheduledRun, run_scheduled
 from lab.topology import LabInfo
 
 
@@ -41,3 +41,22 @@ def test_two_scheduled_vantages_one_collector(lab: LabInfo, tmp_path: Path) -> N
             result.mechanisms[url],
             result.findings.get(url),
         )
+    _keyword_chain_holds(result)
+
+
+def _keyword_chain_holds(result: ScheduledRun) -> None:
+    """Scheduled keyword checks at both vantages, through the collector (issue 15 item 3):
+    every planted platform rule, and the sentence holding one, is filtered at cn only; the
+    benign words nowhere; isolation found the sentence's combination; the report says so."""
+    assert result.keyword_inputs and result.keyword_findings is not None
+    assert result.keyword_expected is not None and result.isolated is not None
+    for keyword in result.keyword_inputs:
+        got = result.keyword_findings.get((keyword, "relay"))
+        assert got == result.keyword_expected[keyword], (keyword, got)
+    sentence = result.keyword_inputs[-1]
+    assert len(sentence.split()) > 2
+    isolated = {rule for rules in result.isolated.values() for rule in rules}
+    assert "tank+man" in isolated, result.isolated
+    assert result.report is not None
+    page = result.report.read_text(encoding="utf-8")
+    assert "id='keyword-findings'" in page and "tank+man" in page
