@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -183,18 +184,24 @@ def test_a_mangled_citizen_lab_list_is_read_or_refused_naming_file_and_line(
     _exercise_list(path)
 
 
-def test_a_huge_line_is_refused_naming_it(tmp_path: Path) -> None:
-    """A list with one 64 MiB line (no newline): refused with the line number, not read into
-    memory whole."""
+def test_a_huge_line_is_refused_naming_it_without_reading_it_whole(tmp_path: Path) -> None:
+    """A list with one 64 MiB line (no newline): refused with the line number; the peak memory
+    (tracemalloc) stays a few MiB (before: the line was read whole, then csv refused it)."""
     path = tmp_path / "huge.csv"
     with path.open("wb") as fh:
         fh.write(",".join(TESTLIST_COLUMNS).encode() + b"\n")
         fh.write(b"http://example.com/" + b"a" * (64 << 20))
-    with pytest.raises(ListError) as info:
-        list(iter_test_list(path))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ListError) as info:
+            list(iter_test_list(path))
+        problems = validate([path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert info.value.line == 2
-    problems = validate([path])
     assert [p.line for p in problems] == [2]
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
 # --- fingerprints -------------------------------------------------------------------------------
