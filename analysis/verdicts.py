@@ -2,8 +2,9 @@
 
 Why re-derive: a better heuristic should apply to old data, and OONI's measurements should get
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
-function (probes.nettests.web_connectivity_analysis.analyze, OONI v0.4 procedure) on the stored
-test keys; other nettests keep the verdict their probe wrote (`verdict_source` = "probe").
+function on the stored test keys, chosen by the measurement's test_version
+(probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
+on); other nettests keep the verdict their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
 Fingerprints: OONI's blocking-fingerprints CSV (probes.fingerprints) are applied inside
@@ -25,7 +26,8 @@ import orjson
 
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
-from probes.nettests.web_connectivity_analysis import analyze, body_bytes, header_values
+from probes.nettests.web_connectivity_analysis import body_bytes, header_values
+from probes.nettests.web_connectivity_verdict import analyze_measurement
 
 CP_BLOCKPAGES = "blockpage_signatures.json"
 CP_FALSE_POSITIVES = "false_positive_signatures.json"
@@ -143,14 +145,18 @@ class Classifier:
                 "verdict_source": "probe",
             }
         input_ = data.get("input")
-        row = self._rederive(tk, input_ if isinstance(input_, str) else None)
+        row = self._rederive(
+            tk, input_ if isinstance(input_, str) else None, data.get("test_version")
+        )
         row["disagreement"] = disagreement(
             tk, row, fingerprints_given=self.fingerprints is not None
         )
         return row
 
-    def _rederive(self, tk: Mapping[str, Any], input_: str | None) -> dict[str, Any]:
-        verdict = analyze(tk, url=input_, fingerprints=self.fingerprints)
+    def _rederive(
+        self, tk: Mapping[str, Any], input_: str | None, test_version: Any = None
+    ) -> dict[str, Any]:
+        verdict = analyze_measurement(tk, test_version, url=input_, fingerprints=self.fingerprints)
         names = [m.name for m in verdict.fingerprint_matches if not m.is_false_positive]
         fps = [m.name for m in verdict.fingerprint_matches if m.is_false_positive]
         blocking = verdict.blocking

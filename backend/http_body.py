@@ -12,7 +12,8 @@ from fastapi import Request
 
 
 class BodyTooLarge(Exception):
-    """The request body is over the route's limit (answer 413)."""
+    """The request body is over the route's limit (the relay answers 413; the control route
+    400, as oohelperd)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body over {limit} bytes")

@@ -11,7 +11,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-WHOAMI_PATH = "/x/whoami"
+from probes.publicip import WHOAMI_PATH as _RELATIVE
+
+# The path the probe asks (probes.publicip), as a route.
+WHOAMI_PATH = "/" + _RELATIVE
 
 
 def mount_whoami(app: FastAPI, dns_whoami: str | None = None) -> None:

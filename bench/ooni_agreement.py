@@ -7,8 +7,10 @@ blocking and on each key, and every disagreement with file:line, ours vs OONI an
 
     python bench/ooni_agreement.py [--data ../shared/data/ooni] [--fingerprints DIR]
 
-Only v0.4.x implements the algorithm we reproduce, so 100% is expected there; older versions
-(Measurement Kit, ooniprobe-legacy) and v0.5.x (webconnectivitylte) decide differently.
+Each measurement is re-derived by the procedure its test_version names
+(probes.nettests.web_connectivity_verdict): v0.4's below 0.5, v0.5's (webconnectivitylte's
+classic engine and x_ flags) from 0.5 on, so 100% is expected for 0.4.x and 0.5.x; older
+versions (Measurement Kit, ooniprobe-legacy) decided differently.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.fingerprints import Fingerprints
-from probes.nettests.web_connectivity_analysis import analyze
+from probes.nettests.web_connectivity_verdict import analyze_measurement, uses_v05
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = SHARED_DATA / "ooni"
@@ -42,6 +44,7 @@ COMPARED = (
     "headers_match",
     "title_match",
 )
+V05_COMPARED = ("x_dns_flags", "x_blocking_flags", "x_null_null_flags")
 
 # Why a verdict differs, found by reading each measurement (docs/benchmarks.md repeats these).
 # Keys are "file:line". Anything not listed here is printed as "UNEXPLAINED".
@@ -70,44 +73,18 @@ REASONS: dict[str, str] = {
         "ooniprobe-legacy 0.1.0 mapped response_never_received to false/false",
         "does not classify that failure string (null)",
     ),
-    # web_connectivity 0.5 (webconnectivitylte): a different algorithm; these are the cases
-    # where running the v0.4 procedure on its 0.4-compatible keys decides otherwise.
+    # web_connectivity 0.5 releases older than the probe-cli code we reproduce (commit
+    # 7cb22410, the "classic" engine over the minipipeline).
     "web_connectivity_real.jsonl:22": _V05.format(
-        "the input is an IP (DoH URL); v0.5's classic analysis only reads transactions tagged "
-        "'classic' (none here) and stores null; v0.4 rule 1: HTTPS fetch succeeded -> false"
+        "0.5.28 stored null for this IP input (no DNS lookup at all); the classic engine at "
+        "commit 7cb22410 keeps an endpoint whose address came from no lookup (classic.go, "
+        "unknown origin) and reads its successful HTTPS fetch as accessible"
     ),
-    "web_connectivity_netem_qa_synthetic.jsonl:12": _V05.format(
-        "any DNS inconsistency is 'dns'; v0.4 ignores an inconsistent DNS when the page "
-        "matches (ooni/probe#1975, wontfix) and v0.5 fetched from the helper's address"
+    "web_connectivity_real.jsonl:23": _V05.format(
+        "0.5.26 predates the classic engine we reproduce and stored null; the classic engine "
+        "calls a connect that failed at the probe and the helper alike down (blocking false, "
+        "accessible false, x_null_null_flags 2)"
     ),
-    "web_connectivity_netem_qa_synthetic.jsonl:13": _V05.format(
-        "as :12 with HTTPS (system resolver -> 127.0.0.1, HTTPS fetch via the right address "
-        "succeeded, so v0.4 rule 1 says accessible)"
-    ),
-    "web_connectivity_netem_qa_synthetic.jsonl:16": _V05.format(
-        "ghost DNS (helper NXDOMAIN, probe resolves) is 'dns' since probe-cli#1457; in v0.4 "
-        "the helper's HTTP fetch failed, so null"
-    ),
-    "web_connectivity_netem_qa_synthetic.jsonl:20": _V05.format(
-        "flags the censor's address as unexpected; we accept it because the probe completed "
-        "a TLS handshake with it for the right SNI (netem's CA signs every host, impossible "
-        "for a real censor), so the diff is blamed on HTTP, not DNS"
-    ),
-    "web_connectivity_netem_qa_synthetic.jsonl:25": _V05.format(
-        "name resolves to 127.0.0.1 at probe and helper, the helper refuses to fetch it: v0.5 "
-        "says down (false); v0.4 has nothing to compare (control HTTP failure -> null)"
-    ),
-    "web_connectivity_netem_qa_synthetic.jsonl:26": _V05.format("as :25 with HTTPS"),
-    "web_connectivity_netem_qa_synthetic.jsonl:27": _V05.format(
-        "http_invalid_redirect_location_host is http-failure; v0.4 does not classify that "
-        "failure string (null)"
-    ),
-    "web_connectivity_netem_qa_synthetic.jsonl:28": _V05.format("as :27 with HTTPS"),
-    "web_connectivity_netem_qa_synthetic.jsonl:38": _V05.format(
-        "too many redirects at probe and helper: v0.5 says down (false); v0.4: control HTTP "
-        "failure -> null, and the website-down rules do not apply (every connect succeeded)"
-    ),
-    "web_connectivity_netem_qa_synthetic.jsonl:39": _V05.format("as :38 with HTTPS"),
 }
 
 
@@ -146,10 +123,16 @@ def family(version: str) -> str:
 def compare(case: Case, fingerprints: Fingerprints | None) -> dict[str, tuple[Any, Any]]:
     """Key -> (ours, OONI's) for every compared key."""
     tk = case.measurement.get("test_keys")
-    ours = analyze(tk, url=case.measurement.get("input"), fingerprints=fingerprints)
+    ours = analyze_measurement(
+        tk, case.version, url=case.measurement.get("input"), fingerprints=fingerprints
+    )
     theirs = tk if isinstance(tk, dict) else {}
     mine = ours.as_test_keys()
-    return {k: (mine[k], theirs.get(k)) for k in COMPARED}
+    if uses_v05(case.version) and fingerprints is None:
+        # OONI's probe wrote its own v0.5 keys; ours sit beside them (x_v05_*).
+        mine = {**mine, "blocking": mine["x_v05_blocking"], "accessible": mine["x_v05_accessible"]}
+    keys = COMPARED + (V05_COMPARED if uses_v05(case.version) else ())
+    return {k: (mine.get(k), theirs.get(k)) for k in keys}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     for fam in sorted(by_family, key=lambda f: [int(p) for p in f[:-2].split(".")]):
         rows = by_family[fam]
         n = len(rows)
-        agree = {k: sum(1 for _, r in rows if r[k][0] == r[k][1]) for k in COMPARED}
+        keys = [k for k in (*COMPARED, *V05_COMPARED) if all(k in r for _, r in rows)]
+        agree = {k: sum(1 for _, r in rows if r[k][0] == r[k][1]) for k in keys}
         print(f"test_version {fam}: n={n}")
-        for key in COMPARED:
+        for key in keys:
             print(f"  {key:18} {agree[key]:3}/{n} ({100.0 * agree[key] / n:5.1f}%)")
         for case, result in rows:
             ours, theirs = result["blocking"]
@@ -187,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             reason = REASONS.get(case.where)
             if reason is None and fps is not None and result["blocking"][0] in ("http-diff", "dns"):
                 tk = case.measurement.get("test_keys") or {}
-                named = analyze(tk, url=case.measurement.get("input"), fingerprints=fps)
+                named = analyze_measurement(
+                    tk, case.version, url=case.measurement.get("input"), fingerprints=fps
+                )
                 if named.blocking_fingerprint:
                     reason = (
                         f"confirmed by fingerprint {named.blocking_fingerprint} "
@@ -200,7 +186,56 @@ def main(argv: list[str] | None = None) -> int:
                 f"  - {case.where} ({case.version}) ours={json.dumps(ours)} "
                 f"ooni={json.dumps(theirs)}: {reason}"
             )
+    print_beyond(list(cases(args.data)), fps)
     return 1 if unexplained else 0
+
+
+def diff_rule_applies(keys: dict[str, Any]) -> bool:
+    """Our rule beyond v0.5 (docs/methodology.md): inconsistent DNS and a page of another
+    length and title, called accessible only thanks to shared header names."""
+    return (
+        keys.get("accessible") is True
+        and keys.get("dns_consistency") == "inconsistent"
+        and keys.get("body_length_match") is False
+        and keys.get("title_match") is False
+    )
+
+
+def print_beyond(all_cases: list[Case], fps: Fingerprints | None) -> None:
+    """The false-positive cost of our rules beyond v0.5 on OONI's measurements: how many
+    verdicts they change. On 0.4.x and older the rule is not applied (v0.4 is re-derived as
+    it was); it is evaluated on their keys to show what it would have changed."""
+    changed: list[str] = []
+    would: list[str] = []
+    n05 = n_old = accessible_old = 0
+    for case in all_cases:
+        tk = case.measurement.get("test_keys")
+        if not isinstance(tk, dict):
+            continue
+        verdict = analyze_measurement(
+            tk, case.version, url=case.measurement.get("input"), fingerprints=fps
+        )
+        keys = verdict.as_test_keys()
+        if uses_v05(case.version):
+            n05 += 1
+            if (keys["blocking"], keys["accessible"]) != (
+                keys["x_v05_blocking"],
+                keys["x_v05_accessible"],
+            ) and not keys.get("blocking_fingerprint"):
+                changed.append(f"{case.where}: v0.5 {keys['x_v05_blocking']} -> {keys['blocking']}")
+        else:
+            n_old += 1
+            accessible_old += keys["accessible"] is True
+            if diff_rule_applies(keys):
+                would.append(case.where)
+    print("our rules beyond v0.5 (partial control, inconsistent DNS with another page):")
+    print(f"  0.5.x: {len(changed)} of {n05} verdicts changed")
+    for line in changed:
+        print(f"    - {line}")
+    print(
+        f"  older: the inconsistent-DNS rule would change {len(would)} of {n_old} "
+        f"({accessible_old} accessible)" + (f": {', '.join(would)}" if would else "")
+    )
 
 
 if __name__ == "__main__":

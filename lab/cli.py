@@ -236,7 +236,7 @@ def _scheduled_demo(lab: topology.LabInfo, work: Path | None, interval: float, r
             "[green]yes[/]" if ok else "[red]no[/]",
         )
     console.print(table)
-    keywords = Table(title="keyword monitoring (message_delivery through the lab platform)")
+    keywords = Table(title="keyword monitoring (message_delivery, platform; http_keyword, censor)")
     for col in ("keyword", "expected", "analysis finding", "isolated", "ok"):
         keywords.add_column(col)
     found = result.keyword_findings or {}
@@ -251,8 +251,15 @@ def _scheduled_demo(lab: topology.LabInfo, work: Path | None, interval: float, r
         keywords.add_row(
             keyword, expected[keyword], got, rules, "[green]yes[/]" if ok else "[red]no[/]"
         )
+    for (keyword, placement), want in (result.http_keyword_expected or {}).items():
+        got = found.get((keyword, placement), "missing")
+        ok = got == want
+        kw_good += ok
+        keywords.add_row(
+            f"{keyword} [{placement}]", want, got, "", "[green]yes[/]" if ok else "[red]no[/]"
+        )
     console.print(keywords)
-    n_keywords = len(result.keyword_inputs or [])
+    n_keywords = len(result.keyword_inputs or []) + len(result.http_keyword_expected or {})
     console.print(
         f"{good}/{len(result.inputs)} web and {kw_good}/{n_keywords} keyword findings as the "
         f"scenario says; collector store in {result.collector_data}, analysis in "

@@ -114,6 +114,8 @@ FAST_KINDS = ("none", "dns_inject", "dns_nxdomain", "blockpage")
 VANTAGES = ("cn", "open")
 JOB_ID = "lab-web"
 KEYWORD_JOB_ID = "lab-keywords"
+HTTP_KEYWORD_JOB_ID = "lab-http-keywords"
+HTTP_PLACEMENTS = ("path", "sni")  # two of the censor's placements, one TCP and one TLS
 BENIGN_WORDS = ("weather", "tank")  # "tank": a single part of the planted `tank+man`
 
 
@@ -138,6 +140,7 @@ class ScheduledRun:
     keyword_inputs: list[str] | None = None
     keyword_findings: dict[tuple[str, str], str] | None = None
     keyword_expected: dict[str, str] | None = None
+    http_keyword_expected: dict[tuple[str, str], str] | None = None
     isolated: dict[str, list[str]] | None = None  # message -> minimal combinations found
     report: Path | None = None
 
@@ -162,11 +165,26 @@ def keyword_inputs(lab: LabInfo) -> tuple[list[str], str | None]:
     return [*rules, *BENIGN_WORDS, *([sentence] if sentence else [])], sentence
 
 
-def expected_keyword(lab: LabInfo, value: str) -> str:
-    """The ground truth for a keyword input: the platform drops it from cn senders only."""
+def expected_keyword(lab: LabInfo, value: str, where: str = "relay") -> str:
+    """The ground truth for a keyword input at `where` (the platform's channel, or an
+    http_keyword placement the censor inspects): filtered from cn only."""
     words = {w for part in value.split("+") for w in part.split()}
-    planted = any(set(rule) <= words for rule in lab.scenario.platform.keywords)
+    if where == "relay":
+        rules = lab.scenario.platform.keywords
+    elif where in lab.scenario.censor.keyword_placements:
+        rules = lab.scenario.censor.keywords
+    else:
+        rules = ()
+    planted = any(set(rule) <= words for rule in rules)
     return "blocked at cn" if planted else "accessible everywhere"
+
+
+def http_keyword_cells(lab: LabInfo) -> dict[tuple[str, str], str]:
+    """(keyword, placement) -> expected finding of the demo's http_keyword job."""
+    if not lab.helper_url:
+        return {}
+    words = ["+".join(rule) for rule in lab.scenario.censor.keywords] + list(BENIGN_WORDS)
+    return {(w, p): expected_keyword(lab, w, p) for w in words for p in HTTP_PLACEMENTS}
 
 
 def expected_finding(lab: LabInfo, url: str) -> str:
@@ -232,6 +250,23 @@ interval = {interval:g}
 time_limit = 180
 isolate = true
 options = {{ channel = "relay", delivery_deadline = 1 }}
+"""
+    if keywords and lab.helper_url:
+        words = ["+".join(rule) for rule in lab.scenario.censor.keywords] + list(BENIGN_WORDS)
+        window = lab.scenario.censor.residual_seconds + 1  # the probe's, above the censor's
+        options = (
+            f"{{ placement = {_toml_list(list(HTTP_PLACEMENTS))}, keyword_tries = 2, "
+            f"residual_window = {window:g} }}"
+        )
+        text += f"""
+[[schedule.jobs]]
+id = {json.dumps(HTTP_KEYWORD_JOB_ID)}
+nettest = "http_keyword"
+inputs = {_toml_list(words)}
+helpers = {_toml_list([lab.helper_url])}
+interval = {interval:g}
+time_limit = 180
+options = {options}
 """
     path = home / "censorscope.toml"
     path.write_text(text)
@@ -377,7 +412,10 @@ def run_scheduled(
                     start_new_session=True,
                 )
             progress(f"schedule daemon at {v}: pid {daemons[v].pid}, every {interval:g} s")
-        want = runs * (len(inputs) + len(keywords))
+        http_cells = http_keyword_cells(lab)
+        n_http = len({w for w, _p in http_cells})
+        jobs = (JOB_ID, KEYWORD_JOB_ID, *((HTTP_KEYWORD_JOB_ID,) if http_cells else ()))
+        want = runs * (len(inputs) + len(keywords) + n_http)
         end = time.monotonic() + deadline_s
         counts: dict[str, int] = {}
         while time.monotonic() < end:
@@ -385,7 +423,7 @@ def run_scheduled(
             finished = all(
                 _runs_finished(work / v / "schedule.log", job) >= runs
                 for v in VANTAGES
-                for job in (JOB_ID, KEYWORD_JOB_ID)
+                for job in jobs
             )
             if finished and all(counts.get(v, 0) >= want for v in VANTAGES):
                 break
@@ -438,6 +476,7 @@ def run_scheduled(
         keyword_inputs=keywords,
         keyword_findings=read_keyword_findings(out),
         keyword_expected={k: expected_keyword(lab, k) for k in keywords},
+        http_keyword_expected=http_keyword_cells(lab),
         isolated=read_isolated(out),
         report=report if report.exists() else None,
     )

@@ -15,6 +15,8 @@ import typer
 
 from probes.cli_options import ConfigOption, ResultsOption
 from probes.config import Config, ConfigError, load_config
+from probes.exit_status import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from probes.exit_status import EXIT_FAILURE as EXIT_FAILURE  # commands import it from here
 
 app = typer.Typer(
     name="censorscope",
@@ -25,10 +27,6 @@ app = typer.Typer(
 )
 lists_app = typer.Typer(help="Test lists and keyword lists.", no_args_is_help=True)
 app.add_typer(lists_app, name="lists")
-
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def _nettest_help() -> str:
@@ -340,6 +338,25 @@ def run(
     raise typer.Exit(status)
 
 
+def _zone_problem(zone: str, answer: str) -> str | None:
+    """A --dns-zone that is no DNS name, or an A record that is no IPv4 address: named now,
+    not as a traceback when the zone server starts or answers."""
+    import ipaddress
+
+    import dns.exception
+    import dns.name
+
+    try:
+        dns.name.from_text(zone)
+    except dns.exception.DNSException as exc:
+        return f"--dns-zone {zone!r}: not a DNS name ({exc})"
+    try:
+        ipaddress.IPv4Address(answer)
+    except ValueError:
+        return f"--dns-answer {answer!r}: give the IPv4 address every name in the zone has"
+    return None
+
+
 @app.command()
 def helper(
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8080",
@@ -439,11 +456,18 @@ def helper(
             dns_host, dns_port = parse_listen(dns_listen)
         except ValueError as exc:
             fail(f"--dns-listen: {exc}")
+        if problem := _zone_problem(dns_zone, dns_answer or host):
+            fail(problem)
         zone = DNSZoneConfig(dns_zone, dns_answer or host, dns_host, dns_port)
     relay_token = os.environ.get("CENSORSCOPE_RELAY_TOKEN") or None
     if relay and relay_token is None:
         fail("--relay needs CENSORSCOPE_RELAY_TOKEN (the relay never runs open)")
-    relay_config = RelayConfig(token=relay_token) if relay_token and relay is not False else None
+    try:  # a blank token is refused by RelayConfig: bad input, not a traceback
+        relay_config = (
+            RelayConfig(token=relay_token) if relay_token and relay is not False else None
+        )
+    except ValueError as exc:
+        fail(f"CENSORSCOPE_RELAY_TOKEN: {exc}")
     asn_lookup = None
     if geoip_db:
         try:

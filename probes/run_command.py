@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from probes import run_settings
 from probes.config import Config
+from probes.exit_status import EXIT_FAILURE, EXIT_INTERRUPTED
 from probes.gc_tuning import tuned_gc
 from probes.measurement import Scrubber, new_report_id, ooni_time
 from probes.net.addresses import is_ip, parse_host_port
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
     from probes.vantage import Vantage
 
 T = TypeVar("T")
-
-# As probes.cli's (bad input, 2, goes through `fail`).
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 @dataclass
@@ -178,9 +175,9 @@ def locate_vantage(
     from probes.geoip import GeoIPError
     from probes.vantage import locate, source_problem
 
-    problem = source_problem(cfg)
+    problem = source_problem(cfg, helpers)
     if problem:
-        fail(f"{cfg.source}: {problem}")
+        fail(problem if problem.startswith("control helper") else f"{cfg.source}: {problem}")
     try:
         where = run_async(
             locate(
@@ -196,6 +193,22 @@ def locate_vantage(
         if line:
             print(f"censorscope: {line}", file=sys.stderr)
     return where
+
+
+def _ca_file_problem(path: str) -> str | None:
+    """Why the CA file cannot be trusted (missing, unreadable, no PEM certificate), else None:
+    said before measuring, not as a traceback from the first nettest that builds a client."""
+    import ssl
+
+    from probes.net.tls import verifying_context
+
+    try:
+        verifying_context(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ssl.SSLError as exc:
+        return f"not a PEM CA bundle ({exc.reason or exc})"
+    return None
 
 
 def _resolver_ok(resolver: str) -> bool:
@@ -250,6 +263,8 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
             fail(f"--resolver {resolver!r}: {exc}")
         if not is_ip(host):
             fail(f"--resolver {resolver!r}: give an IP address, optionally with :PORT")
+    if settings["ca_file"] and (problem := _ca_file_problem(settings["ca_file"])):
+        fail(f"CA file {settings['ca_file']} (--ca-file or [probe] ca_file): {problem}")
     n_inputs = _check_lists(req.testlists, fail) + sum(1 for v in req.inputs if v.strip())
     keyword_inputs = getattr(cls, "keyword_inputs", False) and not req.inputs
     if keyword_inputs:

@@ -31,6 +31,9 @@ log = logging.getLogger("censorscope.schedule")
 
 MAX_PER_RUN = 5
 ISOLATION_BUDGET = 200  # tests per isolation (the isolate command's --budget)
+# Longest an isolation may run before it is stopped (what it stored stays): 200 tests of a
+# message channel at its 60 s deadline would take over three hours; a schedule cannot wait.
+ISOLATION_TIMEOUT = 1800.0
 CLI = "from probes.cli import main; main()"
 
 
@@ -140,8 +143,14 @@ def isolate_new_triggers(
             text_file.write_text(" ".join(words_of(value)), encoding="utf-8")
             cmd = isolate_command(job, config_path, results, vantage, text_file, channel)
             log.info("%s: isolating %r (%s)", job.id, value, channel)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                  stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                      stdin=subprocess.DEVNULL, check=False,
+                                      timeout=ISOLATION_TIMEOUT)  # fmt: skip
+            except subprocess.TimeoutExpired:
+                log.warning("%s: isolating %r took over %.0f s; stopped, tried again next run",
+                            job.id, value, ISOLATION_TIMEOUT)  # fmt: skip
+                continue
         for line in (proc.stdout + proc.stderr).splitlines():
             log.info("%s: %s", job.id, line)
         if proc.returncode in (0, 1):  # 1: incomplete (budget), still a stored answer

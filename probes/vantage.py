@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from probes.config import OONI_HELPERS, Config
-from probes.geoip import GeoDatabase, IPInfo
+from probes.geoip import UNKNOWN_CC, GeoDatabase, IPInfo
 from probes.net.addresses import parse_host_port
 from probes.ownip import local_addresses
 from probes.publicip import (
@@ -30,8 +30,7 @@ from probes.publicip import (
     whoami_url,
 )
 
-UNKNOWN_CC = "ZZ"
-UNKNOWN_ASN = "AS0"
+UNKNOWN_ASN = IPInfo().asn_string  # "AS0", OONI's spelling of geoip.UNKNOWN_ASN
 # probe-cli model.DefaultResolverIP: what OONI writes when the resolver lookup failed.
 UNKNOWN_RESOLVER_IP = "127.0.0.2"
 LOCATE_TIMEOUT = 4.0  # seconds for all sources together, before the first measurement
@@ -56,11 +55,28 @@ class Vantage:
     stale: str | None = None
 
 
-def source_problem(cfg: Config) -> str | None:
-    """A malformed [geoip] source, named (checked before anything is measured)."""
+def http_url_problem(url: str) -> str | None:
+    """Why `url` is no http(s)://HOST[:PORT]/... URL (None when it is one); urlsplit raises
+    on some ("http://[::1/", a port over 65535), which must be bad input, not a traceback."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http(s) URL"
+    return None
+
+
+def source_problem(cfg: Config, helpers: Iterable[str] = ()) -> str | None:
+    """A malformed [geoip] source or helper URL (whose whoami is asked), named (checked before
+    anything is measured)."""
+    for url in helpers:
+        if why := http_url_problem(url):
+            return f"control helper {url!r} (--helper or [probe] helpers): {why}"
     for url in cfg.geoip.whoami:
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-            return f"[geoip] whoami: {url!r} is not an http(s) URL"
+        if why := http_url_problem(url):
+            return f"[geoip] whoami: {url!r}: {why}"
     for server in cfg.geoip.stun:
         try:
             host, _port = parse_host_port(server, 3478)

@@ -36,6 +36,7 @@ from tests.loopback import (  # noqa: E402
 os.environ["CENSORSCOPE_CONSENT_INFORMED"] = "true"
 _XDG = tempfile.mkdtemp(prefix="censorscope-tests-xdg-")
 os.environ["XDG_CONFIG_HOME"] = _XDG
+os.environ["XDG_STATE_HOME"] = _XDG  # http_keyword's endpoint taints between runs
 atexit.register(shutil.rmtree, _XDG, True)
 
 

@@ -95,3 +95,20 @@ async def test_nettests_trust_ca_file_for_their_helper(
             assert not any("unreachable" in w for w in test.warnings), test.warnings
         finally:
             await test.close()
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"])
+def test_a_bad_ca_file_is_bad_input_before_measuring(tmp_path: Path, content: bytes | None) -> None:
+    """A missing or non-PEM --ca-file: exit 2 naming it, nothing stored, no traceback."""
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    proc = subprocess.run(
+        [sys.executable, "-m", "probes", "run", "tcp_connect", "--input", "127.0.0.1:9",
+         "--ca-file", str(ca), "--helper", "http://127.0.0.1:9/", "--no-progress",
+         "--results", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"CA file {ca}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "r").glob("raw/*/*/*/*.jsonl"))

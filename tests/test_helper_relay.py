@@ -94,6 +94,26 @@ def test_helper_command_keeps_the_relay_off_without_a_token(
     assert "CENSORSCOPE_RELAY_TOKEN" in result.output
 
 
+def test_helper_command_names_a_blank_relay_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CENSORSCOPE_RELAY_TOKEN", "   ")
+    result = CliRunner().invoke(cli_app, ["helper", "--listen", "127.0.0.1:1"])
+    assert result.exit_code == 2, result.output
+    assert "CENSORSCOPE_RELAY_TOKEN" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--dns-zone", "kw..example"], "--dns-zone"),
+        (["--dns-zone", "kw.example", "--dns-answer", "2001:db8::1"], "--dns-answer"),
+        (["--echo-ports", "99999"], "--echo-ports"),  # bound as 99999 % 65536 before
+    ],
+)
+def test_helper_command_names_bad_zone_and_echo_options(args: list[str], named: str) -> None:
+    result = CliRunner().invoke(cli_app, ["helper", "--listen", "127.0.0.1:1", *args])
+    assert result.exit_code == 2 and named in result.output, result.output
+
+
 def test_a_mailbox_is_only_for_whoever_holds_its_key() -> None:
     other = "o" * 32
     with run_helper(HOST, relay=RelayConfig(token=TOKEN)) as (base, _):

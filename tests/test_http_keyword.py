@@ -255,3 +255,32 @@ def test_a_zero_residual_window_is_kept() -> None:
     """--residual-window 0 (the option's minimum) means no wait, not the 90 s default."""
     assert HTTPKeyword(ProbeContext(vantage="v", options={"residual_window": 0.0})).window == 0.0
     assert HTTPKeyword(ProbeContext(vantage="v")).window == 90.0
+
+
+def test_taints_outlive_the_run_that_made_them(tmp_path: Path) -> None:
+    """A scheduled run starts within the window of the last run's triggers: the new process
+    reads them back and keeps off those endpoints until they expire (issue 15 item 4)."""
+    from probes.nettests.keyword_residual import TaintFile
+
+    endpoints = [("127.0.0.1", p) for p in range(1, 5)]
+    first = TaintTracker(endpoints, window=30.0)
+    first.taint(("127.0.0.1", 2))
+    first.taint(("127.0.0.1", 3))
+    store = TaintFile(tmp_path / "taints.json")
+    store.save(first.export())
+    store.save({"127.0.0.1:9": time.time() - 1})  # expired: dropped on load
+
+    async def picks(tracker: TaintTracker) -> set[tuple[str, int]]:
+        chosen = set()
+        for _ in range(8):
+            ep = await tracker.acquire()
+            tracker.release(ep)
+            chosen.add(ep)
+        return chosen
+
+    second = TaintTracker(endpoints, window=30.0)
+    assert second.restore(store.load()) == 2
+    assert asyncio.run(picks(second)) == {("127.0.0.1", 1), ("127.0.0.1", 4)}
+    assert set(store.load()) == {"127.0.0.1:2", "127.0.0.1:3"}
+    fresh = TaintTracker(endpoints, window=30.0)  # nothing restored: every endpoint in turn
+    assert asyncio.run(picks(fresh)) == set(endpoints)

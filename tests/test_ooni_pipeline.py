@@ -151,7 +151,11 @@ def test_pipeline_scores_our_dns_layer_by_the_truth(ours: list[dict[str, Any]]) 
 
 
 def test_pipeline_reads_our_certificates(ours: list[dict[str, Any]]) -> None:
-    readings = {m["input"]: [cert_valid(h) for h in m["test_keys"]["tls_handshakes"]] for m in ours}
+    # Each address's flow and the GET record a handshake (web_connectivity 0.5); all of one
+    # measurement read the same.
+    readings = {
+        m["input"]: sorted({cert_valid(h) for h in m["test_keys"]["tls_handshakes"]}) for m in ours
+    }
     assert sorted(map(str, readings.values())) == ["[False]", "[True]", "[]", "[]", "[]"]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -310,3 +312,19 @@ def test_malformed_sources_are_named_before_measuring() -> None:
     cfg.geoip.stun = []
     cfg.geoip.whoami = ["ftp://helper.example/x/whoami"]
     assert "not an http(s) URL" in (source_problem(cfg) or "")
+    # urlsplit raises on these: a named problem, not a traceback
+    for bad in ("http://[2001:db8::1/x/whoami", "http://helper.example:99999/x/whoami"):
+        cfg.geoip.whoami = [bad]
+        assert (source_problem(cfg) or "").startswith(f"[geoip] whoami: {bad!r}: ")
+    cfg.geoip.whoami = []
+    assert "control helper 'http://[::1/'" in (source_problem(cfg, ["http://[::1/"]) or "")
+
+
+def test_a_malformed_helper_url_is_bad_input_not_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "probes", "run", "tcp_connect", "--input", "127.0.0.1:9",
+         "--helper", "http://[::1/", "--results", str(tmp_path / "r"), "--no-progress"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "control helper 'http://[::1/'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,8 +1,8 @@
 """web_connectivity's TLS evidence for https inputs, against real TLS servers on loopback.
 
-The probe records one TLS handshake with the first reachable address: the GET's own when it
-succeeded there, or a separate handshake when the GET's failed, so that the certificate chain
-the server sent is kept even when it does not validate.
+As web_connectivity 0.5 does, every address gets a flow (TCP connect and TLS handshake for the
+name, one transaction each), and the GET's own handshake is recorded in its transaction; the
+certificate chain the server sent is kept even when it does not validate.
 """
 
 from __future__ import annotations
@@ -58,26 +58,32 @@ def _measure(world: dict[str, Any], results: Path, host: str) -> dict[str, Any]:
     return keys
 
 
-def test_a_successful_fetch_lends_its_handshake(tls_world: dict[str, Any], tmp_path: Path) -> None:
-    keys = _measure(tls_world, tmp_path, "secure.test")
-    assert keys["blocking"] is False and keys["accessible"] is True
-    [hs] = keys["tls_handshakes"]
-    assert hs["address"] == f"127.0.0.2:{tls_world['port']}"
-    assert hs["server_name"] == "secure.test" and hs["failure"] is None
-    assert hs["tls_version"].startswith("TLSv1")
-    leaf = base64.b64decode(hs["peer_certificates"][0]["data"])
-    assert leaf.startswith(b"\x30")  # DER
-    # One handshake, the GET's: its events are the only TLS events of the measurement.
-    starts = [e for e in keys["network_events"] if e["operation"] == "tls_handshake_start"]
-    assert len(starts) == 1
-
-
-def test_a_failed_fetch_handshake_gets_a_separate_one_with_the_chain(
+def test_every_address_and_the_fetch_record_their_handshakes(
     tls_world: dict[str, Any], tmp_path: Path
 ) -> None:
+    keys = _measure(tls_world, tmp_path, "secure.test")
+    assert keys["blocking"] is False and keys["accessible"] is True
+    flow, fetch = keys["tls_handshakes"]  # the address's flow, then the GET's
+    for hs in (flow, fetch):
+        assert hs["address"] == f"127.0.0.2:{tls_world['port']}"
+        assert hs["server_name"] == "secure.test" and hs["failure"] is None
+        assert hs["tls_version"].startswith("TLSv1")
+        leaf = base64.b64decode(hs["peer_certificates"][0]["data"])
+        assert leaf.startswith(b"\x30")  # DER
+        assert "depth=0" in hs["tags"] and "fetch_body=true" in hs["tags"]
+    assert flow["transaction_id"] != fetch["transaction_id"]
+    [request] = keys["requests"]
+    assert request["transaction_id"] == fetch["transaction_id"]
+    connects = {c["transaction_id"] for c in keys["tcp_connect"]}
+    assert {flow["transaction_id"], fetch["transaction_id"]} <= connects
+    assert keys["x_blocking_flags"] == 32 and keys["dns_consistency"] == "consistent"
+
+
+def test_a_failed_handshake_keeps_the_chain(tls_world: dict[str, Any], tmp_path: Path) -> None:
     keys = _measure(tls_world, tmp_path, "wrongcert.test")
     assert keys["http_experiment_failure"] == "ssl_invalid_hostname"
-    [hs] = keys["tls_handshakes"]
-    assert hs["address"] == f"127.0.0.9:{tls_world['port']}"
-    assert hs["failure"] == "ssl_invalid_hostname"
-    assert hs["peer_certificates"], "the chain the server sent is kept as evidence"
+    assert keys["tls_handshakes"]
+    for hs in keys["tls_handshakes"]:
+        assert hs["address"] == f"127.0.0.9:{tls_world['port']}"
+        assert hs["failure"] == "ssl_invalid_hostname"
+        assert hs["peer_certificates"], "the chain the server sent is kept as evidence"

@@ -31,7 +31,8 @@ from probes.net import failures as F
 from probes.net.addresses import format_host_port, is_ip
 from probes.net.failures import NetworkFailure, failure_from_exception
 from probes.net.http_wire import Exchange, exchange, request_head
-from probes.net.records import maybe_binary, since
+from probes.net.records import Transactions, maybe_binary, since
+from probes.net.tcp import tcp_record
 from probes.net.tls import (
     TLSResult,
     client_context,
@@ -139,10 +140,16 @@ class _Hop:
     t: float = 0.0
     method: str = "GET"
     request_body: bytes = b""
+    transaction_id: int | None = None
+    tags: list[str] | None = None
 
     def record(self) -> dict[str, Any]:
         pairs = self.request_headers
+        extra: dict[str, Any] = {}
+        if self.transaction_id is not None:
+            extra = {"transaction_id": self.transaction_id, "tags": list(self.tags or [])}
         return {
+            **extra,
             "failure": self.failure,
             "request": {
                 "body": maybe_binary(self.request_body),
@@ -172,10 +179,19 @@ class _Tracer:
     """Turns the steps of an exchange into df-008 network events and df-006 records."""
 
     def __init__(
-        self, t_zero: float, address: str, server_name: str, on_tls: TLSListener | None = None
+        self,
+        t_zero: float,
+        address: str,
+        server_name: str,
+        on_tls: TLSListener | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.t_zero, self.address, self.server_name = t_zero, address, server_name
         self.on_tls = on_tls
+        # web_connectivity 0.5: this attempt is one transaction (connect, TLS, round trip).
+        self.transactions = transactions
+        self.transaction_id = transactions.new_id() if transactions else None
+        self.tags = transactions.tags(fetch_body=True) if transactions else []
         self.events: list[dict[str, Any]] = []
         self.tls: list[dict[str, Any]] = []
         self.tcp_connected = False
@@ -198,13 +214,18 @@ class _Tracer:
                 "proto": "tcp",
                 "t0": t if t0 is None else t0,
                 "t": t,
-                "tags": [],
+                "tags": list(self.tags),
             }
         )
 
     def connected(self, failure: str | None) -> None:
         self.tcp_connected = failure is None
         self._event("connect", failure, self._t0)
+        if self.transactions is not None:
+            ip, _, port = self.address.rpartition(":")
+            record = tcp_record(ip.strip("[]"), int(port), failure, self._t0, since(self.t_zero))
+            record.update(transaction_id=self.transaction_id, tags=list(self.tags))
+            self.transactions.tcp_connect.append(record)
 
     def tls_started(self) -> None:
         self._tls_t0 = since(self.t_zero)
@@ -220,6 +241,8 @@ class _Tracer:
             fill_from_ssl_object(res, obj)
             res.verified = failure is None
         res.record = tls_record(res, no_tls_verify=False)
+        if self.transaction_id is not None:
+            res.record.update(transaction_id=self.transaction_id, tags=list(self.tags))
         self.tls.append(res.record)
         if self.on_tls is not None:
             self.on_tls(res)
@@ -241,6 +264,7 @@ async def _one_hop(
     timeout: float,
     result: HTTPResult,
     on_tls: TLSListener | None = None,
+    transactions: Transactions | None = None,
 ) -> _Hop:
     """GET ``url`` from the first address that accepts a TCP connection."""
     hop = _Hop(url=str(url), t0=since(t_zero))
@@ -251,7 +275,8 @@ async def _one_hop(
     target = url.raw_path.decode("ascii")
     for ip in addrs:
         hop.address = format_host_port(ip, port)
-        tracer = _Tracer(t_zero, hop.address, host, on_tls)
+        tracer = _Tracer(t_zero, hop.address, host, on_tls, transactions)
+        hop.transaction_id, hop.tags = tracer.transaction_id, tracer.tags
         tracer._event("http_transaction_start")
         try:
             response = await exchange(
@@ -313,6 +338,7 @@ async def http_get(
     max_redirects: int = 20,
     client: object | None = None,
     on_tls: TLSListener | None = None,
+    transactions: Transactions | None = None,
 ) -> HTTPResult:
     """GET ``url`` following redirects; never raises on network failure.
 
@@ -321,7 +347,10 @@ async def http_get(
     ``timeout`` bounds the whole fetch, redirects included. ``client`` comes from
     make_client(); without one, ``ca_file`` is the trust store (with a client, the
     client's own store applies). ``on_tls`` hears of every TLS handshake as soon as it
-    ends (the control helper reuses the GET's own).
+    ends (the control helper reuses the GET's own). With ``transactions`` every attempt is
+    recorded as web_connectivity 0.5 does: its own transaction id, a ``tcp_connect`` entry
+    (in ``transactions.tcp_connect``), ``depth=N`` the hop's redirect depth; a chain that
+    needs more than ``max_redirects`` redirects marks its last response failed.
     """
     result = HTTPResult(url=url, failure=None, t0=since(t_zero))
     http = make_client(ca_file=ca_file) if client is None else client
@@ -333,7 +362,8 @@ async def http_get(
     try:
         async with asyncio.timeout(timeout):
             await _follow(http, httpx.URL(url), resolve, send_headers, cookies, body_cap,
-                          max_redirects, t_zero, timeout, result, hops, on_tls)  # fmt: skip
+                          max_redirects, t_zero, timeout, result, hops, on_tls,
+                          transactions)  # fmt: skip
     except TimeoutError as exc:
         failure = failure_from_exception(exc)
         if hops and hops[-1].t == 0.0:  # the hop in flight when time ran out
@@ -341,6 +371,8 @@ async def http_get(
         result.failure = failure
     except (NetworkFailure, httpx.InvalidURL, OSError, ValueError) as exc:
         result.failure = failure_from_exception(exc)
+        if transactions is not None and hops and hops[-1].failure is None:
+            hops[-1].failure = result.failure  # the redirect we would not follow (0.5)
     _finish(result, hops, t_zero)
     return result
 
@@ -358,8 +390,11 @@ async def _follow(
     result: HTTPResult,
     hops: list[_Hop],
     on_tls: TLSListener | None = None,
+    transactions: Transactions | None = None,
 ) -> None:
-    for _ in range(max_redirects + 1):
+    for depth in range(max_redirects + 1):
+        if transactions is not None:
+            transactions.depth = depth
         if url.scheme not in ("http", "https"):
             raise NetworkFailure(F.UNKNOWN_FAILURE_PREFIX + f"unsupported scheme {url.scheme}")
         try:
@@ -377,7 +412,7 @@ async def _follow(
             hop_headers["Cookie"] = jar_request.headers["cookie"]
         hops.append(_Hop(url=str(url), t0=since(t_zero)))  # placeholder while in flight
         hop = await _one_hop(
-            client, url, addrs, hop_headers, body_cap, t_zero, timeout, result, on_tls
+            client, url, addrs, hop_headers, body_cap, t_zero, timeout, result, on_tls, transactions
         )
         hops[-1] = hop
         result.failure = hop.failure

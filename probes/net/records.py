@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
 
 def since(t_zero: float) -> float:
@@ -26,3 +27,31 @@ def maybe_binary(data: bytes) -> str | dict[str, str]:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return binary_data(data)
+
+
+class Transactions:
+    """Transaction ids and tags as web_connectivity 0.5 records them.
+
+    OONI's 0.5 joins a flow's TCP connect, TLS handshake and HTTP round trip by one
+    ``transaction_id`` and tags each with ``depth=N`` (the redirect it belongs to),
+    ``fetch_body=true|false`` (whether it was meant to fetch the page) and ``classic`` (its
+    address came from the probe's own resolver). Whoever records a step asks here.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        self.depth = 0
+        self.tcp_connect: list[dict[str, Any]] = []
+
+    def new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def tags(
+        self, *, fetch_body: bool | None = None, classic: bool = True, depth: int | None = None
+    ) -> list[str]:
+        out = ["classic"] if classic else []
+        out.append(f"depth={self.depth if depth is None else depth}")
+        if fetch_body is not None:
+            out.append(f"fetch_body={'true' if fetch_body else 'false'}")
+        return out

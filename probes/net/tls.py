@@ -64,6 +64,8 @@ class TLSResult:
     verified: bool = False
     verify_failure: str | None = None
     record: dict[str, Any] = field(default_factory=dict)  # df-006 tls_handshakes entry
+    connected: bool = False  # the TCP connect under the handshake succeeded
+    tcp_t: float = 0.0  # when it did (or failed)
 
 
 def verifying_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -254,7 +256,8 @@ async def tls_handshake(
     try:
         async with asyncio.timeout(timeout):
             sock = await open_socket(ip, port, timeout)
-            result.t0 = since(t_zero)  # df-006: t0 is when the handshake starts
+            result.connected = True
+            result.t0 = result.tcp_t = since(t_zero)  # df-006: t0 is when the handshake starts
             obj = await handshake_on_socket(sock, ctx, server_name)
         result.verified = verify
     except ssl.SSLCertVerificationError as exc:
@@ -269,6 +272,8 @@ async def tls_handshake(
         if sock is not None:
             sock.close()
     result.t = since(t_zero)
+    if not result.connected:
+        result.tcp_t = result.t
     if obj is not None:
         fill_from_ssl_object(result, obj)
     result.record = tls_record(result, no_tls_verify=not verify)

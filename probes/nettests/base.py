@@ -11,6 +11,9 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+# `censorscope run` exits with EXIT_HELPER_UNREACHABLE (3) when no control helper answered:
+# every input is still measured and stored, verdicts null (nettests import it from here).
+from probes.exit_status import EXIT_HELPER_UNREACHABLE as EXIT_HELPER_UNREACHABLE
 from probes.measurement import Scrubber
 from probes.net.addresses import parse_host_port
 
@@ -37,12 +40,6 @@ class ProbeContext:
     options: dict[str, Any] = field(default_factory=dict)
     # The config's messaging accounts by name (probes/accounts.py), for message_delivery.
     accounts: dict[str, Any] = field(default_factory=dict)
-
-
-# `censorscope run` exits with this when no control helper answered (every input is still
-# measured and stored, verdicts null): a status of its own, so a script can tell it from bad
-# usage (2).
-EXIT_HELPER_UNREACHABLE = 3
 
 
 class SetupError(Exception):

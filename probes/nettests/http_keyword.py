@@ -44,7 +44,12 @@ from probes.nettests.keyword_placements import (
     encodings_for,
     shape,
 )
-from probes.nettests.keyword_residual import RESIDUAL_WINDOW_SECONDS, Endpoint, TaintTracker
+from probes.nettests.keyword_residual import (
+    RESIDUAL_WINDOW_SECONDS,
+    Endpoint,
+    TaintFile,
+    TaintTracker,
+)
 
 # Citizen Lab's keyword tests retry a blocked message a few times before calling it
 # blocked; the issue fixes "up to 5 tries on a mismatch".
@@ -128,6 +133,7 @@ class HTTPKeyword(Nettest):
         self.exchange_timeout = min(EXCHANGE_TIMEOUT, self.ctx.timeout)
         self.tracker: TaintTracker | None = None
         self.tls_tracker: TaintTracker | None = None
+        self._taints = TaintFile()
         self._client: Any = None
         self._host = ""
         self._zone: tuple[str, int, str] | None = None  # (zone, DNS port, true answer)
@@ -166,10 +172,14 @@ class HTTPKeyword(Nettest):
                 zone = str(info["dns_zone"])
                 self._zone = (zone, int(info["dns_port"]), str(info["dns_answer"]))
         self.tracker = TaintTracker(tcp, self.window)
+        saved = self._taints.load()
         if "sni" in self.placements:
             if not tls:
                 raise SetupError(f"--helper {base}: no TLS echo ports (--tls-echo-ports)")
             self.tls_tracker = TaintTracker(tls, self.window)
+        for tracker in (self.tracker, self.tls_tracker):
+            if tracker is not None and self.window > 0:
+                tracker.restore(saved)
         self._client = make_client(verify=False)
 
     async def _echo_info(self, base: str) -> dict[str, Any]:
@@ -187,6 +197,12 @@ class HTTPKeyword(Nettest):
         return reply.data
 
     async def close(self) -> None:
+        taints: dict[str, float] = {}
+        for tracker in (self.tracker, self.tls_tracker):
+            if tracker is not None:
+                taints.update(tracker.export())
+        if taints:
+            self._taints.save(taints)  # the next run (a scheduled job's) avoids them
         await aclose(self._client)
 
     async def _exchange(

@@ -9,13 +9,24 @@ the whole (client, server, port) triple.
 The tracker picks the endpoint least recently used among those not tainted, waits out a taint
 when every endpoint is tainted, and tells whether a failure happened while the endpoint was
 tainted by someone else's trigger: such a failure is `residual`, never a fresh verdict.
+
+Taints outlive a run: a scheduled job runs again within the window of its last triggers, and a
+new process that knew nothing of them would send its controls into the censor's residual
+blocking. `TaintFile` keeps each endpoint's expiry (wall clock) in the user's state directory,
+read at setup and written at close; the first endpoints tried are also shuffled, so runs that
+start together do not all begin with the same ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Bock et al. (FOCI 2020) measured ~90 s of residual censorship after an HTTP trigger.
 RESIDUAL_WINDOW_SECONDS = 90.0
@@ -42,7 +53,30 @@ class TaintTracker:
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("no endpoints to rotate across")
+        self.endpoints = random.sample(self.endpoints, len(self.endpoints))
         self._state = {ep: _State() for ep in self.endpoints}
+
+    def export(self) -> dict[str, float]:
+        """ "ip:port" -> when its taint ends (wall clock), for the taints still running."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        return {
+            f"{ip}:{port}": now_wall + (state.tainted_until - now_mono)
+            for (ip, port), state in self._state.items()
+            if state.tainted_until > now_mono
+        }
+
+    def restore(self, saved: Mapping[str, float]) -> int:
+        """Taint the endpoints a saved taint still covers (a previous run's triggers); returns
+        how many."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        restored = 0
+        for (ip, port), state in self._state.items():
+            until = saved.get(f"{ip}:{port}")
+            if isinstance(until, int | float) and until > now_wall:
+                state.tainted_since = now_mono
+                state.tainted_until = max(state.tainted_until, now_mono + (until - now_wall))
+                restored += 1
+        return restored
 
     def is_tainted(self, ep: Endpoint, now: float | None = None) -> bool:
         return self._state[ep].tainted_until > (time.monotonic() if now is None else now)
@@ -78,3 +112,42 @@ class TaintTracker:
 
     def release(self, ep: Endpoint) -> None:
         self._state[ep].in_use -= 1
+
+
+def state_dir() -> Path:
+    """The user's state directory for censorscope ($XDG_STATE_HOME, else ~/.local/state)."""
+    base = os.environ.get("XDG_STATE_HOME") or ""
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
+    return root / "censorscope"
+
+
+@dataclass
+class TaintFile:
+    """Endpoint taints kept between runs (see the module docstring), one file per user."""
+
+    path: Path = field(default_factory=lambda: state_dir() / "keyword-taints.json")
+
+    def load(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        now = time.time()
+        return {
+            k: float(v)
+            for k, v in data.items()
+            if isinstance(k, str) and isinstance(v, int | float) and v > now
+        }
+
+    def save(self, taints: Mapping[str, float]) -> None:
+        """Merge `taints` into the file (expired entries dropped); never raises."""
+        merged = {**self.load(), **taints}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(merged, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only home loses the memory between runs, not the run

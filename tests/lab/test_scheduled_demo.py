@@ -55,6 +55,10 @@ def _keyword_chain_holds(result: ScheduledRun) -> None:
         assert got == result.keyword_expected[keyword], (keyword, got)
     sentence = result.keyword_inputs[-1]
     assert len(sentence.split()) > 2
+    assert result.http_keyword_expected, "the lab helper serves echo ports"
+    for (keyword, placement), expected in result.http_keyword_expected.items():
+        got = result.keyword_findings.get((keyword, placement))
+        assert got == expected, (keyword, placement, got)
     isolated = {rule for rules in result.isolated.values() for rule in rules}
     assert "tank+man" in isolated, result.isolated
     assert result.report is not None

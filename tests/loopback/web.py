@@ -84,9 +84,11 @@ class WebServer:
         title: str = DEFAULT_TITLE,
         cert_hosts: list[str] | None = None,
         blockpage_status: int = 200,
+        paragraphs: int = 0,
     ) -> None:
         """``ca`` makes it HTTPS; ``cert_hosts`` pins the certificate to those names
-        (e.g. a wrong name) instead of issuing one for whatever SNI arrives."""
+        (e.g. a wrong name) instead of issuing one for whatever SNI arrives; ``paragraphs``
+        lengthens the site's page with that many paragraphs of text."""
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {BEHAVIOURS}")
         self.host, self.port = host, port
@@ -94,6 +96,7 @@ class WebServer:
         self.keyword = keyword.encode() if keyword else None
         self.ssl_context = ca.server_context(cert_hosts) if ca is not None else None
         self.blockpage_status = blockpage_status
+        self.paragraphs = paragraphs
         self.requests: list[dict[str, object]] = []  # what each request looked like
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -218,6 +221,11 @@ class WebServer:
             return int(path.rsplit("/", 1)[1]), html, b""
         page = (
             f"<!DOCTYPE html><html><head><title>{self.title}</title></head>"
-            f"<body><h1>{self.title}</h1><p>Served for host {host}.</p></body></html>"
+            f"<body><h1>{self.title}</h1><p>Served for host {host}.</p>"
+            + "".join(
+                f"<p>Story {i}: the council met on day {i} and discussed item {i * 7}.</p>"
+                for i in range(self.paragraphs)
+            )
+            + "</body></html>"
         )
         return 200, html, page.encode()

@@ -1,0 +1,16 @@
+"""The exit statuses of `censorscope` (a contract, DESIGN.md section 2), in one place.
+
+0 success; 1 any other failure; 2 bad usage or bad input (the message names the file, line or
+field); 3 every input was measured and stored but no control helper answered (verdicts null);
+130 interrupted by Ctrl-C (128 + SIGINT, the shell's convention; what finished is stored).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_BAD_INPUT: Final = 2
+EXIT_HELPER_UNREACHABLE: Final = 3
+EXIT_INTERRUPTED: Final = 130
