@@ -17,6 +17,8 @@ as file:line with the reason, and loading carries on.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -192,6 +194,22 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON list, or nothing: a mangled file may hold any type where a list belongs."""
+    return value if isinstance(value, list) else []
+
+
+def _seconds(value: Any) -> float | None:
+    """An OONI relative time (t, t0) as a float, or None when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past a float's range
+        return None
+    return number if math.isfinite(number) else None
+
+
 def domain_of(input_: str | None) -> str | None:
     """The host name of a URL input, or the input itself when it is a bare name."""
     if not input_:
@@ -289,14 +307,18 @@ class _Columns:
             self._observations_of(row, part)
 
     def _observations_of(self, row: int, tk: Mapping[str, Any]) -> None:
-        for query in tk.get("queries") or ():
+        for query in _list(tk.get("queries")):
             if not isinstance(query, dict):
                 continue
-            answers = [a for a in query.get("answers") or () if isinstance(a, dict)]
+            answers = [a for a in _list(query.get("answers")) if isinstance(a, dict)]
             host = _str(query.get("hostname"))
             if not answers:
                 self.add_observation(
-                    row, "dns", hostname=host, failure=_str(query.get("failure")), t=query.get("t")
+                    row,
+                    "dns",
+                    hostname=host,
+                    failure=_str(query.get("failure")),
+                    t=_seconds(query.get("t")),
                 )
             for answer in answers:
                 self.add_observation(
@@ -308,9 +330,9 @@ class _Columns:
                     ),
                     answer_type=_str(answer.get("answer_type")),
                     failure=_str(query.get("failure")),
-                    t=query.get("t"),
+                    t=_seconds(query.get("t")),
                 )
-        for conn in tk.get("tcp_connect") or ():
+        for conn in _list(tk.get("tcp_connect")):
             if isinstance(conn, dict):
                 status = _dict(conn.get("status"))
                 port = conn.get("port")
@@ -318,11 +340,11 @@ class _Columns:
                     row,
                     "tcp",
                     address=_str(conn.get("ip")),
-                    port=port if isinstance(port, int) else None,
+                    port=port if isinstance(port, int) and 0 <= port <= 65535 else None,
                     failure=_str(status.get("failure")),
-                    t=conn.get("t"),
+                    t=_seconds(conn.get("t")),
                 )
-        for hs in tk.get("tls_handshakes") or ():
+        for hs in _list(tk.get("tls_handshakes")):
             if isinstance(hs, dict):
                 self.add_observation(
                     row,
@@ -331,9 +353,9 @@ class _Columns:
                     server_name=_str(hs.get("server_name")),
                     tls_version=_str(hs.get("tls_version")),
                     failure=_str(hs.get("failure")),
-                    t=hs.get("t"),
+                    t=_seconds(hs.get("t")),
                 )
-        for req in tk.get("requests") or ():
+        for req in _list(tk.get("requests")):
             if not isinstance(req, dict):
                 continue
             request = _dict(req.get("request"))
@@ -346,7 +368,7 @@ class _Columns:
                 status_code=code if isinstance(code, int) and 0 < code < 1000 else None,
                 body_length=_body_length(response.get("body")),
                 failure=_str(req.get("failure")),
-                t=req.get("t"),
+                t=_seconds(req.get("t")),
             )
 
 
@@ -421,10 +443,22 @@ class Loader:
             self._add_lines(path, iter_store_file(path), vantage=vantage)
 
     def add_ooni(self, path: Path) -> None:
-        """One OONI file (JSON or JSONL, optionally gzip)."""
+        """One OONI file (JSON or JSONL, optionally gzip).
+
+        A gzip file cut short or corrupted part-way keeps the lines read before the damage,
+        which is reported as a problem on the line after them.
+        """
+        read = [0]
+
+        def counted() -> Iterator[tuple[int, bytes | dict[str, Any]]]:
+            for number, raw in iter_ooni_file(path):
+                read[0] = number
+                yield number, raw
+
         try:
-            lines = iter_ooni_file(path)
-            self._add_lines(path, lines, vantage=None)
+            self._add_lines(path, counted(), vantage=None)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            self.problem(path, read[0] + 1, f"damaged compressed file: {exc}")
         except OSError as exc:
             raise LoadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
@@ -475,6 +509,14 @@ class Loader:
             return
         tk = data.get("test_keys")
         tk = tk if isinstance(tk, dict) else {}
+        extra: Mapping[str, Any] = {}
+        if self.classifier is not None:
+            try:
+                extra = self.classifier(data)
+            except Exception as exc:  # a value of a type no measurement has, deep in test_keys
+                reason = f"test_keys: cannot derive a verdict ({type(exc).__name__}: {exc})"
+                self.problem(path, number, reason[:300])
+                return
         row = self._row
         self._row += 1
         m = self.cols.m
@@ -509,13 +551,11 @@ class Loader:
         )
         m["control_failure"].append(_str(tk.get("control_failure")))
         runtime = data.get("test_runtime")
-        m["runtime"].append(float(runtime) if isinstance(runtime, int | float) else None)
+        m["runtime"].append(_seconds(runtime))
         m["source"].append(source)
         m["line"].append(number)
-        if self.classifier is not None:
-            extra = self.classifier(data)
-            for name, values in self.cols.extra.items():
-                values.append(extra.get(name))
+        for name, values in self.cols.extra.items():
+            values.append(extra.get(name))
         if self.want_observations:
             self.cols.observations(row, tk)
         self.keywords.add(row, data, tk, time=stamp, vantage=vantage_name, line=number)

@@ -123,6 +123,11 @@ def response_text(response: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _text(value: Any) -> str | None:
+    """A text value of test_keys, or None for a missing or mistyped one."""
+    return value if isinstance(value, str) and value else None
+
+
 @dataclass
 class Classifier:
     """Callable on a decoded measurement; returns the VERDICT_COLUMNS values for its row."""
@@ -138,8 +143,8 @@ class Classifier:
             tk = tk if isinstance(tk, dict) else {}
             return {
                 "blocking": blocking_text(tk.get("blocking")),
-                "blocking_detail": tk.get("blocking_detail"),
-                "blocking_fingerprint": tk.get("blocking_fingerprint"),
+                "blocking_detail": _text(tk.get("blocking_detail")),
+                "blocking_fingerprint": _text(tk.get("blocking_fingerprint")),
                 "down": False,
                 "verdict_source": "probe",
             }
@@ -179,7 +184,7 @@ class Classifier:
             probe_blocking = blocking_text(tk.get("blocking"))
             if blocking is False or blocking == probe_blocking:
                 if probe_blocking == "dns":
-                    blocking, detail = "dns", tk.get("blocking_detail") or "dns.known_forged"
+                    blocking, detail = "dns", _text(tk.get("blocking_detail")) or "dns.known_forged"
                 else:
                     blocking, detail = "http-diff", "http.blockpage"
                 named = probe_fp

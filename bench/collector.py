@@ -4,14 +4,22 @@ Starts a real `censorscope collector` process on loopback, fills N probe stores 
 measurements each, and runs N `probes.upload` uploaders at once in this process (asyncio),
 timing every submission. Each accepted measurement is fsynced by the collector before its 200.
 
-    python -m bench.collector [--uploaders 50] [--per-uploader 2000]
+With --slow-clients N, another process holds N slow connections to the collector for the whole
+run, each from its own loopback address (127.1.x.y, as clients from N hosts would come): a
+third send nothing, a third a request line alone, a third trickle a request head one byte a
+second. Whenever the collector drops one (its head timeout), it reconnects at once, so N are
+held throughout; the figures show what they cost the uploaders.
+
+    python -m bench.collector [--uploaders 50] [--per-uploader 2000] [--slow-clients 500]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import resource
 import secrets
 import socket
 import subprocess
@@ -42,6 +50,93 @@ class TimedClient(JSONClient):
         if "/report/" in url and not url.endswith("/close") and reply.status_code == 200:
             self.latencies.append(time.perf_counter() - started)
         return reply
+
+
+SLOW_KINDS = ("idle", "request-line", "trickle")
+
+
+async def _slow_client(
+    port: int, index: int, stop: asyncio.Event, stats: dict[str, int], held: list[int]
+) -> None:
+    """One slow client, reconnecting whenever the collector drops it, until `stop`."""
+    kind = SLOW_KINDS[index % len(SLOW_KINDS)]
+    source = f"127.1.{index // 250}.{index % 250 + 1}"
+    head = b"POST /report HTTP/1.1\r\nHost: bench\r\nContent-Length: 10\r\n"
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=(source, 0)
+            )
+        except OSError:
+            stats["connect_failed"] += 1
+            await asyncio.sleep(0.1)
+            continue
+        stats["connections"] += 1
+        held[0] += 1
+        held[1] = max(held[1], held[0])
+        try:
+            if kind == "request-line":
+                writer.write(head[: head.index(b"\r\n") + 2])
+            sent = 0
+            while not stop.is_set():
+                if kind == "trickle" and sent < len(head):
+                    writer.write(head[sent : sent + 1])
+                    sent += 1
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), timeout=1.0)
+                except TimeoutError:
+                    continue
+                if not data:
+                    stats["closed_by_server"] += 1
+                    break
+                if data.startswith(b"HTTP/1.1 503"):
+                    stats["refused_busy"] += 1
+        except OSError:
+            stats["closed_by_server"] += 1
+        finally:
+            held[0] -= 1
+            writer.close()
+
+
+def _slow_clients_main(port: int, count: int, stop: Any, out: Any) -> None:
+    """Process body: hold `count` slow connections until `stop` is set; report to `out`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * count + 64)), hard))
+
+    async def run() -> dict[str, int]:
+        stats = {"connections": 0, "closed_by_server": 0, "refused_busy": 0, "connect_failed": 0}
+        held = [0, 0]
+        done = asyncio.Event()
+        tasks = [
+            asyncio.create_task(_slow_client(port, i, done, stats, held)) for i in range(count)
+        ]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, stop.wait)
+        stats["held_at_end"] = held[0]
+        stats["held_max"] = held[1]
+        done.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return stats
+
+    out.put(asyncio.run(run()))
+
+
+def _wait_for_held(port: int, want: int, deadline: float) -> None:
+    """Wait until the slow clients are in (the collector's open connections, per /proc)."""
+    while time.monotonic() < deadline and _established_to(port) < want:
+        time.sleep(0.2)
+
+
+def _established_to(port: int) -> int:
+    """Established TCP connections to 127.0.0.1:`port` (server side), from /proc/net/tcp."""
+    hex_port = f"{port:04X}"
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(":" + hex_port) and fields[3] == "01":
+                count += 1
+    return count
 
 
 def _free_port() -> int:
@@ -104,6 +199,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploaders", type=int, default=50)
     parser.add_argument("--per-uploader", type=int, default=2000)
+    parser.add_argument(
+        "--slow-clients", type=int, default=0, help="slow connections held during the run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
         base = Path(tmp)
@@ -126,10 +224,26 @@ def main() -> int:
                     break
                 except OSError:
                     time.sleep(0.05)
+            slow = None
+            if args.slow_clients:
+                stop, out = multiprocessing.Event(), multiprocessing.Queue()
+                slow = multiprocessing.Process(
+                    target=_slow_clients_main, args=(port, args.slow_clients, stop, out)
+                )
+                slow.start()
+                _wait_for_held(port, args.slow_clients, time.monotonic() + 60)
+                held_before = _established_to(port)
             started = time.perf_counter()
             latencies = asyncio.run(_run(base, url, args.uploaders, tokens))
             elapsed = time.perf_counter() - started
+            if slow is not None:
+                held_after = _established_to(port)
+                stop.set()
+                slow_stats = out.get(timeout=60)
+                slow.join(timeout=60)
         finally:
+            if slow is not None and slow.is_alive():
+                slow.terminate()
             proc.terminate()
             proc.wait()
     total = args.uploaders * args.per_uploader
@@ -141,6 +255,15 @@ def main() -> int:
         f"in {elapsed:.1f} s: {total / elapsed:.0f} accepted/s, "
         f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms (cores: {os.cpu_count()})"
     )
+    if slow is not None:
+        print(
+            f"slow clients: {args.slow_clients} held (connections open at the collector: "
+            f"{held_before} before the run, {held_after} at its end); "
+            f"{slow_stats['connections']} connections made, {slow_stats['closed_by_server']} "
+            f"closed by the collector, {slow_stats['refused_busy']} refused busy (503), "
+            f"{slow_stats['connect_failed']} connects failed; held at most "
+            f"{slow_stats['held_max']}, {slow_stats['held_at_end']} at the end"
+        )
     return 0
 
 

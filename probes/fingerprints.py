@@ -16,11 +16,13 @@ alternation regex of all patterns), regexps are compiled once.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 # Column order of both files (ooni/blocking-fingerprints README and header row).
 COLUMNS = (
@@ -121,7 +123,7 @@ def _parse_row(values: list[str], origin: str, *, dns_only: bool) -> Fingerprint
     if pattern_type == "regexp":
         try:
             re.compile(pattern)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise _fail(origin, "pattern", f"invalid regexp: {exc}") from exc
     confidence_text = row["confidence_no_fp"].strip() or "0"
     try:
@@ -134,23 +136,57 @@ def _parse_row(values: list[str], origin: str, *, dns_only: bool) -> Fingerprint
     return Fingerprint(name, scope, location, pattern_type, pattern, confidence, countries, origin)
 
 
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)(?=.)", re.DOTALL)
+
+
+def _text_lines(path: Path, handle: IO[bytes]) -> Iterator[str]:
+    """The file's lines as text (line ends kept, for csv); bad UTF-8 names its line."""
+    number = 0
+    for chunk in handle:
+        # Universal newlines, as open(newline="") reads them: a lone CR ends a line too.
+        for raw in _LONE_CR.split(chunk):
+            number += 1
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FingerprintError(
+                    f"{path}:{number}: not valid UTF-8: byte 0x{raw[exc.start]:02x} "
+                    f"at column {exc.start + 1}"
+                ) from None
+
+
+def _rows(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
+    """CSV rows with the line each starts on; a CSV syntax error names its line."""
+    reader = csv.reader(_text_lines(path, handle))
+    start = 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise FingerprintError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
+        yield start, values
+        start = reader.line_num + 1
+
+
 def load_csv(path: str | Path, *, dns_only: bool) -> list[Fingerprint]:
     """Parse and validate one fingerprint file (UTF-8, CRLF or LF line ends)."""
     path = Path(path)
     out: list[Fingerprint] = []
     seen: dict[str, str] = {}
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise FingerprintError(f"{path}:1: empty file (no header row)") from None
+    with path.open("rb") as fh:
+        rows = _rows(path, fh)
+        first = next(rows, None)
+        if first is None:
+            raise FingerprintError(f"{path}:1: empty file (no header row)")
+        header = first[1]
         if tuple(h.strip() for h in header) != COLUMNS:
             raise FingerprintError(f"{path}:1: header is {header}, expected {list(COLUMNS)}")
-        start = reader.line_num + 1
-        for values in reader:
+        for start, values in rows:
             origin = f"{path}:{start}"
-            start = reader.line_num + 1
             if not any(v.strip() for v in values):
                 continue
             fp = _parse_row(values, origin, dns_only=dns_only)
@@ -226,10 +262,10 @@ class Fingerprints:
         dns: list[Fingerprint] = []
         http: list[Fingerprint] = []
         for path in paths:
-            with Path(path).open(encoding="utf-8-sig", newline="") as fh:
-                rows = csv.reader(fh)
+            with Path(path).open("rb") as fh:
+                rows = _rows(Path(path), fh)
                 next(rows, None)
-                first = next((r for r in rows if any(v.strip() for v in r)), None)
+                first = next((r for _, r in rows if any(v.strip() for v in r)), None)
             is_dns = first is not None and len(first) > 3 and first[3].strip() == "dns"
             (dns if is_dns else http).extend(load_csv(path, dns_only=is_dns))
         return cls(dns, http)

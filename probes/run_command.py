@@ -7,6 +7,7 @@ run, summarise) reads top to bottom and can be called from the scheduler too.
 from __future__ import annotations
 
 import asyncio
+import errno
 import shlex
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -26,6 +27,10 @@ from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
 from probes.runner import RunOptions, RunSummary, RunWatch, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
+
+# Why a results directory refuses writes before anything is stored: a read-only mount, or
+# modes that do not let this user write.
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 if TYPE_CHECKING:
     from probes.vantage import Vantage
@@ -310,7 +315,14 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
     )
     try:
         writer = store.open_report(manifest)
-    except (StoreError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            fail(
+                f"results directory {store.root} is read-only ({exc.strerror}: {exc.filename}): "
+                "nothing was measured; give a writable --results"
+            )
+        fail(f"results store {store.root}: {exc}")
+    except StoreError as exc:
         fail(f"results store {store.root}: {exc}")
     if writer.torn_tail:
         print(f"censorscope: moved a torn last line aside to {writer.torn_tail}", file=sys.stderr)

@@ -316,11 +316,19 @@ def _codec_for(path: Path, encoding: str | None) -> str:
     return "gb18030" if any(marker in name for marker in _GB_NAME_MARKERS) else "utf-8"
 
 
+# A line of a list is one URL or keyword with a few short fields; csv itself refuses a field
+# over 128 KiB. Longer lines are not read into memory.
+MAX_LINE_BYTES: Final = 1 << 20
+
+
 def _lines(path: Path, codec: str, sink: _Sink) -> Iterator[str]:
     """Decode `path` one line at a time, reporting bad bytes with line and byte offset."""
     offset = 0
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                # Not a list (a binary file, a dump): stop before reading it into memory whole.
+                raise ListError(path, number, "line", f"longer than {MAX_LINE_BYTES} bytes")
             skip = 3 if number == 1 and raw.startswith(codecs.BOM_UTF8) else 0
             body = raw[skip:]
             try:

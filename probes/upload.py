@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -174,21 +175,36 @@ class UploadIndex:
             _append_durably(self.uploaded_path, self._buffer)
             self._buffer = []
 
-    def close(self) -> None:
-        self.flush()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+    def close(self, *, flush: bool = True) -> None:
+        try:
+            if flush:
+                self.flush()
+        finally:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
 
 
 def _append_durably(path: Path, lines: list[bytes]) -> None:
-    """One write of whole lines on an O_APPEND descriptor, then fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    """One write of whole lines on an O_APPEND descriptor, then fsync. A write that fails
+    part-way (disk full) is cut back, so the next batch does not start inside a fragment."""
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+    try:
+        start = os.fstat(fd).st_size
         data = memoryview(b"".join(lines))
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            exc.filename = exc.filename or str(path)
+            raise
     finally:
         os.close(fd)
 
@@ -359,8 +375,19 @@ async def upload_store(
     if not root.is_dir():
         raise UploadError(f"results directory {root} does not exist", bad_input=True)
     summary = UploadSummary()
-    index = UploadIndex(root, settings.collector)
-    index.lock()
+    try:
+        index = UploadIndex(root, settings.collector)
+        index.lock()
+    except OSError as exc:
+        # The acknowledgements are recorded in the store: without that, a measurement sent now
+        # would be sent again on every run. Send nothing.
+        read_only = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        what = "is read-only" if read_only else "cannot record uploads"
+        raise UploadError(
+            f"results directory {root} {what} ({exc.strerror}: {exc.filename}): nothing was "
+            "sent; the uploader records there what the collector acknowledged",
+            bad_input=read_only,
+        ) from exc
     own_client = client is None
     client = client or JSONClient(
         ca_file=settings.ca_file, headers={"authorization": f"Bearer {settings.token}"}
@@ -400,8 +427,21 @@ async def upload_store(
             if summary.stopped:
                 summary.pending += sum(len(rest) for _p, rest in reports)
                 break
+    except OSError as exc:
+        if exc.filename is None or not str(exc.filename).startswith(str(index.dir)):
+            raise
+        # The disk filled or the store went read-only mid-upload: the measurements sent since
+        # the last record are sent again next time, and the collector answers "duplicate".
+        raise UploadError(
+            f"could not record acknowledgements in {index.dir} ({exc.strerror}); the "
+            "measurements not recorded stay pending and are sent again on the next run"
+        ) from exc
     finally:
-        index.close()
+        # Interrupted or failed: keep what was acknowledged if the disk lets us (a failure
+        # here is the one reported above, or loses acknowledgements only: sent again later).
+        with contextlib.suppress(OSError):
+            index.flush()
+        index.close(flush=False)
         if own_client:
             await client.aclose()
     return summary
