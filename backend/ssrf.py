@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from probes.net.addresses import is_bogon
+from probes.net.addresses import parse_ip as parse_ip  # the helper's modules import it here
 from probes.net.tcp import FORBIDDEN_CONNECT
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -88,18 +89,6 @@ def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if any(addr in net for net in _NAT64):
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     return None
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """Parse an IP literal, with or without IPv6 brackets and zone, or return None."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    text = text.split("%", 1)[0]  # a zone id only matters on the link, which we refuse anyway
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 def is_special(ip: str | IPAddress) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from probes import __version__, scrub
+from probes.net.addresses import parse_ip
 
 SOFTWARE_NAME = "censorscope"
 SOFTWARE_VERSION = __version__
@@ -269,7 +270,7 @@ class Scrubber:
 
     def learn(self, ip: str) -> None:
         """Add an address of the probe's own (never the scrubbing placeholders themselves)."""
-        addr = scrub.parse(ip) if ip else None
+        addr = parse_ip(ip) if ip else None
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped  # an IPv4 address (a dual-stack socket's view of it)
         if addr is None or addr.is_unspecified or addr in _PLACEHOLDERS or addr in self._addrs:

@@ -175,6 +175,8 @@ def locate_vantage(
     from probes.geoip import GeoIPError
     from probes.vantage import locate, source_problem
 
+    if ca_file and (why := _ca_file_problem(ca_file)):  # isolate comes here without run's check
+        fail(f"CA file {ca_file} (--ca-file or [probe] ca_file): {why}")
     problem = source_problem(cfg, helpers)
     if problem:
         fail(problem if problem.startswith("control helper") else f"{cfg.source}: {problem}")

@@ -34,13 +34,6 @@ _PACKED_V4_PLACEHOLDER = ipaddress.IPv4Address("127.0.0.1").packed
 _PACKED_V6_PLACEHOLDER = ipaddress.IPv6Address("::1").packed
 
 
-def parse(ip: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(ip.strip().strip("[]").split("%")[0])
-    except ValueError:
-        return None
-
-
 def text_forms(addr: IPAddress) -> set[str]:
     """Literal forms matched as whole tokens (IPv6's other spellings are found by parsing)."""
     forms = {str(addr), addr.reverse_pointer}

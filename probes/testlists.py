@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Final, Literal, TextIO
 from urllib.parse import urlsplit
 
+from probes.exit_status import EXIT_BAD_INPUT, EXIT_OK
+
 Kind = Literal["testlist", "keywords-ours", "keywords-citizenlab", "keywords-txt"]
 
-EXIT_OK: Final = 0
-EXIT_BAD_INPUT: Final = 2  # DESIGN.md section 2: bad usage or bad input
 
 # The bundled default list (Citizen Lab format, our own selection).
 DEFAULT_TESTLIST: Final = Path(__file__).resolve().parent.parent / "testlists" / "default.csv"

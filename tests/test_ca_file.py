@@ -112,3 +112,18 @@ def test_a_bad_ca_file_is_bad_input_before_measuring(tmp_path: Path, content: by
     assert proc.returncode == 2, proc.stderr
     assert f"CA file {ca}" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((tmp_path / "r").glob("raw/*/*/*/*.jsonl"))
+
+
+def test_isolate_names_a_bad_ca_file_too(tmp_path: Path) -> None:
+    text = tmp_path / "m.txt"
+    text.write_text("hello world\n")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[probe]\nca_file = "{tmp_path / "missing.pem"}"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "probes", "isolate", "--channel", "http-path", "--text", str(text),
+         "--config", str(config), "--helper", "http://127.0.0.1:9/",
+         "--results", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "missing.pem" in proc.stderr and "Traceback" not in proc.stderr

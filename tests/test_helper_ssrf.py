@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -164,6 +165,9 @@ def test_connect_guard_refuses_before_any_packet(inside: CountingServer) -> None
         return (await tcp_connect("127.0.0.1", inside.port, timeout=2, t_zero=0)).failure
 
     assert asyncio.run(unguarded()) is None  # the probe's own connects are not guarded
+    deadline = time.monotonic() + 10  # the server's accept loop counts it in its own thread
+    while inside.connections < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert inside.connections == 1
 
 

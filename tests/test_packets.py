@@ -115,3 +115,17 @@ def test_unprivileged_degrades_cleanly() -> None:
     assert keys["data"] == "hello"
     assert keys["packet_capture"] == packets.UNAVAILABLE and keys["x_packet_capture_reason"]
     assert "x_packets" not in keys
+
+
+def test_open_private_closes_its_descriptor_when_it_cannot_restrict_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(_fd: int, _mode: int) -> None:
+        raise PermissionError("fchmod refused")
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(packets.os, "fchmod", refuse)
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            packets.open_private(str(tmp_path / "x.pcap"))
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -52,6 +52,19 @@ IPV6_BOGON_NETWORKS: tuple[ipaddress.IPv6Network, ...] = tuple(
 )
 
 
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Parse an IP literal, with or without IPv6 brackets and zone, or return None (the helper's
+    guard and the scrubber read addresses the same way)."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    text = text.split("%", 1)[0]  # a zone id only matters on the link
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
 def is_ip(text: str) -> bool:
     """True when ``text`` is a literal IPv4 or IPv6 address (no brackets, no port)."""
     try:

@@ -96,8 +96,12 @@ def open_private(path: str) -> BinaryIO:
     """Open a pcap for writing, readable by its owner only (0600): a capture holds the probe's
     own addresses, which the scrubber removes from measurements but cannot remove from it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    return os.fdopen(fd, "wb")
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)  # a capture per measurement: a leaked descriptor each would add up
+        raise
 
 
 def _write_pcap(wrpcap: Any, path: str, packets: Any) -> None:
