@@ -24,6 +24,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,28 +59,35 @@ async def run(url: str, words: list[str], window: float, tries: int, placement: 
 LAB_MARGIN_S = 1.0
 
 
+def _planted(censored: list[str], window: float, name: str) -> Any:
+    """The default lab scenario with `censored` as its keyword rules, a residual window of
+    `window` seconds that resets new connections."""
+    from dataclasses import replace
+
+    from lab import scenario as scenario_mod
+
+    base = scenario_mod.load()
+    return replace(
+        base,
+        name=name,
+        censor=replace(
+            base.censor,
+            keywords=tuple((w,) for w in censored),
+            residual_seconds=window,
+            residual_action="rst",
+        ),
+    )
+
+
 def lab_main(args: argparse.Namespace, censored: list[str], words: list[str]) -> None:
     """The keyword rate through the lab's on-path censor (see the module docstring)."""
     import json
     import subprocess
     import tempfile
-    from dataclasses import replace
 
     from lab import addresses, topology
-    from lab import scenario as scenario_mod
 
-    base = scenario_mod.load()
-    scen = replace(
-        base,
-        name="keyword-rate",
-        censor=replace(
-            base.censor,
-            keywords=tuple((w,) for w in censored),
-            residual_seconds=args.window,
-            residual_action="rst",
-        ),
-    )
-    info = topology.up(scen)
+    info = topology.up(_planted(censored, args.window, "keyword-rate"))
     try:
         assert info.helper_url, "the lab helper did not start"
         with tempfile.TemporaryDirectory() as tmp:
@@ -125,10 +133,8 @@ def target_main(args: argparse.Namespace) -> None:
     import json
     import subprocess
     import tempfile
-    from dataclasses import replace
 
     from lab import addresses, topology
-    from lab import scenario as scenario_mod
 
     n_censored = round(args.keywords * args.censored)
     censored = [f"blocked{i}" for i in range(n_censored)]
@@ -136,17 +142,7 @@ def target_main(args: argparse.Namespace) -> None:
     step = max(1, len(words) // max(1, n_censored))
     for i, word in enumerate(censored):  # spread evenly through the list
         words.insert(i * (step + 1), word)
-    base = scenario_mod.load()
-    scen = replace(
-        base,
-        name="keyword-target",
-        censor=replace(
-            base.censor,
-            keywords=tuple((w,) for w in censored),
-            residual_seconds=args.window,
-            residual_action="rst",
-        ),
-    )
+    scen = _planted(censored, args.window, "keyword-target")
     planted = set(scen.censor.keyword_placements)
     info = topology.up(scen)
     try:
