@@ -180,6 +180,13 @@ async def locate(
             info = db.lookup(vantage.resolver_ip)
             vantage.resolver_asn = info.asn_string
             vantage.resolver_network_name = info.network_name
+        own = {*candidates, *given.own_addresses}
+        if _same_address(vantage.resolver_ip, own):
+            # A resolver on this host or its NAT router answers from the probe's own public
+            # address: stored, it would name the probe. Its network stays (it is the probe's
+            # too); the address becomes OONI's "unknown" one, a valid IP for OONI's pipeline,
+            # not the scrubber's "[scrubbed]".
+            vantage.resolver_ip = UNKNOWN_RESOLVER_IP
         vantage.notice = _notice(cfg, vantage, db is not None, bool(candidates))
         old = db.stale(time.time(), STALE_DAYS) if db is not None else []
         if old:
@@ -188,6 +195,24 @@ async def locate(
     finally:
         if db is not None:
             db.close()
+
+
+def _same_address(address: str, own: Iterable[str]) -> bool:
+    """Whether `address` is one of `own`, in any spelling (IPv6 forms, ::ffff:a.b.c.d)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    forms = {ip, *([mapped] if mapped else [])}
+    for text in own:
+        try:
+            other = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if other in forms or getattr(other, "ipv4_mapped", None) in forms:
+            return True
+    return False
 
 
 def _notice(cfg: Config, vantage: Vantage, have_db: bool, have_address: bool) -> str | None:

@@ -182,6 +182,21 @@ def test_the_configuration_wins(tmp_path: Path, world: World) -> None:
     assert (where.probe_cc, where.probe_asn, where.probe_network_name) == ("IT", "AS1", "")
 
 
+def test_a_resolver_answering_from_our_own_address_is_not_stored(
+    tmp_path: Path, world: World
+) -> None:
+    """A resolver on the probe's NAT router answers from the probe's public address: as
+    resolver_ip it would name the probe, so it becomes OONI's unknown 127.0.0.2 (a valid IP,
+    unlike the scrubber's "[scrubbed]"); its network, the probe's own, stays."""
+    cfg = _config(tmp_path, world)
+    where = asyncio.run(locate(cfg, helpers=[], resolver=f"{PUBLIC}:53"))
+    assert where.scrub == [PUBLIC]
+    assert (where.resolver_ip, where.resolver_asn) == ("127.0.0.2", "AS30722")
+    cfg.vantage.own_addresses = [f"::ffff:{HOST}"]  # any spelling of an address of ours
+    where = asyncio.run(locate(cfg, helpers=[], resolver=f"{HOST}:53"))
+    assert where.resolver_ip == "127.0.0.2"
+
+
 def test_unknown_location_says_why(tmp_path: Path, world: World) -> None:
     cfg = _config(tmp_path, world)
     cfg.geoip.databases = []
