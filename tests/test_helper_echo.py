@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -107,7 +108,6 @@ def test_helper_command_serves_echo_zone_and_relay() -> None:
     import os
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from tests.loopback.web import closed_port
@@ -123,14 +123,7 @@ def test_helper_command_serves_echo_zone_and_relay() -> None:
         args, cwd=Path(__file__).resolve().parents[1], env=env, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                info = httpx.get(f"http://{host}:{port}/echo", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "helper did not start"
-                time.sleep(0.05)
+        info = _echo_info_when_up(proc, f"http://{host}:{port}/echo")
         open_post = httpx.post(f"http://{host}:{port}/relay/box", json={"text": "x"})
         echoed = httpx.get(f"http://{host}:{echo_port}/kw/x", timeout=5).json()
     finally:
@@ -177,7 +170,6 @@ def test_helper_serves_an_echo_port_range() -> None:
     import socket
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from tests.loopback.web import closed_port
@@ -190,14 +182,7 @@ def test_helper_serves_an_echo_port_range() -> None:
     proc = subprocess.Popen(args, cwd=Path(__file__).resolve().parents[1],
                             env=dict(os.environ), stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                info = httpx.get(f"http://{host}:{port}/echo", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "helper did not start"
-                time.sleep(0.05)
+        info = _echo_info_when_up(proc, f"http://{host}:{port}/echo")
         for echo_port in (low, low + 31, low + 63):
             with socket.create_connection((host, echo_port), timeout=5):
                 pass
@@ -227,3 +212,16 @@ def _free_range(host: str, n: int) -> int:
             for s in socks:
                 s.close()
     raise AssertionError("no free port range")
+
+
+def _echo_info_when_up(proc: Any, url: str, within: float = 15.0) -> Any:
+    """GET /echo of a helper process once it answers (it must not have exited meanwhile)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return httpx.get(url, timeout=2).json()
+        except httpx.TransportError:
+            assert proc.poll() is None and time.monotonic() < deadline, "helper did not start"
+            time.sleep(0.05)
