@@ -243,8 +243,10 @@ def publish(
         }
     ]
     files: list[Path] = list(parts)
-    for name in TABLES:
-        table = scrub_frame(plain(getattr(comparison, name)), scrubber)
+
+    def add_csv(name: str, frame_: pd.DataFrame) -> None:
+        """Write one table as a scrubbed CSV resource of the package."""
+        table = scrub_frame(plain(frame_), scrubber)
         path = out / f"{name}.csv"
         write_csv(table, path)
         files.append(path)
@@ -258,24 +260,13 @@ def publish(
                 "schema": _schema(table),
             }
         )
+
+    for name in TABLES:
+        add_csv(name, getattr(comparison, name))
     keywords = _keywords(result, frame, drop_asn)
     for name, keyword_table in (keyword_tables(keywords) if keywords is not None else {}).items():
-        if keyword_table.empty:
-            continue  # no keyword measurements (or no isolation, no change): no empty resource
-        table = scrub_frame(plain(keyword_table), scrubber)
-        path = out / f"{name}.csv"
-        write_csv(table, path)
-        files.append(path)
-        resources.append(
-            {
-                "name": name,
-                "path": path.name,
-                "format": "csv",
-                "mediatype": "text/csv",
-                "encoding": "utf-8",
-                "schema": _schema(table),
-            }
-        )
+        if not keyword_table.empty:  # no keyword measurements (or isolation...): no empty resource
+            add_csv(name, keyword_table)
     sources = sorted({Path(s).name for s in result.loaded.sources})
     package = {
         "name": "censorscope-dataset",
