@@ -79,10 +79,32 @@ def _planted(censored: list[str], window: float, name: str) -> Any:
     )
 
 
-def lab_main(args: argparse.Namespace, censored: list[str], words: list[str]) -> None:
-    """The keyword rate through the lab's on-path censor (see the module docstring)."""
+def _run_at_cn(info: Any, words: list[str], tmp: Path, *flags: str) -> tuple[float, list[Any]]:
+    """`censorscope run http_keyword` over `words` at cs-vp-cn against the lab helper, with
+    `flags`; (seconds taken, the stored measurements). A failed run stops the bench."""
     import json
     import subprocess
+
+    from lab import topology
+
+    kw = tmp / "keywords.csv"
+    kw.write_text("keyword,language,category,source\n" + "".join(f"{w},en,t,b\n" for w in words))
+    argv = [*info.vantages["cn"].exec_prefix, *topology._censorscope_argv(), "run",
+            "http_keyword", "--keywords", str(kw), "--helper", info.helper_url, *flags,
+            "--results", f"{tmp}/results", "--vantage", "cn", "--no-progress"]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=topology._python_env())
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"censorscope run failed: {proc.stderr[-2000:]}")
+    stored = []
+    for f in Path(tmp, "results").glob("raw/date=*/vantage=cn/test_name=http_keyword/*"):
+        stored += [json.loads(line) for line in f.read_text().splitlines()]
+    return elapsed, stored
+
+
+def lab_main(args: argparse.Namespace, censored: list[str], words: list[str]) -> None:
+    """The keyword rate through the lab's on-path censor (see the module docstring)."""
     import tempfile
 
     from lab import addresses, topology
@@ -91,26 +113,13 @@ def lab_main(args: argparse.Namespace, censored: list[str], words: list[str]) ->
     try:
         assert info.helper_url, "the lab helper did not start"
         with tempfile.TemporaryDirectory() as tmp:
-            kw = Path(tmp) / "keywords.csv"
-            kw.write_text(
-                "keyword,language,category,source\n" + "".join(f"{w},en,t,b\n" for w in words)
-            )
             window = args.window + LAB_MARGIN_S
-            argv = [*info.vantages["cn"].exec_prefix, *topology._censorscope_argv(), "run",
-                    "http_keyword", "--keywords", str(kw), "--helper", info.helper_url,
-                    "--residual-window", str(window), "--keyword-tries", str(args.tries),
-                    "--placement", args.placement, "--concurrency", "1", "--timeout", "600",
-                    "--results", f"{tmp}/results", "--vantage", "cn", "--no-progress"]  # fmt: skip
-            started = time.monotonic()
-            proc = subprocess.run(argv, capture_output=True, text=True, env=topology._python_env())
-            elapsed = time.monotonic() - started
-            if proc.returncode != 0:
-                raise SystemExit(f"censorscope run failed: {proc.stderr[-2000:]}")
-            verdicts = {}
-            for f in Path(tmp, "results").glob("raw/date=*/vantage=cn/test_name=http_keyword/*"):
-                for line in f.read_text().splitlines():
-                    m = json.loads(line)
-                    verdicts[m["input"]] = m["test_keys"]["blocking"]
+            elapsed, stored = _run_at_cn(
+                info, words, Path(tmp), "--residual-window", str(window), "--keyword-tries",
+                str(args.tries), "--placement", args.placement, "--concurrency", "1",
+                "--timeout", "600",
+            )  # fmt: skip
+            verdicts = {m["input"]: m["test_keys"]["blocking"] for m in stored}
         stats = info.censor_stats()
     finally:
         topology.down()
@@ -130,8 +139,6 @@ def target_main(args: argparse.Namespace) -> None:
     """Issue 15's target in the lab: 1,000 words, 2% censored, every placement, a 90 s
     residual window, `censorscope run http_keyword` with its defaults (budget, concurrency,
     tries); every (word, placement) must be decided and right, within 10 minutes."""
-    import json
-    import subprocess
     import tempfile
 
     from lab import addresses, topology
@@ -148,25 +155,13 @@ def target_main(args: argparse.Namespace) -> None:
     try:
         assert info.helper_url, "the lab helper did not start"
         with tempfile.TemporaryDirectory() as tmp:
-            kw = Path(tmp) / "keywords.csv"
-            kw.write_text(
-                "keyword,language,category,source\n" + "".join(f"{w},en,t,b\n" for w in words)
+            elapsed, stored = _run_at_cn(
+                info, words, Path(tmp), "--residual-window", str(args.window + LAB_MARGIN_S)
             )
-            argv = [*info.vantages["cn"].exec_prefix, *topology._censorscope_argv(), "run",
-                    "http_keyword", "--keywords", str(kw), "--helper", info.helper_url,
-                    "--residual-window", str(args.window + LAB_MARGIN_S),
-                    "--results", f"{tmp}/results", "--vantage", "cn", "--no-progress"]  # fmt: skip
-            started = time.monotonic()
-            proc = subprocess.run(argv, capture_output=True, text=True, env=topology._python_env())
-            elapsed = time.monotonic() - started
-            if proc.returncode != 0:
-                raise SystemExit(f"censorscope run failed: {proc.stderr[-2000:]}")
             cells: dict[tuple[str, str], object] = {}
-            for f in Path(tmp, "results").glob("raw/date=*/vantage=cn/test_name=http_keyword/*"):
-                for line in f.read_text().splitlines():
-                    m = json.loads(line)
-                    for placement, r in (m["test_keys"].get("placements") or {}).items():
-                        cells[(m["input"], placement)] = r["blocking"]
+            for m in stored:
+                for placement, r in (m["test_keys"].get("placements") or {}).items():
+                    cells[(m["input"], placement)] = r["blocking"]
     finally:
         topology.down()
     placements = sorted({p for _w, p in cells})
