@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probes.net.http import JSONClient
+
+if TYPE_CHECKING:
+    from probes.nettests.base import ProbeContext
 
 # A greeting should come back fast; a control measurement may take the helper's full budget.
 GREETING_TIMEOUT = 5.0
@@ -89,6 +92,11 @@ class ControlClient:
         self.unreachable_failure: str | None = None
         self._client = JSONClient(ca_file=ca_file)
         self._slots = asyncio.Semaphore(CONTROL_MAX_INFLIGHT)
+
+    @classmethod
+    def for_context(cls, ctx: ProbeContext) -> ControlClient:
+        """The run's helpers, per-input budget and CA file, as every nettest asks them."""
+        return cls(ctx.helpers, timeout=ctx.timeout, ca_file=ctx.ca_file)
 
     async def choose(self) -> str | None:
         """Pick the first helper that answers; return a description of the problem if none does.

@@ -190,9 +190,7 @@ class DNSConsistency(Nettest):
         except (FingerprintError, OSError) as exc:
             raise SetupError(f"fingerprints: {exc}") from exc
         if self.ctx.helpers:
-            self.control = ControlClient(
-                self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
-            )
+            self.control = ControlClient.for_context(self.ctx)
             problem = await self.control.choose()
             if problem:
                 # Asking an unreachable helper again for every name would only add timeouts.

@@ -151,9 +151,7 @@ class DNSCheck(Nettest):
         if not self.ctx.helpers:
             self.warnings.append("no control helper: every verdict is null")
             return
-        self.control = ControlClient(
-            self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
-        )
+        self.control = ControlClient.for_context(self.ctx)
         problem = await self.control.choose()
         if problem:
             self.helper_failure = self.control.unreachable_failure

@@ -83,9 +83,7 @@ class SNIBlocking(Nettest):
         if self.capture and (why := capture_unavailable()):
             self.warnings.append(f"packet capture unavailable: {why}")
         if self.ctx.helpers:
-            self.control = ControlClient(
-                self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
-            )
+            self.control = ControlClient.for_context(self.ctx)
             if await self.control.choose():
                 self.warnings.append("control helper unreachable: no interception check")
                 await self.control.aclose()

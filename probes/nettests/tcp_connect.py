@@ -98,9 +98,7 @@ class TCPConnect(Nettest):
         if self.capture and (why := capture_unavailable()):
             self.warnings.append(f"packet capture unavailable: {why}")
         if self.ctx.helpers:
-            self.control = ControlClient(
-                self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
-            )
+            self.control = ControlClient.for_context(self.ctx)
             problem = await self.control.choose()
             if problem:
                 # A failed connect cannot be told from a server that is down: verdicts null,

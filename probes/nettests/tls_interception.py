@@ -102,9 +102,7 @@ class TLSInterception(Nettest):
         if not self.ctx.helpers:
             self.warnings.append("no control helper: verdicts are null")
             return
-        self.control = ControlClient(
-            self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
-        )
+        self.control = ControlClient.for_context(self.ctx)
         problem = await self.control.choose()
         if problem:
             self.warnings.append(f"control helper unreachable ({problem}); verdicts are null")

@@ -72,9 +72,7 @@ class WebConnectivity(Nettest):
             )
         except (FingerprintError, OSError) as exc:
             raise SetupError(f"fingerprints: {exc}") from exc
-        self.control = ControlClient(
-            self.ctx.helpers, timeout=self.ctx.timeout, ca_file=self.ctx.ca_file
-        )
+        self.control = ControlClient.for_context(self.ctx)
         self.exit_status = 0
         self.pcap_dir = self.ctx.options.get("pcap_dir")
         opted = self.ctx.options.get("packet_capture", CAPTURE_DEFAULT or bool(self.pcap_dir))
