@@ -179,11 +179,16 @@ def expected_keyword(lab: LabInfo, value: str, where: str = "relay") -> str:
     return "blocked at cn" if planted else "accessible everywhere"
 
 
+def http_keyword_words(lab: LabInfo) -> list[str]:
+    """The demo's http_keyword inputs: the censor's keyword rules and the benign words."""
+    return ["+".join(rule) for rule in lab.scenario.censor.keywords] + list(BENIGN_WORDS)
+
+
 def http_keyword_cells(lab: LabInfo) -> dict[tuple[str, str], str]:
     """(keyword, placement) -> expected finding of the demo's http_keyword job."""
     if not lab.helper_url:
         return {}
-    words = ["+".join(rule) for rule in lab.scenario.censor.keywords] + list(BENIGN_WORDS)
+    words = http_keyword_words(lab)
     return {(w, p): expected_keyword(lab, w, p) for w in words for p in HTTP_PLACEMENTS}
 
 
@@ -252,7 +257,7 @@ isolate = true
 options = {{ channel = "relay", delivery_deadline = 1 }}
 """
     if keywords and lab.helper_url:
-        words = ["+".join(rule) for rule in lab.scenario.censor.keywords] + list(BENIGN_WORDS)
+        words = http_keyword_words(lab)
         window = lab.scenario.censor.residual_seconds + 1  # the probe's, above the censor's
         options = (
             f"{{ placement = {_toml_list(list(HTTP_PLACEMENTS))}, keyword_tries = 2, "
@@ -375,6 +380,7 @@ def run_scheduled(
     `censorscope analyze` over the collector's store."""
     inputs = inputs or scheduled_inputs(lab)
     keywords, _sentence = keyword_inputs(lab)
+    http_cells = http_keyword_cells(lab)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "collector"
     tokens = {v: secrets.token_urlsafe(24) for v in VANTAGES}
@@ -412,7 +418,6 @@ def run_scheduled(
                     start_new_session=True,
                 )
             progress(f"schedule daemon at {v}: pid {daemons[v].pid}, every {interval:g} s")
-        http_cells = http_keyword_cells(lab)
         n_http = len({w for w, _p in http_cells})
         jobs = (JOB_ID, KEYWORD_JOB_ID, *((HTTP_KEYWORD_JOB_ID,) if http_cells else ()))
         want = runs * (len(inputs) + len(keywords) + n_http)
@@ -476,7 +481,7 @@ def run_scheduled(
         keyword_inputs=keywords,
         keyword_findings=read_keyword_findings(out),
         keyword_expected={k: expected_keyword(lab, k) for k in keywords},
-        http_keyword_expected=http_keyword_cells(lab),
+        http_keyword_expected=http_cells,
         isolated=read_isolated(out),
         report=report if report.exists() else None,
     )
