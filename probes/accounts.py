@@ -86,3 +86,22 @@ def load_accounts(cfg: Config, env: Mapping[str, str] = os.environ) -> dict[str,
             url=values.get("url"),
         )
     return out
+
+
+def account_pair(
+    accounts: Mapping[str, Account], sender: str | None, receiver: str | None, channel: str
+) -> tuple[Account, Account]:
+    """The sending and receiving accounts named on the command line; ValueError says which
+    flag is missing or names no account, or that the channel takes none."""
+    if not (sender and receiver):
+        raise ValueError("give both --sender and --receiver (accounts of the config)")
+    if channel != "relay":
+        raise ValueError(
+            f"--sender/--receiver: the {channel} channel names its accounts in its own "
+            "settings; accounts work with --channel relay"
+        )
+    for flag, name in (("--sender", sender), ("--receiver", receiver)):
+        if name not in accounts:
+            known = ", ".join(sorted(accounts)) or "none configured"
+            raise ValueError(f"{flag} {name}: no [accounts.{name}] in the config (known: {known})")
+    return accounts[sender], accounts[receiver]

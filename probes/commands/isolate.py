@@ -188,18 +188,12 @@ def _account_tester(
     cfg: Any, channel: str, sender: str | None, receiver: str | None, ctx: Any, deadline: float
 ) -> Any:
     """A relay tester from one configured account to another (the delivery matrix's cells)."""
-    from probes.accounts import load_accounts
+    from probes.accounts import account_pair, load_accounts
     from probes.channels.relay import RelayChannel
     from probes.nettests.keyword_isolation import DeliveryTester
 
-    if channel != "relay" or not (sender and receiver):
-        raise ValueError("--sender and --receiver go together, with --channel relay")
-    accounts = load_accounts(cfg)
-    for flag, name in (("--sender", sender), ("--receiver", receiver)):
-        if name not in accounts:
-            known = ", ".join(sorted(accounts)) or "none configured"
-            raise ValueError(f"{flag} {name}: no [accounts.{name}] in the config (known: {known})")
-    pair = RelayChannel.between(accounts[sender], accounts[receiver], ctx.helpers, ctx.ca_file)
+    ends = account_pair(load_accounts(cfg), sender, receiver, channel)
+    pair = RelayChannel.between(*ends, ctx.helpers, ctx.ca_file)
     return DeliveryTester(pair, deadline, 0.25)
 
 

@@ -172,25 +172,17 @@ class MessageDelivery(Nettest):
 
     def _accounts(self) -> dict[str, Any]:
         """The sender and receiver accounts named by the options (SetupError if unusable)."""
-        named = {"sender": self.sender_name, "receiver": self.receiver_name}
-        if not any(named.values()):
+        if not (self.sender_name or self.receiver_name):
             return {}
-        if not all(named.values()):
-            raise SetupError("give both --sender and --receiver (accounts of the config)")
-        if self.channel_name != "relay":
-            raise SetupError(
-                f"--sender/--receiver: the {self.channel_name} channel names its accounts in "
-                "its own settings; accounts work with --channel relay"
+        from probes.accounts import account_pair
+
+        try:
+            sender, receiver = account_pair(
+                self.ctx.accounts, self.sender_name, self.receiver_name, self.channel_name
             )
-        ends = {}
-        for role, name in named.items():
-            account = self.ctx.accounts.get(str(name))
-            if account is None:
-                known = ", ".join(sorted(self.ctx.accounts)) or "none configured"
-                raise SetupError(f"--{role} {name}: no [accounts.{name}] in the config "
-                                 f"(known: {known})")  # fmt: skip
-            ends[role] = account
-        return ends
+        except ValueError as exc:
+            raise SetupError(str(exc)) from exc
+        return {"sender": sender, "receiver": receiver}
 
     async def setup(self) -> None:
         self.ends = self._accounts()
