@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,8 +116,14 @@ def forging_rsts(host: str, port: int) -> Iterator[None]:
         raw.sendto(bytes(rst), (syn[IP].src, 0))
 
     bpf = f"tcp and dst host {host} and dst port {port} and tcp[tcpflags] == tcp-syn"
-    sniffer = AsyncSniffer(iface="lo", filter=bpf, prn=forge, store=False, promisc=False)
+    ready = threading.Event()
+    sniffer = AsyncSniffer(
+        iface="lo", filter=bpf, prn=forge, store=False, promisc=False, started_callback=ready.set
+    )
     sniffer.start()
+    # The sniffer's thread compiles the filter and opens its socket after start() returns: on a
+    # loaded machine the probe's SYN could pass before it listens (CI saw no forged RST once).
+    assert ready.wait(30), "the forging sniffer did not start"
     try:
         yield
     finally:
