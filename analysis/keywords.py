@@ -773,3 +773,23 @@ def renamed_vantages(
         return frame.assign(vantage=vantage.astype(frame["vantage"].dtype))
 
     return findings_of(rename(rows), rename(isolations), window, gates)
+
+
+def renamed_partial(part: KeywordPartial, names: Mapping[str, str]) -> KeywordPartial:
+    """The partial with vantages renamed and merged again (publish's `--drop-asn`): equal to
+    counting the renamed rows, so no keyword row is needed."""
+
+    def rename(frame: pd.DataFrame) -> pd.DataFrame:
+        if "vantage" not in frame or frame.empty:
+            return frame
+        vantage = (
+            frame["vantage"]
+            .astype(object)
+            .map(lambda v: names.get(v, v) if isinstance(v, str) else v)
+        )
+        return frame.assign(vantage=vantage.astype(frame["vantage"].dtype))
+
+    renamed = KeywordPartial(
+        rename(part.counts), rename(part.modes), rename(part.evidence), rename(part.isolations)
+    )
+    return merge([renamed])

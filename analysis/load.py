@@ -612,6 +612,8 @@ def load(
         if not Path(root).is_dir():
             raise LoadError(f"{root}: no such results directory")
         loader.add_store(Path(root))
-    for path in ooni:
-        loader.add_ooni(Path(path))
+    from analysis.ooni_bucket import ooni_files
+
+    for path in ooni_files(list(ooni), filters):
+        loader.add_ooni(path)
     return loader.frames()

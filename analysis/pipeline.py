@@ -6,13 +6,14 @@ what to write.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.compare import DEFAULT_WINDOW, Comparison, Gates, compare
-from analysis.keywords import KeywordFindings, findings_of, findings_on_dask
+from analysis.facts import Facts, facts_of
+from analysis.keywords import KeywordFindings, KeywordPartial, findings_of
 from analysis.load import Filters, Loaded, load
 from analysis.verdicts import (
     VERDICT_COLUMNS,
@@ -21,17 +22,28 @@ from analysis.verdicts import (
     describe_fingerprints,
 )
 
+if TYPE_CHECKING:
+    from analysis.engine import Publishing
+    from analysis.publish import Publication
+
 ENGINES = ("pandas", "dask")
 
 
 @dataclass
 class Analysis:
+    """What analyze, report and publish use. `loaded.measurements` holds every row only for
+    the in-process engine; report and publish read `facts`, the comparison and the keyword
+    tables (merged counts), so the distributed engine (analysis.engine) leaves it empty."""
+
     loaded: Loaded
     comparison: Comparison
     gates: Gates | None = None  # the finding gates used; publish recomputes with the same
     fingerprints_used: str = "none"  # analysis.verdicts.describe_fingerprints
     keywords: KeywordFindings | None = None  # per keyword, placement/channel (analysis.keywords)
     window: str | None = DEFAULT_WINDOW
+    facts: Facts = field(default_factory=Facts)  # analysis.facts: for the report and the card
+    keyword_partial: KeywordPartial | None = None  # the keyword counts (publish renames them)
+    publication: Publication | None = None  # rows already redacted/scrubbed/staged by an engine
 
 
 def load_classified(
@@ -62,33 +74,42 @@ def run(
     *,
     engine: str = "pandas",
     window: str | None = DEFAULT_WINDOW,
-    workers: int = 2,
+    workers: int | None = None,
     observations: bool = False,
     gates: Gates | None = None,
+    scheduler: str | None = None,
+    publishing: Publishing | None = None,
 ) -> Analysis:
-    """Load, classify and compare; with engine "dask" the comparison runs over Parquet.
+    """Load, classify and compare: in one process (pandas), or as Dask tasks (analysis.engine:
+    partitions loaded and classified on the workers, reduced to mergeable counts).
 
     The observations frame (one row per DNS answer, connect, handshake, response) is built only
-    when asked: no command writes it, and it costs as much as the verdicts.
+    when asked, by the pandas engine: no command writes it, and it costs as much as the
+    verdicts. `publishing` lets the Dask engine redact, scrub and stage the published rows on
+    its workers (the pandas engine does that in analysis.publish).
     """
+    if engine == "dask":
+        from analysis.engine import run_engine
+
+        return run_engine(
+            results,
+            ooni,
+            filters,
+            fingerprints,
+            window=window,
+            gates=gates,
+            workers=workers,
+            scheduler=scheduler,
+            publishing=publishing,
+        )
+    if engine != "pandas":
+        raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
     classifier = default_classifier(fingerprints)
     used = describe_fingerprints(classifier)
     loaded = load_classified(
         results, ooni, filters, fingerprints, observations=observations, classifier=classifier
     )
-    if engine == "pandas":
-        comparison = compare(loaded.measurements, window, gates)
-        keywords = findings_of(loaded.keyword_rows, loaded.isolations, window, gates)
-        return Analysis(loaded, comparison, gates, used, keywords, window)
-    if engine != "dask":
-        raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
-    from analysis.dask_engine import compare_parquet, local_cluster, write_partitioned
-
-    with tempfile.TemporaryDirectory(prefix="censorscope-dask-") as tmp:
-        write_partitioned(loaded.measurements, Path(tmp))
-        with local_cluster(workers):
-            comparison = compare_parquet(Path(tmp), window, gates)
-            keywords = findings_on_dask(
-                loaded.keyword_rows, loaded.isolations, window, gates, workers
-            )
-    return Analysis(loaded, comparison, gates, used, keywords, window)
+    comparison = compare(loaded.measurements, window, gates)
+    keywords = findings_of(loaded.keyword_rows, loaded.isolations, window, gates)
+    facts = facts_of(loaded.measurements)
+    return Analysis(loaded, comparison, gates, used, keywords, window, facts)

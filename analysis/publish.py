@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Set
+from collections.abc import Callable, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analysis.compare import Gates, compare
-from analysis.keywords import KeywordFindings, renamed_vantages
+from analysis.compare import Gates, Partial, from_partial, partial_counts
+from analysis.facts import Facts, facts_of, period, vantage_names
+from analysis.keywords import KeywordFindings, renamed_partial
+from analysis.keywords import from_partial as keyword_findings
+from analysis.keywords import partial as keyword_partial
 from analysis.keywords import tables as keyword_tables
 from analysis.tables import TABLES, plain, write_csv, write_parquet
 
@@ -84,15 +88,52 @@ def scrub_frame(frame: pd.DataFrame, scrubber: Scrubber | None) -> pd.DataFrame:
     return out
 
 
+def day_of(frame: pd.DataFrame) -> pd.Series:
+    """The `date=` partition of each row (YYYY-MM-DD, or "unknown" without a time)."""
+    return frame["time"].dt.strftime("%Y-%m-%d").fillna("unknown")
+
+
+def write_measurement_part(part: pd.DataFrame, path: Path) -> None:
+    """One `date=/test_name=` partition: its rows in SORT order (stable), no test_name column."""
+    part = part.sort_values(SORT, na_position="first", kind="stable", ignore_index=True)
+    write_parquet(part.drop(columns=["test_name"]), path)
+
+
 def _write_measurements(frame: pd.DataFrame, root: Path) -> list[Path]:
-    frame = frame.sort_values(SORT, na_position="first", kind="stable", ignore_index=True)
-    dates = frame["time"].dt.strftime("%Y-%m-%d").fillna("unknown")
     written = []
-    for (day, test), part in frame.groupby([dates, frame["test_name"]], sort=True):
+    for (day, test), part in frame.groupby([day_of(frame), frame["test_name"]], sort=True):
         path = root / f"date={day}" / f"test_name={test}" / "part-0.parquet"
-        write_parquet(part.drop(columns=["test_name"]), path)
+        write_measurement_part(part, path)
         written.append(path)
     return written
+
+
+@dataclass
+class Publication:
+    """The measurement rows' side of a dataset, prepared by the engine that read them.
+
+    The in-process engine builds it from its frame (`in_memory`); the distributed engine
+    (analysis.engine) redacts and scrubs on the workers, which reduce the published rows to
+    facts and counts and stage them for `write_measurements`: no process holds every row.
+    """
+
+    facts: Facts  # of the published (redacted, scrubbed) rows
+    partial: Partial | None  # their counts, when --drop-asn renamed vantages (else None)
+    drop_asn: frozenset[str]
+    write_measurements: Callable[[Path], list[Path]]
+
+
+def in_memory(result: Analysis, drop_asn: Set[str], scrubber: Scrubber | None) -> Publication:
+    """The publication of an in-process analysis (every measurement a row of its frame)."""
+    loaded = result.loaded.measurements
+    frame = scrub_frame(redact(loaded, drop_asn), scrubber)
+    partial = partial_counts(frame, result.window) if drop_asn else None
+    return Publication(
+        facts_of(frame, loaded),
+        partial,
+        frozenset(drop_asn),
+        lambda root: _write_measurements(frame, root),
+    )
 
 
 def _schema(frame: pd.DataFrame) -> dict[str, Any]:
@@ -101,25 +142,22 @@ def _schema(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _evidence(result: Analysis, frame: pd.DataFrame) -> str:
+def _evidence(result: Analysis, facts: Facts) -> str:
     """The fingerprints actually used, and where the analysis and the probes disagree."""
     out = f"Fingerprints given to the analysis: {result.fingerprints_used}."
-    source = frame["verdict_source"] if "verdict_source" in frame else pd.Series(dtype=object)
-    kept = frame.loc[source == "probe_evidence", "blocking_fingerprint"].dropna()
-    if len(kept):
-        names = ", ".join(sorted({str(n) for n in kept}))
+    kept = sum(facts.kept_fingerprints.values())
+    if kept:
+        names = ", ".join(sorted(facts.kept_fingerprints))
         out += (
-            f" {len(kept)} block page verdicts rest on fingerprints the probes matched "
+            f" {kept} block page verdicts rest on fingerprints the probes matched "
             f"themselves ({names})."
         )
-    matched = frame["fingerprints"].dropna() if "fingerprints" in frame else pd.Series([])
-    if result.fingerprints_used == "none" and not len(kept):
+    if result.fingerprints_used == "none" and not kept:
         out += " No verdict is confirmed by a fingerprint."
-    elif len(matched):
-        out += f" {len(matched)} measurements matched a fingerprint."
-    if "disagreement" in frame:
-        n = int(frame["disagreement"].notna().sum())
-        out += f" {n} re-derived verdicts differ from the probe's (column `disagreement` says why)."
+    elif facts.matched:
+        out += f" {facts.matched} measurements matched a fingerprint."
+    n = facts.disagree
+    out += f" {n} re-derived verdicts differ from the probe's (column `disagreement` says why)."
     return out
 
 
@@ -132,12 +170,10 @@ def _gates(result: Analysis) -> str:
     )
 
 
-def _card(result: Analysis, frame: pd.DataFrame, title: str, licence: str) -> str:
-    period = "unknown"
-    if frame["time"].notna().any():
-        period = f"{frame['time'].min():%Y-%m-%d} to {frame['time'].max():%Y-%m-%d}"
-    vantages = ", ".join(sorted(str(v) for v in frame["vantage"].dropna().unique()))
-    tests = ", ".join(sorted(str(t) for t in frame["test_name"].dropna().unique()))
+def _card(result: Analysis, facts: Facts, title: str, licence: str) -> str:
+    measured = period(facts) or "unknown"
+    vantages = ", ".join(sorted(facts.vantages))
+    tests = ", ".join(sorted(facts.tests))
     findings = result.comparison.findings
     blocked = int(findings["blocked_at"].notna().sum()) if len(findings) else 0
     return f"""# {title}
@@ -145,8 +181,8 @@ def _card(result: Analysis, frame: pd.DataFrame, title: str, licence: str) -> st
 Measurements of Internet censorship made or collected with censorscope, with the findings
 derived from them.
 
-- Period: {period}
-- Measurements: {len(frame)}; nettests: {tests}
+- Period: {measured}
+- Measurements: {facts.n}; nettests: {tests}
 - Vantages: {vantages}
 - Findings (one per input and nettest): {len(findings)}, of which {blocked} blocked at one
   vantage or more
@@ -175,7 +211,7 @@ derived from them.
 ## Method
 
 Verdicts are re-derived from raw observations (web_connectivity: OONI's v0.4 procedure);
-see censorscope's docs/analysis.md. {_evidence(result, frame)}
+see censorscope's docs/analysis.md. {_evidence(result, facts)}
 A finding "blocked at V" needs every gate: {_gates(result)}; a vantage that misses one is only
 "suggestive".
 
@@ -187,7 +223,7 @@ detail were judged at risk. Probe IP addresses are never included.
 
 ## How to cite
 
-{title}, censorscope dataset, {period}. Cite with the SHA256 of `datapackage.json` from
+{title}, censorscope dataset, {measured}. Cite with the SHA256 of `datapackage.json` from
 `SHA256SUMS`.
 """
 
@@ -199,23 +235,16 @@ def _keyword_count(result: Analysis) -> str:
     return f"{len(found)} findings, {int(found['blocked_at'].notna().sum())} filtered somewhere"
 
 
-def _keywords(
-    result: Analysis, measurements: pd.DataFrame, drop_asn: Set[str]
-) -> KeywordFindings | None:
-    """The keyword findings to publish: recomputed when vantage names were redacted."""
+def _keywords(result: Analysis, facts: Facts, drop_asn: Set[str]) -> KeywordFindings | None:
+    """The keyword findings to publish: recounted under the published vantage names when
+    vantages were redacted (from the mergeable keyword counts, not the rows)."""
     if result.keywords is None or not drop_asn:
         return result.keywords
-    loaded = result.loaded
-    names = dict(
-        zip(
-            loaded.measurements["vantage"].astype(str),
-            measurements["vantage"].astype(str),
-            strict=True,
-        )
-    )
-    return renamed_vantages(
-        loaded.keyword_rows, loaded.isolations, names, result.window, result.gates
-    )
+    part = result.keyword_partial
+    if part is None:
+        loaded = result.loaded
+        part = keyword_partial(loaded.keyword_rows, loaded.isolations, result.window)
+    return keyword_findings(renamed_partial(part, vantage_names(facts)), result.gates)
 
 
 def publish(
@@ -229,10 +258,14 @@ def publish(
 ) -> list[Path]:
     """Write the package under OUT; returns every file written (SHA256SUMS last)."""
     out.mkdir(parents=True, exist_ok=True)
-    frame = scrub_frame(redact(result.loaded.measurements, drop_asn), scrubber)
-    comparison = compare(frame, gates=result.gates) if drop_asn else result.comparison
+    publication = result.publication or in_memory(result, drop_asn, scrubber)
+    if publication.drop_asn != frozenset(drop_asn):
+        raise ValueError("the analysis was prepared for publishing with other --drop-asn")
+    comparison = result.comparison
+    if publication.partial is not None:
+        comparison = from_partial(publication.partial, result.gates)
     data_root = out / "data" / "measurements"
-    parts = _write_measurements(frame, data_root)
+    parts = publication.write_measurements(data_root)
     resources: list[dict[str, Any]] = [
         {
             "name": "measurements",
@@ -263,7 +296,7 @@ def publish(
 
     for name in TABLES:
         add_csv(name, getattr(comparison, name))
-    keywords = _keywords(result, frame, drop_asn)
+    keywords = _keywords(result, publication.facts, drop_asn)
     for name, keyword_table in (keyword_tables(keywords) if keywords is not None else {}).items():
         if not keyword_table.empty:  # no keyword measurements (or isolation...): no empty resource
             add_csv(name, keyword_table)
@@ -278,7 +311,9 @@ def publish(
     (out / "datapackage.json").write_text(
         json.dumps(package, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    (out / "README.md").write_text(_card(result, frame, title, licence), encoding="utf-8")
+    (out / "README.md").write_text(
+        _card(result, publication.facts, title, licence), encoding="utf-8"
+    )
     files += [out / "datapackage.json", out / "README.md"]
     sums = "".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"

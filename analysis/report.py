@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from analysis import compare as cmp
+from analysis.facts import cell_states as facts_cell_states
+from analysis.facts import disagreement_table, period
 
 if TYPE_CHECKING:
     from analysis.pipeline import Analysis
@@ -47,24 +49,10 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def cell_states(measurements: pd.DataFrame) -> pd.DataFrame:
-    """(target x vantage) -> the state to colour: the dominant blocking type, else access."""
-    prepared = cmp.prepare(measurements, None)
-    rows = []
-    for (target, vantage), group in prepared.groupby(["target", "vantage"], sort=True):
-        blocked = group.loc[group["blocked"] == 1, "blocking"]
-        decisive = int(group["blocked"].sum() + group["ok"].sum())
-        if decisive and len(blocked) / decisive >= cmp.BLOCKED_SHARE:
-            top = blocked.value_counts().sort_index().idxmax()
-            state = top if top in STATE_COLOURS else "other"
-        elif decisive:
-            state = "accessible"
-        elif group["down"].sum():
-            state = "down"
-        else:
-            state = "inconclusive"
-        rows.append({"target": target, "vantage": vantage, "state": state})
-    return pd.DataFrame(rows, columns=["target", "vantage", "state"])
+def cell_states(result: Analysis) -> pd.DataFrame:
+    """(target x vantage) -> the state to colour: the dominant blocking type, else access
+    (from the merged counts, analysis.facts: no measurement row needed)."""
+    return facts_cell_states(result.facts, set(STATE_COLOURS), cmp.BLOCKED_SHARE)
 
 
 def heatmap(result: Analysis) -> str | None:
@@ -75,7 +63,7 @@ def heatmap(result: Analysis) -> str | None:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    cells = cell_states(result.loaded.measurements)
+    cells = cell_states(result)
     if cells.empty:
         return None
     findings = result.comparison.findings
@@ -154,21 +142,9 @@ def _keywords(result: Analysis) -> str:
 MAX_DISAGREEMENT_ROWS = 50
 
 
-def disagreements(measurements: pd.DataFrame) -> pd.DataFrame:
-    """Measurements whose re-derived verdict differs from the probe's, grouped by the reason."""
-    columns = ["test_name", "orig_blocking", "blocking", "disagreement", "n"]
-    if "disagreement" not in measurements or not measurements["disagreement"].notna().any():
-        return pd.DataFrame([], columns=columns)
-    rows = measurements[measurements["disagreement"].notna()]
-    keys = columns[:-1]
-    table = rows[keys].astype(object).fillna("null").groupby(keys).size().rename("n")
-    return table.reset_index().sort_values(["n", *keys], ascending=[False, True, True, True, True])
-
-
 def _disagreement_section(result: Analysis) -> list[str]:
-    m = result.loaded.measurements
-    table = disagreements(m)
-    kept = int((m["verdict_source"] == "probe_evidence").sum()) if "verdict_source" in m else 0
+    table = disagreement_table(result.facts)
+    kept = result.facts.probe_evidence
     out = ["<h2 id='disagreements'>Where the analysis and the probe disagree</h2>"]
     if kept:
         out.append(
@@ -188,12 +164,10 @@ def _disagreement_section(result: Analysis) -> list[str]:
 
 def render(result: Analysis) -> str:
     """The report as one HTML string."""
-    m = result.loaded.measurements
+    facts = result.facts
     findings = result.comparison.findings
     n_blocked = int(findings["blocked_at"].notna().sum()) if len(findings) else 0
-    period = "no timestamps"
-    if m["time"].notna().any():
-        period = f"{m['time'].min():%Y-%m-%d} to {m['time'].max():%Y-%m-%d}"
+    measured = period(facts) or "no timestamps"
     heat, line = heatmap(result), timeline(result)
     changes = result.comparison.changes
     events = changes[changes["event"].notna()] if len(changes) else changes
@@ -203,8 +177,8 @@ def render(result: Analysis) -> str:
         "<title>censorscope report</title>",
         f"<style>{STYLE}</style></head><body>",
         "<h1>censorscope report</h1>",
-        f"<p id='summary'>{len(m)} measurements from {m['vantage'].nunique()} vantages, "
-        f"{period}; {len(findings)} inputs, <b>{n_blocked} blocked somewhere</b>.</p>",
+        f"<p id='summary'>{facts.n} measurements from {len(facts.vantages)} vantages, "
+        f"{measured}; {len(findings)} inputs, <b>{n_blocked} blocked somewhere</b>.</p>",
         "<h2>Findings</h2>",
         _table(
             findings.sort_values(["blocked", "target"], ascending=[False, True]),

@@ -36,12 +36,34 @@ Ooni = Annotated[
         help="OONI measurements: JSON, JSONL, optionally .gz (repeatable) (default: none).",
     ),
 ]
-Engine = Annotated[str, typer.Option(help="pandas, or dask (extra `dask`, large stores).")]
+Engine = Annotated[
+    str,
+    typer.Option(
+        help="pandas (one process, every row in memory) or dask (load, classify and count as "
+        "Dask tasks: a LocalCluster for large inputs, --scheduler for a cluster; memory bounded "
+        "by partitions and distinct inputs x vantages x windows, not by lines)."
+    ),
+]
 AnalyzeEngine = Annotated[
     str,
     typer.Option(
-        help="pandas; dask (extra `dask`); stream (every core, memory bounded by distinct "
-        "inputs x vantages x windows, not by lines: for millions of measurements)."
+        help="pandas; dask (as for report/publish); stream (analysis.stream: every core of "
+        "this machine, counts only)."
+    ),
+]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        help="--engine dask: address of a running Dask scheduler, tcp://HOST:8786 (inputs, "
+        "--fingerprints and --out on paths every worker sees) (default: a LocalCluster here)."
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="--engine dask: LocalCluster worker processes; 1 runs in this process (default: "
+        "one per core, in this process below 256 MB of input).",
     ),
 ]
 Since = Annotated[str | None, typer.Option(help="First day kept, YYYY-MM-DD (default: the first).")]
@@ -180,14 +202,22 @@ def _report_problems(problems: Sequence[object], n_problems: int) -> None:
         typer.echo(f"censorscope: skipped {n_problems - 20} more malformed lines", err=True)
 
 
-def _analysis(engine: str, src: _Sources) -> Analysis:
-    """Run load + classify + compare in memory (pandas or dask)."""
+def _analysis(
+    engine: str,
+    src: _Sources,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    publishing: Any = None,
+) -> Analysis:
+    """Run load + classify + compare: in memory (pandas), or as Dask tasks (dask)."""
     from analysis.pipeline import ENGINES, run
 
     if engine == "stream":
         fail("--engine stream is for analyze: report and publish need every measurement's row")
     if engine not in ENGINES:
         fail(f"--engine: unknown engine {engine!r} (use {' or '.join(ENGINES)})")
+    if scheduler and engine != "dask":
+        fail("--scheduler: only with --engine dask")
     if engine == "dask":
         try:
             import dask.distributed  # noqa: F401
@@ -202,6 +232,9 @@ def _analysis(engine: str, src: _Sources) -> Analysis:
             engine=engine,
             window=src.window,
             gates=src.gates,
+            scheduler=scheduler,
+            workers=workers,
+            publishing=publishing,
         )
     _report_problems(result.loaded.problems, result.loaded.n_problems)
     return result
@@ -247,14 +280,32 @@ def _summary(
 
 
 def _summary_of(result: Analysis) -> str:
-    m = result.loaded.measurements
     return _summary(
         result.comparison,
-        len(m),
-        m["vantage"].nunique(),
+        result.facts.n,
+        len(result.facts.vantages),
         result.loaded.n_problems,
         result.keywords,
     )
+
+
+@contextmanager
+def _published_rows(
+    engine: str, out: Path, drop_asn: list[str] | None, scrubber: Any
+) -> Iterator[Any]:
+    """For the dask engine: where its workers stage the redacted, scrubbed rows (under OUT)."""
+    if engine != "dask":
+        yield None
+        return
+    from analysis.engine import Publishing, staging_folder
+
+    with staging_folder(out) as staging:
+        yield Publishing(
+            frozenset(drop_asn or ()),
+            tuple(scrubber.addresses),
+            staging,
+            str(out / "data" / "measurements"),
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -276,6 +327,8 @@ def register(app: typer.Typer) -> None:
         min_measurements: MinMeasurements = 3,
         fdr: Fdr = 0.05,
         blocked_share: BlockedShare = 0.5,
+        scheduler: Scheduler = None,
+        workers: Workers = None,
     ) -> None:
         """Compare vantages: findings, per-vantage rates and timelines as Parquet + CSV."""
         from analysis.keywords import write_tables as write_keyword_tables
@@ -293,7 +346,7 @@ def register(app: typer.Typer) -> None:
             )
             keywords = streamed.keywords
         else:
-            result = _analysis(engine, src)
+            result = _analysis(engine, src, scheduler, workers)
             comparison, summary = result.comparison, _summary_of(result)
             keywords = result.keywords
         try:
@@ -321,13 +374,15 @@ def register(app: typer.Typer) -> None:
         min_measurements: MinMeasurements = 3,
         fdr: Fdr = 0.05,
         blocked_share: BlockedShare = 0.5,
+        scheduler: Scheduler = None,
+        workers: Workers = None,
     ) -> None:
         """One self-contained HTML report (plots embedded; opens with no network)."""
         from analysis.report import render
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
         src = _gated(src, min_measurements, fdr, blocked_share)
-        result = _analysis(engine, src)
+        result = _analysis(engine, src, scheduler, workers)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(render(result), encoding="utf-8")
@@ -367,6 +422,8 @@ def register(app: typer.Typer) -> None:
                 "none beyond this host's interface addresses, which always are)."
             ),
         ] = None,
+        scheduler: Scheduler = None,
+        workers: Workers = None,
     ) -> None:
         """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
         from analysis.publish import publish as write_package
@@ -379,14 +436,12 @@ def register(app: typer.Typer) -> None:
                 fail(f"--scrub {address!r}: not an IP address")
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
         src = _gated(src, min_measurements, fdr, blocked_share)
-        result = _analysis(engine, src)
-        options: dict[str, Any] = {
-            "title": title,
-            "licence": licence,
-            "scrubber": Scrubber([*(scrub or ()), *local_addresses()]),
-        }
+        scrubber = Scrubber([*(scrub or ()), *local_addresses()])
+        options: dict[str, Any] = {"title": title, "licence": licence, "scrubber": scrubber}
         try:
-            files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
+            with _published_rows(engine, out, drop_asn, scrubber) as publishing:
+                result = _analysis(engine, src, scheduler, workers, publishing)
+                files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(_summary_of(result))

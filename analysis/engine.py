@@ -1,0 +1,434 @@
+"""The distributed engine: load, classify and count as Dask tasks, from the raw lines on.
+
+Each partition of the input (a store report file, a ~64 MB byte range of a JSONL file cut at
+a line end, a gzip file of OONI's bucket) is one task: a worker reads it, decodes and
+classifies each line (analysis.load + analysis.verdicts) and reduces its rows to mergeable
+tables: compare's counts and blocking modes, the keyword counts, and the report's facts
+(analysis.facts). The client merges these as tasks finish; no process ever holds every row.
+For `publish`, the workers also redact and scrub their rows and stage them by `date=/test_name=`;
+then one task per partition of the dataset sorts and writes it (analysis.publish's layout).
+
+Where it runs: `scheduler="tcp://host:8786"` joins an existing cluster; otherwise a
+LocalCluster of `workers` single-threaded processes (default: every core) when the input is
+large, and the same task function in this process, partition after partition, when it is
+small (`SMALL_BYTES`) or `workers` is 1. Every path gives the same tables, byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.compare import (
+    DEFAULT_WINDOW,
+    Gates,
+    Partial,
+    from_partial,
+    merge_partials,
+    partial_counts,
+)
+from analysis.facts import Facts, facts_of, merge_facts
+from analysis.keywords import KeywordPartial
+from analysis.keywords import from_partial as keyword_findings
+from analysis.keywords import merge as merge_keywords
+from analysis.keywords import partial as keyword_partial
+from analysis.load import Filters, Loaded, Loader
+from analysis.stream import PIECE_BYTES, Piece, _classifier, _Lines, pieces
+from analysis.verdicts import VERDICT_COLUMNS, describe_fingerprints
+from probes.store import LineProblem
+
+# Below this many bytes of input, starting a cluster costs more than it saves.
+SMALL_BYTES = 256 * 1024 * 1024
+# Merge pending partial counts once they hold this many rows (bounded client memory).
+MERGE_ROWS = 2_000_000
+STAGING = ".censorscope-staging"
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """publish's options, applied on the workers (rows redacted and scrubbed where read).
+
+    `staging` must be a folder every worker and the client see at the same path.
+    """
+
+    drop_asn: frozenset[str] = frozenset()
+    scrub: tuple[str, ...] = ()  # addresses removed from every published cell
+    staging: str = ""
+    out: str = ""  # the dataset's data/measurements folder (written by the workers)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every partition's task needs besides its partition (small, pickled once a task)."""
+
+    filters: Filters
+    fingerprints: str | None
+    window: str | None
+    publishing: Publishing | None = None
+
+
+@dataclass
+class PartResult:
+    """A partition reduced: counts and facts, its problems, and what it staged for publish."""
+
+    index: int
+    lines: int
+    rows: int
+    sources: list[str]
+    problems: list[LineProblem]
+    n_problems: int
+    partial: Partial
+    keywords: KeywordPartial
+    facts: Facts
+    published: Facts | None = None
+    published_partial: Partial | None = None
+    staged: list[str] = field(default_factory=list)  # date=/test_name= folders it wrote to
+
+
+_SCRUBBERS: dict[tuple[str, ...], Any] = {}
+
+
+def _scrubber(addresses: tuple[str, ...]) -> Any:
+    """One Scrubber per worker process and address set (built from addresses: picklable)."""
+    if addresses not in _SCRUBBERS:
+        from probes.measurement import Scrubber
+
+        _SCRUBBERS[addresses] = Scrubber(addresses)
+    return _SCRUBBERS[addresses]
+
+
+def process_part(piece: Piece, job: Job) -> PartResult:
+    """Load + classify one partition and reduce it (runs on a worker)."""
+    loader = Loader(
+        job.filters,
+        classifier=_classifier(job.fingerprints),
+        classifier_columns=VERDICT_COLUMNS,
+        observations=False,
+    )
+    lines = _Lines(piece)
+    if piece.store:
+        loader._add_lines(Path(piece.path), lines, vantage=piece.vantage)
+    elif piece.end < 0:
+        # A whole file (gzip, a JSON document): its lines need no offset.
+        loader.add_ooni(Path(piece.path))
+    else:
+        loader._add_lines(Path(piece.path), lines, vantage=None)
+    loaded = loader.frames()
+    frame = loaded.measurements
+    result = PartResult(
+        piece.index,
+        lines.count,
+        len(frame),
+        loaded.sources,
+        loaded.problems,
+        loaded.n_problems,
+        partial_counts(frame, job.window),
+        keyword_partial(loaded.keyword_rows, loaded.isolations, job.window),
+        facts_of(frame),
+    )
+    if job.publishing is not None:
+        _prepare_publication(result, frame, job)
+    return result
+
+
+def _prepare_publication(result: PartResult, frame: pd.DataFrame, job: Job) -> None:
+    """Redact and scrub this partition's rows, reduce them, stage them by date and nettest."""
+    from analysis.publish import day_of, redact, scrub_frame
+
+    publishing = job.publishing
+    assert publishing is not None
+    scrubber = _scrubber(publishing.scrub) if publishing.scrub else None
+    published = scrub_frame(redact(frame, publishing.drop_asn), scrubber)
+    result.published = facts_of(published, frame)
+    if publishing.drop_asn:
+        result.published_partial = partial_counts(published, job.window)
+    root = Path(publishing.staging)
+    for (day, test), part in published.groupby(
+        [day_of(published), published["test_name"]], sort=True
+    ):
+        folder = f"date={day}/test_name={test}"
+        path = root / folder / f"part-{result.index:08d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(part, preserve_index=False).replace_schema_metadata(None)
+        pq.write_table(table, path, compression="zstd")
+        result.staged.append(folder)
+
+
+def _arrow_strings(kind: pa.DataType) -> pd.ArrowDtype | None:
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pd.ArrowDtype(kind)
+    return None
+
+
+def write_staged(
+    staging: str, folder: str, row_offsets: dict[int, int], line_offsets: dict[int, int], out: str
+) -> str:
+    """One partition of the published measurements from the parts the workers staged for it:
+    rows and line numbers made global (offsets of the partitions before), then sorted and
+    written as analysis.publish writes it in one process. Runs on a worker."""
+    from analysis.publish import write_measurement_part
+
+    frames = []
+    for path in sorted((Path(staging) / folder).glob("part-*.parquet")):
+        index = int(path.stem.removeprefix("part-"))
+        part = pq.read_table(path).to_pandas(types_mapper=_arrow_strings)
+        part["row"] += row_offsets.get(index, 0)
+        part["line"] += line_offsets.get(index, 0)
+        frames.append(part)
+    frame = pd.concat(frames, ignore_index=True)
+    # The loader's time type (its tz is datetime.timezone.utc; Parquet reads back a ZoneInfo,
+    # which Arrow records differently in the file's schema).
+    frame["time"] = pd.Series(
+        pd.to_datetime(frame["time"], utc=True), dtype="datetime64[s, UTC]"
+    ).dt.tz_convert(UTC)
+    for name, column in frame.items():
+        # One chunk per column, as the in-process frame has: Parquet pages follow the chunks.
+        if isinstance(column.dtype, pd.ArrowDtype):
+            whole = pa.chunked_array(column.array.__arrow_array__()).combine_chunks()
+            frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(whole), index=frame.index)
+    target = Path(out) / folder / "part-0.parquet"
+    write_measurement_part(frame, target)
+    return str(target)
+
+
+@contextmanager
+def _client(scheduler: str | None, workers: int, processes: bool = True) -> Iterator[Any]:
+    """A Dask client: of the cluster at `scheduler`, or of a LocalCluster started here."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=processes,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@dataclass
+class _Reducer:
+    """Merges partition results as they arrive; keeps per-partition line and row counts."""
+
+    todo: list[Piece]
+    pending: list[Partial] = field(default_factory=list)
+    keywords: list[KeywordPartial] = field(default_factory=list)
+    facts: list[Facts] = field(default_factory=list)
+    published: list[Facts] = field(default_factory=list)
+    published_partials: list[Partial] = field(default_factory=list)
+    results: dict[int, PartResult] = field(default_factory=dict)
+    pending_rows: int = 0
+
+    def add(self, result: PartResult) -> None:
+        self.pending.append(result.partial)
+        self.keywords.append(result.keywords)
+        self.facts.append(result.facts)
+        if result.published is not None:
+            self.published.append(result.published)
+        if result.published_partial is not None:
+            self.published_partials.append(result.published_partial)
+        self.pending_rows += len(result.partial.counts) + len(result.keywords.counts)
+        # Keep what the offsets and problems need; drop the tables (merged below).
+        self.results[result.index] = PartResult(
+            result.index,
+            result.lines,
+            result.rows,
+            result.sources,
+            result.problems,
+            result.n_problems,
+            Partial(pd.DataFrame(), pd.DataFrame()),
+            result.keywords,
+            Facts(),
+            staged=result.staged,
+        )
+        if self.pending_rows > MERGE_ROWS:
+            self.pending = [merge_partials(self.pending)]
+            self.keywords = [merge_keywords(self.keywords)]
+            self.facts = [merge_facts(self.facts)]
+            if self.published_partials:
+                self.published_partials = [merge_partials(self.published_partials)]
+            self.pending_rows = len(self.pending[0].counts) + len(self.keywords[0].counts)
+
+    def offsets(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Per partition: rows of every partition before it, lines before it in its file."""
+        rows: dict[int, int] = {}
+        lines: dict[int, int] = {}
+        row_base = 0
+        line_base: dict[str, int] = {}
+        for piece in self.todo:
+            result = self.results[piece.index]
+            rows[piece.index] = row_base
+            row_base += result.rows
+            base = line_base.get(piece.path, 0)
+            lines[piece.index] = base
+            line_base[piece.path] = base + result.lines
+        return rows, lines
+
+    def loaded(self) -> Loaded:
+        """Problems with exact file:line and the sources, in input order; no measurement row."""
+        _, line_offsets = self.offsets()
+        problems: list[LineProblem] = []
+        n_problems = 0
+        sources: list[str] = []
+        for piece in self.todo:
+            result = self.results[piece.index]
+            n_problems += result.n_problems
+            for problem in result.problems:
+                if len(problems) < Loader.MAX_PROBLEMS_KEPT:
+                    line = problem.line + line_offsets[piece.index]
+                    problems.append(LineProblem(problem.path, line, problem.reason))
+            for source in result.sources:
+                if not sources or sources[-1] != source:
+                    sources.append(source)
+        empty = Loader(Filters(), classifier_columns=VERDICT_COLUMNS, observations=False).frames()
+        return Loaded(
+            measurements=empty.measurements,
+            observations=empty.observations,
+            problems=problems,
+            n_problems=n_problems,
+            sources=sources,
+            keyword_rows=empty.keyword_rows,
+            isolations=empty.isolations,
+        )
+
+
+def _input_bytes(todo: Sequence[Piece]) -> int:
+    total = 0
+    for piece in todo:
+        total += os.path.getsize(piece.path) if piece.end < 0 else piece.end - piece.start
+    return total
+
+
+def run_engine(
+    results: Sequence[Path],
+    ooni: Sequence[Path],
+    filters: Filters,
+    fingerprints: Path | None,
+    *,
+    window: str | None = DEFAULT_WINDOW,
+    gates: Gates | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    publishing: Publishing | None = None,
+    piece_bytes: int = PIECE_BYTES,
+    processes: bool = True,
+) -> Any:
+    """Load, classify and compare as Dask tasks; returns an analysis.pipeline.Analysis.
+
+    `workers`: LocalCluster size (default: every core; 1 runs in this process); ignored with
+    `scheduler`. `processes=False` runs the LocalCluster's workers as threads (tests).
+    """
+    from analysis.ooni_bucket import ooni_files
+    from analysis.pipeline import Analysis
+
+    todo = pieces(list(ooni_files(list(ooni), filters)), results, filters, piece_bytes)
+    job = Job(filters, str(fingerprints) if fingerprints else None, window, publishing)
+    reducer = _Reducer(todo)
+    used = describe_fingerprints(_classifier(job.fingerprints))
+    n_workers = workers or os.cpu_count() or 1
+    local = scheduler is None and (
+        n_workers == 1 or (workers is None and _input_bytes(todo) < SMALL_BYTES)
+    )
+    if local:
+        for piece in todo:
+            reducer.add(process_part(piece, job))
+        publication = _publication(reducer, publishing, None) if publishing else None
+    else:
+        from dask.distributed import as_completed
+
+        with _client(scheduler, n_workers, processes) as client:
+            futures = client.map(process_part, todo, job=job, pure=False)
+            for future in as_completed(futures):
+                reducer.add(future.result())
+                future.release()
+            publication = _publication(reducer, publishing, client) if publishing else None
+    partial = merge_partials(reducer.pending or [_empty_partial(window)])
+    keyword_part = merge_keywords(reducer.keywords or [_empty_keywords(window)])
+    return Analysis(
+        reducer.loaded(),
+        from_partial(partial, gates),
+        gates,
+        used,
+        keyword_findings(keyword_part, gates),
+        window,
+        merge_facts(reducer.facts),
+        keyword_part,
+        publication,
+    )
+
+
+def _empty_partial(window: str | None) -> Partial:
+    empty = Loader(Filters(), classifier_columns=VERDICT_COLUMNS, observations=False).frames()
+    return partial_counts(empty.measurements, window)
+
+
+def _empty_keywords(window: str | None) -> KeywordPartial:
+    empty = Loader(Filters(), classifier_columns=VERDICT_COLUMNS, observations=False).frames()
+    return keyword_partial(empty.keyword_rows, empty.isolations, window)
+
+
+def _publication(reducer: _Reducer, publishing: Publishing, client: Any) -> Any:
+    """Write the dataset's measurement partitions from the staged rows (one task each) and
+    return the Publication that hands them to analysis.publish."""
+    from analysis.publish import Publication
+
+    row_offsets, line_offsets = reducer.offsets()
+    folders = sorted({f for r in reducer.results.values() for f in r.staged})
+    staging, out = publishing.staging, publishing.out
+    if client is None or not folders:
+        paths = [write_staged(staging, f, row_offsets, line_offsets, out) for f in folders]
+    else:
+        k = len(folders)
+        futures = client.map(
+            write_staged,
+            [staging] * k,
+            folders,
+            [row_offsets] * k,
+            [line_offsets] * k,
+            [out] * k,
+            pure=False,
+        )
+        paths = client.gather(futures)
+    written = [Path(p) for p in paths]
+
+    def measurements(root: Path) -> list[Path]:
+        if Path(root).resolve() != Path(out).resolve():
+            raise ValueError(f"the engine wrote the measurements to {out}, not {root}")
+        return written
+
+    partials = reducer.published_partials
+    return Publication(
+        merge_facts(reducer.published),
+        merge_partials(partials) if publishing.drop_asn and partials else None,
+        publishing.drop_asn,
+        measurements,
+    )
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[str]:
+    """A staging folder under the dataset's OUT (shared with the workers when OUT is), removed
+    afterwards (a crash leaves it, named .censorscope-staging-*, never a half dataset file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=STAGING + "-", dir=out))
+    try:
+        yield str(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

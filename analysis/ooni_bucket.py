@@ -1,0 +1,64 @@
+"""Files of a local mirror of OONI's measurement bucket, as OONI lays it out.
+
+OONI publishes raw measurements as `raw/YYYYMMDD/HH/CC/testname/*.jsonl.gz` (s3://ooni-data-eu-fra;
+`testname` is the nettest's name without underscores, e.g. `webconnectivity`, as
+oonidata's dataclient builds the prefix). `--ooni DIR` takes such a tree (or any folder of
+JSON/JSONL files, gzipped or not); date and nettest filters prune it by path before any file is
+opened, as the store's `date=`/`test_name=` layout is pruned.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from datetime import date
+from pathlib import Path
+
+from analysis.load import Filters
+
+SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
+_DAY = re.compile(r"^\d{8}$")
+_HOUR = re.compile(r"^\d{2}$")
+
+
+def bucket_test_name(test_name: str) -> str:
+    """The bucket's folder name of a nettest: `web_connectivity` -> `webconnectivity`."""
+    return test_name.replace("_", "").lower()
+
+
+def _kept(relative: tuple[str, ...], filters: Filters) -> bool:
+    """Whether a file at raw/DAY/HOUR/CC/TEST/... can hold measurements the filters keep."""
+    if len(relative) < 5 or not _DAY.match(relative[0]) or not _HOUR.match(relative[1]):
+        return True  # not the bucket layout: read it and let the loader filter
+    text = relative[0]
+    try:
+        day = date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return True
+    # A measurement is filed under the hour it was uploaded, never before it was made: days
+    # before `since` are pruned; days after `until` can hold late uploads and are read.
+    if filters.since and day < filters.since:
+        return False
+    if filters.test_names:
+        wanted = {bucket_test_name(t) for t in filters.test_names}
+        if relative[3].lower() not in wanted:
+            return False
+    return True
+
+
+def ooni_files(paths: Sequence[Path], filters: Filters | None = None) -> Iterator[Path]:
+    """Each path as given if it is a file; a folder's measurement files in sorted order."""
+    f = filters or Filters()
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            yield path
+            continue
+        for found in sorted(p for p in path.rglob("*") if p.is_file()):
+            if not found.name.endswith(SUFFIXES):
+                continue
+            parts = found.relative_to(path).parts
+            # the bucket's tree below `raw/` (DIR may be the mirror's root or raw/ itself)
+            relative = parts[1:] if parts and parts[0] == "raw" else parts
+            if _kept(relative, f):
+                yield found
