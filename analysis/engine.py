@@ -108,7 +108,42 @@ def _scrubber(addresses: tuple[str, ...]) -> Any:
     return _SCRUBBERS[addresses]
 
 
-def process_part(piece: Piece, job: Job) -> PartResult:
+@dataclass(frozen=True)
+class Partition:
+    """One task's input: a byte range of a large JSONL file, or whole files (store report
+    files, gzip or small OONI files) together up to about the partition size."""
+
+    index: int
+    pieces: tuple[Piece, ...]
+
+
+def partitions(todo: Sequence[Piece], size: int) -> list[Partition]:
+    """Whole files grouped, in input order, until a group reaches `size` bytes; byte ranges
+    alone (each already about `size`)."""
+    out: list[Partition] = []
+    group: list[Piece] = []
+    total = 0
+    for piece in todo:
+        length = _piece_bytes(piece)
+        if piece.end >= 0 or (group and total + length > size):
+            if group:
+                out.append(Partition(len(out), tuple(group)))
+            group, total = [], 0
+        if piece.end >= 0:
+            out.append(Partition(len(out), (piece,)))
+            continue
+        group.append(piece)
+        total += length
+    if group:
+        out.append(Partition(len(out), tuple(group)))
+    return out
+
+
+def _piece_bytes(piece: Piece) -> int:
+    return os.path.getsize(piece.path) if piece.end < 0 else piece.end - piece.start
+
+
+def process_part(part: Partition, job: Job) -> PartResult:
     """Load + classify one partition and reduce it (runs on a worker)."""
     loader = Loader(
         job.filters,
@@ -116,19 +151,22 @@ def process_part(piece: Piece, job: Job) -> PartResult:
         classifier_columns=VERDICT_COLUMNS,
         observations=False,
     )
-    lines = _Lines(piece)
-    if piece.store:
-        loader._add_lines(Path(piece.path), lines, vantage=piece.vantage)
-    elif piece.end < 0:
-        # A whole file (gzip, a JSON document): its lines need no offset.
-        loader.add_ooni(Path(piece.path))
-    else:
-        loader._add_lines(Path(piece.path), lines, vantage=None)
+    lines = 0
+    for piece in part.pieces:
+        if piece.store:
+            loader._add_lines(Path(piece.path), _Lines(piece), vantage=piece.vantage)
+        elif piece.end < 0:
+            # A whole file (gzip, a JSON document): numbered from its first line.
+            loader.add_ooni(Path(piece.path))
+        else:
+            reader = _Lines(piece)
+            loader._add_lines(Path(piece.path), reader, vantage=None)
+            lines = reader.count
     loaded = loader.frames()
     frame = loaded.measurements
     result = PartResult(
-        piece.index,
-        lines.count,
+        part.index,
+        lines,
         len(frame),
         loaded.sources,
         loaded.problems,
@@ -227,7 +265,7 @@ def _client(scheduler: str | None, workers: int, processes: bool = True) -> Iter
 class _Reducer:
     """Merges partition results as they arrive; keeps per-partition line and row counts."""
 
-    todo: list[Piece]
+    todo: list[Partition]
     pending: list[Partial] = field(default_factory=list)
     keywords: list[KeywordPartial] = field(default_factory=list)
     facts: list[Facts] = field(default_factory=list)
@@ -272,13 +310,17 @@ class _Reducer:
         lines: dict[int, int] = {}
         row_base = 0
         line_base: dict[str, int] = {}
-        for piece in self.todo:
-            result = self.results[piece.index]
-            rows[piece.index] = row_base
+        for part in self.todo:
+            result = self.results[part.index]
+            rows[part.index] = row_base
             row_base += result.rows
-            base = line_base.get(piece.path, 0)
-            lines[piece.index] = base
-            line_base[piece.path] = base + result.lines
+            path = part.pieces[0].path if part.pieces[0].end >= 0 else None
+            if path is None:
+                lines[part.index] = 0
+                continue
+            base = line_base.get(path, 0)
+            lines[part.index] = base
+            line_base[path] = base + result.lines
         return rows, lines
 
     def loaded(self) -> Loaded:
@@ -287,12 +329,12 @@ class _Reducer:
         problems: list[LineProblem] = []
         n_problems = 0
         sources: list[str] = []
-        for piece in self.todo:
-            result = self.results[piece.index]
+        for part in self.todo:
+            result = self.results[part.index]
             n_problems += result.n_problems
             for problem in result.problems:
                 if len(problems) < Loader.MAX_PROBLEMS_KEPT:
-                    line = problem.line + line_offsets[piece.index]
+                    line = problem.line + line_offsets[part.index]
                     problems.append(LineProblem(problem.path, line, problem.reason))
             for source in result.sources:
                 if not sources or sources[-1] != source:
@@ -309,11 +351,8 @@ class _Reducer:
         )
 
 
-def _input_bytes(todo: Sequence[Piece]) -> int:
-    total = 0
-    for piece in todo:
-        total += os.path.getsize(piece.path) if piece.end < 0 else piece.end - piece.start
-    return total
+def _input_bytes(todo: Sequence[Partition]) -> int:
+    return sum(_piece_bytes(piece) for part in todo for piece in part.pieces)
 
 
 def run_engine(
@@ -338,7 +377,8 @@ def run_engine(
     from analysis.ooni_bucket import ooni_files
     from analysis.pipeline import Analysis
 
-    todo = pieces(list(ooni_files(list(ooni), filters)), results, filters, piece_bytes)
+    cut = pieces(list(ooni_files(list(ooni), filters)), results, filters, piece_bytes)
+    todo = partitions(cut, piece_bytes)
     job = Job(filters, str(fingerprints) if fingerprints else None, window, publishing)
     reducer = _Reducer(todo)
     used = describe_fingerprints(_classifier(job.fingerprints))
@@ -347,8 +387,8 @@ def run_engine(
         n_workers == 1 or (workers is None and _input_bytes(todo) < SMALL_BYTES)
     )
     if local:
-        for piece in todo:
-            reducer.add(process_part(piece, job))
+        for part in todo:
+            reducer.add(process_part(part, job))
         publication = _publication(reducer, publishing, None) if publishing else None
     else:
         from dask.distributed import as_completed

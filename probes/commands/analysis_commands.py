@@ -39,16 +39,17 @@ Ooni = Annotated[
 Engine = Annotated[
     str,
     typer.Option(
-        help="pandas (one process, every row in memory) or dask (load, classify and count as "
-        "Dask tasks: a LocalCluster for large inputs, --scheduler for a cluster; memory bounded "
-        "by partitions and distinct inputs x vantages x windows, not by lines)."
+        help="dask (load, classify and count as Dask tasks: in this process below 256 MB of "
+        "input, else a LocalCluster, or --scheduler's cluster; memory bounded by partitions and "
+        "distinct inputs x vantages x windows, not by lines) or pandas (one process, every row "
+        "in memory; the same results)."
     ),
 ]
 AnalyzeEngine = Annotated[
     str,
     typer.Option(
-        help="pandas; dask (as for report/publish); stream (analysis.stream: every core of "
-        "this machine, counts only)."
+        help="dask (as for report/publish); pandas; stream (analysis.stream: every core of this "
+        "machine, counts only)."
     ),
 ]
 Scheduler = Annotated[
@@ -222,7 +223,9 @@ def _analysis(
         try:
             import dask.distributed  # noqa: F401
         except ImportError:
-            fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
+            if scheduler or (workers or 1) > 1:
+                fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
+            workers = 1  # the same tasks, one after the other in this process
     with _analysis_errors():
         result = run(
             src.stores,
@@ -316,7 +319,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Directory for the Parquet and CSV tables.")],
         results: Results = None,
         ooni: Ooni = None,
-        engine: AnalyzeEngine = "pandas",
+        engine: AnalyzeEngine = "dask",
         since: Since = None,
         until: Until = None,
         vantage: Vantage = None,
@@ -363,7 +366,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="The HTML file to write.")],
         results: Results = None,
         ooni: Ooni = None,
-        engine: Engine = "pandas",
+        engine: Engine = "dask",
         since: Since = None,
         until: Until = None,
         vantage: Vantage = None,
@@ -396,7 +399,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Directory of the dataset package.")],
         results: Results = None,
         ooni: Ooni = None,
-        engine: Engine = "pandas",
+        engine: Engine = "dask",
         since: Since = None,
         until: Until = None,
         vantage: Vantage = None,
