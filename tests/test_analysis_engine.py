@@ -151,3 +151,73 @@ def test_cli_publish_and_report_on_two_worker_processes(
         outputs[engine] = {**_files(out), "report.html": report.read_bytes()}
         assert not list(out.glob(".censorscope-staging*"))
     assert outputs["dask"] == outputs["pandas"]
+
+
+@needs_data
+def test_cli_on_an_existing_cluster(sources: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    """--scheduler: a scheduler and two worker processes started apart (as on two machines,
+    here on loopback) run the tasks; the dataset equals the in-process one."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m"]
+    procs = [
+        subprocess.Popen(
+            [
+                *dask,
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                ":0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *dask,
+                        "distributed.cli.dask_worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        from dask.distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        stores, ooni = sources
+        args = [arg for s in stores for arg in ("--results", str(s))]
+        args += [arg for o in ooni for arg in ("--ooni", str(o))]
+        outputs = {}
+        for engine, extra in (("pandas", []), ("dask", ["--scheduler", address])):
+            out = tmp_path / engine
+            result = CliRunner().invoke(
+                app, ["publish", *args, "--out", str(out), "--engine", engine, *extra]
+            )
+            assert result.exit_code == 0, result.output
+            outputs[engine] = _files(out)
+        assert outputs["dask"] == outputs["pandas"]
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        deadline = time.monotonic() + 30
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
