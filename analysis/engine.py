@@ -44,6 +44,7 @@ from analysis.keywords import from_partial as keyword_findings
 from analysis.keywords import merge as merge_keywords
 from analysis.keywords import partial as keyword_partial
 from analysis.load import Filters, Loaded, Loader
+from analysis.parquet_input import combine, parquet_files, read_measurements
 from analysis.stream import PIECE_BYTES, Piece, _classifier, _Lines, pieces
 from analysis.verdicts import VERDICT_COLUMNS, describe_fingerprints
 from probes.store import LineProblem
@@ -125,7 +126,8 @@ def partitions(todo: Sequence[Piece], size: int) -> list[Partition]:
     total = 0
     for piece in todo:
         length = _piece_bytes(piece)
-        if piece.end >= 0 or (group and total + length > size):
+        mixed = bool(group) and group[-1].parquet != piece.parquet
+        if piece.end >= 0 or mixed or (group and total + length > size):
             if group:
                 out.append(Partition(len(out), tuple(group)))
             group, total = [], 0
@@ -152,8 +154,11 @@ def process_part(part: Partition, job: Job) -> PartResult:
         observations=False,
     )
     lines = 0
+    parquet: list[pd.DataFrame] = []
     for piece in part.pieces:
-        if piece.store:
+        if piece.parquet:
+            parquet.append(read_measurements(Path(piece.path), job.filters))
+        elif piece.store:
             loader._add_lines(Path(piece.path), _Lines(piece), vantage=piece.vantage)
         elif piece.end < 0:
             # A whole file (gzip, a JSON document): numbered from its first line.
@@ -163,12 +168,12 @@ def process_part(part: Partition, job: Job) -> PartResult:
             loader._add_lines(Path(piece.path), reader, vantage=None)
             lines = reader.count
     loaded = loader.frames()
-    frame = loaded.measurements
+    frame = combine([loaded.measurements, *parquet]) if parquet else loaded.measurements
     result = PartResult(
         part.index,
         lines,
         len(frame),
-        loaded.sources,
+        [*loaded.sources, *(p.path for p in part.pieces if p.parquet)],
         loaded.problems,
         loaded.n_problems,
         partial_counts(frame, job.window),
@@ -312,6 +317,9 @@ class _Reducer:
         line_base: dict[str, int] = {}
         for part in self.todo:
             result = self.results[part.index]
+            if part.pieces[0].parquet:  # rows and lines as stored in the Parquet
+                rows[part.index] = lines[part.index] = 0
+                continue
             rows[part.index] = row_base
             row_base += result.rows
             path = part.pieces[0].path if part.pieces[0].end >= 0 else None
@@ -368,6 +376,7 @@ def run_engine(
     publishing: Publishing | None = None,
     piece_bytes: int = PIECE_BYTES,
     processes: bool = True,
+    parquet: Sequence[Path] = (),
 ) -> Any:
     """Load, classify and compare as Dask tasks; returns an analysis.pipeline.Analysis.
 
@@ -378,6 +387,10 @@ def run_engine(
     from analysis.pipeline import Analysis
 
     cut = pieces(list(ooni_files(list(ooni), filters)), results, filters, piece_bytes)
+    cut += [
+        Piece(len(cut) + i, str(path), 0, -1, parquet=True)
+        for i, path in enumerate(parquet_files(list(parquet), filters))
+    ]
     todo = partitions(cut, piece_bytes)
     job = Job(filters, str(fingerprints) if fingerprints else None, window, publishing)
     reducer = _Reducer(todo)

@@ -79,6 +79,7 @@ def run(
     gates: Gates | None = None,
     scheduler: str | None = None,
     publishing: Publishing | None = None,
+    parquet: Sequence[Path] = (),
 ) -> Analysis:
     """Load, classify and compare: in one process (pandas), or as Dask tasks (analysis.engine:
     partitions loaded and classified on the workers, reduced to mergeable counts).
@@ -101,6 +102,7 @@ def run(
             workers=workers,
             scheduler=scheduler,
             publishing=publishing,
+            parquet=parquet,
         )
     if engine != "pandas":
         raise ValueError(f"unknown engine {engine!r} (use one of {', '.join(ENGINES)})")
@@ -109,6 +111,13 @@ def run(
     loaded = load_classified(
         results, ooni, filters, fingerprints, observations=observations, classifier=classifier
     )
+    if parquet:
+        from analysis.parquet_input import combine, parquet_files, read_measurements
+
+        files = list(parquet_files(parquet, filters))
+        frames = [read_measurements(path, filters) for path in files]
+        loaded.measurements = combine([loaded.measurements, *frames])
+        loaded.sources += [str(path) for path in files]
     comparison = compare(loaded.measurements, window, gates)
     keywords = findings_of(loaded.keyword_rows, loaded.isolations, window, gates)
     facts = facts_of(loaded.measurements)

@@ -52,6 +52,7 @@ class Piece:
     end: int
     vantage: str | None = None  # from the store layout; None for OONI files
     store: bool = False
+    parquet: bool = False  # classified rows (analysis.parquet_input), not lines
 
 
 @dataclass

@@ -221,3 +221,44 @@ def test_cli_on_an_existing_cluster(sources: tuple[list[Path], list[Path]], tmp_
         deadline = time.monotonic() + 30
         for proc in procs:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+
+
+@needs_data
+def test_parquet_input_counts_as_the_lines_it_came_from(
+    sources: tuple[list[Path], list[Path]], tmp_path: Path
+) -> None:
+    """A published dataset's measurements read back (`--parquet`) give the findings of the
+    lines they were published from, on both engines, and both write the same tables."""
+    stores, ooni = sources
+    original = run(stores, ooni, Filters(), None)
+    publish(original, tmp_path / "dataset")
+    measurements = tmp_path / "dataset" / "data" / "measurements"
+    again = run([], [], Filters(), None, parquet=[measurements])
+    for name in TABLES:
+        pd.testing.assert_frame_equal(
+            getattr(again.comparison, name), getattr(original.comparison, name), check_exact=True
+        )
+    assert again.facts.n == original.facts.n
+    tables = {}
+    for engine, extra in (("pandas", []), ("dask", ["--workers", "2"])):
+        out = tmp_path / engine
+        result = CliRunner().invoke(
+            app,
+            [
+                "analyze",
+                "--parquet",
+                str(measurements),
+                "--out",
+                str(out),
+                "--engine",
+                engine,
+                "--since",
+                "2024-03-02",
+                *extra,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        tables[engine] = _files(out)
+    assert tables["dask"] == tables["pandas"]
+    findings = pd.read_csv(tmp_path / "dask" / "findings.csv")
+    assert 0 < findings["n"].sum() < original.comparison.findings["n"].sum()  # --since pruned

@@ -36,6 +36,14 @@ Ooni = Annotated[
         help="OONI measurements: JSON, JSONL, optionally .gz (repeatable) (default: none).",
     ),
 ]
+Parquet = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--parquet",
+        help="Measurements already classified, as Parquet: a published dataset's "
+        "data/measurements folder or files (repeatable) (default: none).",
+    ),
+]
 Engine = Annotated[
     str,
     typer.Option(
@@ -124,6 +132,7 @@ class _Sources:
     fingerprints: Path | None
     window: str | None
     gates: Any = None  # analysis.compare.Gates
+    parquet: tuple[Path, ...] = ()
 
 
 def _sources(
@@ -170,13 +179,30 @@ def _say_missing_fingerprints(folder: Path) -> None:
             )
 
 
-def _gated(src: _Sources, min_measurements: int, fdr: float, blocked_share: float) -> _Sources:
-    """The sources with the finding gates the options chose."""
+def _gated(
+    src: _Sources,
+    min_measurements: int,
+    fdr: float,
+    blocked_share: float,
+    parquet: list[Path] | None = None,
+) -> _Sources:
+    """The sources with the finding gates the options chose (and the Parquet inputs)."""
     from dataclasses import replace
 
     from analysis.compare import Gates
 
-    return replace(src, gates=Gates(min_measurements, fdr, blocked_share))
+    for path in parquet or ():
+        if not path.exists():
+            fail(f"{path}: no such file or directory")
+    stores = src.stores
+    if parquet and stores == [Path("results")] and not src.ooni:
+        stores = []  # --parquet alone: no default store
+    return replace(
+        src,
+        stores=stores,
+        gates=Gates(min_measurements, fdr, blocked_share),
+        parquet=tuple(parquet or ()),
+    )
 
 
 @contextmanager
@@ -238,6 +264,7 @@ def _analysis(
             scheduler=scheduler,
             workers=workers,
             publishing=publishing,
+            parquet=src.parquet,
         )
     _report_problems(result.loaded.problems, result.loaded.n_problems)
     return result
@@ -319,6 +346,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Directory for the Parquet and CSV tables.")],
         results: Results = None,
         ooni: Ooni = None,
+        parquet: Parquet = None,
         engine: AnalyzeEngine = "dask",
         since: Since = None,
         until: Until = None,
@@ -338,8 +366,10 @@ def register(app: typer.Typer) -> None:
         from analysis.tables import write_tables
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
-        src = _gated(src, min_measurements, fdr, blocked_share)
+        src = _gated(src, min_measurements, fdr, blocked_share, parquet)
         if engine == "stream":
+            if src.parquet:
+                fail("--parquet: not with --engine stream (use dask or pandas)")
             streamed = _streamed(src)
             comparison = streamed.comparison
             vantages = streamed.comparison.vantages
@@ -366,6 +396,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="The HTML file to write.")],
         results: Results = None,
         ooni: Ooni = None,
+        parquet: Parquet = None,
         engine: Engine = "dask",
         since: Since = None,
         until: Until = None,
@@ -384,7 +415,7 @@ def register(app: typer.Typer) -> None:
         from analysis.report import render
 
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
-        src = _gated(src, min_measurements, fdr, blocked_share)
+        src = _gated(src, min_measurements, fdr, blocked_share, parquet)
         result = _analysis(engine, src, scheduler, workers)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -399,6 +430,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Directory of the dataset package.")],
         results: Results = None,
         ooni: Ooni = None,
+        parquet: Parquet = None,
         engine: Engine = "dask",
         since: Since = None,
         until: Until = None,
@@ -438,7 +470,7 @@ def register(app: typer.Typer) -> None:
             if not is_ip(address):
                 fail(f"--scrub {address!r}: not an IP address")
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
-        src = _gated(src, min_measurements, fdr, blocked_share)
+        src = _gated(src, min_measurements, fdr, blocked_share, parquet)
         scrubber = Scrubber([*(scrub or ()), *local_addresses()])
         options: dict[str, Any] = {"title": title, "licence": licence, "scrubber": scrubber}
         try:
