@@ -267,6 +267,18 @@ def _client(scheduler: str | None, workers: int, processes: bool = True) -> Iter
 
 
 @dataclass
+class _Seen:
+    """What the client keeps of a finished partition once its tables are merged."""
+
+    lines: int
+    rows: int
+    sources: list[str]
+    problems: list[LineProblem]
+    n_problems: int
+    staged: list[str]
+
+
+@dataclass
 class _Reducer:
     """Merges partition results as they arrive; keeps per-partition line and row counts."""
 
@@ -276,7 +288,7 @@ class _Reducer:
     facts: list[Facts] = field(default_factory=list)
     published: list[Facts] = field(default_factory=list)
     published_partials: list[Partial] = field(default_factory=list)
-    results: dict[int, PartResult] = field(default_factory=dict)
+    results: dict[int, _Seen] = field(default_factory=dict)
     pending_rows: int = 0
 
     def add(self, result: PartResult) -> None:
@@ -289,17 +301,13 @@ class _Reducer:
             self.published_partials.append(result.published_partial)
         self.pending_rows += len(result.partial.counts) + len(result.keywords.counts)
         # Keep what the offsets and problems need; drop the tables (merged below).
-        self.results[result.index] = PartResult(
-            result.index,
+        self.results[result.index] = _Seen(
             result.lines,
             result.rows,
             result.sources,
-            result.problems,
+            result.problems[: Loader.MAX_PROBLEMS_KEPT],
             result.n_problems,
-            Partial(pd.DataFrame(), pd.DataFrame()),
-            result.keywords,
-            Facts(),
-            staged=result.staged,
+            result.staged,
         )
         if self.pending_rows > MERGE_ROWS:
             self.pending = [merge_partials(self.pending)]
