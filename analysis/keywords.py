@@ -693,21 +693,6 @@ def findings_of(
     return from_partial(partial(rows, isolations, window), gates)
 
 
-def findings_on_dask(
-    rows: pd.DataFrame,
-    isolations: pd.DataFrame,
-    window: str | None = cmp.DEFAULT_WINDOW,
-    gates: cmp.Gates | None = None,
-    partitions: int = 2,
-) -> KeywordFindings:
-    """The same on Dask (the dask engine, on the current scheduler): the rows as a Dask frame,
-    the per-test step distributed, the small counts table compared in pandas."""
-    import dask.dataframe as dd
-
-    frame = dd.from_pandas(rows, npartitions=max(1, min(partitions, len(rows) or 1)))
-    return findings_of(frame, isolations, window, gates)
-
-
 def tables(result: KeywordFindings) -> dict[str, pd.DataFrame]:
     """Table name -> frame, in TABLES order."""
     return {
@@ -757,22 +742,6 @@ def summary(result: KeywordFindings | None, shown: int = 10) -> str | None:
     if len(filtered) > shown:
         lines.append(f"  ... {len(filtered) - shown} more filtered keywords")
     return "\n".join(lines)
-
-
-def renamed_vantages(
-    rows: pd.DataFrame,
-    isolations: pd.DataFrame,
-    names: Mapping[str, str],
-    window: str | None = cmp.DEFAULT_WINDOW,
-    gates: cmp.Gates | None = None,
-) -> KeywordFindings:
-    """Keyword findings again with vantages renamed (publish's `--drop-asn` redaction)."""
-
-    def rename(frame: pd.DataFrame) -> pd.DataFrame:
-        vantage = frame["vantage"].astype(object).map(lambda v: names.get(v, v))
-        return frame.assign(vantage=vantage.astype(frame["vantage"].dtype))
-
-    return findings_of(rename(rows), rename(isolations), window, gates)
 
 
 def renamed_partial(part: KeywordPartial, names: Mapping[str, str]) -> KeywordPartial:
