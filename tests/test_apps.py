@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,3 +353,77 @@ def test_ooni_measurements_get_the_verdict_their_keys_imply(
     assert (verdict.blocking, verdict.blocking_detail) == EXPECTED[(name, number)]
     said = anomaly(m["test_name"], tk)
     assert (verdict.blocking not in (False, None)) == bool(said)
+
+
+def test_analysis_reads_ooni_app_measurements_with_their_verdicts() -> None:
+    """analysis.load with the classifier: OONI's real app measurements come out with the
+    verdicts their keys imply, and their queries/connects/handshakes as observations."""
+    from analysis.load import Filters, load
+    from analysis.verdicts import VERDICT_COLUMNS, Classifier
+
+    loaded = load(
+        ooni=[OONI / "other_nettests_real.jsonl", OONI / "spec_examples.jsonl"],
+        filters=Filters(test_names=frozenset(APPS)),
+        classifier=Classifier(),
+        classifier_columns=VERDICT_COLUMNS,
+    )
+    m = loaded.measurements
+    assert len(m) == len(EXPECTED)
+    import pandas as pd
+
+    def value(x: Any) -> Any:
+        return None if pd.isna(x) else x
+
+    got = {
+        (Path(str(r.source)).name, int(r.line)): (value(r.blocking), value(r.blocking_detail))
+        for r in m.itertuples()
+    }
+    want = {k: ("false" if v[0] is False else v[0], v[1]) for k, v in EXPECTED.items()}
+    assert got == want
+    assert set(m["verdict_source"]) == {"rederived"}
+    kinds = set(loaded.observations["kind"])
+    assert {"dns", "tcp", "tls", "http"} <= kinds
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "probes", *args], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_cli_run_then_analyze_report_publish(world: World, tmp_path: Path) -> None:
+    """`censorscope run signal --endpoints F --input SET` stores OONI-shaped measurements
+    (no input: the file's first set), and analyze, report and publish read their verdicts."""
+    results = tmp_path / "results"
+    common = ["--endpoints", str(world.endpoints), "--resolver", world.dns.address]
+    common += ["--ca-file", world.ca.ca_pem_path, "--bogon-exempt", "127.0.0.0/8"]
+    common += ["--timeout", "6", "--results", str(results), "--vantage", "lab"]
+    _cli("run", "signal", "--input", "open", "--input", "nxdomain", *common)
+    _cli("run", "telegram", *common)
+    (path,) = results.glob("raw/date=*/vantage=lab/test_name=signal/*.jsonl")
+    stored = {m["input"]: m for m in map(json.loads, path.read_text().splitlines())}
+    assert {i: m["test_keys"]["blocking_detail"] for i, m in stored.items()} == {
+        "open": None,
+        "nxdomain": "dns.nxdomain",
+    }
+    assert stored["nxdomain"]["test_keys"]["signal_backend_status"] == "blocked"
+    assert stored["open"]["probe_ip"] == "127.0.0.1"
+    (tg,) = results.glob("raw/date=*/vantage=lab/test_name=telegram/*.jsonl")
+    (only,) = map(json.loads, tg.read_text().splitlines())
+    assert only["input"] is None and only["test_keys"]["blocking"] is False
+    out = tmp_path / "tables"
+    _cli("analyze", "--results", str(results), "--out", str(out))
+    import pandas as pd
+
+    table = pd.read_parquet(out / "vantages.parquet")
+    signal = table[table["test_name"] == "signal"].set_index("target")
+    assert signal["blocked"].to_dict() == {"open": 0, "nxdomain": 1}
+    _cli("report", "--results", str(results), "--out", str(tmp_path / "report.html"))
+    assert "signal" in (tmp_path / "report.html").read_text()
+    _cli("publish", "--results", str(results), "--out", str(tmp_path / "dataset"))
+    (part,) = (tmp_path / "dataset" / "data").rglob("test_name=signal/*.parquet")
+    published = pd.read_parquet(part).set_index("input")
+    assert published.loc["nxdomain", "blocking"] == "dns"
+    assert published.loc["nxdomain", "blocking_detail"] == "dns.nxdomain"
