@@ -80,6 +80,14 @@ registration = "{ok}v2/register"
 web = "{reset}"
 endpoints = {json.dumps(ep)}
 
+[[whatsapp]]
+name = "endpoint-hijack"
+source = "loopback"
+prefixes = ["{OK_IP}/32"]
+registration = "{ok}v2/register"
+web = "{ok}"
+endpoints = ["tcpconnect://hijack.app.test:{w.sni_https}"]
+
 [[telegram]]
 name = "open"
 source = "loopback"
@@ -96,6 +104,13 @@ datacenters = {closed_dcs}
 name = "open"
 source = "loopback"
 backend = ["{ok}", "https://chat.app.test:{w.https}/"]
+uptime = "dnslookup://uptime.app.test"
+
+[[signal]]
+name = "verified-elsewhere"
+source = "loopback"
+prefixes = ["{OK_IP}/32"]
+backend = ["{ok}", "https://hijack.app.test:{w.sni_https}/"]
 uptime = "dnslookup://uptime.app.test"
 
 [[signal]]
@@ -136,7 +151,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         zone = {f"{n}.app.test": [OK_IP] for n in names}
         zone |= {f"{n}.fb.test": [OK_IP] for n in names}
         zone |= {f"{BLOCKED_WORD}.app.test": [SNI_IP], "down.app.test": [CLOSED_IP]}
-        zone |= {"elsewhere.fb.test": [ELSEWHERE_IP]}
+        zone |= {"elsewhere.fb.test": [ELSEWHERE_IP], "hijack.app.test": [SNI_IP]}
         dns = thread.start(FakeDNSServer("127.0.62.53", zone=zone, nxdomain=["gone.app.test"]))
         w = World(ca, dns, https.port, http.port, sni.port, closed_port(CLOSED_IP), Path())
         w.endpoints = tmp_path_factory.mktemp("apps") / "apps.toml"
@@ -260,6 +275,22 @@ def test_whatsapp_web_sni_reset(world: World) -> None:
     assert keys["whatsapp_web_failure"] == "connection_reset"
     assert keys["registration_server_status"] == "ok"
     assert _verdict(keys) == ("tls", "tls.sni_reset")
+
+
+def test_answers_outside_the_networks(world: World) -> None:
+    """An endpoint that connects, but at an address outside the app's networks, is DNS
+    blocking (OONI leaves that judgement to its pipeline); an https target whose verified
+    handshake with the name worked there is genuine, whatever its address."""
+    keys = _run(world, "whatsapp", "endpoint-hijack")
+    assert keys["whatsapp_endpoints_status"] == "ok"
+    assert keys["whatsapp_endpoints_dns_inconsistent"] == ["hijack.app.test"]
+    assert _verdict(keys) == ("dns", "dns.inconsistent")
+    keys = _run(world, "signal", "verified-elsewhere")
+    assert [t["x_dns_inconsistent"] for t in keys["x_targets"] if t["role"] == "backend"] == [
+        False,
+        True,
+    ]
+    assert _verdict(keys) == (False, None)
 
 
 def test_first_set_without_input_and_unknown_set(world: World) -> None:

@@ -18,7 +18,10 @@ OONI's:
      failed or an answer is not Facebook's, else ``facebook_X_reachable`` false when the
      connect failed; ``facebook_dns_blocking`` / ``facebook_tcp_blocking`` when any was.
 2. ``analyze(app, test_keys)``: OONI's anomaly (probe-cli's MeasurementSummaryKeys for the
-   app) decides whether the app is blocked; the failing targets say how, by the operation
+   app) decides whether the app is blocked, and so does a DNS answer that is a bogon or
+   outside the app's networks unless a verified handshake with the name proved it genuine
+   (``dns_tampered``: OONI's spec leaves that judgement to its pipeline, ts-018); the failing
+   targets say how, by the operation
    that failed (``x_targets`` in our measurements; in OONI's, inferred from the failure string
    and the stored records):
 
@@ -261,8 +264,26 @@ def _first(verdicts: Iterable[Verdict]) -> Verdict | None:
     return min(found, key=lambda v: PRECEDENCE.index(str(v.blocking)))
 
 
-def _from_targets(app: str, tk: Mapping[str, Any], targets: list[Any]) -> Verdict | None:
-    roles = _blocking_roles(app, tk)
+# Roles recorded and never judged (probe-cli signal.go ignores the uptime lookup).
+IGNORED_ROLES = {"signal": frozenset({"uptime"})}
+
+
+def dns_tampered(app: str, t: Mapping[str, Any]) -> bool:
+    """A target whose answers are a bogon or outside the app's networks, and nothing proved
+    them genuine: OONI's spec leaves the legitimacy of an answer to the pipeline (ts-018), and
+    only a verified TLS handshake with the name (an https target that worked) settles it."""
+    if t.get("role") in IGNORED_ROLES.get(app, frozenset()):
+        return False
+    if not (t.get("x_dns_inconsistent") or t.get("x_bogon")):
+        return False
+    proved = str(t.get("target", "")).startswith("https://") and t.get("failure") is None
+    return not proved
+
+
+def _from_targets(
+    app: str, tk: Mapping[str, Any], targets: list[Any], found: bool
+) -> Verdict | None:
+    roles = _blocking_roles(app, tk) if found else set()
     verdicts = [
         classify(
             t.get("failed_operation"),
@@ -272,7 +293,8 @@ def _from_targets(app: str, tk: Mapping[str, Any], targets: list[Any]) -> Verdic
             control_sni_reached=t.get("x_control_sni_reached"),
         )
         for t in targets
-        if isinstance(t, Mapping) and t.get("role") in roles and _failed(t)
+        if isinstance(t, Mapping)
+        and ((t.get("role") in roles and _failed(t)) or dns_tampered(app, t))
     ]
     return _first(verdicts)
 
@@ -372,15 +394,18 @@ def analyze(app: str, tk: Mapping[str, Any]) -> Verdict:
     found = anomaly(app, tk)
     if found is None:
         return Verdict(None, None, "no app test keys")
+    targets = tk.get("x_targets")
+    if isinstance(targets, list):
+        verdict = _from_targets(app, tk, targets, found)
+    elif found:
+        verdict = _from_ooni_keys(app, tk)
+    else:
+        verdict = None
+    if verdict is not None:
+        return verdict
     if not found:
         return Verdict(False, None, "")
-    targets = tk.get("x_targets")
-    verdict = (
-        _from_targets(app, tk, targets) if isinstance(targets, list) else _from_ooni_keys(app, tk)
-    )
-    if verdict is None:
-        return Verdict("http-failure", "http.failure", "blocked, but no failing step recorded")
-    return verdict
+    return Verdict("http-failure", "http.failure", "blocked, but no failing step recorded")
 
 
 def in_networks(address: str, prefixes: Iterable[Any]) -> bool:
