@@ -4,7 +4,8 @@ Why re-derive: a better heuristic should apply to old data, and OONI's measureme
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
-on), and dnscheck's from probes.nettests.dnscheck_analysis; other nettests keep the verdict
+on), dnscheck's from probes.nettests.dnscheck_analysis, whatsapp's, telegram's, signal's and
+facebook_messenger's from probes.nettests.apps_analysis; other nettests keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -27,6 +28,8 @@ import orjson
 
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
+from probes.nettests.apps_analysis import analyze as analyze_app
+from probes.nettests.apps_endpoints import APPS
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
@@ -139,6 +142,8 @@ class Classifier:
         tk = data.get("test_keys")
         if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
             return rederive_dnscheck(tk)
+        if data.get("test_name") in APPS and isinstance(tk, dict):
+            return rederive_app(str(data["test_name"]), tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -294,6 +299,25 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
             "verdict_source": "probe",
         }
     found = analyze_dnscheck(tk)
+    row: dict[str, Any] = {
+        "blocking": blocking_text(found.blocking),
+        "blocking_detail": found.blocking_detail,
+        "blocking_fingerprint": None,
+        "down": False,
+        "verdict_source": "rederived",
+    }
+    said = (blocking_text(tk.get("blocking")), tk.get("blocking_detail"))
+    if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
+        row["disagreement"] = f"probe said {said[0]} / {said[1]}"
+    return row
+
+
+def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """A messaging-app nettest's verdict from its stored keys (probes.nettests.apps_analysis):
+    OONI's anomaly for the app (probe-cli's summary keys), typed by the failing step, so that
+    OONI's whatsapp, telegram, signal and facebook_messenger measurements, which carry no
+    `blocking`, are judged as ours are."""
+    found = analyze_app(app, tk)
     row: dict[str, Any] = {
         "blocking": blocking_text(found.blocking),
         "blocking_detail": found.blocking_detail,

@@ -19,6 +19,9 @@ stored verdicts are scored against the scenario's truth for that nettest:
 - sni_blocking: the SNI-blocked names and a sample of open ones, `Scenario.sni_truth()`;
 - tls_interception: intercepted, regional-certificate and a sample of open names,
   `Scenario.tls_truth()`;
+- whatsapp, telegram, signal, facebook_messenger: endpoint sets on open domains and sets with
+  one role of the app on a blackholed (tcp.connect_timeout), SNI-reset (tls.sni_reset) or
+  DNS-tampered domain (dns.inconsistent, dns.nxdomain, dns.bogon), `bench.apps_lab`;
 - dnscheck: each SNI-reset domain as a DoH resolver (tls.sni_reset), each blackholed and each
   DNS-blocked domain as a DoT resolver (tcp.connect_timeout; dns.bootstrap_injected,
   _nxdomain, _bogon), and a sample of open names as both (`dnscheck_truth` here), asked for an
@@ -56,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import apps_lab
 from lab import scenario as scenario_mod
 from lab import topology
 from lab.topology import LabInfo
@@ -153,6 +157,30 @@ def dnscheck_truth(scen: scenario_mod.Scenario, open_sample: int | None) -> Trut
     return out
 
 
+def app_args(app: str) -> Callable[[scenario_mod.Scenario], list[str]]:
+    """--endpoints: the app's endpoint sets for this scenario (bench.apps_lab), in a file."""
+
+    def args(scen: scenario_mod.Scenario) -> list[str]:
+        tables, _truth = apps_lab.endpoint_sets(scen, app)
+        fd, path = tempfile.mkstemp(prefix=f"censorscope-{app}-", suffix=".toml")
+        with os.fdopen(fd, "w") as out:
+            out.write(apps_lab.to_toml(app, tables))
+        return ["--endpoints", path]
+
+    return args
+
+
+def _app_spec(app: str) -> NettestSpec:
+    """A messaging app: one measurement per endpoint set, scored on `blocking`."""
+    return NettestSpec(
+        app,
+        ("dns", "tcp_ip", "tls"),
+        lambda s, _n: apps_lab.endpoint_sets(s, app)[1],
+        "blocking",
+        app_args(app),
+    )
+
+
 def dnscheck_args(scen: scenario_mod.Scenario) -> list[str]:
     """The name every resolver is asked for: an open domain of the scenario."""
     names = [n for n in _dnscheck_open_names(scen) if scen.domain(n).block == "none"]
@@ -170,6 +198,7 @@ NETTESTS: dict[str, NettestSpec] = {
         NettestSpec(
             "dnscheck", ("dns", "tcp_ip", "tls"), dnscheck_truth, "blocking", dnscheck_args
         ),
+        *(_app_spec(app) for app in apps_lab.APPS),
     )
 }
 

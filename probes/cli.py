@@ -202,6 +202,13 @@ def run(
             "(repeatable; OONI's default_addrs) (default: none)."
         ),
     ] = None,
+    endpoints: Annotated[
+        Path | None,
+        typer.Option(
+            help="whatsapp, telegram, signal, facebook_messenger: the endpoint list (TOML; "
+            "docs/data-format.md) (default: the bundled testlists/apps.toml)."
+        ),
+    ] = None,
     listen_window: Annotated[
         float | None,
         typer.Option(
@@ -337,6 +344,7 @@ def run(
                 "control_sni": control_sni,
                 "domain": domain,
                 "default_addrs": " ".join(default_addr) if default_addr else None,
+                "endpoints": str(endpoints) if endpoints else None,
                 "packet_capture": packet_capture,
                 "pcap_dir": str(pcap) if pcap else None,
                 "trace_keyword": keyword,
