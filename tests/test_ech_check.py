@@ -381,3 +381,92 @@ def test_residual_round_two_confirms() -> None:
     }
     verdict = analyze(keys)
     assert (verdict.blocking, verdict.blocking_detail) == ("tls", "tls.ech_reset")
+
+
+def test_ooni_echcheck_example_is_judged() -> None:
+    """OONI's echcheck measurement (ooni/spec ts-039, every hello answered): false; the same
+    with its GREASE hello timed out is null (one round confirms nothing), never blocking."""
+    import copy
+    import json
+
+    from analysis.verdicts import Classifier
+    from tests.shared_data import SHARED_DATA
+
+    for line in (SHARED_DATA / "ooni" / "spec_examples.jsonl").read_text().splitlines():
+        data = json.loads(line)
+        if data.get("test_name") == "echcheck":
+            break
+    else:
+        raise AssertionError("no echcheck example")
+    found = analyze(data["test_keys"])
+    assert (found.blocking, found.blocking_detail) == (False, None)
+    assert set(found.per_sni) == {"cloudflare-ech.com", "cloudflare.com"}
+    row = Classifier()(data)
+    assert (row["blocking"], row["verdict_source"]) == ("false", "rederived")
+    cut = copy.deepcopy(data)
+    cut["test_keys"]["tls_handshakes"][1]["failure"] = "generic_timeout_error"
+    assert analyze(cut["test_keys"]).per_sni["cloudflare-ech.com"].blocking is None
+
+
+def _cli(*args: str, check: bool = True) -> Any:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "probes", *args], capture_output=True, text=True, timeout=240
+    )
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_cli_run_then_analyze_report_publish(world: World, tmp_path: Any) -> None:
+    """`censorscope run ech_check` stores OONI-shaped measurements; analyze, report and publish
+    carry its verdicts (re-derived from the handshakes) like any nettest's."""
+    import json
+
+    import pandas as pd
+
+    results = tmp_path / "results"
+    for relay, vantage in (("open", "open"), ("reset", "cn")):
+        _cli(
+            "run",
+            "ech_check",
+            "--input",
+            f"https://{SITE}/",
+            "--resolver",
+            world.dns.address,
+            "--sni-endpoint",
+            f"{RELAY_IPS[relay]}:{world.relays[relay].port}",
+            "--outer-sni",
+            "",
+            "--timeout",
+            "4",
+            "--results",
+            str(results),
+            "--vantage",
+            vantage,
+        )
+    stored = {}
+    for path in results.glob("raw/date=*/vantage=*/test_name=ech_check/*.jsonl"):
+        for m in map(json.loads, path.read_text().splitlines()):
+            stored[path.parent.parent.name] = m
+    assert stored["vantage=open"]["test_keys"]["blocking"] is False
+    cn = stored["vantage=cn"]["test_keys"]
+    assert (cn["blocking"], cn["blocking_detail"]) == ("tls", "tls.ech_reset")
+    refused = _cli(
+        "run", "ech_check", "--input", "http://x.example/", "--results", str(results), check=False
+    )
+    assert refused.returncode == 2 and "https" in refused.stderr
+    out = tmp_path / "tables"
+    _cli("analyze", "--results", str(results), "--out", str(out))
+    table = pd.read_parquet(out / "vantages.parquet")
+    assert set(table["test_name"]) == {"ech_check"}
+    blocked = dict(zip(table["vantage"], table["blocked"], strict=True))
+    assert blocked == {"open": 0, "cn": 1}
+    _cli("report", "--results", str(results), "--out", str(tmp_path / "report.html"))
+    assert "ech_check" in (tmp_path / "report.html").read_text()
+    _cli("publish", "--results", str(results), "--out", str(tmp_path / "dataset"))
+    (part,) = (tmp_path / "dataset" / "data").rglob("test_name=ech_check/*.parquet")
+    published = pd.read_parquet(part)
+    assert set(published["blocking_detail"].dropna()) == {"tls.ech_reset"}

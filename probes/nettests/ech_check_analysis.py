@@ -111,7 +111,22 @@ def sni_verdict(tk: Mapping[str, Any], sni: str) -> Verdict:
     return Verdict("tls", detail, "ECH failed twice while the same SNI without ECH was answered")
 
 
+def from_ooni(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """OONI echcheck's keys (0.2.0, 0.3.0: one round, the kind told by ``echconfig``) in ours:
+    one round cannot confirm a failure, so such a measurement is false or null, never tls."""
+    handshakes = []
+    for e in _entries(tk, "tls_handshakes"):
+        config = e.get("echconfig")
+        kind = "grease" if config == "GREASE" else "real" if config else "none"
+        handshakes.append({**e, "x_ech": kind, "x_round": 1})
+    snis = [str(e.get("outer_server_name") or e.get("server_name")) for e in handshakes]
+    return {**tk, "tls_handshakes": handshakes, "x_outer_sni": list(dict.fromkeys(snis))}
+
+
 def analyze(tk: Mapping[str, Any]) -> Analysis:
+    """The measurement's verdict (ours, or OONI echcheck's keys read by from_ooni)."""
+    if "x_outer_sni" not in tk:
+        tk = from_ooni(tk)
     snis = [str(s) for s in tk.get("x_outer_sni") or []]
     per_sni = {sni: sni_verdict(tk, sni) for sni in snis}
     blocked = [v for v in per_sni.values() if v.blocking not in (False, None)]
