@@ -8,7 +8,7 @@ server's first record: a ServerHello, a HelloRetryRequest or an alert means the 
 through; a reset, a timeout or a closed connection is what a censor leaves.
 
 Formats: RFC 8446 section 4.1.2 (ClientHello) and 4.2 (extensions); the ECH extension and
-ECHConfig are draft-ietf-tls-esni-25 sections 4 and 5, GREASE ECH section 6.2, the inner hello's
+ECHConfig are draft-ietf-tls-esni-22 sections 4 and 5, GREASE ECH section 6.2, the inner hello's
 encoding and padding section 5.1 and 6.1.3; the sealing is HPKE (RFC 9180) through pyhpke.
 """
 
