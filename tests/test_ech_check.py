@@ -230,7 +230,8 @@ def test_open_path_every_hello_answered(world: World) -> None:
     real = [h for h in keys["tls_handshakes"] if h["x_ech"] == "real"]
     assert real[0]["echconfig"] == keys["x_ech_config"]
     assert real[0]["x_inner_server_name"] == SITE
-    assert any(q["query_type"] == "HTTPS" for q in keys["queries"])
+    (https,) = [q for q in keys["queries"] if q["query_type"] == "HTTPS"]
+    assert https["failure"] is None and https["answers"][0]["answer_type"] == "HTTPS"
     assert not any(h["x_round"] == 2 for h in keys["tls_handshakes"])  # nothing to confirm
 
 

@@ -214,7 +214,7 @@ class ECHCheck(Nettest):
         if self.endpoint:
             ip, port = parse_host_port(self.endpoint, port)
             if https_lookup is not None:
-                keys["queries"] = (await https_lookup).queries
+                keys["queries"] = _https_records((await https_lookup).queries)
             return ip, port
         a_lookup = resolve_retrying(
             name,
@@ -225,7 +225,7 @@ class ECHCheck(Nettest):
         )
         if https_lookup is not None:
             a, https = await asyncio.gather(a_lookup, https_lookup)
-            keys["queries"] = a.queries + https.queries
+            keys["queries"] = a.queries + _https_records(https.queries)
         else:
             a = await a_lookup
             keys["queries"] = a.queries
@@ -303,6 +303,18 @@ def _hello_for(
             attempt.server_name, ech_config=config, inner_server_name=name
         )
     return tls_hello.client_hello(attempt.server_name)
+
+
+def _https_records(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The HTTPS lookup's records, a query answered with HTTPS records not failed: the
+    resolver's records judge answers by their addresses (an HTTPS record has none)."""
+    for query in queries:
+        answers = query.get("answers") or []
+        if query.get("failure") == "dns_no_answer" and any(
+            a.get("answer_type") == "HTTPS" for a in answers
+        ):
+            query["failure"] = None
+    return queries
 
 
 def _system_nameserver() -> str | None:
