@@ -317,7 +317,8 @@ class Censor:
         ):
             if matching.host_matches(sni, self.ech_rst):
                 return "ech_rst"
-            if matching.host_matches(sni, self.ech_drop):
+            # An on-path censor cannot drop: the rule then does nothing (and taints nothing).
+            if self.s.censor.mode == "in-path" and matching.host_matches(sni, self.ech_drop):
                 return "ech_drop"
         if sni and "sni" in self.keyword_at and matching.keyword_match(sni, self.keywords):
             return "keyword_sni_rst"

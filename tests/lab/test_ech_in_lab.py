@@ -100,6 +100,9 @@ def test_censor_drops_or_resets_only_hellos_with_ech() -> None:
         censor, tls_hello.client_hello(ECH_OPEN, grease_ech=True).record, 40004, "11.100.0.11"
     )
     assert other.accept
+    on_path = Censor(_scenario("on-path"))
+    passed = _decide(on_path, tls_hello.client_hello(ECH_DROP, grease_ech=True).record, 40005)
+    assert (passed.accept, passed.reason) == (True, "pass")  # nothing to drop, nothing tainted
 
 
 def test_truth_matches_the_inputs_and_on_path_drops_nothing() -> None:
