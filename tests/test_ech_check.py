@@ -20,6 +20,8 @@ import dns.rrset
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lab.matching import ECH_EXTENSION, tls_extensions, tls_sni
 from probes.net import tls_hello
@@ -471,3 +473,37 @@ def test_cli_run_then_analyze_report_publish(world: World, tmp_path: Any) -> Non
     (part,) = (tmp_path / "dataset" / "data").rglob("test_name=ech_check/*.parquet")
     published = pd.read_parquet(part)
     assert set(published["blocking_detail"].dropna()) == {"tls.ech_reset"}
+
+
+# --- hostile input ------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_hostile_ech_config_lists_raise_only_hello_error(data: bytes) -> None:
+    """An HTTPS record's ech value is the network's to choose: parsing it either works or
+    raises HelloError (named in x_ech_config_failure), never anything else."""
+    try:
+        configs = tls_hello.parse_ech_config_list(data)
+    except tls_hello.HelloError:
+        return
+    tls_hello.usable_config(configs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=5, max_size=300))
+def test_hostile_server_answers_are_classified(data: bytes) -> None:
+    """Whatever comes back first is a ServerHello, an alert, 'other', or a HelloError."""
+    try:
+        answer = tls_hello.parse_server_answer(data)
+    except tls_hello.HelloError:
+        return
+    assert answer.kind in ("server_hello", "hello_retry_request", "alert", "other")
+
+
+def test_truncated_server_hello_is_an_unknown_failure() -> None:
+    from probes.nettests.ech_check import _describe_answer
+
+    entry: dict[str, Any] = {}
+    _describe_answer(entry, b"\x16\x03\x03\x00\x06\x02\x00\x00\x02\x03\x03")
+    assert entry["failure"].startswith("unknown_failure: ServerHello: truncated")
