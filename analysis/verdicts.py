@@ -319,7 +319,7 @@ def rederive_ech_check(tk: Mapping[str, Any]) -> dict[str, Any]:
     """ech_check's verdict from its stored handshakes (probes.nettests.ech_check_analysis);
     OONI's echcheck has one round, so it comes out false or null. An input with no handshake
     (DNS failed, abandoned) keeps the probe's verdict."""
-    if not tk.get("tls_handshakes"):
+    if not tk.get("tls_handshakes") and not isinstance(tk.get("control"), dict):
         return {
             "blocking": blocking_text(tk.get("blocking")),
             "blocking_detail": tk.get("blocking_detail"),

@@ -411,6 +411,15 @@ def test_ooni_echcheck_example_is_judged() -> None:
     assert analyze(cut["test_keys"]).per_sni["cloudflare-ech.com"].blocking is None
 
 
+def test_ooni_echcheck_010_control_and_target() -> None:
+    """echcheck 0.1.0 (ts-039's example shape): `control` without ECH, `target` with GREASE."""
+    hs = {"address": "93.184.216.34:443", "server_name": "example.org", "failure": None}
+    found = analyze({"control": hs, "target": hs})
+    assert (found.blocking, list(found.per_sni)) == (False, ["example.org"])
+    cut = analyze({"control": hs, "target": {**hs, "failure": "generic_timeout_error"}})
+    assert cut.blocking is None
+
+
 def _cli(*args: str, check: bool = True) -> Any:
     import subprocess
     import sys

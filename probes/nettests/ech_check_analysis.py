@@ -112,10 +112,17 @@ def sni_verdict(tk: Mapping[str, Any], sni: str) -> Verdict:
 
 
 def from_ooni(tk: Mapping[str, Any]) -> dict[str, Any]:
-    """OONI echcheck's keys (0.2.0, 0.3.0: one round, the kind told by ``echconfig``) in ours:
-    one round cannot confirm a failure, so such a measurement is false or null, never tls."""
+    """OONI echcheck's keys in ours: 0.2.0 and 0.3.0 (``tls_handshakes``, the kind told by
+    ``echconfig``) and 0.1.0 (``control`` without ECH, ``target`` with GREASE, both to the
+    input's name). One round cannot confirm a failure: false or null, never tls."""
+    entries = _entries(tk, "tls_handshakes")
+    if not entries and isinstance(tk.get("control"), Mapping):
+        target = tk.get("target")
+        entries = [tk["control"]]
+        if isinstance(target, Mapping):
+            entries.append({**target, "echconfig": "GREASE"})
     handshakes = []
-    for e in _entries(tk, "tls_handshakes"):
+    for e in entries:
         config = e.get("echconfig")
         kind = "grease" if config == "GREASE" else "real" if config else "none"
         handshakes.append({**e, "x_ech": kind, "x_round": 1})
