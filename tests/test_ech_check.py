@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from lab.matching import ECH_EXTENSION, tls_extensions, tls_sni
 from probes.net import tls_hello
 from probes.nettests.base import ProbeContext
-from probes.nettests.ech_check import ECHCheck, ech_configs_of, target_of
+from probes.nettests.ech_check import ECHCheck, ech_configs_of, https_query_name, target_of
 from probes.nettests.ech_check_analysis import analyze
 from tests.loopback import FakeDNSServer, ServerThread, TestCA
 from tests.loopback.ech_censor import ECHCensorRelay
@@ -210,6 +210,9 @@ def test_inputs() -> None:
     assert target_of("example.org") == ("example.org", 443)
     for bad in ("http://example.org/", "https://1.2.3.4/", ""):
         assert ECHCheck.input_problem(bad) is not None
+    # RFC 9460 section 9.1: the HTTPS record of another port is asked under _PORT._https.
+    assert https_query_name("example.org", 443) == "example.org"
+    assert https_query_name("example.org", 8443) == "_8443._https.example.org"
 
 
 # --- on loopback ---------------------------------------------------------------------------------
