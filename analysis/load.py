@@ -332,7 +332,7 @@ class _Columns:
                     failure=_str(query.get("failure")),
                     t=_seconds(query.get("t")),
                 )
-        for conn in _list(tk.get("tcp_connect")):
+        for conn in [*_list(tk.get("tcp_connect")), *_list(tk.get("tcp_connects"))]:
             if isinstance(conn, dict):
                 status = _dict(conn.get("status"))
                 port = conn.get("port")
@@ -542,7 +542,11 @@ class Loader:
         m["dns_failure"].append(
             _str(tk.get("dns_experiment_failure")) or _str(tk.get("bootstrap_failure"))
         )
-        m["tcp_failure"].append(_first_failure(tk.get("tcp_connect")) or _nested(tk, "tcp_connect"))
+        m["tcp_failure"].append(
+            _first_failure(tk.get("tcp_connect"))
+            or _first_failure(tk.get("tcp_connects"))  # OONI echcheck's name, and ech_check's
+            or _nested(tk, "tcp_connect")
+        )
         m["tls_failure"].append(
             _first_failure(tk.get("tls_handshakes")) or _nested(tk, "tls_handshakes")
         )

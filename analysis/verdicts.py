@@ -5,7 +5,8 @@ the same classification as ours. web_connectivity verdicts come from the probe's
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
 on), dnscheck's from probes.nettests.dnscheck_analysis, whatsapp's, telegram's, signal's and
-facebook_messenger's from probes.nettests.apps_analysis; other nettests keep the verdict
+facebook_messenger's from probes.nettests.apps_analysis, ech_check's (and OONI echcheck's) from
+probes.nettests.ech_check_analysis; other nettests keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -31,6 +32,7 @@ from probes.fingerprints import FingerprintError, Fingerprints
 from probes.nettests.apps_analysis import analyze as analyze_app
 from probes.nettests.apps_endpoints import APPS
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
+from probes.nettests.ech_check_analysis import analyze as analyze_ech_check
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
 
@@ -144,6 +146,8 @@ class Classifier:
             return rederive_dnscheck(tk)
         if data.get("test_name") in APPS and isinstance(tk, dict):
             return rederive_app(str(data["test_name"]), tk)
+        if data.get("test_name") in ECH_TESTS and isinstance(tk, dict):
+            return rederive_ech_check(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -312,12 +316,9 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
-    """A messaging-app nettest's verdict from its stored keys (probes.nettests.apps_analysis):
-    OONI's anomaly for the app (probe-cli's summary keys), typed by the failing step, so that
-    OONI's whatsapp, telegram, signal and facebook_messenger measurements, which carry no
-    `blocking`, are judged as ours are."""
-    found = analyze_app(app, tk)
+def _rederived(found: Any, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of a verdict re-derived from stored keys, with the probe's differing verdict
+    kept as the disagreement."""
     row: dict[str, Any] = {
         "blocking": blocking_text(found.blocking),
         "blocking_detail": found.blocking_detail,
@@ -329,3 +330,29 @@ def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
     if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
         row["disagreement"] = f"probe said {said[0]} / {said[1]}"
     return row
+
+
+def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """A messaging-app nettest's verdict from its stored keys (probes.nettests.apps_analysis):
+    OONI's anomaly for the app (probe-cli's summary keys), typed by the failing step, so that
+    OONI's whatsapp, telegram, signal and facebook_messenger measurements, which carry no
+    `blocking`, are judged as ours are."""
+    return _rederived(analyze_app(app, tk), tk)
+
+
+# Our ech_check and OONI's echcheck (ooni/spec ts-039): the same handshake records.
+ECH_TESTS = ("ech_check", "echcheck")
+
+
+def rederive_ech_check(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """ech_check's verdict from its stored handshakes (probes.nettests.ech_check_analysis);
+    OONI's echcheck has one round, so it comes out false or null. An input with no handshake
+    (DNS failed, abandoned) keeps the probe's verdict."""
+    if not tk.get("tls_handshakes") and not isinstance(tk.get("control"), dict):
+        return {
+            "blocking": blocking_text(tk.get("blocking")),
+            "blocking_detail": tk.get("blocking_detail"),
+            "down": False,
+            "verdict_source": "probe",
+        }
+    return _rederived(analyze_ech_check(tk), tk)

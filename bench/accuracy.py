@@ -26,6 +26,9 @@ stored verdicts are scored against the scenario's truth for that nettest:
   DNS-blocked domain as a DoT resolver (tcp.connect_timeout; dns.bootstrap_injected,
   _nxdomain, _bogon), and a sample of open names as both (`dnscheck_truth` here), asked for an
   open domain of the scenario.
+- ech_check: the names whose ECH hellos the censor drops or resets (`--ech` share of the
+  domains: `ech_drop_sni`, `ech_rst_sni`; tls.ech_dropped, tls.ech_reset) and a sample of open
+  names, `Scenario.ech_truth()`, with ech_check's default extra outer SNI (cloudflare-ech.com).
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -40,7 +43,7 @@ blocked verdicts at the open vantage, zero null verdicts at either vantage; the 
 
     python -m bench.accuracy [--domains 300] [--seed 1] [--loss 0.02] [--nettests a,b]
         [--helper-loss P] [--residual S] [--mode in-path|on-path] [--hops N]
-        [--dns-blockpage SHARE] [--no-fingerprints]
+        [--dns-blockpage SHARE] [--ech SHARE] [--no-fingerprints]
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ DEFAULT_OPEN_SAMPLE = 100
 DEFAULT_RESIDUAL_S = 15.0
 DEFAULT_HOPS = 2
 DEFAULT_DNS_BLOCKPAGE_SHARE = 0.04
+# Domains whose ECH ClientHellos are dropped (half) or reset (half): ech_check's truth.
+DEFAULT_ECH_SHARE = 0.04
+# ech_check's extra outer SNI by default (probes.nettests.ech_check.DEFAULT_OUTER_SNI).
+ECH_OUTER_SNI = ("cloudflare-ech.com",)
 
 Truth = dict[str, dict[str, Any]]
 Verdicts = dict[str, dict[str, Any]]
@@ -199,6 +206,9 @@ NETTESTS: dict[str, NettestSpec] = {
             "dnscheck", ("dns", "tcp_ip", "tls"), dnscheck_truth, "blocking", dnscheck_args
         ),
         *(_app_spec(app) for app in apps_lab.APPS),
+        NettestSpec(
+            "ech_check", ("tls",), lambda s, n: s.ech_truth(open_sample=n, outer_sni=ECH_OUTER_SNI)
+        ),
     )
 }
 
@@ -456,6 +466,7 @@ def report(
     )
     print("  mechanisms: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
     print(f"  TLS: {len(c.intercept_sni)} intercepted, {len(c.regional_cert_sni)} regional cert")
+    print(f"  ECH: {len(c.ech_drop_sni)} dropped, {len(c.ech_rst_sni)} reset by outer SNI")
     report_runs(runs)
     for name, s in scores.items():
         report_nettest(name, s)
@@ -543,6 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="routers between the censored vantage and the censor")  # fmt: skip
     parser.add_argument("--dns-blockpage", type=float, default=DEFAULT_DNS_BLOCKPAGE_SHARE,
                         help="share of domains sent to the block-page server by DNS")  # fmt: skip
+    parser.add_argument("--ech", type=float, default=DEFAULT_ECH_SHARE,
+                        help="share of domains whose ECH hellos are dropped or reset")  # fmt: skip
     parser.add_argument("--no-fingerprints", action="store_true",
                         help="web_connectivity without the block-page fingerprint")  # fmt: skip
     parser.add_argument("--nettests", type=_nettests, default=list(NETTESTS),
@@ -576,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         hops=args.hops,
         dns_blockpage=args.dns_blockpage,
+        ech=args.ech,
     )
     work = Path(tempfile.mkdtemp(prefix="censorscope-accuracy-"))
     results = args.keep or work / "results"

@@ -58,6 +58,7 @@ class Flow:
     pending: dict[int, bytes] = field(default_factory=dict)
     done: bool = False  # inspected enough: pass everything
     killed: bool = False  # reset or answered by the censor: drop the server's packets
+    dropped: bool = False  # silently dropped (ech_drop): the client's packets are dropped too
     last: float = 0.0
 
 
@@ -77,6 +78,8 @@ class Censor:
         self.http_hosts = {d.name for d in scenario.by_block("http_rst")}
         self.blockpage_hosts = {d.name for d in scenario.by_block("blockpage")}
         self.sni = {d.name for d in scenario.by_block("sni_rst")} | set(c.blocked_sni)
+        self.ech_drop = set(c.ech_drop_sni)
+        self.ech_rst = set(c.ech_rst_sni)
         self.keywords = c.keywords
         self.keyword_at = set(c.keyword_placements)
         self.flows: dict[tuple[str, int, str, int], Flow] = {}
@@ -224,7 +227,7 @@ class Censor:
             flow = self.flows[key] = Flow(next_seq=None, last=now)
         flow.last = now
         if flow.killed:
-            return Decision(reason="pass")
+            return Decision(accept=not flow.dropped, reason="pass")
         if flow.done or not pkt.payload:
             if pkt.flags & (RST | FIN):
                 flow.done = True
@@ -237,6 +240,10 @@ class Censor:
             return Decision(reason="pass")
         flow.killed = True
         self.residual[(pkt.src, pkt.dst, pkt.dport)] = now + c.residual_seconds
+        if verdict == "ech_drop":
+            # TSPU-style: nothing forged, the hello and everything after it are dropped.
+            flow.dropped = True
+            return Decision(accept=False, reason=verdict)
         end = pkt.seq + len(pkt.payload)
         to_server = [
             build_tcp(pkt.src, pkt.dst, pkt.sport, pkt.dport, seq, 0, RST, ip_id=self._next_id())
@@ -285,7 +292,8 @@ class Censor:
         return bytes(flow.data)
 
     def _inspect(self, stream: bytes, pkt: Packet) -> str | None:
-        """'http_rst', 'keyword_rst', 'sni_rst', 'keyword_sni_rst', 'blockpage' or None."""
+        """'http_rst', 'keyword_rst', 'sni_rst', 'keyword_sni_rst', 'ech_rst', 'ech_drop',
+        'blockpage' or None."""
         if matching.looks_like_http(stream):
             request_line, host = matching.http_fields(stream)
             path, query = matching.request_target(request_line)
@@ -302,6 +310,16 @@ class Censor:
         sni = matching.tls_sni(stream)
         if sni is not None and matching.host_matches(sni, self.sni):
             return "sni_rst"
+        if (
+            sni is not None
+            and (self.ech_drop or self.ech_rst)
+            and matching.ECH_EXTENSION in (matching.tls_extensions(stream) or ())
+        ):
+            if matching.host_matches(sni, self.ech_rst):
+                return "ech_rst"
+            # An on-path censor cannot drop: the rule then does nothing (and taints nothing).
+            if self.s.censor.mode == "in-path" and matching.host_matches(sni, self.ech_drop):
+                return "ech_drop"
         if sni and "sni" in self.keyword_at and matching.keyword_match(sni, self.keywords):
             return "keyword_sni_rst"
         return None

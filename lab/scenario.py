@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import addresses
+from lab import addresses, ech
 
 # Block kind -> (expected OONI web_connectivity `blocking`, `blocking_detail`, required scheme).
 # The details are the probe's vocabulary (docs/methodology.md), i.e. the evidence a probe at the
@@ -126,6 +126,11 @@ class Censor:
     # Where on-path keyword rules look (KEYWORD_PLACEMENTS); the default is the historical
     # request line and Host only, so older scenarios keep their meaning.
     keyword_placements: tuple[str, ...] = ("path", "query", "host")
+    # ClientHellos carrying the ECH extension (0xfe0d) whose outer SNI is one of these names
+    # (or a subdomain) are dropped silently (in-path only), or reset, like Russia's TSPU with
+    # cloudflare-ech.com; the same names without ECH pass (ech_check's lab behaviour).
+    ech_drop_sni: tuple[str, ...] = ()
+    ech_rst_sni: tuple[str, ...] = ()
 
     def blockpage_html(self) -> bytes:
         """The national block page as served (by the censor or its block-page server)."""
@@ -261,6 +266,39 @@ class Scenario:
             out[name] = _expect(_OPEN, self.domain(name).block)
         return out
 
+    def ech_truth(
+        self, open_sample: int | None = None, outer_sni: tuple[str, ...] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """Name -> expected ech_check verdict at the censored vantage.
+
+        A name whose TLS goes through untouched is sent as the outer SNI of its own hellos,
+        with each of ``outer_sni`` (ech_check's extra outer names) and, for an https site,
+        with its ECHConfig's public name (lab.ech): ``tls.ech_reset`` when one of them is in
+        ``ech_rst_sni``, ``tls.ech_dropped`` when in ``ech_drop_sni`` (in-path only: an on-path
+        censor drops nothing). Every such blocked name, and ``open_sample`` (all when None) of
+        the others: not blocked.
+        """
+        in_path = self.censor.mode == "in-path"
+        drop = set(self.censor.ech_drop_sni) if in_path else set()
+        rst = set(self.censor.ech_rst_sni)
+
+        def verdict(name: str) -> tuple[str | bool, str | None]:
+            # An https site publishes an ECHConfig (lab.ech): its public name is sent too.
+            public = (ech.PUBLIC_NAME,) if self.domain(name).scheme == "https" else ()
+            for outer in (name, *outer_sni, *public):
+                if matches(outer, rst):
+                    return ("tls", "tls.ech_reset")
+                if matches(outer, drop):
+                    return ("tls", "tls.ech_dropped")
+            return _OPEN
+
+        names = self._tls_open_names()
+        out = {n: _expect(verdict(n), "ech") for n in names if verdict(n) != _OPEN}
+        rest = [n for n in names if n not in out]
+        for name in _sample(rest, open_sample, self.name):
+            out[name] = _expect(_OPEN, self.domain(name).block)
+        return out
+
     def _tls_open_names(self) -> list[str]:
         """Names whose handshake reaches their own server, certificate untouched, at cn."""
         special = set(self.tls_sni_names()) | set(self.censor.blocked_sni)
@@ -268,6 +306,11 @@ class Scenario:
 
     def to_toml(self) -> str:
         return _to_toml(self)
+
+
+def matches(name: str, names: set[str]) -> bool:
+    """``name`` is one of ``names`` or a subdomain of one (as the censor matches SNI)."""
+    return any(name == n or name.endswith("." + n) for n in names)
 
 
 def _expect(verdict: tuple[str | bool | None, str | None], mechanism: str) -> dict[str, Any]:
@@ -428,6 +471,8 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         regional_cert_sni=tuple(
             s.lower() for s in _string_list(c, "regional_cert_sni", source, "censor")
         ),
+        ech_drop_sni=tuple(s.lower() for s in _string_list(c, "ech_drop_sni", source, "censor")),
+        ech_rst_sni=tuple(s.lower() for s in _string_list(c, "ech_rst_sni", source, "censor")),
     )
 
     f = data.get("faults", {})
@@ -583,6 +628,8 @@ def _to_toml(s: Scenario) -> str:
         "intercept_sni",
         "regional_cert_sni",
         "keyword_placements",
+        "ech_drop_sni",
+        "ech_rst_sni",
     ):
         value = getattr(c, key)
         if key == "keywords":
@@ -660,6 +707,20 @@ def _tls_shares(
     return {k: v for k, v in out.items() if v}
 
 
+def _ech_shares(
+    raw: list[dict[str, Any]], seed: int, n: int, censor: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Accessible names whose ECH hellos the censor drops (half) or resets (the rest)."""
+    if n <= 0:
+        return {}
+    taken = {*censor.get("intercept_sni", ()), *censor.get("regional_cert_sni", ())}
+    pool = [r["name"] for r in raw if r["block"] == "none" and r["name"] not in taken]
+    picked = random.Random(f"ech:{seed}").sample(pool, min(len(pool), n))
+    half = (len(picked) + 1) // 2
+    out = {"ech_drop_sni": picked[:half], "ech_rst_sni": picked[half:]}
+    return {k: v for k, v in out.items() if v}
+
+
 def generate(
     n_domains: int,
     seed: int,
@@ -673,6 +734,7 @@ def generate(
     mode: str = "in-path",
     hops: int = 0,
     dns_blockpage: float = 0.0,
+    ech: float = 0.0,
 ) -> Scenario:
     """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
 
@@ -682,6 +744,9 @@ def generate(
     a random generator of their own: with both 0 the scenario is exactly the one before.
     `dns_blockpage` adds that share of DNS-redirected block pages to the mix (0 keeps the
     domains as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
+    `ech`: that share of the accessible domains (none of the TLS shares) has its ECH
+    ClientHellos dropped (half, `ech_drop_sni`) or reset (`ech_rst_sni`), by a generator of its
+    own; no other nettest's truth changes (their hellos carry no ECH).
     """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
@@ -709,6 +774,7 @@ def generate(
         "hops": hops,
     }
     censor |= _tls_shares(raw, seed, round(intercept * n_domains), round(regional_cert * n_domains))
+    censor |= _ech_shares(raw, seed, round(ech * n_domains), censor)
     data = {
         "lab": {
             "name": f"generated-{n_domains}-{seed}",

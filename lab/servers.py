@@ -34,7 +34,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from lab import addresses, matching
+from lab import addresses, ech, matching
 from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 from lab.http_head import HTML, response_head
@@ -100,6 +100,8 @@ class Zone:
             reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", d.a))
         elif q.rdtype == dns.rdatatype.AAAA:
             reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "AAAA", d.aaaa))
+        elif q.rdtype == dns.rdatatype.HTTPS and d.scheme == "https":
+            reply.answer.append(ech.https_rrset(q.name, d.name))  # ech_check's real ECH
         return reply.to_wire()
 
 

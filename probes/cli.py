@@ -185,7 +185,15 @@ def run(
         ),
     ] = None,
     sni_endpoint: Annotated[
-        str | None, typer.Option(help="sni_blocking: IP:PORT to handshake with (default: DNS).")
+        str | None,
+        typer.Option(help="sni_blocking, ech_check: IP:PORT to handshake with (default: DNS)."),
+    ] = None,
+    outer_sni: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ech_check: an outer SNI tried besides the name and the ECHConfig's "
+            "public_name (repeatable; '' for none) (default: cloudflare-ech.com)."
+        ),
     ] = None,
     control_sni: Annotated[
         str | None,
@@ -342,6 +350,7 @@ def run(
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
+                "outer_sni": " ".join(outer_sni) if outer_sni is not None else None,
                 "domain": domain,
                 "default_addrs": " ".join(default_addr) if default_addr else None,
                 "endpoints": str(endpoints) if endpoints else None,

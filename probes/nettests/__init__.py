@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "telegram": "probes.nettests.apps:Telegram",
     "signal": "probes.nettests.apps:Signal",
     "facebook_messenger": "probes.nettests.apps:FacebookMessenger",
+    "ech_check": "probes.nettests.ech_check:ECHCheck",
 }
 
 
