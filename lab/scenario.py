@@ -126,6 +126,14 @@ class Censor:
     # Where on-path keyword rules look (KEYWORD_PLACEMENTS); the default is the historical
     # request line and Host only, so older scenarios keep their meaning.
     keyword_placements: tuple[str, ...] = ("path", "query", "host")
+    # QUIC (lab.quic_censor): Initials naming these SNIs get their flow dropped for
+    # quic_residual_seconds, per quic_residual_scope ("triple" or "flow"); the sites serve
+    # QUIC/HTTP3 on UDP 443 of their IPv4 addresses when quic_servers (on whenever a name is
+    # blocked).
+    quic_blocked_sni: tuple[str, ...] = ()
+    quic_residual_seconds: float = 180.0
+    quic_residual_scope: str = "triple"
+    quic_servers: bool = False
 
     def blockpage_html(self) -> bytes:
         """The national block page as served (by the censor or its block-page server)."""
@@ -353,6 +361,23 @@ def _keywords(table: dict[str, Any], source: str, where: str) -> tuple[tuple[str
     return tuple(keywords)
 
 
+QUIC_FIELDS = ("quic_blocked_sni", "quic_residual_seconds", "quic_residual_scope", "quic_servers")
+
+
+def _quic_fields(c: dict[str, Any], source: str) -> dict[str, Any]:
+    """The [censor] table's QUIC rule (lab.quic_censor), validated."""
+    names = tuple(s.lower() for s in _string_list(c, "quic_blocked_sni", source, "censor"))
+    seconds = _get(c, "quic_residual_seconds", float, 180.0, source, "censor")
+    if seconds < 0:
+        raise _err(source, "censor.quic_residual_seconds", "must be >= 0")
+    scope = _get(c, "quic_residual_scope", str, "triple", source, "censor")
+    if scope not in ("triple", "flow"):
+        raise _err(source, "censor.quic_residual_scope", f"expected triple or flow, got {scope!r}")
+    servers = _get(c, "quic_servers", bool, bool(names), source, "censor")
+    return {"quic_blocked_sni": names, "quic_residual_seconds": seconds,
+            "quic_residual_scope": scope, "quic_servers": servers or bool(names)}  # fmt: skip
+
+
 def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Build a Scenario from parsed TOML, validating every field."""
     known = {"lab", "censor", "faults", "domain", "platform"}
@@ -428,6 +453,7 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         regional_cert_sni=tuple(
             s.lower() for s in _string_list(c, "regional_cert_sni", source, "censor")
         ),
+        **_quic_fields(c, source),
     )
 
     f = data.get("faults", {})
@@ -583,6 +609,7 @@ def _to_toml(s: Scenario) -> str:
         "intercept_sni",
         "regional_cert_sni",
         "keyword_placements",
+        *QUIC_FIELDS,
     ):
         value = getattr(c, key)
         if key == "keywords":
@@ -673,6 +700,7 @@ def generate(
     mode: str = "in-path",
     hops: int = 0,
     dns_blockpage: float = 0.0,
+    quic_sni: float = 0.0,
 ) -> Scenario:
     """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
 
@@ -682,6 +710,8 @@ def generate(
     a random generator of their own: with both 0 the scenario is exactly the one before.
     `dns_blockpage` adds that share of DNS-redirected block pages to the mix (0 keeps the
     domains as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
+    `quic_sni` is the share of n_domains put in `quic_blocked_sni` (accessible domains, by a
+    generator of its own; 0 serves no QUIC and keeps the scenario as before).
     """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
@@ -709,6 +739,11 @@ def generate(
         "hops": hops,
     }
     censor |= _tls_shares(raw, seed, round(intercept * n_domains), round(regional_cert * n_domains))
+    if quic_sni > 0:
+        taken = {*censor.get("intercept_sni", ()), *censor.get("regional_cert_sni", ())}
+        pool = [r["name"] for r in raw if r["block"] == "none" and r["name"] not in taken]
+        count = min(len(pool), max(1, round(quic_sni * n_domains)))
+        censor["quic_blocked_sni"] = random.Random(f"quic:{seed}").sample(pool, count)
     data = {
         "lab": {
             "name": f"generated-{n_domains}-{seed}",

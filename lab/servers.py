@@ -34,7 +34,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from lab import addresses, matching
+from lab import addresses, matching, quic_server
 from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 from lab.http_head import HTML, response_head
@@ -433,6 +433,7 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
     servers.append(
         await asyncio.start_server(platform.handle, host=None, port=addresses.PLATFORM_PORT)
     )
+    quic = await quic_server.serve_sites(scen, state)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -442,6 +443,8 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
         s.close()
     for t in transports:
         t.close()
+    for q in quic:
+        q.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,11 +185,14 @@ def run(
         ),
     ] = None,
     sni_endpoint: Annotated[
-        str | None, typer.Option(help="sni_blocking: IP:PORT to handshake with (default: DNS).")
+        str | None,
+        typer.Option(help="sni_blocking, quic_sni: IP:PORT to handshake with (default: DNS)."),
     ] = None,
     control_sni: Annotated[
         str | None,
-        typer.Option(help="sni_blocking, dnscheck: the control SNI (default: example.com)."),
+        typer.Option(
+            help="sni_blocking, dnscheck, quic_sni: the control SNI (default: example.com)."
+        ),
     ] = None,
     domain: Annotated[
         str | None,
@@ -226,7 +229,8 @@ def run(
         float | None,
         typer.Option(
             min=0.0,
-            help="http_keyword: seconds a triggered endpoint stays tainted (default: 90).",
+            help="http_keyword, quic_sni: seconds a triggered endpoint stays tainted "
+            "(default: 90; quic_sni 180).",
         ),
     ] = None,
     keyword_tries: Annotated[
