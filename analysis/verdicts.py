@@ -4,7 +4,8 @@ Why re-derive: a better heuristic should apply to old data, and OONI's measureme
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
-on), and dnscheck's from probes.nettests.dnscheck_analysis; other nettests keep the verdict
+on), dnscheck's from probes.nettests.dnscheck_analysis and quic_sni's from
+probes.nettests.quic_sni_analysis; other nettests keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -28,6 +29,7 @@ import orjson
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
+from probes.nettests.quic_sni_analysis import analyze as analyze_quic_sni
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
 
@@ -139,6 +141,8 @@ class Classifier:
         tk = data.get("test_keys")
         if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
             return rederive_dnscheck(tk)
+        if data.get("test_name") == "quic_sni" and isinstance(tk, dict):
+            return rederive_quic_sni(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -294,6 +298,30 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
             "verdict_source": "probe",
         }
     found = analyze_dnscheck(tk)
+    row: dict[str, Any] = {
+        "blocking": blocking_text(found.blocking),
+        "blocking_detail": found.blocking_detail,
+        "blocking_fingerprint": None,
+        "down": False,
+        "verdict_source": "rederived",
+    }
+    said = (blocking_text(tk.get("blocking")), tk.get("blocking_detail"))
+    if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
+        row["disagreement"] = f"probe said {said[0]} / {said[1]}"
+    return row
+
+
+def rederive_quic_sni(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """quic_sni's verdict from its stored handshakes (probes.nettests.quic_sni_analysis, the
+    probe's own pure function); an abandoned input (no handshakes) keeps the probe's null."""
+    if not isinstance(tk.get("quic_handshakes"), list) or not tk["quic_handshakes"]:
+        return {
+            "blocking": blocking_text(tk.get("blocking")),
+            "blocking_detail": _text(tk.get("blocking_detail")),
+            "down": False,
+            "verdict_source": "probe",
+        }
+    found = analyze_quic_sni(tk)
     row: dict[str, Any] = {
         "blocking": blocking_text(found.blocking),
         "blocking_detail": found.blocking_detail,

@@ -5,6 +5,7 @@ RFC 9001's test vector, and the lab censor's decisions on built packets."""
 
 from __future__ import annotations
 
+import os
 import time
 import tomllib
 from collections.abc import Iterator
@@ -217,3 +218,32 @@ def test_analysis_counts_only_timeouts() -> None:
     assert analyze({"quic_handshakes": [control, timeout]}).blocking is None  # one round
     assert analyze({"quic_handshakes": []}).blocking is None
     assert analyze({"quic_handshakes": "junk"}).blocking is None
+
+
+def test_run_and_analysis_rederive_quic_sni(world: World, tmp_path: Path) -> None:
+    """`censorscope run quic_sni` stores the measurement; the analysis loads its handshakes as
+    quic observations and judges it again with the same rules (the stored verdict kept)."""
+    import subprocess
+    import sys
+
+    from analysis.load import load
+    from analysis.verdicts import VERDICT_COLUMNS, Classifier
+
+    relay = world.relay(scope="flow")
+    results = tmp_path / "results"
+    argv = [sys.executable, "-m", "probes", "run", "quic_sni", "--input", SITE,
+            "--input", OTHER, "--sni-endpoint", f"{HOST}:{relay.port}",
+            "--ca-file", world.ca_file, "--results", str(results), "--timeout", "10",
+            "--no-progress"]  # fmt: skip
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]  # 3: no control helper
+    loaded = load(results=[results], classifier=Classifier(), classifier_columns=VERDICT_COLUMNS)
+    m = loaded.measurements.set_index("input")
+    assert m.loc[SITE, "blocking"] == "quic" and m.loc[SITE, "orig_blocking"] == "quic"
+    assert m.loc[SITE, "blocking_detail"] == SNI_BLOCKED
+    assert m.loc[OTHER, "blocking"] == "false"
+    assert set(m["verdict_source"]) == {"rederived"}
+    obs = loaded.observations
+    quic = obs[obs["kind"] == "quic"]
+    assert len(quic) == 2 * ROUNDS + 2 and set(quic["server_name"]) == {SITE, OTHER, "example.com"}
