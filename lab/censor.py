@@ -48,6 +48,9 @@ class Decision:
     forged: list[bytes] = field(default_factory=list)
     delay_s: float = 0.0
     reason: str = ""
+    # Dropped even by an on-path censor: the QUIC rule's blocks are applied by a router on
+    # the path (UDP has no reset to race), as the GFW does for QUIC.
+    in_path: bool = False
 
 
 @dataclass
@@ -150,9 +153,10 @@ class Censor:
         if from_cn:
             flow = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
             verdict = self.quic.from_client(flow, pkt.payload, now)
-            return Decision(accept=verdict == "pass", reason=verdict)
+            return Decision(accept=verdict == "pass", reason=verdict, in_path=True)
         accept = self.quic.from_server((pkt.dst, pkt.dport, pkt.src, pkt.sport), now)
-        return Decision(accept=accept, reason="other" if accept else "quic_residual_server")
+        reason = "other" if accept else "quic_residual_server"
+        return Decision(accept=accept, reason=reason, in_path=True)
 
     # -- DNS -----------------------------------------------------------------------------
     def _dns(self, pkt: Packet) -> Decision:
