@@ -25,7 +25,9 @@ stored verdicts are scored against the scenario's truth for that nettest:
   open domain of the scenario;
 - quic_sni: the names in the censor's `quic_blocked_sni` (`--quic-sni` share of the domains,
   drawn when quic_sni is scored; the censor drops their QUIC flows per triple for 180 s:
-  quic.sni_blocked) and a sample of open names (`quic_truth` here).
+  quic.sni_blocked), a third as many whose address has UDP 443 dropped (`quic_blocked_ip`:
+  quic.all_blocked, known by the helper's QUIC handshake), and a sample of open names
+  (`quic_truth` here).
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -172,7 +174,10 @@ def quic_truth(scen: scenario_mod.Scenario, open_sample: int | None) -> Truth:
     open names whose DNS and TLS are untouched (dnscheck's, which the QUIC rule spares)."""
     blocked = set(scen.censor.quic_blocked_sni)
     out = {n: _truth(("quic", "quic.sni_blocked"), "quic_sni") for n in sorted(blocked)}
-    names = [n for n in _dnscheck_open_names(scen) if n not in blocked]
+    by_ip = set(scen.censor.quic_blocked_ip)
+    out |= {d.name: _truth(("quic", "quic.all_blocked"), "quic_ip")
+            for d in scen.domains if d.a in by_ip}  # fmt: skip
+    names = [n for n in _dnscheck_open_names(scen) if n not in out]
     if open_sample is not None and len(names) > open_sample:
         step = len(names) / open_sample
         names = [names[int(i * step)] for i in range(open_sample)]

@@ -26,6 +26,8 @@ from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 
 PORT = 443
+# What the sites' HTTPS responses advertise (RFC 7838): HTTP/3 on the same host, port 443.
+ALT_SVC = 'h3=":443"; ma=86400'
 
 
 class H3Site(QuicConnectionProtocol):

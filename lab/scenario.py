@@ -131,6 +131,9 @@ class Censor:
     # QUIC/HTTP3 on UDP 443 of their IPv4 addresses when quic_servers (on whenever a name is
     # blocked).
     quic_blocked_sni: tuple[str, ...] = ()
+    # QUIC blocked whatever the name: UDP 443 of these IPv4 addresses dropped for cn (endpoint
+    # blocking, as Iran and India did in 2021-2022, Elmenhorst et al.).
+    quic_blocked_ip: tuple[str, ...] = ()
     quic_residual_seconds: float = 180.0
     quic_residual_scope: str = "triple"
     quic_servers: bool = False
@@ -361,7 +364,13 @@ def _keywords(table: dict[str, Any], source: str, where: str) -> tuple[tuple[str
     return tuple(keywords)
 
 
-QUIC_FIELDS = ("quic_blocked_sni", "quic_residual_seconds", "quic_residual_scope", "quic_servers")
+QUIC_FIELDS = (
+    "quic_blocked_sni",
+    "quic_blocked_ip",
+    "quic_residual_seconds",
+    "quic_residual_scope",
+    "quic_servers",
+)
 
 
 def _quic_fields(c: dict[str, Any], source: str) -> dict[str, Any]:
@@ -373,9 +382,18 @@ def _quic_fields(c: dict[str, Any], source: str) -> dict[str, Any]:
     scope = _get(c, "quic_residual_scope", str, "triple", source, "censor")
     if scope not in ("triple", "flow"):
         raise _err(source, "censor.quic_residual_scope", f"expected triple or flow, got {scope!r}")
-    servers = _get(c, "quic_servers", bool, bool(names), source, "censor")
-    return {"quic_blocked_sni": names, "quic_residual_seconds": seconds,
-            "quic_residual_scope": scope, "quic_servers": servers or bool(names)}  # fmt: skip
+    ips = tuple(
+        _check_ip(ip, source, "censor.quic_blocked_ip")
+        for ip in _string_list(c, "quic_blocked_ip", source, "censor")
+    )
+    servers = _get(c, "quic_servers", bool, bool(names or ips), source, "censor")
+    return {
+        "quic_blocked_sni": names,
+        "quic_blocked_ip": ips,
+        "quic_residual_seconds": seconds,
+        "quic_residual_scope": scope,
+        "quic_servers": servers or bool(names or ips),
+    }
 
 
 def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
@@ -711,7 +729,8 @@ def generate(
     `dns_blockpage` adds that share of DNS-redirected block pages to the mix (0 keeps the
     domains as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
     `quic_sni` is the share of n_domains put in `quic_blocked_sni` (accessible domains, by a
-    generator of its own; 0 serves no QUIC and keeps the scenario as before).
+    generator of its own), and a third as many more have their address in `quic_blocked_ip`;
+    0 serves no QUIC and keeps the scenario as before.
     """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
@@ -743,7 +762,11 @@ def generate(
         taken = {*censor.get("intercept_sni", ()), *censor.get("regional_cert_sni", ())}
         pool = [r["name"] for r in raw if r["block"] == "none" and r["name"] not in taken]
         count = min(len(pool), max(1, round(quic_sni * n_domains)))
-        censor["quic_blocked_sni"] = random.Random(f"quic:{seed}").sample(pool, count)
+        extra = max(1, count // 3)  # and a third as many with all of QUIC blocked by address
+        picked = random.Random(f"quic:{seed}").sample(pool, min(len(pool), count + extra))
+        censor["quic_blocked_sni"] = picked[:count]
+        by_name = {r["name"]: i for i, r in enumerate(raw)}
+        censor["quic_blocked_ip"] = [addresses.domain_v4(by_name[n]) for n in picked[count:]]
     data = {
         "lab": {
             "name": f"generated-{n_domains}-{seed}",

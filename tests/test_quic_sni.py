@@ -247,3 +247,72 @@ def test_run_and_analysis_rederive_quic_sni(world: World, tmp_path: Path) -> Non
     obs = loaded.observations
     quic = obs[obs["kind"] == "quic"]
     assert len(quic) == 2 * ROUNDS + 2 and set(quic["server_name"]) == {SITE, OTHER, "example.com"}
+
+
+def test_helper_discovers_h3_as_oohelperd() -> None:
+    from backend.helper_quic import discovered_h3_endpoint
+
+    url = "https://example.org/"
+    assert discovered_h3_endpoint('h3=":443"; ma=86400', url) == "example.org:443"
+    assert discovered_h3_endpoint('h3-29=":443", h3="alt.example:8443"', url) == (
+        "alt.example:8443"
+    )
+    assert discovered_h3_endpoint('h2=":443"', url) == ""
+    assert discovered_h3_endpoint("", url) == ""
+    # Go's net.JoinHostPort(URL.Host, port) brackets a host that carries a port.
+    assert discovered_h3_endpoint('h3=":8443"', "https://example.org:8443/") == (
+        "[example.org:8443]:8443"
+    )
+
+
+@pytest.mark.anyio
+async def test_helper_makes_quic_handshakes_when_h3_is_advertised(test_ca: TestCA) -> None:
+    """Our helper, like oohelperd, makes a QUIC handshake with the name to each endpoint when
+    the probe sets x_quic_enabled and the site's first response advertises h3."""
+    from backend.helper import HelperConfig
+    from probes.nettests.control import ControlClient
+    from tests.loopback import FakeDNSServer
+    from tests.loopback.control_helper import running_helper
+
+    host = "127.0.63.2"
+    thread = ServerThread("quic-helper")
+    try:
+        web = thread.start(WebServer(host, ca=test_ca))
+        web.alt_svc = f'h3=":{web.port}"; ma=60'
+        thread.start(QuicSite(host, test_ca, [SITE], port=web.port))
+        dns = thread.start(FakeDNSServer("127.0.63.53", 0, {SITE: [host]}))
+        config = HelperConfig(
+            resolver=dns.address, allow_private=True, timeout=3, ca_file=test_ca.ca_pem_path
+        )
+        endpoint = f"{host}:{web.port}"
+        with running_helper(config) as url:
+            client = ControlClient([url], timeout=10, ca_file=None)
+            try:
+                assert await client.choose() is None
+                on = await client.measure(f"https://{SITE}:{web.port}/", [endpoint], {}, quic=True)
+                off = await client.measure(f"https://{SITE}:{web.port}/", [endpoint], {})
+            finally:
+                await client.aclose()
+    finally:
+        thread.close()
+    assert on.failure is None and off.failure is None
+    assert on.control["quic_handshake"] == {
+        endpoint: {"server_name": SITE, "status": True, "failure": None}
+    }
+    assert on.control["http_request"]["discovered_h3_endpoint"] == (
+        f"[{SITE}:{web.port}]:{web.port}"
+    )
+    assert off.control["quic_handshake"] == {}
+
+
+def test_analysis_all_blocked_needs_the_helper() -> None:
+    dark = {"x_role": "control", "failure": "generic_timeout_error"}
+    keys: dict[str, Any] = {"endpoint": "192.0.2.7:443", "quic_handshakes": [dark]}
+    assert analyze(keys).blocking is None
+    keys["control"] = {"quic_handshake": {"192.0.2.7:443": {"status": False}}}
+    assert analyze(keys).blocking is None  # the helper failed too: no QUIC server there
+    keys["control"] = {"quic_handshake": {"192.0.2.7:443": {"status": True, "failure": None}}}
+    found = analyze(keys)
+    assert (found.blocking, found.blocking_detail) == ("quic", "quic.all_blocked")
+    keys["x_residual"] = True  # still blocked from an earlier trigger: never a verdict
+    assert analyze(keys).blocking is None

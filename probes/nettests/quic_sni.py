@@ -17,7 +17,10 @@ tainted endpoint is labelled ``x_residual`` (its failures are never a fresh verd
 taint is kept between runs in the state directory, as http_keyword's). With the
 ``residual_wait`` option (seconds, default 0; not on the command line) an input waits that
 long at most for the taint to end.
-When the control fails right after a target's timeout, one TLS-over-TCP handshake with the
+With a control helper (``--helper``), the helper is asked for the name with
+``x_quic_enabled``: as OONI's oohelperd, it then makes a QUIC handshake with the name to our
+endpoint when the site advertises HTTP/3 (``Alt-Svc``), kept in ``control``. When the control
+fails right after a target's timeout, one TLS-over-TCP handshake with the
 control SNI to the same address and port (``x_tcp_check``) tells a residual block from a path that
 went down. The verdict is quic_sni_analysis.analyze's, from these test keys only.
 """
@@ -34,6 +37,7 @@ from probes.net.dns import resolve_retrying
 from probes.net.quic import quic_handshake
 from probes.net.tls import tls_handshake
 from probes.nettests.base import Nettest, SetupError
+from probes.nettests.control import ControlClient
 from probes.nettests.keyword_residual import TaintFile, state_dir
 from probes.nettests.quic_sni_analysis import ROUNDS, TIMEOUT, analyze, reached
 from probes.nettests.tls_interception import target_of
@@ -42,6 +46,7 @@ DEFAULT_CONTROL_SNI = "example.com"  # OONI's sni_blocking control SNI
 # The GFW kept a QUIC flow blocked for 180 s after a trigger (Zohaib et al. 2025).
 RESIDUAL_WINDOW_S = 180.0
 STEP_TIMEOUT_SHARE = 0.1  # of the per-input budget, per handshake (3 s of the default 30 s)
+CONTROL_SHARE = 0.9  # the helper's answer is waited for until then
 TAINT_FILE = "quic-taints.json"
 
 
@@ -61,6 +66,7 @@ class QuicSNI(Nettest):
         self._taint_file = TaintFile(path=Path(state or state_dir()) / TAINT_FILE)
         self._taints: dict[str, float] = {}  # "ip:port" -> end of its taint (time.monotonic)
         self._locks: dict[str, asyncio.Lock] = {}
+        self.control: ControlClient | None = None
 
     async def setup(self) -> None:
         if self.endpoint:
@@ -75,8 +81,17 @@ class QuicSNI(Nettest):
         now_mono, now_wall = time.monotonic(), time.time()
         for key, until in self._taint_file.load().items():
             self._taints[key] = now_mono + (until - now_wall)
+        if self.ctx.helpers:
+            self.control = ControlClient.for_context(self.ctx)
+            problem = await self.control.choose()
+            if problem:
+                self.warnings.append(f"control helper unreachable ({problem}): no QUIC control")
+                await self.control.aclose()
+                self.control = None
 
     async def close(self) -> None:
+        if self.control is not None:
+            await self.control.aclose()
         now_mono, now_wall = time.monotonic(), time.time()
         running = {k: now_wall + (t - now_mono) for k, t in self._taints.items() if t > now_mono}
         if running:
@@ -104,6 +119,8 @@ class QuicSNI(Nettest):
             "x_residual": False,
             "x_residual_blocking": False,
             "x_tcp_check": None,
+            "control": {},
+            "control_failure": None,
         }
         if self.endpoint:
             ip, port = parse_host_port(str(self.endpoint), 443)
@@ -122,7 +139,11 @@ class QuicSNI(Nettest):
         async with self._locks.setdefault(endpoint, asyncio.Lock()):
             await self._pace(endpoint)
             keys["x_residual"] = self._tainted(endpoint)
-            await self._rounds(ip, port, name, t_zero, step, keys)
+            deadline = time.monotonic() + self.ctx.timeout * CONTROL_SHARE
+            await asyncio.gather(
+                self._rounds(ip, port, name, t_zero, step, keys),
+                self._control(name, port, endpoint, deadline, keys),
+            )
         verdict = analyze(keys)
         keys["x_residual_blocking"] = verdict.residual_blocking
         keys["x_verdict_why"] = verdict.why
@@ -172,6 +193,29 @@ class QuicSNI(Nettest):
             ip, port, self.control_sni, timeout=step, t_zero=t_zero, verify=False
         )
         keys["x_tcp_check"] = check.record
+
+    async def _control(
+        self, name: str, port: int, endpoint: str, deadline: float, keys: dict[str, Any]
+    ) -> None:
+        """The helper's QUIC handshake with the name to our endpoint (oohelperd's
+        quic_handshake: made when the site advertises h3), while the rounds run."""
+        if self.control is None:
+            return
+        url = f"https://{name}/" if port == 443 else f"https://{name}:{port}/"
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await self.control.measure(url, [endpoint], {}, quic=True)
+        except TimeoutError:
+            keys["control_failure"] = "generic_timeout_error"
+            return
+        keys["control_failure"] = result.failure
+        if result.failure is None:
+            doc = result.control
+            http = doc.get("http_request") if isinstance(doc.get("http_request"), dict) else {}
+            keys["control"] = {
+                "quic_handshake": doc.get("quic_handshake") or {},
+                "discovered_h3_endpoint": (http or {}).get("discovered_h3_endpoint") or "",
+            }
 
     def timeout_keys(self, input_: str | None, failure: str) -> dict[str, Any]:
         return {"failure": failure, "blocking": None, "blocking_detail": None}

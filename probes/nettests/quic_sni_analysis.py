@@ -6,8 +6,10 @@ source port. The rules, strictest first:
 
 1. A target handshake that reached TLS (passed, or failed only on the certificate): not
    blocked (``false``).
-2. The first control failed: QUIC to this endpoint fails with any name. That is a site with
-   no QUIC server as often as a blocked one; with no control that reached QUIC there, null.
+2. The first control failed (a timeout): QUIC to this endpoint fails with any name. That is a
+   site with no QUIC server as often as a blocked one: ``quic`` / ``quic.all_blocked`` only
+   when the control helper's QUIC handshake with the name to the same endpoint passed
+   (``control.quic_handshake``, oohelperd's), else null.
 3. Every target handshake timed out while each control before it passed, in all ROUNDS rounds:
    ``quic`` / ``quic.sni_blocked`` (the name is what fails; a censor dropping the flow for
    the SNI, residually per 4-tuple).
@@ -33,6 +35,7 @@ from typing import Any
 ROUNDS = 3
 TIMEOUT = "generic_timeout_error"
 SNI_BLOCKED = "quic.sni_blocked"
+ALL_BLOCKED = "quic.all_blocked"
 CERTIFICATE_FAILURES = frozenset(
     {"ssl_invalid_hostname", "ssl_unknown_authority", "ssl_invalid_certificate"}
 )
@@ -57,6 +60,14 @@ def _tcp_ok(tk: Mapping[str, Any]) -> bool:
     return isinstance(check, Mapping) and reached(check)
 
 
+def _helper_reached(tk: Mapping[str, Any]) -> bool:
+    """The control helper's QUIC handshake with the name to our endpoint passed."""
+    control = tk.get("control")
+    table = control.get("quic_handshake") if isinstance(control, Mapping) else None
+    entry = table.get(str(tk.get("endpoint"))) if isinstance(table, Mapping) else None
+    return isinstance(entry, Mapping) and entry.get("status") is True
+
+
 def analyze(tk: Mapping[str, Any]) -> Verdict:
     """The verdict of one quic_sni measurement (see the module docstring)."""
     raw = tk.get("quic_handshakes")
@@ -70,6 +81,8 @@ def analyze(tk: Mapping[str, Any]) -> Verdict:
     if not reached(attempts[0]):
         if residual:
             return Verdict(None, None, "residual: the endpoint was still blocked from before")
+        if attempts[0].get("failure") == TIMEOUT and _helper_reached(tk):
+            return Verdict("quic", ALL_BLOCKED, "no QUIC with any name; the helper's passed")
         return Verdict(None, None, "no QUIC with the control SNI either: blocked or no QUIC")
     if not targets or any(t.get("failure") != TIMEOUT for t in targets):
         return Verdict(None, None, "a target failed otherwise than by a timeout")

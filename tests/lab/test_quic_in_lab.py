@@ -1,9 +1,11 @@
 """quic_sni against the lab's ground truth (issue 16 item 1): the censor decrypts QUIC
 Initials (lab.quic_initial) and drops the flow residually, per (client, server, port) triple as
 the GFW does, for names in `quic_blocked_sni`; the sites serve QUIC/HTTP3 on UDP 443 of their
-IPv4 addresses (lab.quic_server). At the censored vantage the blocked name is
-quic.sni_blocked (the endpoint goes dark right after its Initial while TCP to it works), the
-others are not blocked; at the open vantage nothing is blocked.
+IPv4 addresses (lab.quic_server), advertised with Alt-Svc; one site's UDP 443 is dropped
+whatever the name (`quic_blocked_ip`). At the censored vantage the blocked names are
+quic.sni_blocked (the endpoint goes dark right after the Initial while TCP to it works), the
+dropped site is quic.all_blocked (the control helper, outside the censor, makes the QUIC
+handshake oohelperd would), the open one is not blocked; at the open vantage nothing is.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ from typing import Any
 import pytest
 
 from bench.accuracy import read_verdicts
+from lab import addresses, topology
 from lab import scenario as scenario_mod
-from lab import topology
 from lab.topology import LabInfo
 
 RUN_TIMEOUT_S = 120.0
-PROBE_TIMEOUT_S = "8"
+PROBE_TIMEOUT_S = "15"  # the helper's QUIC to IPv6 (no server in the lab) waits 10 s
 BLOCKED, OPEN, ALSO_BLOCKED = "quic-blocked.example", "quic-open.example", "h3-banned.example"
+ALL_BLOCKED = "udp-dropped.example"
+ALL_BLOCKED_IP = addresses.spare_v4(930)
 
 INPUTS = {
     BLOCKED: ("quic", "quic.sni_blocked"),
     f"https://{ALSO_BLOCKED}/": ("quic", "quic.sni_blocked"),
     OPEN: (False, None),
+    ALL_BLOCKED: ("quic", "quic.all_blocked"),
 }
 
 
@@ -39,12 +44,14 @@ def _scenario() -> scenario_mod.Scenario:
             "keywords": [list(k) if len(k) > 1 else k[0] for k in base.censor.keywords],
             "residual_seconds": base.censor.residual_seconds,
             "quic_blocked_sni": [BLOCKED, ALSO_BLOCKED],
+            "quic_blocked_ip": [ALL_BLOCKED_IP],
         },
         "domain": [
             {"name": d.name, "block": d.block, "scheme": d.scheme, "a": d.a, "aaaa": d.aaaa}
             for d in base.domains
         ]
-        + [{"name": n, "block": "none", "scheme": "https"} for n in (BLOCKED, OPEN, ALSO_BLOCKED)],
+        + [{"name": n, "block": "none", "scheme": "https"} for n in (BLOCKED, OPEN, ALSO_BLOCKED)]
+        + [{"name": ALL_BLOCKED, "block": "none", "scheme": "https", "a": ALL_BLOCKED_IP}],
     }
     return scenario_mod.parse(data, "<quic>")
 
@@ -67,6 +74,7 @@ def runs(qlab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, d
                 *topology._censorscope_argv(), "run", "quic_sni",
                 *(a for i in INPUTS for a in ("--input", i)),
                 "--resolver", qlab.resolver, "--ca-file", qlab.ca_pem,
+                "--helper", qlab.helper_url,
                 "--results", str(results), "--vantage", vantage,
                 "--timeout", PROBE_TIMEOUT_S, "--no-progress"]  # fmt: skip
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -98,6 +106,8 @@ def test_quic_sni_at_cn(runs: dict[str, dict[str, Any]]) -> None:
     assert blocked["x_residual_blocking"] is True
     assert blocked["x_tcp_check"]["failure"] is None
     assert [a["x_role"] for a in blocked["quic_handshakes"]] == ["control", "target", "control"]
+    dropped = runs["cn"][ALL_BLOCKED]
+    assert dropped["control"]["quic_handshake"][f"{ALL_BLOCKED_IP}:443"]["status"] is True
     opened = runs["cn"][OPEN]["quic_handshakes"]
     assert opened[-1]["negotiated_protocol"] == "h3" and opened[-1]["failure"] is None
 
