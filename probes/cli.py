@@ -272,6 +272,14 @@ def run(
             "web_connectivity (it costs ~6 ms of CPU per input).",
         ),
     ] = None,
+    http3: Annotated[
+        bool | None,
+        typer.Option(
+            "--http3/--no-http3",
+            help="web_connectivity: fetch the page again over HTTP/3 when the site advertises "
+            "h3 (Alt-Svc) (default: off).",
+        ),
+    ] = None,
     pcap: Annotated[
         Path | None,
         typer.Option(
@@ -343,6 +351,7 @@ def run(
                 "default_addrs": " ".join(default_addr) if default_addr else None,
                 "packet_capture": packet_capture,
                 "pcap_dir": str(pcap) if pcap else None,
+                "http3": http3,
                 "trace_keyword": keyword,
                 "trace_max_ttl": trace_max_ttl,
                 "trace_step_pause": trace_step_pause,
