@@ -247,6 +247,21 @@ def test_run_and_analysis_rederive_quic_sni(world: World, tmp_path: Path) -> Non
     obs = loaded.observations
     quic = obs[obs["kind"] == "quic"]
     assert len(quic) == 2 * ROUNDS + 2 and set(quic["server_name"]) == {SITE, OTHER, "example.com"}
+    # analyze, report and publish take them like any other nettest's.
+    cli = [sys.executable, "-m", "probes"]
+    steps = [("analyze", "out"), ("report", "r.html"), ("publish", "pub")]
+    for argv in ([step, "--results", str(results), "--out", str(tmp_path / out)]
+                 for step, out in steps):  # fmt: skip
+        done = subprocess.run([*cli, *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{argv[0]}: {done.stderr[-2000:]}"
+    import pandas as pd
+
+    findings = pd.read_csv(tmp_path / "out" / "findings.csv").set_index("target")
+    assert findings.loc[SITE, "test_name"] == "quic_sni" and findings.loc[SITE, "blocked"] == 1
+    assert findings.loc[OTHER, "finding"] == "accessible everywhere"
+    assert "site.test" in (tmp_path / "r.html").read_text()
+    published = pd.read_csv(tmp_path / "pub" / "findings.csv").set_index("target")
+    assert published.loc[SITE, "blocked"] == 1  # one measurement: suggestive, not a finding
 
 
 def test_helper_discovers_h3_as_oohelperd() -> None:
