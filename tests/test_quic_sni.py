@@ -331,3 +331,33 @@ def test_analysis_all_blocked_needs_the_helper() -> None:
     assert (found.blocking, found.blocking_detail) == ("quic", "quic.all_blocked")
     keys["x_residual"] = True  # still blocked from an earlier trigger: never a verdict
     assert analyze(keys).blocking is None
+
+
+@pytest.mark.anyio
+async def test_inputs_to_one_endpoint_never_overlap(
+    world: World, test_ca: TestCA, tmp_path: Path
+) -> None:
+    """Two names to one endpoint at once through a per-triple censor: the blocked name's
+    trigger must not land inside the other's rounds (that would read as SNI blocking)."""
+    import asyncio
+
+    relay = world.relay(scope="triple")
+    world.thread.start(WebServer(HOST, relay.port, ca=test_ca))
+    ctx = ProbeContext(
+        timeout=10,
+        ca_file=world.ca_file,
+        options={"sni_endpoint": f"{HOST}:{relay.port}", "state_dir": str(tmp_path)},
+    )
+    nettest = QuicSNI(ctx)
+    await nettest.setup()
+    try:
+        blocked, other = await asyncio.gather(nettest.measure(SITE), nettest.measure(OTHER))
+    finally:
+        await nettest.close()
+    assert (blocked["blocking"], blocked["blocking_detail"]) == ("quic", SNI_BLOCKED)
+    # Measured before the trigger (open), or after it on the residually blocked triple
+    # (labelled, no verdict): never blocked itself.
+    assert other["blocking"] is False or (other["blocking"] is None and other["x_residual"])
+    spans = [(a["t0"], a["t"]) for k in (blocked, other) for a in k["quic_handshakes"]]
+    first, second = sorted([blocked, other], key=lambda k: k["quic_handshakes"][0]["t0"])
+    assert first["quic_handshakes"][-1]["t"] <= second["quic_handshakes"][0]["t0"], spans

@@ -47,6 +47,10 @@ DEFAULT_CONTROL_SNI = "example.com"  # OONI's sni_blocking control SNI
 RESIDUAL_WINDOW_S = 180.0
 STEP_TIMEOUT_SHARE = 0.1  # of the per-input budget, per handshake (3 s of the default 30 s)
 CONTROL_SHARE = 0.9  # the helper's answer is waited for until then
+# Inputs to one endpoint run one at a time (a trigger must not fall inside another input's
+# rounds); one that cannot start within this share of its budget is stored unmeasured.
+LOCK_WAIT_SHARE = 0.45
+BUSY = "unknown_failure: endpoint busy with other inputs"
 TAINT_FILE = "quic-taints.json"
 
 
@@ -136,14 +140,24 @@ class QuicSNI(Nettest):
             ip = addrs[0]
         endpoint = format_host_port(ip, port)
         keys["endpoint"] = endpoint
-        async with self._locks.setdefault(endpoint, asyncio.Lock()):
+        lock = self._locks.setdefault(endpoint, asyncio.Lock())
+        try:
+            async with asyncio.timeout(self.ctx.timeout * LOCK_WAIT_SHARE):
+                await lock.acquire()
+        except TimeoutError:
+            keys.update(failure=BUSY, blocking=None, blocking_detail=None)
+            keys["x_verdict_why"] = "other inputs held the endpoint for half the budget"
+            return keys
+        try:
             await self._pace(endpoint)
             keys["x_residual"] = self._tainted(endpoint)
-            deadline = time.monotonic() + self.ctx.timeout * CONTROL_SHARE
+            deadline = t_zero + self.ctx.timeout * CONTROL_SHARE
             await asyncio.gather(
                 self._rounds(ip, port, name, t_zero, step, keys),
                 self._control(name, port, endpoint, deadline, keys),
             )
+        finally:
+            lock.release()
         verdict = analyze(keys)
         keys["x_residual_blocking"] = verdict.residual_blocking
         keys["x_verdict_why"] = verdict.why
