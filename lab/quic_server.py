@@ -1,21 +1,25 @@
 """QUIC and HTTP/3 on the lab sites (aioquic), for quic_sni and HTTP/3 fetches.
 
-One aioquic server per site on UDP 443 of the site's IPv4 address: a wildcard UDP socket
+One aioquic server per site on UDP 443 of each of the site's addresses: a wildcard UDP socket
 would answer from whatever source address the kernel picks (not the AnyIP address the client
 wrote to), and aioquic has no per-SNI certificate choice, so each site's server holds its own
-certificate from the lab CA (with the shared leaf key of lab.ca.LeafMaker). ALPN "h3": a GET
+certificate from the lab CA (with the shared leaf key of lab.ca.LeafMaker). AnyIP IPv6
+addresses are bound with IPV6_FREEBIND (they are not on an interface), so the control
+helper's QUIC handshakes to a site's IPv6 address are answered as on the Internet. ALPN "h3": a GET
 on a request stream is answered with the site's page (lab.servers.page_for), as over TCP. A
 handshake with any SNI completes (the client decides whether it trusts the name), as on the
-TCP port. IPv6 is left out (AnyIP IPv6 addresses cannot be bound one by one, docs/lab.md).
+TCP port.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import HeadersReceived
@@ -26,6 +30,7 @@ from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 
 PORT = 443
+IPV6_FREEBIND = getattr(socket, "IPV6_FREEBIND", 78)  # linux/in6.h
 # What the sites' HTTPS responses advertise (RFC 7838): HTTP/3 on the same host, port 443.
 ALT_SVC = 'h3=":443"; ma=86400'
 
@@ -56,8 +61,25 @@ def _factory(page: bytes) -> Callable[..., H3Site]:
     return lambda *args, **kwargs: H3Site(*args, page=page, **kwargs)
 
 
+async def serve_on(ip: str, config: QuicConfiguration, page: bytes) -> QuicServer:
+    """aioquic's serve() on a socket of ours (bound to an AnyIP address, IPv6 too)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        sock.bind((ip, PORT))
+    except OSError:
+        sock.close()
+        raise
+    _, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: QuicServer(configuration=config, create_protocol=_factory(page)), sock=sock
+    )
+    return server
+
+
 async def serve_sites(scen: scenario_mod.Scenario, state: Path) -> list[QuicServer]:
-    """A QUIC server on each reachable site's IPv4 address (none unless quic_servers)."""
+    """A QUIC server on each reachable site's addresses (none unless quic_servers)."""
     if not scen.censor.quic_servers:
         return []
     from lab.servers import page_for  # lab.servers imports this module
@@ -75,7 +97,5 @@ async def serve_sites(scen: scenario_mod.Scenario, state: Path) -> list[QuicServ
         cert_file.write_bytes(maker.leaf_pem([d.name]))
         config = QuicConfiguration(is_client=False, alpn_protocols=[*H3_ALPN])
         config.load_cert_chain(cert_file, key_file)
-        servers.append(
-            await serve(d.a, PORT, configuration=config, create_protocol=_factory(page_for(d)))
-        )
+        servers += [await serve_on(ip, config, page_for(d)) for ip in (d.a, d.aaaa)]
     return servers

@@ -361,3 +361,27 @@ async def test_inputs_to_one_endpoint_never_overlap(
     spans = [(a["t0"], a["t"]) for k in (blocked, other) for a in k["quic_handshakes"]]
     first, second = sorted([blocked, other], key=lambda k: k["quic_handshakes"][0]["t0"])
     assert first["quic_handshakes"][-1]["t"] <= second["quic_handshakes"][0]["t0"], spans
+
+
+@pytest.mark.anyio
+async def test_ipv6_handshake(test_ca: TestCA) -> None:
+    """Over IPv6 too (aioquic matches a path by the 4-tuple address an AF_INET6 socket
+    reports: a 2-tuple peer would never complete)."""
+    import socket
+
+    from probes.net.quic import quic_handshake
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    thread = ServerThread("quic-v6")
+    try:
+        site = thread.start(QuicSite("::1", test_ca, [SITE]))
+        found = await quic_handshake(
+            "::1", site.port, SITE, timeout=5, t_zero=0.0, ca_file=test_ca.ca_pem_path
+        )
+    finally:
+        thread.close()
+    assert found.failure is None and found.record["address"] == f"[::1]:{site.port}"

@@ -25,7 +25,14 @@ from probes.net import failures as F
 from probes.net.addresses import format_host_port
 from probes.net.failures import failure_from_exception
 from probes.net.http import extract_title
-from probes.net.quic import CLOSE_WAIT_S, _collect, _socket_for, _Watcher, close_failure
+from probes.net.quic import (
+    CLOSE_WAIT_S,
+    _collect,
+    _socket_for,
+    _Watcher,
+    close_failure,
+    peer_address,
+)
 from probes.net.records import since
 
 BODY_CAP = 1 << 20
@@ -146,7 +153,7 @@ async def http3_get(
         )
         async with asyncio.timeout(timeout):
             try:
-                protocol.connect((ip, port))
+                protocol.connect(peer_address(ip, port))
                 await protocol.wait_connected()
             except ConnectionError:
                 handshake["failure"] = close_failure(protocol.closed)

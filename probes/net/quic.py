@@ -76,6 +76,13 @@ def _collect(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+def peer_address(ip: str, port: int) -> tuple[Any, ...]:
+    """The address as an AF_INET6 socket reports its peers, (ip, port, flowinfo, scope):
+    aioquic compares it with each datagram's source to find the path, and a 2-tuple never
+    matches, so an IPv6 handshake would never complete."""
+    return (ip, port, 0, 0) if ":" in ip else (ip, port)
+
+
 def _socket_for(ip: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -144,7 +151,7 @@ async def quic_handshake(
         protocol = proto
         try:
             async with asyncio.timeout(timeout):
-                protocol.connect((ip, port))
+                protocol.connect(peer_address(ip, port))
                 await protocol.wait_connected()
         except TimeoutError:
             failure = F.GENERIC_TIMEOUT_ERROR
