@@ -263,13 +263,14 @@ def write_testlist(urls: list[str], path: Path) -> Path:
     return path
 
 
-def start_probe(argv: list[str]) -> subprocess.Popen[str]:
+def start_probe(argv: list[str], state: Path | None = None) -> subprocess.Popen[str]:
+    """The probe in its vantage; with `state`, its own state directory (XDG_STATE_HOME): the
+    residual taints quic_sni keeps between runs belong to one vantage and one lab."""
+    env = topology._python_env()
+    if state is not None:
+        env = {**env, "XDG_STATE_HOME": str(state)}
     return subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=topology._python_env(),
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
 
 
@@ -476,7 +477,7 @@ def run_nettest(
     else:
         argvs = {v: nettest_argv(lab, v, nettest, inputs, results, extra) for v in ("cn", "open")}
     started = time.monotonic()
-    procs = {v: start_probe(argv) for v, argv in argvs.items()}
+    procs = {v: start_probe(argv, work / f"state-{nettest}-{v}") for v, argv in argvs.items()}
     runs = [wait_probe(v, p, started) for v, p in procs.items()]
     for r in runs:
         r.nettest = nettest
