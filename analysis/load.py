@@ -69,7 +69,7 @@ MEASUREMENT_DTYPES: dict[str, Any] = {
 
 OBSERVATION_DTYPES: dict[str, Any] = {
     "row": "int64",
-    "kind": CAT,  # dns | tcp | tls | http
+    "kind": CAT,  # dns | tcp | tls | quic | http
     "hostname": STR,
     "address": STR,
     "port": "Int32",
@@ -349,6 +349,17 @@ class _Columns:
                 self.add_observation(
                     row,
                     "tls",
+                    address=_str(hs.get("address")),
+                    server_name=_str(hs.get("server_name")),
+                    tls_version=_str(hs.get("tls_version")),
+                    failure=_str(hs.get("failure")),
+                    t=_seconds(hs.get("t")),
+                )
+        for hs in _list(tk.get("quic_handshakes")):
+            if isinstance(hs, dict):
+                self.add_observation(
+                    row,
+                    "quic",
                     address=_str(hs.get("address")),
                     server_name=_str(hs.get("server_name")),
                     tls_version=_str(hs.get("tls_version")),

@@ -6,7 +6,8 @@ function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
 on), dnscheck's from probes.nettests.dnscheck_analysis, whatsapp's, telegram's, signal's and
 facebook_messenger's from probes.nettests.apps_analysis, ech_check's (and OONI echcheck's) from
-probes.nettests.ech_check_analysis; other nettests keep the verdict
+probes.nettests.ech_check_analysis, quic_sni's from probes.nettests.quic_sni_analysis; other
+nettests keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -33,6 +34,7 @@ from probes.nettests.apps_analysis import analyze as analyze_app
 from probes.nettests.apps_endpoints import APPS
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
 from probes.nettests.ech_check_analysis import analyze as analyze_ech_check
+from probes.nettests.quic_sni_analysis import analyze as analyze_quic_sni
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
 
@@ -148,6 +150,8 @@ class Classifier:
             return rederive_app(str(data["test_name"]), tk)
         if data.get("test_name") in ECH_TESTS and isinstance(tk, dict):
             return rederive_ech_check(tk)
+        if data.get("test_name") == "quic_sni" and isinstance(tk, dict):
+            return rederive_quic_sni(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -296,24 +300,18 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
     measurements are judged by today's rules; an abandoned input (no lookups) keeps the
     probe's null. OONI's dnscheck has no control, so its measurements come out null."""
     if not isinstance(tk.get("lookups"), dict):
-        return {
-            "blocking": blocking_text(tk.get("blocking")),
-            "blocking_detail": tk.get("blocking_detail"),
-            "down": False,
-            "verdict_source": "probe",
-        }
-    found = analyze_dnscheck(tk)
-    row: dict[str, Any] = {
-        "blocking": blocking_text(found.blocking),
-        "blocking_detail": found.blocking_detail,
-        "blocking_fingerprint": None,
+        return _kept(tk)
+    return _rederived(analyze_dnscheck(tk), tk)
+
+
+def _kept(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """The probe's own verdict, for an input with nothing stored to re-derive it from."""
+    return {
+        "blocking": blocking_text(tk.get("blocking")),
+        "blocking_detail": _text(tk.get("blocking_detail")),
         "down": False,
-        "verdict_source": "rederived",
+        "verdict_source": "probe",
     }
-    said = (blocking_text(tk.get("blocking")), tk.get("blocking_detail"))
-    if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
-        row["disagreement"] = f"probe said {said[0]} / {said[1]}"
-    return row
 
 
 def _rederived(found: Any, tk: Mapping[str, Any]) -> dict[str, Any]:
@@ -349,10 +347,13 @@ def rederive_ech_check(tk: Mapping[str, Any]) -> dict[str, Any]:
     OONI's echcheck has one round, so it comes out false or null. An input with no handshake
     (DNS failed, abandoned) keeps the probe's verdict."""
     if not tk.get("tls_handshakes") and not isinstance(tk.get("control"), dict):
-        return {
-            "blocking": blocking_text(tk.get("blocking")),
-            "blocking_detail": tk.get("blocking_detail"),
-            "down": False,
-            "verdict_source": "probe",
-        }
+        return _kept(tk)
     return _rederived(analyze_ech_check(tk), tk)
+
+
+def rederive_quic_sni(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """quic_sni's verdict from its stored handshakes (probes.nettests.quic_sni_analysis, the
+    probe's own pure function); an abandoned input (no handshakes) keeps the probe's null."""
+    if not isinstance(tk.get("quic_handshakes"), list) or not tk["quic_handshakes"]:
+        return _kept(tk)
+    return _rederived(analyze_quic_sni(tk), tk)

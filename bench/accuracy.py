@@ -25,10 +25,15 @@ stored verdicts are scored against the scenario's truth for that nettest:
 - dnscheck: each SNI-reset domain as a DoH resolver (tls.sni_reset), each blackholed and each
   DNS-blocked domain as a DoT resolver (tcp.connect_timeout; dns.bootstrap_injected,
   _nxdomain, _bogon), and a sample of open names as both (`dnscheck_truth` here), asked for an
-  open domain of the scenario.
+  open domain of the scenario;
 - ech_check: the names whose ECH hellos the censor drops or resets (`--ech` share of the
   domains: `ech_drop_sni`, `ech_rst_sni`; tls.ech_dropped, tls.ech_reset) and a sample of open
-  names, `Scenario.ech_truth()`, with ech_check's default extra outer SNI (cloudflare-ech.com).
+  names, `Scenario.ech_truth()`, with ech_check's default extra outer SNI (cloudflare-ech.com);
+- quic_sni: the names in the censor's `quic_blocked_sni` (`--quic-sni` share of the domains,
+  drawn when quic_sni is scored; the censor drops their QUIC flows per triple for 180 s:
+  quic.sni_blocked), a third as many whose address has UDP 443 dropped (`quic_blocked_ip`:
+  quic.all_blocked, known by the helper's QUIC handshake), and a sample of open names
+  (`quic_truth` here).
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -43,12 +48,14 @@ blocked verdicts at the open vantage, zero null verdicts at either vantage; the 
 
     python -m bench.accuracy [--domains 300] [--seed 1] [--loss 0.02] [--nettests a,b]
         [--helper-loss P] [--residual S] [--mode in-path|on-path] [--hops N]
-        [--dns-blockpage SHARE] [--ech SHARE] [--no-fingerprints]
+        [--dns-blockpage SHARE] [--ech SHARE] [--no-fingerprints] [--quic-sni SHARE]
+        [--quic-scope triple|flow]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -194,6 +201,24 @@ def dnscheck_args(scen: scenario_mod.Scenario) -> list[str]:
     return ["--domain", names[0]] if names else []
 
 
+DEFAULT_QUIC_SHARE = 0.05
+
+
+def quic_truth(scen: scenario_mod.Scenario, open_sample: int | None) -> Truth:
+    """Name -> expected quic_sni verdict at the censored vantage: the QUIC-blocked names, and
+    open names whose DNS and TLS are untouched (dnscheck's, which the QUIC rule spares)."""
+    blocked = set(scen.censor.quic_blocked_sni)
+    out = {n: _truth(("quic", "quic.sni_blocked"), "quic_sni") for n in sorted(blocked)}
+    by_ip = set(scen.censor.quic_blocked_ip)
+    out |= {d.name: _truth(("quic", "quic.all_blocked"), "quic_ip")
+            for d in scen.domains if d.a in by_ip}  # fmt: skip
+    names = [n for n in _dnscheck_open_names(scen) if n not in out]
+    if open_sample is not None and len(names) > open_sample:
+        step = len(names) / open_sample
+        names = [names[int(i * step)] for i in range(open_sample)]
+    return out | {n: _truth((False, None), scen.domain(n).block) for n in names}
+
+
 NETTESTS: dict[str, NettestSpec] = {
     spec.name: spec
     for spec in (
@@ -209,6 +234,7 @@ NETTESTS: dict[str, NettestSpec] = {
         NettestSpec(
             "ech_check", ("tls",), lambda s, n: s.ech_truth(open_sample=n, outer_sni=ECH_OUTER_SNI)
         ),
+        NettestSpec("quic_sni", ("quic",), quic_truth),
     )
 }
 
@@ -276,13 +302,14 @@ def write_testlist(urls: list[str], path: Path) -> Path:
     return path
 
 
-def start_probe(argv: list[str]) -> subprocess.Popen[str]:
+def start_probe(argv: list[str], state: Path | None = None) -> subprocess.Popen[str]:
+    """The probe in its vantage; with `state`, its own state directory (XDG_STATE_HOME): the
+    residual taints quic_sni keeps between runs belong to one vantage and one lab."""
+    env = topology._python_env()
+    if state is not None:
+        env = {**env, "XDG_STATE_HOME": str(state)}
     return subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=topology._python_env(),
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
 
 
@@ -490,7 +517,7 @@ def run_nettest(
     else:
         argvs = {v: nettest_argv(lab, v, nettest, inputs, results, extra) for v in ("cn", "open")}
     started = time.monotonic()
-    procs = {v: start_probe(argv) for v, argv in argvs.items()}
+    procs = {v: start_probe(argv, work / f"state-{nettest}-{v}") for v, argv in argvs.items()}
     runs = [wait_probe(v, p, started) for v, p in procs.items()]
     for r in runs:
         r.nettest = nettest
@@ -566,6 +593,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of domains with a CDN-like regional certificate")  # fmt: skip
     parser.add_argument("--open-sample", type=int, default=DEFAULT_OPEN_SAMPLE,
                         help="open names scored by sni_blocking and tls_interception")  # fmt: skip
+    parser.add_argument("--quic-sni", type=float, default=DEFAULT_QUIC_SHARE,
+                        help="share of domains whose QUIC the censor blocks by SNI (when "
+                        "quic_sni is scored)")  # fmt: skip
+    parser.add_argument("--quic-scope", choices=("triple", "flow"), default="triple",
+                        help="what the censor's QUIC rule blocks after a trigger")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--timeout", type=float, help="the probe's per-input budget [its own]")
     parser.add_argument("--keep", type=Path, help="keep the probe's results here")
@@ -590,7 +622,11 @@ def main(argv: list[str] | None = None) -> int:
         hops=args.hops,
         dns_blockpage=args.dns_blockpage,
         ech=args.ech,
+        quic_sni=args.quic_sni if "quic_sni" in args.nettests else 0.0,
     )
+    if args.quic_scope != scen.censor.quic_residual_scope:
+        censor = dataclasses.replace(scen.censor, quic_residual_scope=args.quic_scope)
+        scen = dataclasses.replace(scen, censor=censor)
     work = Path(tempfile.mkdtemp(prefix="censorscope-accuracy-"))
     results = args.keep or work / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from lab.packets import (
     build_udp,
     parse,
 )
+from lab.quic_censor import QuicFilter
 from lab.scenario import Scenario
 
 MAX_INSPECT = 16 * 1024  # bytes of a client stream the censor looks at before giving up
@@ -47,6 +48,9 @@ class Decision:
     forged: list[bytes] = field(default_factory=list)
     delay_s: float = 0.0
     reason: str = ""
+    # Dropped even by an on-path censor: the QUIC rule's blocks are applied by a router on
+    # the path (UDP has no reset to race), as the GFW does for QUIC.
+    in_path: bool = False
 
 
 @dataclass
@@ -92,6 +96,9 @@ class Censor:
         self.blockpage = response_head(c.blockpage_status, HTML, len(body), keep_alive=False) + body
         self.dns_blockpage = {d.name for d in scenario.by_block("dns_blockpage")}
         self._last_gc = 0.0
+        self.quic = QuicFilter(
+            set(c.quic_blocked_sni), c.quic_residual_seconds, c.quic_residual_scope
+        )
 
     # -- helpers -------------------------------------------------------------------------
     def is_cn(self, ip: str) -> bool:
@@ -127,6 +134,8 @@ class Censor:
         elif pkt.proto == TCP:
             flow = self.flows.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
             d = Decision(accept=not (flow and flow.killed), reason="server")
+        elif pkt.proto == UDP and self.quic.blocked:
+            d = self._quic(pkt, now, from_cn)
         else:
             d = Decision(reason="other")
         d.delay_s += delay
@@ -140,6 +149,17 @@ class Censor:
         self._last_gc = now
         self.flows = {k: f for k, f in self.flows.items() if now - f.last < FLOW_IDLE_S}
         self.residual = {k: t for k, t in self.residual.items() if t > now}
+        self.quic.gc(now)
+
+    def _quic(self, pkt: Packet, now: float, from_cn: bool) -> Decision:
+        """lab.quic_censor's rule: the trigger and the residually blocked flow are dropped."""
+        if from_cn:
+            flow = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            verdict = self.quic.from_client(flow, pkt.payload, now)
+            return Decision(accept=verdict == "pass", reason=verdict, in_path=True)
+        accept = self.quic.from_server((pkt.dst, pkt.dport, pkt.src, pkt.sport), now)
+        reason = "other" if accept else "quic_residual_server"
+        return Decision(accept=accept, reason=reason, in_path=True)
 
     # -- DNS -----------------------------------------------------------------------------
     def _dns(self, pkt: Packet) -> Decision:

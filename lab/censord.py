@@ -55,7 +55,7 @@ class Daemon:
     def on_packet(self, pkt: Any) -> None:
         now = time.monotonic()
         decision = self.censor.decide(pkt.get_payload(), now)
-        if self.on_path:
+        if self.on_path and not decision.in_path:
             # Release first, then race: the forgery may lose, as on a real network.
             decision.accept = True
             if decision.delay_s > 0:

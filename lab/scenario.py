@@ -131,6 +131,17 @@ class Censor:
     # cloudflare-ech.com; the same names without ECH pass (ech_check's lab behaviour).
     ech_drop_sni: tuple[str, ...] = ()
     ech_rst_sni: tuple[str, ...] = ()
+    # QUIC (lab.quic_censor): Initials naming these SNIs get their flow dropped for
+    # quic_residual_seconds, per quic_residual_scope ("triple" or "flow"); the sites serve
+    # QUIC/HTTP3 on UDP 443 of their IPv4 addresses when quic_servers (on whenever a name is
+    # blocked).
+    quic_blocked_sni: tuple[str, ...] = ()
+    # QUIC blocked whatever the name: UDP 443 of these IPv4 addresses dropped for cn (endpoint
+    # blocking, as Iran and India did in 2021-2022, Elmenhorst et al.).
+    quic_blocked_ip: tuple[str, ...] = ()
+    quic_residual_seconds: float = 180.0
+    quic_residual_scope: str = "triple"
+    quic_servers: bool = False
 
     def blockpage_html(self) -> bytes:
         """The national block page as served (by the censor or its block-page server)."""
@@ -396,6 +407,38 @@ def _keywords(table: dict[str, Any], source: str, where: str) -> tuple[tuple[str
     return tuple(keywords)
 
 
+QUIC_FIELDS = (
+    "quic_blocked_sni",
+    "quic_blocked_ip",
+    "quic_residual_seconds",
+    "quic_residual_scope",
+    "quic_servers",
+)
+
+
+def _quic_fields(c: dict[str, Any], source: str) -> dict[str, Any]:
+    """The [censor] table's QUIC rule (lab.quic_censor), validated."""
+    names = tuple(s.lower() for s in _string_list(c, "quic_blocked_sni", source, "censor"))
+    seconds = _get(c, "quic_residual_seconds", float, 180.0, source, "censor")
+    if seconds < 0:
+        raise _err(source, "censor.quic_residual_seconds", "must be >= 0")
+    scope = _get(c, "quic_residual_scope", str, "triple", source, "censor")
+    if scope not in ("triple", "flow"):
+        raise _err(source, "censor.quic_residual_scope", f"expected triple or flow, got {scope!r}")
+    ips = tuple(
+        _check_ip(ip, source, "censor.quic_blocked_ip")
+        for ip in _string_list(c, "quic_blocked_ip", source, "censor")
+    )
+    servers = _get(c, "quic_servers", bool, bool(names or ips), source, "censor")
+    return {
+        "quic_blocked_sni": names,
+        "quic_blocked_ip": ips,
+        "quic_residual_seconds": seconds,
+        "quic_residual_scope": scope,
+        "quic_servers": servers or bool(names or ips),
+    }
+
+
 def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Build a Scenario from parsed TOML, validating every field."""
     known = {"lab", "censor", "faults", "domain", "platform"}
@@ -473,6 +516,7 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         ),
         ech_drop_sni=tuple(s.lower() for s in _string_list(c, "ech_drop_sni", source, "censor")),
         ech_rst_sni=tuple(s.lower() for s in _string_list(c, "ech_rst_sni", source, "censor")),
+        **_quic_fields(c, source),
     )
 
     f = data.get("faults", {})
@@ -630,6 +674,7 @@ def _to_toml(s: Scenario) -> str:
         "keyword_placements",
         "ech_drop_sni",
         "ech_rst_sni",
+        *QUIC_FIELDS,
     ):
         value = getattr(c, key)
         if key == "keywords":
@@ -735,6 +780,7 @@ def generate(
     hops: int = 0,
     dns_blockpage: float = 0.0,
     ech: float = 0.0,
+    quic_sni: float = 0.0,
 ) -> Scenario:
     """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
 
@@ -747,6 +793,9 @@ def generate(
     `ech`: that share of the accessible domains (none of the TLS shares) has its ECH
     ClientHellos dropped (half, `ech_drop_sni`) or reset (`ech_rst_sni`), by a generator of its
     own; no other nettest's truth changes (their hellos carry no ECH).
+    `quic_sni` is the share of n_domains put in `quic_blocked_sni` (accessible domains, by a
+    generator of its own), and a third as many more have their address in `quic_blocked_ip`;
+    0 serves no QUIC and keeps the scenario as before.
     """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
@@ -775,6 +824,15 @@ def generate(
     }
     censor |= _tls_shares(raw, seed, round(intercept * n_domains), round(regional_cert * n_domains))
     censor |= _ech_shares(raw, seed, round(ech * n_domains), censor)
+    if quic_sni > 0:
+        taken = {*censor.get("intercept_sni", ()), *censor.get("regional_cert_sni", ())}
+        pool = [r["name"] for r in raw if r["block"] == "none" and r["name"] not in taken]
+        count = min(len(pool), max(1, round(quic_sni * n_domains)))
+        extra = max(1, count // 3)  # and a third as many with all of QUIC blocked by address
+        picked = random.Random(f"quic:{seed}").sample(pool, min(len(pool), count + extra))
+        censor["quic_blocked_sni"] = picked[:count]
+        by_name = {r["name"]: i for i, r in enumerate(raw)}
+        censor["quic_blocked_ip"] = [addresses.domain_v4(by_name[n]) for n in picked[count:]]
     data = {
         "lab": {
             "name": f"generated-{n_domains}-{seed}",

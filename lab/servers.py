@@ -34,7 +34,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from lab import addresses, ech, matching
+from lab import addresses, ech, matching, quic_server
 from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 from lab.http_head import HTML, response_head
@@ -165,8 +165,10 @@ class Web:
         self.zone = zone
         self.blockpage = scen.censor.blockpage_html()
         self.blockpage_status = scen.censor.blockpage_status
+        # Sites with a QUIC server (lab.quic_server) advertise it over HTTPS, as real ones do.
+        self.h3 = set(self.pages) if scen.censor.quic_servers else set()
 
-    def _response(self, request: Request, local: str, keep: bool) -> bytes:
+    def _response(self, request: Request, local: str, keep: bool, tls: bool = False) -> bytes:
         if local in (addresses.BLOCKPAGE_V4, addresses.BLOCKPAGE_V6):
             return (
                 response_head(self.blockpage_status, HTML, len(self.blockpage), keep_alive=keep)
@@ -180,7 +182,8 @@ class Web:
         host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         page = self.pages.get(host)
         if page is not None:
-            return response_head(200, HTML, len(page), keep_alive=keep) + page
+            alt_svc = quic_server.ALT_SVC if tls and host in self.h3 else ""
+            return response_head(200, HTML, len(page), keep_alive=keep, alt_svc=alt_svc) + page
         content = request.head + request.body
         return response_head(200, "text/plain; charset=latin-1", len(content), keep_alive=keep) + (
             content
@@ -195,7 +198,8 @@ class Web:
                 if request is None:
                     return
                 keep = request.headers.get("connection", "").lower() != "close"
-                writer.write(self._response(request, local, keep))
+                tls = writer.get_extra_info("sslcontext") is not None
+                writer.write(self._response(request, local, keep, tls))
                 await writer.drain()
                 if not keep:
                     return
@@ -435,6 +439,7 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
     servers.append(
         await asyncio.start_server(platform.handle, host=None, port=addresses.PLATFORM_PORT)
     )
+    quic = await quic_server.serve_sites(scen, state)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -444,6 +449,8 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
         s.close()
     for t in transports:
         t.close()
+    for q in quic:
+        q.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -186,7 +186,9 @@ def run(
     ] = None,
     sni_endpoint: Annotated[
         str | None,
-        typer.Option(help="sni_blocking, ech_check: IP:PORT to handshake with (default: DNS)."),
+        typer.Option(
+            help="sni_blocking, ech_check, quic_sni: IP:PORT to handshake with (default: DNS)."
+        ),
     ] = None,
     outer_sni: Annotated[
         list[str] | None,
@@ -197,7 +199,9 @@ def run(
     ] = None,
     control_sni: Annotated[
         str | None,
-        typer.Option(help="sni_blocking, dnscheck: the control SNI (default: example.com)."),
+        typer.Option(
+            help="sni_blocking, dnscheck, quic_sni: the control SNI (default: example.com)."
+        ),
     ] = None,
     domain: Annotated[
         str | None,
@@ -241,7 +245,8 @@ def run(
         float | None,
         typer.Option(
             min=0.0,
-            help="http_keyword: seconds a triggered endpoint stays tainted (default: 90).",
+            help="http_keyword, quic_sni: seconds a triggered endpoint stays tainted "
+            "(default: 90; quic_sni 180).",
         ),
     ] = None,
     keyword_tries: Annotated[
@@ -281,6 +286,14 @@ def run(
             help="Record each flow's packets for RST/injection evidence (needs CAP_NET_RAW). "
             "Default: on for tcp_connect, sni_blocking, dns_consistency; off for "
             "web_connectivity (it costs ~6 ms of CPU per input).",
+        ),
+    ] = None,
+    http3: Annotated[
+        bool | None,
+        typer.Option(
+            "--http3/--no-http3",
+            help="web_connectivity: fetch the page again over HTTP/3 when the site advertises "
+            "h3 (Alt-Svc) (default: off).",
         ),
     ] = None,
     pcap: Annotated[
@@ -356,6 +369,7 @@ def run(
                 "endpoints": str(endpoints) if endpoints else None,
                 "packet_capture": packet_capture,
                 "pcap_dir": str(pcap) if pcap else None,
+                "http3": http3,
                 "trace_keyword": keyword,
                 "trace_max_ttl": trace_max_ttl,
                 "trace_step_pause": trace_step_pause,

@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "signal": "probes.nettests.apps:Signal",
     "facebook_messenger": "probes.nettests.apps:FacebookMessenger",
     "ech_check": "probes.nettests.ech_check:ECHCheck",
+    "quic_sni": "probes.nettests.quic_sni:QuicSNI",
 }
 
 

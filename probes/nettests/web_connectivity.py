@@ -288,6 +288,8 @@ class WebConnectivity(Nettest):
             keys["tls_handshakes"].extend(http.tls_handshakes)
             if http.failure is None:
                 final_body = http.body
+                if self.ctx.options.get("http3"):
+                    await self._http3(http, keys, t_zero)
             await self._redirect_flows(http.requests, hop_addresses, tx, keys, t_zero)
         elif keys["dns_experiment_failure"] is None:
             keys["dns_experiment_failure"] = "dns_no_answer"
@@ -339,6 +341,24 @@ class WebConnectivity(Nettest):
                 verdict = analyze_v05(keys, url=input_, fingerprints=self.fingerprints)
         keys.update(verdict.as_test_keys())
         return keys
+
+    async def _http3(self, http: Any, keys: dict[str, Any], t_zero: float) -> None:
+        """--http3: the final page again over HTTP/3 when its HTTPS response advertised h3
+        (Alt-Svc), from the address that served it (``x_http3_request``; the verdict is not
+        changed: docs/methodology.md)."""
+        from probes.net.http3 import alt_svc_h3, http3_get
+
+        alt_svc = next((v for k, v in http.headers.items() if k.lower() == "alt-svc"), "")
+        port = alt_svc_h3(alt_svc)
+        url = http.final_url or ""
+        if port is None or not url.startswith("https://") or not http.address:
+            return
+        ip = http.address.rpartition(":")[0].strip("[]")
+        found = await http3_get(
+            ip, int(port), url, timeout=self.ctx.timeout * 0.2, t_zero=t_zero,
+            ca_file=self.ctx.ca_file,
+        )  # fmt: skip
+        keys["x_http3_request"] = {**found.record(url, f"{http.address}"), "alt_svc": alt_svc}
 
     async def _redirect_flows(
         self,

@@ -123,6 +123,7 @@ def small_lab(lab: LabInfo, request: pytest.FixtureRequest) -> Iterator[LabInfo]
         regional_cert=0.025,
         dns_blockpage=0.05,
         ech=0.05,
+        quic_sni=0.05,
         residual_seconds=2.0,
         mode=request.param,
         hops=2,
