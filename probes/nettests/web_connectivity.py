@@ -346,19 +346,34 @@ class WebConnectivity(Nettest):
         """--http3: the final page again over HTTP/3 when its HTTPS response advertised h3
         (Alt-Svc), from the address that served it (``x_http3_request``; the verdict is not
         changed: docs/methodology.md)."""
-        from probes.net.http3 import alt_svc_h3, http3_get
+        from probes.net.http3 import alt_svc_h3, http3_get, https_query_name, https_rr_h3
 
         alt_svc = next((v for k, v in http.headers.items() if k.lower() == "alt-svc"), "")
         port = alt_svc_h3(alt_svc)
         url = http.final_url or ""
-        if port is None or not url.startswith("https://") or not http.address:
+        if not url.startswith("https://") or not http.address:
             return
+        discovery: dict[str, Any] = {"alt_svc": alt_svc, "discovered_by": "alt-svc"}
+        if port is None:
+            # No Alt-Svc: the name's HTTPS record (RFC 9460) may offer h3 (browsers ask it).
+            parts = urlsplit(url)
+            resolver = self.ctx.resolver or _system_nameserver()
+            if not resolver or not parts.hostname or is_ip(parts.hostname):
+                return
+            lookup = await resolve_retrying(
+                https_query_name(parts.hostname, parts.port or 443), query_type="HTTPS",
+                resolver=resolver, timeout=self.ctx.timeout * 0.1, t_zero=t_zero,
+            )  # fmt: skip
+            port = https_rr_h3(lookup.queries, parts.port or 443)
+            discovery.update(discovered_by="https-rr", queries=lookup.queries)
+            if port is None:
+                return
         ip = http.address.rpartition(":")[0].strip("[]")
         found = await http3_get(
             ip, int(port), url, timeout=self.ctx.timeout * 0.2, t_zero=t_zero,
             ca_file=self.ctx.ca_file,
         )  # fmt: skip
-        keys["x_http3_request"] = {**found.record(url, f"{http.address}"), "alt_svc": alt_svc}
+        keys["x_http3_request"] = {**found.record(url, f"{http.address}"), **discovery}
 
     async def _redirect_flows(
         self,
@@ -454,3 +469,15 @@ class WebConnectivity(Nettest):
             "blocking": None,
             "blocking_detail": None,
         }
+
+
+def _system_nameserver() -> str | None:
+    """The first nameserver of /etc/resolv.conf (getaddrinfo cannot ask for HTTPS records)."""
+    import dns.exception
+    import dns.resolver
+
+    try:
+        servers = dns.resolver.Resolver().nameservers
+    except (dns.exception.DNSException, OSError):
+        return None
+    return str(servers[0]) if servers else None
