@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "message_delivery": "probes.nettests.message_delivery:MessageDelivery",
     "censor_trace": "probes.nettests.censor_trace:CensorTrace",
     "dnscheck": "probes.nettests.dnscheck:DNSCheck",
+    "download": "probes.nettests.download:Download",
 }
 
 

@@ -1,0 +1,168 @@
+"""download on loopback: a real HTTPS server of a 1 MiB object behind a relay that throttles
+or freezes chosen SNIs (tests/loopback/throttle.py), and the verdict function on its own.
+
+No wall-clock time is asserted: rates are judged against the control's, a stall by bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from probes.nettests.base import ProbeContext
+from probes.nettests.download import Download
+from probes.nettests.download_analysis import MIN_RATE_BYTES, analyze, transfer_rate
+from tests.loopback import ServerThread, TestCA
+from tests.loopback.throttle import ObjectServer, SniShaper
+
+FREEZE_AT = 16 * 1024
+SLOW_RATE = 32 * 1024
+PATH = "/large.bin"
+
+
+@dataclass
+class World:
+    ca: TestCA
+    shaper: SniShaper
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with ServerThread("download") as thread:
+        ca = TestCA()
+        server = thread.start(ObjectServer(ca))
+        shaper = thread.start(
+            SniShaper(
+                "127.0.0.1",
+                ("127.0.0.1", server.port),
+                rates={"slow.test": SLOW_RATE, "slow-too.test": SLOW_RATE},
+                freeze_after={"frozen.test": FREEZE_AT, "frozen-too.test": FREEZE_AT},
+            )
+        )
+        yield World(ca, shaper)
+
+
+def _run(world: World, url: str, control_sni: str = "example.com") -> dict[str, Any]:
+    ctx = ProbeContext(
+        ca_file=world.ca.ca_pem_path,
+        timeout=30.0,
+        options={
+            "sni_endpoint": f"127.0.0.1:{world.shaper.port}",
+            "control_sni": control_sni,
+            "fetch_seconds": 4.0,
+            "stall_seconds": 2.0,
+        },
+    )
+    test = Download(ctx)
+
+    async def go() -> dict[str, Any]:
+        await test.setup()
+        try:
+            return await test.measure(url)
+        finally:
+            await test.close()
+
+    return asyncio.run(go())
+
+
+def test_an_unshaped_name_is_not_blocked(world: World) -> None:
+    keys = _run(world, f"https://open.test{PATH}")
+    assert (keys["blocking"], keys["blocking_detail"]) == (False, None), keys["x_analysis"]
+    assert [t["role"] for t in keys["transfers"]] == ["target", "control"] * 2
+    for t in keys["transfers"]:
+        assert (t["ended"], t["status_code"], t["body_length"]) == ("complete", 200, 1 << 20)
+        curve = [e for e in t["network_events"] if e["operation"] == "bytes_received_cumulative"]
+        counts = [e["num_bytes"] for e in curve]
+        assert counts == sorted(counts) and counts[-1] == t["bytes_received"] > 1 << 20
+
+
+def test_a_throttled_name_is_throttled(world: World) -> None:
+    keys = _run(world, f"https://slow.test{PATH}")
+    assert (keys["blocking"], keys["blocking_detail"]) == ("throttling", "throttled")
+    targets = [t for t in keys["transfers"] if t["role"] == "target"]
+    assert {t["ended"] for t in targets} == {"time_cap"}  # still receiving at the cap
+    assert keys["x_analysis"]["rate_ratio"] <= 0.1
+    assert world.shaper.seen.count("slow.test") >= 2
+
+
+def test_a_frozen_name_is_stalled_at_the_censors_byte_count(world: World) -> None:
+    keys = _run(world, f"https://frozen.test{PATH}")
+    assert (keys["blocking"], keys["blocking_detail"]) == ("throttling", "stalled")
+    # The relay forwarded exactly FREEZE_AT bytes of the server's side (TLS included).
+    assert keys["x_analysis"]["stalled_at"] == FREEZE_AT
+    targets = [t for t in keys["transfers"] if t["role"] == "target"]
+    # The freeze cut the first TLS record of the response: the head never decrypted, yet the
+    # curve shows the bytes that came.
+    assert all(t["ended"] == "stalled" and t["failure"] is None for t in targets)
+    assert all(t["bytes_received"] == FREEZE_AT for t in targets)
+
+
+def test_a_control_shaped_alike_clears_the_name(world: World) -> None:
+    keys = _run(world, f"https://slow.test{PATH}", control_sni="slow-too.test")
+    assert keys["blocking"] is False, keys["x_analysis"]
+    keys = _run(world, f"https://frozen.test{PATH}", control_sni="frozen-too.test")
+    assert keys["blocking"] is None
+    assert {t["ended"] for t in keys["transfers"]} == {"stalled"}
+
+
+def test_inputs_must_be_https_names() -> None:
+    assert Download.input_problem("http://a.test/x") is not None
+    assert Download.input_problem("https://127.0.0.1/x") is not None
+    assert Download.input_problem("https://a.test/x") is None
+
+
+# --- the verdict function on hand-made transfers ---------------------------------------------
+
+
+def _t(role: str, ended: str, size: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    base = {
+        "role": role,
+        "ended": ended,
+        "failure": None,
+        "failed_operation": None,
+        "t_request": 1.0,
+        "bytes_at_request": 2000,
+        "bytes_received": 2000 + size,
+        "t_last_byte": 1.0 + seconds,
+    }
+    return base | extra
+
+
+def test_rates_are_bytes_after_the_request_over_the_time_to_the_last_byte() -> None:
+    assert transfer_rate(_t("control", "complete", 100_000, 0.5)) == 200_000
+    assert transfer_rate(_t("control", "complete", 0, 0.5)) is None
+
+
+def test_the_threshold_is_a_tenth_of_the_controls_median() -> None:
+    controls = [_t("control", "complete", 1 << 20, s) for s in (0.1, 0.2, 5.0)]
+    at = [_t("target", "time_cap", 1 << 20, 20.0)]  # 52 KB/s vs a 5.2 MB/s median: 1/100
+    assert analyze({"transfers": at + controls}).blocking_detail == "throttled"
+    near = [_t("target", "complete", 1 << 20, 1.5)]  # 1/7.5: slower, not extreme
+    assert analyze({"transfers": near + controls}).blocking is False
+    # The best target transfer decides: one fast target is enough to clear the name.
+    mixed = [*at, _t("target", "complete", 1 << 20, 0.2)]
+    assert analyze({"transfers": mixed + controls}).blocking is False
+
+
+def test_null_when_the_evidence_cannot_decide() -> None:
+    small = [_t("target", "complete", 1000, 1.0), _t("control", "complete", 1000, 0.01)]
+    assert analyze({"transfers": small}).blocking is None
+    assert MIN_RATE_BYTES > 1000
+    no_control = [_t("target", "complete", 1 << 20, 1.0), _t("control", "failure", 0, 0.0)]
+    assert analyze({"transfers": no_control}).blocking is None
+    stalled = [_t("target", "stalled", 15000, 0.1), _t("target", "complete", 1 << 20, 0.1)]
+    control = [_t("control", "complete", 1 << 20, 0.1)]
+    assert "some target" in analyze({"transfers": stalled + control}).why
+    behind = [_t("target", "stalled", 15000, 0.1), _t("control", "time_cap", 9000, 9.0)]
+    assert analyze({"transfers": behind}).blocking is None
+
+
+def test_a_handshake_reset_only_for_the_name_is_sni_blocking() -> None:
+    reset = {"failure": "connection_reset", "failed_operation": "tls_handshake"}
+    targets = [_t("target", "failure", 0, 0.0, **reset) for _ in range(2)]
+    control = [_t("control", "complete", 1 << 20, 0.1)]
+    found = analyze({"transfers": targets + control})
+    assert (found.blocking, found.blocking_detail) == ("tls", "tls.sni_reset")
