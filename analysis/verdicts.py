@@ -4,7 +4,8 @@ Why re-derive: a better heuristic should apply to old data, and OONI's measureme
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
-on), and dnscheck's from probes.nettests.dnscheck_analysis; other nettests keep the verdict
+on), dnscheck's from probes.nettests.dnscheck_analysis and download's from
+probes.nettests.download_analysis (its transfers' byte curves); other nettests keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -28,6 +29,7 @@ import orjson
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
+from probes.nettests.download_analysis import analyze as analyze_download
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
 
@@ -139,6 +141,8 @@ class Classifier:
         tk = data.get("test_keys")
         if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
             return rederive_dnscheck(tk)
+        if data.get("test_name") == "download" and isinstance(tk, dict):
+            return rederive_download(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -294,6 +298,31 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
             "verdict_source": "probe",
         }
     found = analyze_dnscheck(tk)
+    row: dict[str, Any] = {
+        "blocking": blocking_text(found.blocking),
+        "blocking_detail": found.blocking_detail,
+        "blocking_fingerprint": None,
+        "down": False,
+        "verdict_source": "rederived",
+    }
+    said = (blocking_text(tk.get("blocking")), tk.get("blocking_detail"))
+    if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
+        row["disagreement"] = f"probe said {said[0]} / {said[1]}"
+    return row
+
+
+def rederive_download(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """download's verdict from its stored transfers (probes.nettests.download_analysis, the
+    probe's own pure function): a threshold changed later applies to old measurements. An
+    input abandoned before any transfer keeps the probe's null."""
+    if not isinstance(tk.get("transfers"), list) or not tk["transfers"]:
+        return {
+            "blocking": blocking_text(tk.get("blocking")),
+            "blocking_detail": tk.get("blocking_detail"),
+            "down": False,
+            "verdict_source": "probe",
+        }
+    found = analyze_download(tk)
     row: dict[str, Any] = {
         "blocking": blocking_text(found.blocking),
         "blocking_detail": found.blocking_detail,

@@ -22,7 +22,11 @@ stored verdicts are scored against the scenario's truth for that nettest:
 - dnscheck: each SNI-reset domain as a DoH resolver (tls.sni_reset), each blackholed and each
   DNS-blocked domain as a DoT resolver (tcp.connect_timeout; dns.bootstrap_injected,
   _nxdomain, _bogon), and a sample of open names as both (`dnscheck_truth` here), asked for an
-  open domain of the scenario.
+  open domain of the scenario;
+- download: each throttle_sni domain's large object (throttling/throttled) and each stall_sni
+  one's (throttling/stalled), and a sample of open names (`Scenario.download_truth()`); the
+  scenario then holds `--shaped` (2%) of each of these kinds (none when download is not run,
+  so the other nettests' scenario stays as it was).
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -37,7 +41,7 @@ blocked verdicts at the open vantage, zero null verdicts at either vantage; the 
 
     python -m bench.accuracy [--domains 300] [--seed 1] [--loss 0.02] [--nettests a,b]
         [--helper-loss P] [--residual S] [--mode in-path|on-path] [--hops N]
-        [--dns-blockpage SHARE] [--no-fingerprints]
+        [--dns-blockpage SHARE] [--shaped SHARE] [--no-fingerprints]
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ DEFAULT_OPEN_SAMPLE = 100
 DEFAULT_RESIDUAL_S = 15.0
 DEFAULT_HOPS = 2
 DEFAULT_DNS_BLOCKPAGE_SHARE = 0.04
+# Shares of throttle_sni and stall_sni domains (each) when download is scored, and its open
+# sample (each open input moves 4 MiB through the censor).
+DEFAULT_SHAPED_SHARE = 0.02
+DOWNLOAD_OPEN_SAMPLE = 30
 
 Truth = dict[str, dict[str, Any]]
 Verdicts = dict[str, dict[str, Any]]
@@ -169,6 +177,11 @@ NETTESTS: dict[str, NettestSpec] = {
         NettestSpec("tls_interception", ("tls",), lambda s, n: s.tls_truth(open_sample=n)),
         NettestSpec(
             "dnscheck", ("dns", "tcp_ip", "tls"), dnscheck_truth, "blocking", dnscheck_args
+        ),
+        NettestSpec(
+            "download",
+            ("throttling",),
+            lambda s, n: s.download_truth(min(n or DOWNLOAD_OPEN_SAMPLE, DOWNLOAD_OPEN_SAMPLE)),
         ),
     )
 }
@@ -514,6 +527,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="routers between the censored vantage and the censor")  # fmt: skip
     parser.add_argument("--dns-blockpage", type=float, default=DEFAULT_DNS_BLOCKPAGE_SHARE,
                         help="share of domains sent to the block-page server by DNS")  # fmt: skip
+    parser.add_argument("--shaped", type=float,
+                        help="share each of throttle_sni and stall_sni domains "
+                        f"[{DEFAULT_SHAPED_SHARE} when download runs, else 0]")  # fmt: skip
     parser.add_argument("--no-fingerprints", action="store_true",
                         help="web_connectivity without the block-page fingerprint")  # fmt: skip
     parser.add_argument("--nettests", type=_nettests, default=list(NETTESTS),
@@ -529,6 +545,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", type=Path, help="keep the probe's results here")
     parser.add_argument("--json", type=Path, help="write the scores as JSON here")
     return parser.parse_args(argv)
+
+
+def _shaped_share(args: argparse.Namespace) -> float:
+    if args.shaped is not None:
+        return float(args.shaped)
+    return DEFAULT_SHAPED_SHARE if "download" in args.nettests else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         hops=args.hops,
         dns_blockpage=args.dns_blockpage,
+        shaped=_shaped_share(args),
     )
     work = Path(tempfile.mkdtemp(prefix="censorscope-accuracy-"))
     results = args.keep or work / "results"

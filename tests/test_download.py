@@ -6,10 +6,15 @@ No wall-clock time is asserted: rates are judged against the control's, a stall 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from probes.nettests.base import ProbeContext
@@ -166,3 +171,52 @@ def test_a_handshake_reset_only_for_the_name_is_sni_blocking() -> None:
     control = [_t("control", "complete", 1 << 20, 0.1)]
     found = analyze({"transfers": targets + control})
     assert (found.blocking, found.blocking_detail) == ("tls", "tls.sni_reset")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "probes.cli", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cli_run_then_analyze_report_publish(world: World, tmp_path: Path) -> None:
+    """`censorscope run download` stores its verdicts; analyze re-derives them from the
+    transfers, and report and publish carry them like any nettest's."""
+    results = tmp_path / "results"
+    inputs = [f"https://open.test{PATH}", f"https://frozen.test{PATH}"]
+    _cli(
+        "run", "download", *(a for i in inputs for a in ("--input", i)),
+        "--sni-endpoint", f"127.0.0.1:{world.shaper.port}", "--ca-file", world.ca.ca_pem_path,
+        "--timeout", "30", "--results", str(results), "--vantage", "lab", "--no-progress",
+    )  # fmt: skip
+    (path,) = results.glob("raw/date=*/vantage=lab/test_name=download/*.jsonl")
+    stored = {m["input"]: m for m in map(json.loads, path.read_text().splitlines())}
+    said = {
+        i: (m["test_keys"]["blocking"], m["test_keys"]["blocking_detail"])
+        for i, m in stored.items()
+    }
+    assert said == {inputs[0]: (False, None), inputs[1]: ("throttling", "stalled")}
+    out = tmp_path / "tables"
+    _cli("analyze", "--results", str(results), "--out", str(out))
+    table = pd.read_parquet(out / "vantages.parquet").set_index("target")
+    assert table["blocked"].to_dict() == {inputs[0]: 0, inputs[1]: 1}
+    _cli("report", "--results", str(results), "--out", str(tmp_path / "report.html"))
+    assert "download" in (tmp_path / "report.html").read_text()
+    _cli("publish", "--results", str(results), "--out", str(tmp_path / "dataset"))
+    (part,) = (tmp_path / "dataset" / "data").rglob("test_name=download/*.parquet")
+    published = pd.read_parquet(part).set_index("input")
+    assert published.loc[inputs[1], "blocking_detail"] == "stalled"
+    assert published.loc[inputs[1], "blocking"] == "throttling"
+
+
+def test_analysis_rederives_the_verdict_from_the_transfers() -> None:
+    from analysis.verdicts import Classifier
+
+    controls = [_t("control", "complete", 1 << 20, 0.1)]
+    tk = {"transfers": [_t("target", "time_cap", 200_000, 10.0), *controls]}
+    row = Classifier()({"test_name": "download", "test_keys": {**tk, "blocking": False}})
+    assert (row["blocking"], row["blocking_detail"]) == ("throttling", "throttled")
+    assert row["verdict_source"] == "rederived" and "probe said" in row["disagreement"]
+    abandoned = {"transfers": [], "blocking": None, "blocking_detail": None}
+    assert Classifier()({"test_name": "download", "test_keys": abandoned})["blocking"] is None

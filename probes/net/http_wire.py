@@ -148,6 +148,8 @@ async def _connect(
         raise
     listener.tls_done(None, wire.tls.obj)
     wire.tls.on_received = wire.on_received
+    if wire.on_received is not None:
+        wire.on_received(wire.tls.received)  # the handshake's bytes
     return wire
 
 

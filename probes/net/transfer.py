@@ -53,9 +53,9 @@ class _Sampler:
     head_received: bool = False
     total: int = 0
     t_last_byte: float | None = None
-    _last_kept: float = -1.0
+    _last_sample: dict[str, Any] | None = None
 
-    def _event(self, operation: str, t: float, num_bytes: int | None = None) -> None:
+    def _event(self, operation: str, t: float, num_bytes: int | None = None) -> dict[str, Any]:
         event: dict[str, Any] = {
             "address": self.address,
             "failure": None,
@@ -68,6 +68,7 @@ class _Sampler:
         if num_bytes is not None:
             event["num_bytes"] = num_bytes
         self.events.append(event)
+        return event
 
     def connected(self, failure: str | None) -> None:
         if failure is None:
@@ -97,11 +98,11 @@ class _Sampler:
         self.last_read = asyncio.get_running_loop().time()
         if self.timer is not None:
             self.timer.reschedule(min(self.hard_end, self.last_read + self.stall_seconds))
-        if now - self._last_kept >= SAMPLE_EVERY_S:
-            self._last_kept = now
-            self._event(BYTES_RECEIVED, now, total)
-        else:  # keep the latest count in the last sample
-            self.events[-1].update(t0=now, t=now, num_bytes=total)
+        last = self._last_sample
+        if last is None or now - last["t0"] >= SAMPLE_EVERY_S:
+            self._last_sample = self._event(BYTES_RECEIVED, now, total)
+        else:  # the latest count goes into the last sample (its t0: when it was opened)
+            last.update(t=now, num_bytes=total)
 
 
 async def timed_get(

@@ -35,7 +35,7 @@ DEFAULT_FETCH_SECONDS = 10.0  # per transfer (OONI: ten seconds for HTTP after t
 # No byte for this long and a transfer has stalled. Linux's first retransmission timeouts
 # add up to 3 s (0.2 + 0.4 + 0.8 + 1.6) only after four losses of the same segment in a row.
 DEFAULT_STALL_SECONDS = 4.0
-RESOLVE_SECONDS = 5.0
+RESOLVE_SECONDS = 5.0  # at most a fifth of the budget
 
 
 class Download(Nettest):
@@ -49,11 +49,14 @@ class Download(Nettest):
         self.endpoint = opts.get("sni_endpoint") or None
         self.rounds = int(opts.get("download_rounds") or DEFAULT_ROUNDS)
         self.max_bytes = int(opts.get("max_bytes") or DEFAULT_MAX_BYTES)
-        self.stall_seconds = float(opts.get("stall_seconds") or DEFAULT_STALL_SECONDS)
+        stall = float(opts.get("stall_seconds") or DEFAULT_STALL_SECONDS)
         fetch = float(opts.get("fetch_seconds") or DEFAULT_FETCH_SECONDS)
-        # Every transfer's cap fits the per-input budget, with room for the lookup.
-        share = (ctx.timeout - RESOLVE_SECONDS) / (2 * self.rounds)
-        self.fetch_seconds = max(self.stall_seconds + 1.0, min(fetch, share))
+        # Every transfer fits the per-input budget, the lookup's share set aside; a short
+        # budget shortens the stall window with it (at most half a transfer's time).
+        self.resolve_seconds = min(RESOLVE_SECONDS, ctx.timeout * 0.2)
+        share = (ctx.timeout - self.resolve_seconds) / (2 * max(1, self.rounds))
+        self.fetch_seconds = max(0.5, min(fetch, share))
+        self.stall_seconds = min(stall, self.fetch_seconds / 2)
 
     @classmethod
     def default_budget(cls, options: dict[str, Any]) -> float | None:
@@ -137,7 +140,7 @@ class Download(Nettest):
             return ip
         kind = "A" if self.ctx.resolver else "ANY"
         result = await resolve(
-            host, query_type=kind, resolver=self.ctx.resolver, timeout=RESOLVE_SECONDS,
+            host, query_type=kind, resolver=self.ctx.resolver, timeout=self.resolve_seconds,
             t_zero=t_zero,
         )  # fmt: skip
         keys["queries"] = result.queries

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from lab.matching import tls_sni
 from tests.loopback.certs import TestCA
+from tests.loopback.encrypted_dns import is_own_connection
 
 OBJECT_BYTES = 1 << 20
 _CHUNK = 4096
@@ -70,6 +71,9 @@ class SniShaper:
     rates: dict[str, int] = field(default_factory=dict)  # SNI -> bytes per second
     freeze_after: dict[str, int] = field(default_factory=dict)  # SNI -> bytes forwarded
     port: int = 0
+    # Leave this process's own connections alone (an in-process control helper), shaping
+    # only other processes' (a probe run as a command).
+    spare_own: bool = False
     seen: list[str] = field(default_factory=list)
     _server: asyncio.Server | None = field(default=None, repr=False)
 
@@ -87,6 +91,9 @@ class SniShaper:
         except OSError:
             writer.close()
             return
+        spared = self.spare_own and is_own_connection(
+            writer.get_extra_info("peername")[:2], writer.get_extra_info("sockname")[:2]
+        )
         name: list[str | None] = [None]
         hello_seen, client_gone = asyncio.Event(), asyncio.Event()
 
@@ -108,8 +115,8 @@ class SniShaper:
 
         async def server_to_client() -> None:
             await hello_seen.wait()
-            rate = self.rates.get(name[0] or "")
-            freeze = self.freeze_after.get(name[0] or "")
+            key = "" if spared else name[0] or ""
+            rate, freeze = self.rates.get(key), self.freeze_after.get(key)
             sent, started = 0, time.monotonic()
             while data := await up_reader.read(_CHUNK if rate else 65536):
                 if freeze is not None and sent + len(data) > freeze:
