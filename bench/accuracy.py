@@ -84,6 +84,9 @@ DEFAULT_DNS_BLOCKPAGE_SHARE = 0.04
 # sample (each open input moves 4 MiB through the censor).
 DEFAULT_SHAPED_SHARE = 0.02
 DOWNLOAD_OPEN_SAMPLE = 30
+# Rates are what download measures: dozens of 1 MiB transfers at once through the lab censor
+# (one Python process) would measure the censor's load. A user's run measures one at a time.
+DOWNLOAD_CONCURRENCY = 4
 
 Truth = dict[str, dict[str, Any]]
 Verdicts = dict[str, dict[str, Any]]
@@ -182,6 +185,7 @@ NETTESTS: dict[str, NettestSpec] = {
             "download",
             ("throttling",),
             lambda s, n: s.download_truth(min(n or DOWNLOAD_OPEN_SAMPLE, DOWNLOAD_OPEN_SAMPLE)),
+            args=lambda _s: ["--concurrency", str(DOWNLOAD_CONCURRENCY)],
         ),
     )
 }

@@ -141,15 +141,28 @@ def test_rates_are_bytes_after_the_request_over_the_time_to_the_last_byte() -> N
     assert transfer_rate(_t("control", "complete", 0, 0.5)) is None
 
 
-def test_the_threshold_is_a_tenth_of_the_controls_median() -> None:
-    controls = [_t("control", "complete", 1 << 20, s) for s in (0.1, 0.2, 5.0)]
-    at = [_t("target", "time_cap", 1 << 20, 20.0)]  # 52 KB/s vs a 5.2 MB/s median: 1/100
-    assert analyze({"transfers": at + controls}).blocking_detail == "throttled"
-    near = [_t("target", "complete", 1 << 20, 1.5)]  # 1/7.5: slower, not extreme
-    assert analyze({"transfers": near + controls}).blocking is False
-    # The best target transfer decides: one fast target is enough to clear the name.
-    mixed = [*at, _t("target", "complete", 1 << 20, 0.2)]
-    assert analyze({"transfers": mixed + controls}).blocking is False
+def _rounds(*seconds: tuple[float, float]) -> dict[str, Any]:
+    """Rounds of (target, control) 1 MiB transfers taking these times."""
+    transfers = []
+    for target, control in seconds:
+        ended = "complete" if target < 10 else "time_cap"
+        transfers.append(_t("target", ended, 1 << 20, target))
+        transfers.append(_t("control", "complete", 1 << 20, control))
+    return {"transfers": transfers}
+
+
+def test_each_round_compares_the_target_with_its_own_control() -> None:
+    assert analyze(_rounds((20.0, 0.1), (20.0, 1.5))).blocking_detail == "throttled"
+    # A tenth is the line (OONI's "extreme throttling"): 1/7.5 is slower, not throttled.
+    near = analyze(_rounds((1.5, 0.2), (1.5, 0.2)))
+    assert near.blocking is False and near.ratio == pytest.approx(0.2 / 1.5)
+    # One round where the target kept up with its control clears the name.
+    assert analyze(_rounds((20.0, 0.1), (0.2, 0.2))).blocking is False
+    # A busy path slows a target and its control alike; another round's fast control (the
+    # path idle again) does not make the first round's target look throttled. The lab's
+    # accuracy bench met this case with a median over all controls.
+    busy = analyze(_rounds((3.2, 1.8), (2.7, 0.11)))
+    assert busy.blocking is False and busy.ratio == pytest.approx(1.8 / 3.2)
 
 
 def test_null_when_the_evidence_cannot_decide() -> None:

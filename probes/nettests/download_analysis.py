@@ -7,15 +7,16 @@ server address, same object, same path). Only what the control proves is blamed 
   receiving (no byte for the stall window) before its end, while a control transfer went past
   the point where the targets stopped and no control stalled. Russia's TSPU freezes TLS
   connections to foreign hosting so after 16-20 KB (issue 16); the point is ``stalled_at``.
-- ``throttling`` / ``throttled``: the best target rate is at most THROTTLE_RATIO (1/10) of the
-  median control rate. OONI calls a 10x (or larger) slowdown "extreme throttling", the kind it
-  sets out to detect (probe-cli docs/design/dd-007-throttling.md); Twitter's throttling in
-  Russia brought transfers to about 130-150 kbit/s against several Mbit/s unthrottled (Xue et
-  al., "Throttling Twitter", IMC 2021).
+- ``throttling`` / ``throttled``: in every round the target's rate is at most THROTTLE_RATIO
+  (1/10) of the rate of the control fetched right after it. OONI calls a 10x (or larger)
+  slowdown "extreme throttling", the kind it sets out to detect (probe-cli
+  docs/design/dd-007-throttling.md); Twitter's throttling in Russia brought transfers to about
+  130-150 kbit/s against several Mbit/s unthrottled (Xue et al., "Throttling Twitter", IMC
+  2021). Each target is compared with its own round's control: both met the same load.
 - ``tls`` / ``tls.sni_reset``, ``_timeout``, ``_eof``: every target handshake failed so while
   a control handshake with another SNI to the same address passed (as dnscheck and
   sni_blocking name it).
-- false: the targets' rate is above the threshold (or they completed as the controls did).
+- false: in some round the target's rate is above the threshold.
 - null: no control transfer completed, a control stalled as well (the path, not the name),
   the object is too small to time (below MIN_RATE_BYTES), or the evidence is mixed.
 """
@@ -43,12 +44,7 @@ class Verdict:
     target_rate: float | None = None  # bytes/s, the best target transfer
     control_rate: float | None = None  # bytes/s, the median control transfer
     stalled_at: int | None = None  # bytes received by the target transfers when they froze
-
-    @property
-    def ratio(self) -> float | None:
-        if self.target_rate is None or not self.control_rate:
-            return None
-        return self.target_rate / self.control_rate
+    ratio: float | None = None  # the largest per-round ratio of target to control rate
 
     def as_dict(self) -> dict[str, Any]:
         ratio = self.ratio
@@ -131,12 +127,35 @@ def analyze(tk: Mapping[str, Any]) -> Verdict:
         return Verdict(None, None, f"target transfers failed: {', '.join(failures)}")
     if min(payload_bytes(c) for c in controls_ok) < MIN_RATE_BYTES:
         return Verdict(None, None, f"the object is under {MIN_RATE_BYTES} bytes: too small to time")
+    ratios = round_ratios(tk)
     target_rates = [r for t in moving if (r := transfer_rate(t)) is not None]
-    if not target_rates or control_rate is None:
+    if not ratios or not target_rates or control_rate is None:
         return Verdict(None, None, "no rate could be measured")
-    best = max(target_rates)
-    if best <= THROTTLE_RATIO * control_rate:
-        why = f"the best target rate is {best / control_rate:.3f} of the control's"
-        return Verdict("throttling", "throttled", why, best, control_rate)
-    why = f"the best target rate is {best / control_rate:.2f} of the control's"
-    return Verdict(False, None, why, best, control_rate)
+    worst = max(ratios)  # the round where the target came closest to its control
+    found = Verdict(False, None, "", max(target_rates), control_rate, None, worst)
+    if worst <= THROTTLE_RATIO:
+        found.blocking, found.blocking_detail = "throttling", "throttled"
+        found.why = f"in every round the target's rate was at most {worst:.3f} of the control's"
+    else:
+        found.why = f"in one round the target's rate was {worst:.2f} of the control's"
+    return found
+
+
+def round_ratios(tk: Mapping[str, Any]) -> list[float]:
+    """Per round, the target's rate over the rate of the control fetched right after it: the
+    two met the same load on the path (a busy link or server slows both), which rates from
+    other moments need not have."""
+    ratios = []
+    pending: Mapping[str, Any] | None = None
+    for t in tk.get("transfers") or []:
+        if not isinstance(t, Mapping):
+            continue
+        if t.get("role") == "target":
+            pending = t
+        elif t.get("role") == "control" and pending is not None:
+            target, control = transfer_rate(pending), transfer_rate(t)
+            both = pending.get("ended") in MOVING and t.get("ended") in MOVING
+            if both and target is not None and control:
+                ratios.append(target / control)
+            pending = None
+    return ratios

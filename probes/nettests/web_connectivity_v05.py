@@ -536,7 +536,8 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
             # censor's after-effect (refused, timed out) instead.
             reset = "connection_reset" in tls_failures or failure == "connection_reset"
             return "tls.sni_reset" if reset else "tls.handshake_failure"
-        if failure == "generic_timeout_error" and stalled_at(test_keys) is not None:
+        stall = stalled_at(test_keys) if failure == "generic_timeout_error" else None
+        if stall is not None and control_fetched_past(test_keys, stall):
             return "http.stalled"  # bytes came, then froze (probes/nettests/wc_stall.py)
         return {
             "connection_reset": "http.reset",
