@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from probes.net.addresses import is_ip, parse_host_port
-from probes.net.dns import resolve
+from probes.net.dns import resolve_retrying
 from probes.net.transfer import timed_get
 from probes.nettests.base import Nettest, ProbeContext, SetupError
 from probes.nettests.download_analysis import THROTTLE_RATIO, analyze
@@ -139,7 +139,8 @@ class Download(Nettest):
             keys["address"] = ip
             return ip
         kind = "A" if self.ctx.resolver else "ANY"
-        result = await resolve(
+        # A lost datagram must not decide the lookup: the query is sent again (dnscheck too).
+        result = await resolve_retrying(
             host, query_type=kind, resolver=self.ctx.resolver, timeout=self.resolve_seconds,
             t_zero=t_zero,
         )  # fmt: skip
