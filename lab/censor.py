@@ -231,7 +231,10 @@ class Censor:
                     ip_id=self._next_id(),
                 )
                 return Decision(accept=False, forged=[rst], reason="residual_rst")
-            self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            known = self.flows.get(key)
+            if known is None or known.next_seq != (pkt.seq + 1) & 0xFFFFFFFF or known.data:
+                self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            # else a retransmitted SYN (it can cross the server's SYN-ACK): keep what was seen
             return Decision(reason="pass")
         flow = self.flows.get(key)
         if flow is None:
@@ -293,8 +296,9 @@ class Censor:
         server's stream (stall_sni), or paced to ``throttle_sni_kib_per_s`` (throttle_sni)."""
         c = self.s.censor
         if flow.shape == "stall_sni":
-            start = flow.server_next if flow.server_next is not None else pkt.seq
-            end = (pkt.seq + len(pkt.payload) - start) & 0xFFFFFFFF
+            if flow.server_next is None:  # no SYN-ACK seen: count from the first data seen
+                flow.server_next = pkt.seq
+            end = (pkt.seq + len(pkt.payload) - flow.server_next) & 0xFFFFFFFF
             if end > c.stall_after_bytes and end < 0x80000000:
                 return Decision(accept=False, reason="stall_drop", in_path=True)
             return Decision(reason="server")

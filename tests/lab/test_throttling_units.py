@@ -165,3 +165,36 @@ def test_the_censor_paces_a_throttle_sni_flow_and_drops_past_its_queue(tmp_path:
     assert delays[len(held) :] == [None] * (12 - len(held))
     # Later, the link is free again.
     assert censor.decide(_server_data(server, 50 * MSS), now=10.0).delay_s == 0.0
+
+
+def test_a_retransmitted_syn_crossing_the_syn_ack_keeps_the_flows_count(tmp_path: Path) -> None:
+    """SYN, its SYN-ACK lost, the server's retransmitted SYN-ACK, then the client's own
+    retransmitted SYN (they crossed), then the ClientHello: the freeze point still counts from
+    the server's first byte. (The accuracy bench met this at 2% loss: a stalled name's second
+    transfer went through whole.)"""
+    scen = _scenario(tmp_path)
+    censor = Censor(scen)
+    server = scen.domain("frozen.example").a
+    syn = packets.build_tcp(CLIENT, server, 40000, 443, 100, 0, packets.SYN)
+    synack = packets.build_tcp(server, CLIENT, 443, 40000, 5000, 101, packets.SYN | packets.ACK)
+    hello = packets.build_tcp(
+        CLIENT, server, 40000, 443, 101, 5001, packets.ACK, _client_hello("frozen.example")
+    )
+    for raw in (syn, synack, syn, hello):
+        assert censor.decide(raw, now=1.0).accept
+    verdicts = [censor.decide(_server_data(server, i * MSS), now=2.0).accept for i in range(16)]
+    assert verdicts == [True] * 11 + [False] * 5
+
+
+def test_without_a_syn_ack_the_count_starts_at_the_first_data_seen(tmp_path: Path) -> None:
+    scen = _scenario(tmp_path)
+    censor = Censor(scen)
+    server = scen.domain("frozen.example").a
+    syn = packets.build_tcp(CLIENT, server, 40000, 443, 100, 0, packets.SYN)
+    hello = packets.build_tcp(
+        CLIENT, server, 40000, 443, 101, 5001, packets.ACK, _client_hello("frozen.example")
+    )
+    for raw in (syn, hello):
+        assert censor.decide(raw, now=1.0).accept
+    verdicts = [censor.decide(_server_data(server, i * MSS), now=2.0).accept for i in range(16)]
+    assert verdicts == [True] * 11 + [False] * 5
