@@ -233,3 +233,36 @@ def test_analysis_rederives_the_verdict_from_the_transfers() -> None:
     assert row["verdict_source"] == "rederived" and "probe said" in row["disagreement"]
     abandoned = {"transfers": [], "blocking": None, "blocking_detail": None}
     assert Classifier()({"test_name": "download", "test_keys": abandoned})["blocking"] is None
+
+
+def test_the_loader_reads_a_target_transfers_failure(tmp_path: Path) -> None:
+    """analyze's measurements frame names the layer a target transfer failed at (download
+    keeps failures in its transfers, not in tcp_connect or tls_handshakes records)."""
+    from analysis.load import load
+
+    reset = {"failure": "connection_reset", "failed_operation": "tls_handshake"}
+    tk = {
+        "transfers": [
+            _t("target", "failure", 0, 0.0, **reset),
+            _t("control", "complete", 1 << 20, 0.1),
+        ],
+        "blocking": "tls",
+        "blocking_detail": "tls.sni_reset",
+    }
+    day = tmp_path / "raw" / "date=2026-12-07" / "vantage=lab" / "test_name=download"
+    day.mkdir(parents=True)
+    record = {
+        "measurement_uid": "x1",
+        "test_name": "download",
+        "test_version": "0.1.0",
+        "input": "https://a.test/large.bin",
+        "measurement_start_time": "2026-12-07 10:00:00",
+        "probe_cc": "ZZ",
+        "probe_asn": "AS0",
+        "annotations": {"vantage": "lab"},
+        "test_keys": tk,
+    }
+    (day / "r.jsonl").write_text(json.dumps(record) + "\n")
+    frames = load([tmp_path])
+    row = frames.measurements.iloc[0]
+    assert row["tls_failure"] == "connection_reset" and pd.isna(row["tcp_failure"])
