@@ -394,6 +394,20 @@ def _nested(tk: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
+def _transfer_failure(tk: Mapping[str, Any], operation: str) -> str | None:
+    """download's first target transfer failure at ``operation`` (None for other nettests):
+    its transfers carry failures, not df-005/df-006 records."""
+    transfers = tk.get("transfers")
+    if not isinstance(transfers, list):
+        return None
+    for t in transfers:
+        if not isinstance(t, dict) or t.get("role") != "target":
+            continue
+        if t.get("failed_operation") == operation:
+            return _str(t.get("failure"))
+    return None
+
+
 def observation_parts(tk: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The parts of test keys that hold queries, connects, handshakes and requests: the keys
     themselves, and dnscheck's (OONI ts-028) urlgetter results nested in ``bootstrap`` and
@@ -557,12 +571,17 @@ class Loader:
             _first_failure(tk.get("tcp_connect"))
             or _first_failure(tk.get("tcp_connects"))  # OONI echcheck's name, and ech_check's
             or _nested(tk, "tcp_connect")
+            or _transfer_failure(tk, "connect")
         )
         m["tls_failure"].append(
-            _first_failure(tk.get("tls_handshakes")) or _nested(tk, "tls_handshakes")
+            _first_failure(tk.get("tls_handshakes"))
+            or _nested(tk, "tls_handshakes")
+            or _transfer_failure(tk, "tls_handshake")
         )
         m["http_failure"].append(
-            _str(tk.get("http_experiment_failure")) or _first_failure(tk.get("requests"))
+            _str(tk.get("http_experiment_failure"))
+            or _first_failure(tk.get("requests"))
+            or _transfer_failure(tk, "http_transaction")
         )
         m["control_failure"].append(_str(tk.get("control_failure")))
         runtime = data.get("test_runtime")

@@ -6,8 +6,9 @@ function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
 on), dnscheck's from probes.nettests.dnscheck_analysis, whatsapp's, telegram's, signal's and
 facebook_messenger's from probes.nettests.apps_analysis, ech_check's (and OONI echcheck's) from
-probes.nettests.ech_check_analysis, quic_sni's from probes.nettests.quic_sni_analysis; other
-nettests keep the verdict
+probes.nettests.ech_check_analysis, quic_sni's from probes.nettests.quic_sni_analysis and
+download's from probes.nettests.download_analysis (its transfers' byte curves); other nettests
+keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -33,6 +34,7 @@ from probes.fingerprints import FingerprintError, Fingerprints
 from probes.nettests.apps_analysis import analyze as analyze_app
 from probes.nettests.apps_endpoints import APPS
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
+from probes.nettests.download_analysis import analyze as analyze_download
 from probes.nettests.ech_check_analysis import analyze as analyze_ech_check
 from probes.nettests.quic_sni_analysis import analyze as analyze_quic_sni
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
@@ -152,6 +154,8 @@ class Classifier:
             return rederive_ech_check(tk)
         if data.get("test_name") == "quic_sni" and isinstance(tk, dict):
             return rederive_quic_sni(tk)
+        if data.get("test_name") == "download" and isinstance(tk, dict):
+            return rederive_download(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -357,3 +361,12 @@ def rederive_quic_sni(tk: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(tk.get("quic_handshakes"), list) or not tk["quic_handshakes"]:
         return _kept(tk)
     return _rederived(analyze_quic_sni(tk), tk)
+
+
+def rederive_download(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """download's verdict from its stored transfers (probes.nettests.download_analysis, the
+    probe's own pure function): a threshold changed later applies to old measurements. An
+    input abandoned before any transfer keeps the probe's null."""
+    if not isinstance(tk.get("transfers"), list) or not tk["transfers"]:
+        return _kept(tk)
+    return _rederived(analyze_download(tk), tk)

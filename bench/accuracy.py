@@ -33,7 +33,11 @@ stored verdicts are scored against the scenario's truth for that nettest:
   drawn when quic_sni is scored; the censor drops their QUIC flows per triple for 180 s:
   quic.sni_blocked), a third as many whose address has UDP 443 dropped (`quic_blocked_ip`:
   quic.all_blocked, known by the helper's QUIC handshake), and a sample of open names
-  (`quic_truth` here).
+  (`quic_truth` here);
+- download: each throttle_sni domain's large object (throttling/throttled) and each stall_sni
+  one's (throttling/stalled), and a sample of open names (`Scenario.download_truth()`); the
+  scenario then holds `--shaped` (2%) of each of these kinds (none when download is not run,
+  so the other nettests' scenario stays as it was).
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -49,7 +53,7 @@ blocked verdicts at the open vantage, zero null verdicts at either vantage; the 
     python -m bench.accuracy [--domains 300] [--seed 1] [--loss 0.02] [--nettests a,b]
         [--helper-loss P] [--residual S] [--mode in-path|on-path] [--hops N]
         [--dns-blockpage SHARE] [--ech SHARE] [--no-fingerprints] [--quic-sni SHARE]
-        [--quic-scope triple|flow]
+        [--quic-scope triple|flow] [--shaped SHARE]
 """
 
 from __future__ import annotations
@@ -94,6 +98,13 @@ DEFAULT_DNS_BLOCKPAGE_SHARE = 0.04
 DEFAULT_ECH_SHARE = 0.04
 # ech_check's extra outer SNI by default (probes.nettests.ech_check.DEFAULT_OUTER_SNI).
 ECH_OUTER_SNI = ("cloudflare-ech.com",)
+# Shares of throttle_sni and stall_sni domains (each) when download is scored, and its open
+# sample (each open input moves 4 MiB through the censor).
+DEFAULT_SHAPED_SHARE = 0.02
+DOWNLOAD_OPEN_SAMPLE = 30
+# Rates are what download measures: dozens of 1 MiB transfers at once through the lab censor
+# (one Python process) would measure the censor's load. A user's run measures one at a time.
+DOWNLOAD_CONCURRENCY = 4
 
 Truth = dict[str, dict[str, Any]]
 Verdicts = dict[str, dict[str, Any]]
@@ -235,6 +246,12 @@ NETTESTS: dict[str, NettestSpec] = {
             "ech_check", ("tls",), lambda s, n: s.ech_truth(open_sample=n, outer_sni=ECH_OUTER_SNI)
         ),
         NettestSpec("quic_sni", ("quic",), quic_truth),
+        NettestSpec(
+            "download",
+            ("throttling",),
+            lambda s, n: s.download_truth(min(n or DOWNLOAD_OPEN_SAMPLE, DOWNLOAD_OPEN_SAMPLE)),
+            args=lambda _s: ["--concurrency", str(DOWNLOAD_CONCURRENCY)],
+        ),
     )
 }
 
@@ -583,6 +600,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of domains sent to the block-page server by DNS")  # fmt: skip
     parser.add_argument("--ech", type=float, default=DEFAULT_ECH_SHARE,
                         help="share of domains whose ECH hellos are dropped or reset")  # fmt: skip
+    parser.add_argument("--shaped", type=float,
+                        help="share each of throttle_sni and stall_sni domains "
+                        f"[{DEFAULT_SHAPED_SHARE} when download runs, else 0]")  # fmt: skip
     parser.add_argument("--no-fingerprints", action="store_true",
                         help="web_connectivity without the block-page fingerprint")  # fmt: skip
     parser.add_argument("--nettests", type=_nettests, default=list(NETTESTS),
@@ -605,6 +625,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _shaped_share(args: argparse.Namespace) -> float:
+    if args.shaped is not None:
+        return float(args.shaped)
+    return DEFAULT_SHAPED_SHARE if "download" in args.nettests else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -623,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         dns_blockpage=args.dns_blockpage,
         ech=args.ech,
         quic_sni=args.quic_sni if "quic_sni" in args.nettests else 0.0,
+        shaped=_shaped_share(args),
     )
     if args.quic_scope != scen.censor.quic_residual_scope:
         censor = dataclasses.replace(scen.censor, quic_residual_scope=args.quic_scope)

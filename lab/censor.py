@@ -34,10 +34,13 @@ from lab.packets import (
     parse,
 )
 from lab.quic_censor import QuicFilter
-from lab.scenario import Scenario
+from lab.scenario import SHAPED_KINDS, Scenario
 
 MAX_INSPECT = 16 * 1024  # bytes of a client stream the censor looks at before giving up
 FLOW_IDLE_S = 300.0
+# The SNI shaper's queue: a server packet that would wait longer than this is dropped (a
+# token-bucket filter's latency limit, as tc's tbf has), so TCP sees loss and backs off.
+SHAPER_MAX_DELAY_S = 1.0
 
 
 @dataclass
@@ -48,8 +51,9 @@ class Decision:
     forged: list[bytes] = field(default_factory=list)
     delay_s: float = 0.0
     reason: str = ""
-    # Dropped even by an on-path censor: the QUIC rule's blocks are applied by a router on
-    # the path (UDP has no reset to race), as the GFW does for QUIC.
+    # Applied as decided even by an on-path censor (another box of the same censor, in-path,
+    # as blackholes and the IP throttle are): the QUIC rule's drops (UDP has no reset to race,
+    # and the GFW drops QUIC so) and the SNI shaper's delays and drops.
     in_path: bool = False
 
 
@@ -64,6 +68,9 @@ class Flow:
     killed: bool = False  # reset or answered by the censor: drop the server's packets
     dropped: bool = False  # silently dropped (ech_drop): the client's packets are dropped too
     last: float = 0.0
+    shape: str | None = None  # "throttle_sni" or "stall_sni": the SNI named one
+    server_next: int | None = None  # the server's first data sequence number (ISN + 1)
+    free_at: float = 0.0  # the shaper: when the flow's link is next free
 
 
 class Censor:
@@ -95,6 +102,7 @@ class Censor:
         # match the site's, as with a filter built into the stack that serves the sites.
         self.blockpage = response_head(c.blockpage_status, HTML, len(body), keep_alive=False) + body
         self.dns_blockpage = {d.name for d in scenario.by_block("dns_blockpage")}
+        self.shaped = {d.name: d.block for d in scenario.domains if d.block in SHAPED_KINDS}
         self._last_gc = 0.0
         self.quic = QuicFilter(
             set(c.quic_blocked_sni), c.quic_residual_seconds, c.quic_residual_scope
@@ -133,7 +141,12 @@ class Censor:
             d = self._tcp_from_client(pkt, now)
         elif pkt.proto == TCP:
             flow = self.flows.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
-            d = Decision(accept=not (flow and flow.killed), reason="server")
+            if flow is not None and pkt.flags & SYN:
+                flow.server_next = (pkt.seq + 1) & 0xFFFFFFFF
+            if flow is not None and flow.shape and not flow.killed and pkt.payload:
+                d = self._shape(flow, pkt, now)
+            else:
+                d = Decision(accept=not (flow and flow.killed), reason="server")
         elif pkt.proto == UDP and self.quic.blocked:
             d = self._quic(pkt, now, from_cn)
         else:
@@ -239,7 +252,10 @@ class Censor:
                     ip_id=self._next_id(),
                 )
                 return Decision(accept=False, forged=[rst], reason="residual_rst")
-            self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            known = self.flows.get(key)
+            if known is None or known.next_seq != (pkt.seq + 1) & 0xFFFFFFFF or known.data:
+                self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            # else a retransmitted SYN (it can cross the server's SYN-ACK): keep what was seen
             return Decision(reason="pass")
         flow = self.flows.get(key)
         if flow is None:
@@ -253,6 +269,8 @@ class Censor:
                 flow.done = True
             return Decision(reason="pass")
         stream = self._reassemble(flow, pkt)
+        if flow.shape is None and self.shaped:
+            self._mark_shaped(flow, stream)
         verdict = self._inspect(stream, pkt)
         if verdict is None:
             if len(flow.data) >= MAX_INSPECT:
@@ -287,6 +305,33 @@ class Censor:
             pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, end, RST | ACK, ip_id=self._next_id()
         )
         return Decision(accept=False, forged=[to_client, *to_server], reason=verdict)
+
+    # -- SNI throttling and stalling ---------------------------------------------------------
+    def _mark_shaped(self, flow: Flow, stream: bytes) -> None:
+        sni = matching.tls_sni(stream)
+        if sni is None:
+            return
+        name = matching.host_matches(sni, set(self.shaped))
+        if name is not None:
+            flow.shape = self.shaped[name]
+            self._count(f"{flow.shape}_flow")
+
+    def _shape(self, flow: Flow, pkt: Packet, now: float) -> Decision:
+        """A server data packet of a shaped flow: frozen past ``stall_after_bytes`` of the
+        server's stream (stall_sni), or paced to ``throttle_sni_kib_per_s`` (throttle_sni)."""
+        c = self.s.censor
+        if flow.shape == "stall_sni":
+            if flow.server_next is None:  # no SYN-ACK seen: count from the first data seen
+                flow.server_next = pkt.seq
+            end = (pkt.seq + len(pkt.payload) - flow.server_next) & 0xFFFFFFFF
+            if end > c.stall_after_bytes and end < 0x80000000:
+                return Decision(accept=False, reason="stall_drop", in_path=True)
+            return Decision(reason="server")
+        departs = max(now, flow.free_at)
+        if departs - now > SHAPER_MAX_DELAY_S:
+            return Decision(accept=False, reason="throttle_drop", in_path=True)
+        flow.free_at = departs + len(pkt.payload) / (c.throttle_sni_kib_per_s * 1024)
+        return Decision(delay_s=departs - now, reason="throttle", in_path=True)
 
     def _reassemble(self, flow: Flow, pkt: Packet) -> bytes:
         """The contiguous client stream so far (or this segment alone without reassembly)."""

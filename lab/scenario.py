@@ -39,6 +39,23 @@ BLOCK_KINDS: dict[str, tuple[str | bool | None, str | None, str | None]] = {
     "dns_blockpage": ("dns", "dns.inconsistent", "http"),
     "throttle": (False, None, None),
     "down": (False, None, None),
+    # By the SNI of the ClientHello (Russia's throttling of Twitter, 2021; its TSPU freezing
+    # TLS to foreign hosting after 16-20 KB): the censor paces the server's bytes, or stops
+    # forwarding them after `stall_after_bytes`. A site's small page gets through either way
+    # (web_connectivity sees nothing); a page larger than the freeze point (`page_kib`) stalls
+    # (Domain.expected); the download nettest sees both (`download_truth`).
+    "throttle_sni": (False, None, "https"),
+    "stall_sni": (False, None, "https"),
+}
+# Every address's HTTP(S) servers serve a large object here (lab.servers), for download.
+LARGE_OBJECT_PATH = "/large.bin"
+LARGE_OBJECT_BYTES = 1 << 20
+# The kinds the censor shapes by SNI (lab.censor).
+SHAPED_KINDS = ("throttle_sni", "stall_sni")
+# download's verdict per shaped kind (probes/nettests/download_analysis.py).
+DOWNLOAD_KINDS: dict[str, tuple[str, str]] = {
+    "throttle_sni": ("throttling", "throttled"),
+    "stall_sni": ("throttling", "stalled"),
 }
 
 # dns_consistency's verdict per block kind (the lab resolver, the control helper as control):
@@ -85,6 +102,10 @@ class Domain:
     a: str
     aaaa: str
     title: str
+    # The page is padded to at least this many KiB (0: the short page of lab.servers.page_for).
+    page_kib: int = 0
+    # The censor's freeze point for stall_sni (Censor.stall_after_bytes), for `expected`.
+    stall_after_bytes: int = 16 * 1024
 
     @property
     def url(self) -> str:
@@ -94,6 +115,10 @@ class Domain:
     def expected(self) -> dict[str, Any]:
         """Expected web_connectivity verdict in the probe's vocabulary."""
         blocking, detail, _ = BLOCK_KINDS[self.block]
+        if self.block == "stall_sni" and self.page_kib * 1024 > self.stall_after_bytes:
+            # The page's body freezes part way (the probe's body fetch times out after its
+            # head arrived, the helper fetched it whole).
+            blocking, detail = "http-failure", "http.stalled"
         return {"blocking": blocking, "blocking_detail": detail, "mechanism": self.block}
 
 
@@ -142,6 +167,11 @@ class Censor:
     quic_residual_seconds: float = 180.0
     quic_residual_scope: str = "triple"
     quic_servers: bool = False
+    # SNI shaping (throttle_sni and stall_sni domains): the pace of the server's bytes, about
+    # Twitter's in Russia in 2021 (130-150 kbit/s, Xue et al., IMC 2021), and the freeze
+    # point (Russia's TSPU: 16-20 KB).
+    throttle_sni_kib_per_s: int = 16
+    stall_after_bytes: int = 16 * 1024
 
     def blockpage_html(self) -> bytes:
         """The national block page as served (by the censor or its block-page server)."""
@@ -310,6 +340,30 @@ class Scenario:
             out[name] = _expect(_OPEN, self.domain(name).block)
         return out
 
+    def download_truth(self, open_sample: int | None = None) -> dict[str, dict[str, Any]]:
+        """URL of the large object -> expected download verdict at the censored vantage.
+
+        Every throttle_sni domain is throttled and every stall_sni one stalled (the control
+        SNI, another name at the same address, passes); `open_sample` (all when None) of the
+        accessible names whose TLS and DNS nobody touches: not blocked.
+        """
+        out = {
+            f"https://{d.name}{LARGE_OBJECT_PATH}": _expect(DOWNLOAD_KINDS[d.block], d.block)
+            for d in self.domains
+            if d.block in DOWNLOAD_KINDS
+        }
+        special = set(self.tls_sni_names()) | set(self.censor.blocked_sni)
+        names = [
+            d.name
+            for d in self.domains
+            if d.block == "none"
+            and d.name not in special
+            and not any(w in d.name for k in self.censor.keywords for w in k)
+        ]
+        for name in _sample(names, open_sample, self.name):
+            out[f"https://{name}{LARGE_OBJECT_PATH}"] = _expect(_OPEN, "none")
+        return out
+
     def _tls_open_names(self) -> list[str]:
         """Names whose handshake reaches their own server, certificate untouched, at cn."""
         special = set(self.tls_sni_names()) | set(self.censor.blocked_sni)
@@ -439,6 +493,13 @@ def _quic_fields(c: dict[str, Any], source: str) -> dict[str, Any]:
     }
 
 
+def _positive(table: dict[str, Any], key: str, default: int, src: str) -> int:
+    value = _get(table, key, int, default, src, "censor")
+    if value < 1:
+        raise _err(src, f"censor.{key}", f"must be >= 1, got {value}")
+    return value
+
+
 def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Build a Scenario from parsed TOML, validating every field."""
     known = {"lab", "censor", "faults", "domain", "platform"}
@@ -504,6 +565,8 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
             for i, e in enumerate(_string_list(c, "blackhole", source, "censor"))
         ),
         throttle_kib_per_s=_get(c, "throttle_kib_per_s", int, 64, source, "censor"),
+        throttle_sni_kib_per_s=_positive(c, "throttle_sni_kib_per_s", 16, source),
+        stall_after_bytes=_positive(c, "stall_after_bytes", 16 * 1024, source),
         blockpage_title=_get(c, "blockpage_title", str, DEFAULT_BLOCKPAGE_TITLE, source, "censor"),
         blockpage_body=_get(c, "blockpage_body", str, DEFAULT_BLOCKPAGE_BODY, source, "censor"),
         blockpage_status=status,
@@ -596,7 +659,21 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
             f"{where}.aaaa",
         )
         title = _get(d, "title", str, f"Welcome to {dname}", source, where)
-        domains.append(Domain(name=dname, block=block, scheme=scheme, a=a, aaaa=aaaa, title=title))
+        page_kib = _get(d, "page_kib", int, 0, source, where)
+        if not 0 <= page_kib <= 4096:
+            raise _err(source, f"{where}.page_kib", f"expected 0..4096, got {page_kib}")
+        domains.append(
+            Domain(
+                name=dname,
+                block=block,
+                scheme=scheme,
+                a=a,
+                aaaa=aaaa,
+                title=title,
+                page_kib=page_kib,
+                stall_after_bytes=censor.stall_after_bytes,
+            )
+        )
     for key in ("intercept_sni", "regional_cert_sni"):
         for n in getattr(censor, key):
             if n not in seen:
@@ -675,6 +752,8 @@ def _to_toml(s: Scenario) -> str:
         "ech_drop_sni",
         "ech_rst_sni",
         *QUIC_FIELDS,
+        "throttle_sni_kib_per_s",
+        "stall_after_bytes",
     ):
         value = getattr(c, key)
         if key == "keywords":
@@ -704,6 +783,8 @@ def _to_toml(s: Scenario) -> str:
             f"aaaa = {_toml_value(d.aaaa)}",
             f"title = {_toml_value(d.title)}",
         ]
+        if d.page_kib:
+            lines.append(f"page_kib = {d.page_kib}")
     return "\n".join(lines) + "\n"
 
 
@@ -781,6 +862,7 @@ def generate(
     dns_blockpage: float = 0.0,
     ech: float = 0.0,
     quic_sni: float = 0.0,
+    shaped: float = 0.0,
 ) -> Scenario:
     """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
 
@@ -789,7 +871,8 @@ def generate(
     web_connectivity, which makes no TLS handshake with them, expects the same verdicts) by
     a random generator of their own: with both 0 the scenario is exactly the one before.
     `dns_blockpage` adds that share of DNS-redirected block pages to the mix (0 keeps the
-    domains as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
+    domains as before); `shaped` adds that share each of throttle_sni and stall_sni domains
+    (0 keeps them as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
     `ech`: that share of the accessible domains (none of the TLS shares) has its ECH
     ClientHellos dropped (half, `ech_drop_sni`) or reset (`ech_rst_sni`), by a generator of its
     own; no other nettest's truth changes (their hellos carry no ECH).
@@ -803,6 +886,8 @@ def generate(
     shares = dict(DEFAULT_MIX if mix is None else mix)
     if dns_blockpage > 0:
         shares["dns_blockpage"] = dns_blockpage
+    if shaped > 0:
+        shares |= dict.fromkeys(SHAPED_KINDS, shaped)
     kinds: list[str] = []
     for kind, share in shares.items():
         if kind not in BLOCK_KINDS:
@@ -862,6 +947,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     gen.add_argument("--intercept", type=float, default=0.0, help="share re-signed by the censor")
     gen.add_argument(
+        "--shaped", type=float, default=0.0, help="share each of throttle_sni and stall_sni"
+    )
+    gen.add_argument(
         "--regional-cert", type=float, default=0.0, help="share with a CDN-like regional cert"
     )
     check = sub.add_parser("check", help="validate scenario files")
@@ -881,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
                     mode=args.mode,
                     hops=args.hops,
                     dns_blockpage=args.dns_blockpage,
+                    shaped=args.shaped,
                 ).to_toml()
             )
         else:

@@ -44,12 +44,22 @@ BODY_LIMIT = 1024 * 1024
 
 
 def page_for(domain: scenario_mod.Domain) -> bytes:
-    """A deterministic page with a <title>, long enough for body-length comparisons."""
-    filler = "".join(f"<p>Paragraph {i} of {domain.name}: lab content.</p>\n" for i in range(40))
+    """A deterministic page with a <title>, long enough for body-length comparisons (and at
+    least the domain's ``page_kib``: a page larger than a censor's freeze point)."""
+    paragraphs = max(40, domain.page_kib * 1024 // 40 + 1)
+    filler = "".join(
+        f"<p>Paragraph {i} of {domain.name}: lab content.</p>\n" for i in range(paragraphs)
+    )
     return (
         f"<!doctype html><html><head><title>{domain.title}</title></head><body>"
         f"<h1>{domain.title}</h1>\n{filler}</body></html>\n"
     ).encode()
+
+
+def large_object(size: int = scenario_mod.LARGE_OBJECT_BYTES) -> bytes:
+    """The download nettest's object: deterministic bytes that do not compress."""
+    pattern = bytes((i * 131 + 7) % 251 for i in range(4096))
+    return (pattern * (size // len(pattern) + 1))[:size]
 
 
 ANSWER_CACHE_LIMIT = 100_000
@@ -167,6 +177,7 @@ class Web:
         self.blockpage_status = scen.censor.blockpage_status
         # Sites with a QUIC server (lab.quic_server) advertise it over HTTPS, as real ones do.
         self.h3 = set(self.pages) if scen.censor.quic_servers else set()
+        self.large = large_object()
 
     def _response(self, request: Request, local: str, keep: bool, tls: bool = False) -> bytes:
         if local in (addresses.BLOCKPAGE_V4, addresses.BLOCKPAGE_V6):
@@ -178,6 +189,9 @@ class Web:
         answer = self.zone.answer(request.body) if doh and self.zone is not None else None
         if answer is not None:
             return response_head(200, DNS_MESSAGE, len(answer), keep_alive=keep) + answer
+        if request.method == "GET" and request.target == scenario_mod.LARGE_OBJECT_PATH:
+            head = response_head(200, "application/octet-stream", len(self.large), keep_alive=keep)
+            return head + self.large
         host = request.headers.get("host", "").lower()
         host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         page = self.pages.get(host)

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "facebook_messenger": "probes.nettests.apps:FacebookMessenger",
     "ech_check": "probes.nettests.ech_check:ECHCheck",
     "quic_sni": "probes.nettests.quic_sni:QuicSNI",
+    "download": "probes.nettests.download:Download",
 }
 
 

@@ -61,7 +61,8 @@ class WebConnectivity(Nettest):
     name = "web_connectivity"
     # The procedure and keys of OONI's web_connectivity 0.5.28 (webconnectivitylte, classic
     # engine): docs/methodology.md. Measurements below 0.5 are re-derived with v0.4's rules.
-    version = "0.5.28"
+    # 0.5.29: the body fetch's byte curve (bytes_received_cumulative) and `http.stalled`.
+    version = "0.5.29"
 
     async def setup(self) -> None:
         try:
