@@ -368,8 +368,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
-        from analysis.publish import publish as write_package
+        """A citable dataset: raw JSONL (OONI's bucket layout) + Parquet + CSV, provenance,
+        datapackage.json, README card, SHA256SUMS."""
+        from analysis.publish import publish_dataset
         from probes.measurement import Scrubber
         from probes.net.addresses import is_ip
         from probes.ownip import local_addresses
@@ -384,10 +385,16 @@ def register(app: typer.Typer) -> None:
             "title": title,
             "licence": licence,
             "scrubber": Scrubber([*(scrub or ()), *local_addresses()]),
+            "fingerprints": src.fingerprints,
         }
         try:
-            files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
+            done = publish_dataset(result, out, drop_asn=set(drop_asn or ()), **options)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(_summary_of(result))
-        typer.echo(f"wrote {len(files)} files to {out}")
+        typer.echo(
+            f"{done.raw_lines} raw measurements, {done.late} arrived late (counted in the "
+            f"period they were made); {len(done.changed)} raw/Parquet files new or changed, "
+            f"{len(done.removed)} removed"
+        )
+        typer.echo(f"wrote {len(done.files)} files to {out}")
