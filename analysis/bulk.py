@@ -173,6 +173,20 @@ def scrubbed(data: dict[str, Any], scrubber: Scrubber | None) -> dict[str, Any]:
         return dict(out)
 
 
+# A report id names its network: 20230307T142542Z_webconnectivity_US_7922_n1_<random>.
+_REPORT_ID_ASN = re.compile(r"(?<=[0-9]Z_)([a-z0-9]+_[A-Z]{2}_)([0-9]+)(?=_n[0-9]+_)")
+
+
+def without_asn(text: str, numbers: Set[int]) -> str:
+    """`text` with the AS number inside every report id of those ASNs set to 0 (OONI's
+    unknown), as for a probe that did not share its network."""
+    if not numbers:
+        return text
+    return _REPORT_ID_ASN.sub(
+        lambda m: m.group(1) + ("0" if int(m.group(2)) in numbers else m.group(2)), text
+    )
+
+
 def withheld(data: dict[str, Any], vantage: str) -> dict[str, Any]:
     """An at-risk vantage's measurement without its network: probe ASN and network name (and
     the resolver's when it is the same network), the ASN inside report_id, the vantage name as
@@ -187,7 +201,7 @@ def withheld(data: dict[str, Any], vantage: str) -> dict[str, Any]:
     number = asn_number(asn) if isinstance(asn, str) else 0
     report_id = out.get("report_id")
     if number and isinstance(report_id, str):
-        out["report_id"] = report_id.replace(f"_{number}_", "_0_")
+        out["report_id"] = without_asn(report_id, {number})
     annotations = out.get("annotations")
     kept = annotations if isinstance(annotations, dict) else {}
     out["annotations"] = {**kept, "vantage": vantage}
@@ -295,12 +309,20 @@ def write_bulk(
     bulk.late = int(late(loaded.reset_index(drop=True), arrived).sum())
     vantages = loaded["vantage"].astype(object).reset_index(drop=True)
     names = published["vantage"].astype(object).reset_index(drop=True)
+    numbers = {
+        asn_number(str(a))
+        for a in loaded.loc[loaded["vantage"].astype(object).isin(list(drop_asn)), "probe_asn"]
+        .dropna()
+        .unique()
+    } - {0}
     records: dict[int, bytes] = {}
     for position, data in raw_measurements(loaded.reset_index(drop=True)):
         if vantages[position] in drop_asn:
             data = withheld(data, str(names[position]))
-        clean = scrubbed(data, scrubber)
-        records[position] = orjson.dumps(clean, option=orjson.OPT_APPEND_NEWLINE)
+        line = orjson.dumps(scrubbed(data, scrubber), option=orjson.OPT_APPEND_NEWLINE)
+        if numbers:  # report ids inside test_keys too (an isolation names its tests' report)
+            line = without_asn(line.decode(), numbers).encode()
+        records[position] = line
     write_raw(published.reset_index(drop=True), records, arrived, out, bulk)
     return bulk
 

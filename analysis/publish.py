@@ -29,6 +29,7 @@ from analysis.keywords import KeywordFindings, renamed_vantages
 from analysis.keywords import tables as keyword_tables
 from analysis.provenance import PROVENANCE_FILE, Provenance, fingerprint_files, probe_lists, stamp
 from analysis.tables import TABLES, plain, write_csv
+from probes.measurement import asn_number
 
 if TYPE_CHECKING:
     from analysis.pipeline import Analysis
@@ -54,16 +55,46 @@ def _field_type(dtype: Any) -> str:
     return "string"
 
 
+def withheld_numbers(measurements: pd.DataFrame, drop_asn: Set[str]) -> set[int]:
+    """The AS numbers of the at-risk vantages (to take out of report ids)."""
+    risky = measurements["vantage"].astype(object).isin(list(drop_asn))
+    asns = measurements.loc[risky, "probe_asn"].dropna().astype(str).unique()
+    return {n for n in (asn_number(a) for a in asns) if n}
+
+
+def withhold_ids(frame: pd.DataFrame, numbers: Set[int]) -> pd.DataFrame:
+    """Every text cell with those AS numbers taken out of the report ids it holds."""
+    if not numbers:
+        return frame
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+            continue
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            column = column.astype(object)
+        out[name] = column.map(
+            lambda v: bulk_files.without_asn(v, numbers) if isinstance(v, str) else v
+        ).astype(column.dtype)
+    return out
+
+
 def redact(measurements: pd.DataFrame, drop_asn: Set[str]) -> pd.DataFrame:
-    """Withhold ASN detail of at-risk vantages (and drop private columns)."""
+    """Withhold ASN detail of at-risk vantages (and drop private columns): the vantage name,
+    probe_asn, and the AS number inside report ids."""
     out = plain(measurements.drop(columns=[c for c in PRIVATE_COLUMNS if c in measurements]))
     if not drop_asn:
         return out
+    numbers = withheld_numbers(out, drop_asn)
     risky = out["vantage"].isin(list(drop_asn))
     for asn in out.loc[risky, "probe_asn"].dropna().unique():
         mask = risky & (out["probe_asn"] == asn)
         out.loc[mask, "vantage"] = out.loc[mask, "vantage"].str.replace(str(asn), WITHHELD)
     out.loc[risky, "probe_asn"] = None
+    ids = out.loc[risky, "report_id"].astype(object)
+    out.loc[risky, "report_id"] = ids.map(
+        lambda v: bulk_files.without_asn(v, numbers) if isinstance(v, str) else v
+    )
     return out
 
 
@@ -354,6 +385,7 @@ def publish_dataset(
     loaded = result.loaded.measurements.reset_index(drop=True)
     frame = scrub_frame(redact(loaded, drop_asn), scrubber)
     keywords = _keywords(result, frame, drop_asn)  # renames by position: before sorting
+    numbers = withheld_numbers(loaded, drop_asn)
     order = sort_order(frame)
     frame = frame.iloc[order].reset_index(drop=True)
     loaded = loaded.iloc[order].reset_index(drop=True)
@@ -386,6 +418,7 @@ def publish_dataset(
     files: list[Path] = list(bulk.files)
 
     for name, table in published_tables(comparison, keywords, frame, prov, scrubber).items():
+        table = withhold_ids(table, numbers)  # keyword evidence and isolations name reports
         path = out / f"{name}.csv"
         write_csv(table, path)
         files.append(path)
@@ -418,7 +451,8 @@ def publish_dataset(
     (out / PROVENANCE_FILE).write_text(
         json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    sources = sorted({Path(s).name for s in result.loaded.sources})
+    # Store files are named by report id, which names the network.
+    sources = sorted({bulk_files.without_asn(Path(s).name, numbers) for s in result.loaded.sources})
     package = {
         "name": "censorscope-dataset",
         "title": title,
