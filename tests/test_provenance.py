@@ -219,3 +219,25 @@ def test_measurement_rows_carry_their_probe_lists(tmp_path: Path) -> None:
     from analysis.provenance import probe_lists as all_lists
 
     assert all_lists(frame) == ["keywords:cc", "testlists:aa"]
+
+
+@pytest.mark.parametrize("engine", ["pandas", "stream"])
+def test_analyze_stamps_findings_and_writes_provenance(
+    store: Path, tmp_path: Path, engine: str
+) -> None:
+    out = tmp_path / engine
+    code, output = _invoke(
+        "analyze", "--results", str(store), "--out", str(out), "--engine", engine,
+        "--fingerprints", str(FINGERPRINTS / "fingerprints_dns.csv"),
+    )  # fmt: skip
+    assert code == 0, output
+    findings = pd.read_parquet(out / "findings.parquet")
+    cell = f"fingerprints_dns.csv:{_sha(FINGERPRINTS / 'fingerprints_dns.csv')}"
+    assert (findings["analysis_fingerprints"] == cell).all()
+    assert (findings["rules_version"] == RULES_VERSION).all()
+    assert (findings["censorscope_version"] == __version__).all()
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["fingerprints"] == {"fingerprints_dns.csv": cell.split(":", 1)[1]}
+    assert record["gates"] == {"blocked_share": 0.5, "fdr_alpha": 0.05, "min_measurements": 3}
+    # The in-memory engines also list the probes' lists (none recorded in this store).
+    assert record.get("probe_lists") == ([] if engine == "pandas" else None)
