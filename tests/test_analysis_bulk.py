@@ -187,6 +187,10 @@ def test_late_arrivals_land_in_their_partitions_without_rewriting_the_others(
     )  # fmt: skip
     assert day["n"] == str(h.REPEATS + 4)
     _verify(out)
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--results", str(root), "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "4 measurements arrived late" in report.read_text()
 
 
 def test_a_narrower_publish_removes_what_it_no_longer_holds(store: Path, tmp_path: Path) -> None:
