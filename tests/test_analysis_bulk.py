@@ -210,29 +210,3 @@ def test_raw_lines_are_gzip_without_a_timestamp(dataset: Path) -> None:
         data = path.read_bytes()
         assert data[4:8] == b"\0\0\0\0"  # MTIME field of the gzip header (RFC 1952)
         assert gzip.decompress(data).endswith(b"\n")
-
-
-@pytest.mark.timeout(300)
-def test_keyword_dataset_without_asn_names_no_asn_and_verifies(tmp_path: Path) -> None:
-    """Real keyword measurements (http_keyword, message_delivery, isolation on loopback):
-    published with --drop-asn, no report id, raw line or table names the cn vantage's AS
-    number, and the findings re-derived from raw/ equal the published ones."""
-    from tests.keyword_store import write_keyword_store
-
-    root = tmp_path / "store"
-    write_keyword_store(root)
-    asns = {m.probe_asn for m in ResultsStore(root).iter_measurements() if m.vantage == "cn"}
-    [asn] = asns
-    number = asn.removeprefix("AS")
-    out = tmp_path / "ds"
-    _publish("--results", str(root), "--out", str(out), "--drop-asn", "cn")
-    assert (out / "keyword_isolations.csv").exists()
-    for path in out.rglob("*"):
-        if path.is_file():
-            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-            if path.suffix != ".parquet":
-                assert f"_{number}_".encode() not in data, path
-                assert asn.encode() not in data, path
-    m = pd.read_parquet(out / bulk.MEASUREMENTS_DIR)
-    assert not m["report_id"].str.contains(f"_{number}_").any()
-    _verify(out)
