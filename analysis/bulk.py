@@ -251,9 +251,31 @@ def write_parquet_partitions(frame: pd.DataFrame, out: Path, bulk: Bulk) -> None
             bulk.changed.append(path)
 
 
+class Lines:
+    """Lines by frame position, packed in one buffer: orjson's bytes objects keep about 8 KB
+    of allocation each (measured: 20,000 kept lines of 760 bytes cost 160 MB), the packed
+    buffer only their length."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._spans: dict[int, tuple[int, int]] = {}
+
+    def __setitem__(self, position: int, line: bytes) -> None:
+        start = len(self._buffer)
+        self._buffer += line
+        self._spans[position] = (start, len(self._buffer))
+
+    def __contains__(self, position: object) -> bool:
+        return position in self._spans
+
+    def __getitem__(self, position: int) -> bytes:
+        start, end = self._spans[position]
+        return bytes(self._buffer[start:end])
+
+
 def write_raw(
     frame: pd.DataFrame,
-    records: Mapping[int, bytes],
+    records: Lines | Mapping[int, bytes],
     arrived: pd.Series,
     out: Path,
     bulk: Bulk,
@@ -298,7 +320,7 @@ def write_bulk(
         .dropna()
         .unique()
     } - {0}
-    records: dict[int, bytes] = {}
+    records = Lines()
     for position, data in raw_measurements(loaded.reset_index(drop=True)):
         if vantages[position] in drop_asn:
             data = withheld(data, str(names[position]))
