@@ -129,6 +129,7 @@ def raw_measurements(measurements: pd.DataFrame) -> Iterator[tuple[int, dict[str
         wanted.setdefault(str(source), {}).setdefault(int(line), []).append((position, uid))
     for source in sorted(wanted):
         lines = wanted[source]
+        shared: dict[tuple[int, str | None], dict[str, Any]] = {}
         for number, raw in _records(source):
             candidates = lines.get(number)
             if not candidates:
@@ -140,11 +141,19 @@ def raw_measurements(measurements: pd.DataFrame) -> Iterator[tuple[int, dict[str
             if not isinstance(data, dict):
                 continue
             uid = data.get("measurement_uid")
+            uid = uid if isinstance(uid, str) else None
             for i, (position, want) in enumerate(candidates):
-                if want == (uid if isinstance(uid, str) else None):
+                if want == uid:
                     del candidates[i]
+                    if candidates:  # more rows of this line: the file was given twice?
+                        shared[(number, uid)] = data
                     yield position, data
                     break
+        # A file loaded twice (`--ooni X --ooni X`) has two rows per line: both are published.
+        for number, candidates in lines.items():
+            for position, want in candidates:
+                if (number, want) in shared:
+                    yield position, shared[(number, want)]
 
 
 # --- what is published of a measurement --------------------------------------------------------

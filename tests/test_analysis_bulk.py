@@ -210,3 +210,13 @@ def test_raw_lines_are_gzip_without_a_timestamp(dataset: Path) -> None:
         data = path.read_bytes()
         assert data[4:8] == b"\0\0\0\0"  # MTIME field of the gzip header (RFC 1952)
         assert gzip.decompress(data).endswith(b"\n")
+
+
+def test_a_file_given_twice_is_published_twice_and_verifies(tmp_path: Path) -> None:
+    """The loader keeps both copies' rows; raw/ then holds both lines, as the Parquet does."""
+    out = tmp_path / "ds"
+    _publish("--ooni", str(OTHER), "--ooni", str(OTHER), "--out", str(out))
+    lines = sum(1 for path in bulk.raw_files(out) for _ in stream_jsonl(path))
+    assert lines == len(pd.read_parquet(out / bulk.MEASUREMENTS_DIR))
+    assert lines == 2 * sum(1 for line in OTHER.read_bytes().splitlines() if line.strip())
+    _verify(out)
