@@ -24,7 +24,7 @@ the period it belongs to.
 
 Late arrivals: each file is written only when its bytes change, so a publish after new uploads
 rewrites the Parquet partitions the new measurements belong to and adds raw buckets for their
-arrival hour; every other file keeps its bytes and its modification time.
+arrival hour; every other raw and Parquet file keeps its bytes and its modification time.
 """
 
 from __future__ import annotations
