@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from analysis import compare as cmp
+from analysis import plotting
 
 if TYPE_CHECKING:
     from analysis.pipeline import Analysis
@@ -68,16 +69,17 @@ def cell_states(measurements: pd.DataFrame) -> pd.DataFrame:
 
 
 def heatmap(result: Analysis) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
     cells = cell_states(result.loaded.measurements)
     if cells.empty:
         return None
+    with plotting.pyplot() as plt:
+        return _heatmap(result, cells, plt)
+
+
+def _heatmap(result: Analysis, cells: pd.DataFrame, plt: Any) -> str:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
     findings = result.comparison.findings
     order = findings.sort_values(["blocked", "target"], ascending=[False, True], key=None)[
         "target"
@@ -105,15 +107,15 @@ def heatmap(result: Analysis) -> str | None:
 
 
 def timeline(result: Analysis) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = result.comparison.timelines
     t = t[t["window"].notna()]
     if t.empty or t["window"].nunique() < 2:
         return None
+    with plotting.pyplot() as plt:
+        return _timeline(t, plt)
+
+
+def _timeline(t: pd.DataFrame, plt: Any) -> str:
     per = t.groupby(["vantage", "window"])[["blocked", "ok"]].sum().reset_index()
     per["rate"] = per["blocked"] / (per["blocked"] + per["ok"]).replace(0, float("nan"))
     fig, ax = plt.subplots(figsize=(9, 3.5))

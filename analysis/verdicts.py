@@ -4,7 +4,11 @@ Why re-derive: a better heuristic should apply to old data, and OONI's measureme
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
-on), and dnscheck's from probes.nettests.dnscheck_analysis; other nettests keep the verdict
+on), dnscheck's from probes.nettests.dnscheck_analysis, whatsapp's, telegram's, signal's and
+facebook_messenger's from probes.nettests.apps_analysis, ech_check's (and OONI echcheck's) from
+probes.nettests.ech_check_analysis, quic_sni's from probes.nettests.quic_sni_analysis and
+download's from probes.nettests.download_analysis (its transfers' byte curves); other nettests
+keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -27,7 +31,12 @@ import orjson
 
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
+from probes.nettests.apps_analysis import analyze as analyze_app
+from probes.nettests.apps_endpoints import APPS
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
+from probes.nettests.download_analysis import analyze as analyze_download
+from probes.nettests.ech_check_analysis import analyze as analyze_ech_check
+from probes.nettests.quic_sni_analysis import analyze as analyze_quic_sni
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
 from probes.provenance import LIST_KEYS
@@ -155,6 +164,14 @@ class Classifier:
         tk = data.get("test_keys")
         if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
             return rederive_dnscheck(tk)
+        if data.get("test_name") in APPS and isinstance(tk, dict):
+            return rederive_app(str(data["test_name"]), tk)
+        if data.get("test_name") in ECH_TESTS and isinstance(tk, dict):
+            return rederive_ech_check(tk)
+        if data.get("test_name") == "quic_sni" and isinstance(tk, dict):
+            return rederive_quic_sni(tk)
+        if data.get("test_name") == "download" and isinstance(tk, dict):
+            return rederive_download(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -321,13 +338,23 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
     measurements are judged by today's rules; an abandoned input (no lookups) keeps the
     probe's null. OONI's dnscheck has no control, so its measurements come out null."""
     if not isinstance(tk.get("lookups"), dict):
-        return {
-            "blocking": blocking_text(tk.get("blocking")),
-            "blocking_detail": tk.get("blocking_detail"),
-            "down": False,
-            "verdict_source": "probe",
-        }
-    found = analyze_dnscheck(tk)
+        return _kept(tk)
+    return _rederived(analyze_dnscheck(tk), tk)
+
+
+def _kept(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """The probe's own verdict, for an input with nothing stored to re-derive it from."""
+    return {
+        "blocking": blocking_text(tk.get("blocking")),
+        "blocking_detail": _text(tk.get("blocking_detail")),
+        "down": False,
+        "verdict_source": "probe",
+    }
+
+
+def _rederived(found: Any, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of a verdict re-derived from stored keys, with the probe's differing verdict
+    kept as the disagreement."""
     row: dict[str, Any] = {
         "blocking": blocking_text(found.blocking),
         "blocking_detail": found.blocking_detail,
@@ -339,3 +366,41 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
     if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
         row["disagreement"] = f"probe said {said[0]} / {said[1]}"
     return row
+
+
+def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """A messaging-app nettest's verdict from its stored keys (probes.nettests.apps_analysis):
+    OONI's anomaly for the app (probe-cli's summary keys), typed by the failing step, so that
+    OONI's whatsapp, telegram, signal and facebook_messenger measurements, which carry no
+    `blocking`, are judged as ours are."""
+    return _rederived(analyze_app(app, tk), tk)
+
+
+# Our ech_check and OONI's echcheck (ooni/spec ts-039): the same handshake records.
+ECH_TESTS = ("ech_check", "echcheck")
+
+
+def rederive_ech_check(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """ech_check's verdict from its stored handshakes (probes.nettests.ech_check_analysis);
+    OONI's echcheck has one round, so it comes out false or null. An input with no handshake
+    (DNS failed, abandoned) keeps the probe's verdict."""
+    if not tk.get("tls_handshakes") and not isinstance(tk.get("control"), dict):
+        return _kept(tk)
+    return _rederived(analyze_ech_check(tk), tk)
+
+
+def rederive_quic_sni(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """quic_sni's verdict from its stored handshakes (probes.nettests.quic_sni_analysis, the
+    probe's own pure function); an abandoned input (no handshakes) keeps the probe's null."""
+    if not isinstance(tk.get("quic_handshakes"), list) or not tk["quic_handshakes"]:
+        return _kept(tk)
+    return _rederived(analyze_quic_sni(tk), tk)
+
+
+def rederive_download(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """download's verdict from its stored transfers (probes.nettests.download_analysis, the
+    probe's own pure function): a threshold changed later applies to old measurements. An
+    input abandoned before any transfer keeps the probe's null."""
+    if not isinstance(tk.get("transfers"), list) or not tk["transfers"]:
+        return _kept(tk)
+    return _rederived(analyze_download(tk), tk)

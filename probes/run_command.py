@@ -10,7 +10,7 @@ import asyncio
 import errno
 import shlex
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,11 +332,14 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         print(f"censorscope: moved a torn last line aside to {writer.torn_tail}", file=sys.stderr)
     done = store.done_inputs(manifest) if req.resume else {}
     nettest = cls(ctx)
-    source = (
+    source: Iterable[str | None] = (
         _keyword_inputs(req.keywords)
         if keyword_inputs and req.keywords
         else _inputs(req.testlists, req.inputs)
     )
+    if not cls.needs_input and not keyword_inputs and not req.inputs and not req.testlists:
+        source = [None]  # an input-less nettest (the messaging apps) measures once
+        n_inputs = 1
     inputs = expand_repeats(source, req.repeat, dict(done))
     watch = RunWatch(nettest)
 
