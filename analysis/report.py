@@ -188,6 +188,25 @@ def _disagreement_section(result: Analysis) -> list[str]:
     return out
 
 
+def _provenance_line(result: Analysis) -> str:
+    """Versions, the probes' lists, and how many measurements arrived late (analysis.bulk)."""
+    from analysis.bulk import arrivals, late
+    from analysis.provenance import probe_lists
+    from analysis.verdicts import RULES_VERSION
+    from probes import __version__
+
+    m = result.loaded.measurements
+    n_late = int(late(m, arrivals(m)).sum()) if len(m) and "source" in m else 0
+    lists = probe_lists(m)
+    return (
+        f"censorscope {__version__}, analysis rules version {RULES_VERSION}; fingerprints given "
+        f"to the analysis: {result.fingerprints_used}; lists the probes measured with: "
+        + ("; ".join(lists) if lists else "not recorded")
+        + f". {n_late} measurements arrived late (more than 24 hours after they were made; "
+        "counted in the period they were made)."
+    )
+
+
 def render(result: Analysis) -> str:
     """The report as one HTML string."""
     m = result.loaded.measurements
@@ -254,6 +273,7 @@ def render(result: Analysis) -> str:
         "new state; shorter runs are treated as noise.</li>",
         "</ul>",
         "<h2>Provenance</h2>",
+        f"<p id='provenance'>{html.escape(_provenance_line(result))}</p>",
         f"<p>{len(result.loaded.sources)} source files; {result.loaded.n_problems} malformed "
         "lines skipped.</p><ul>",
         *(f"<li><code>{html.escape(s)}</code></li>" for s in result.loaded.sources[:50]),

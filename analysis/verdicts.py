@@ -39,6 +39,16 @@ from probes.nettests.ech_check_analysis import analyze as analyze_ech_check
 from probes.nettests.quic_sni_analysis import analyze as analyze_quic_sni
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
+from probes.provenance import LIST_KEYS
+
+# The version of the rules that turn measurements into verdicts and findings, recorded with
+# every finding and published dataset (analysis.provenance). Bump it in the same commit as any
+# change that can turn the same measurements and fingerprints into a different verdict or
+# finding: this module's re-derivation, probes.nettests' *_analysis/*_verdict functions it
+# calls, fingerprint matching, analysis.compare's statuses, gates defaults, rates and change
+# points, analysis.keywords' counting. Refactors that keep every verdict do not bump it.
+# `censorscope verify` re-derives a dataset and names the rules version it was published with.
+RULES_VERSION = 1
 
 CP_BLOCKPAGES = "blockpage_signatures.json"
 CP_FALSE_POSITIVES = "false_positive_signatures.json"
@@ -54,6 +64,7 @@ VERDICT_COLUMNS: dict[str, Any] = {
     "down": "bool",  # the site is down at the vantage and at the control
     "verdict_source": CAT,  # "rederived", "probe" or "probe_evidence" (see Classifier)
     "disagreement": STR,  # why our verdict differs from the probe's; missing when they agree
+    "probe_lists": STR,  # the probe's list hashes from its annotations (probe_lists below)
 }
 
 PROBE_EVIDENCE = "probe_evidence"
@@ -145,6 +156,11 @@ class Classifier:
     signatures: CensoredPlanetSignatures | None = None
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        row = self._verdict(data)
+        row["probe_lists"] = probe_lists(data)
+        return row
+
+    def _verdict(self, data: Mapping[str, Any]) -> dict[str, Any]:
         tk = data.get("test_keys")
         if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
             return rederive_dnscheck(tk)
@@ -228,6 +244,24 @@ class Classifier:
                 names.extend(found)
                 fps.extend(false)
         return names, fps
+
+
+def probe_lists(data: Mapping[str, Any]) -> str | None:
+    """The lists the probe measured with, as "kind:sha256" joined by ";" (None: not recorded).
+
+    Read from the annotations probes.provenance writes (`testlists_sha256`, `keywords_sha256`,
+    `fingerprints_sha256`, each comma-joined hex); kind is the key without `_sha256`.
+    """
+    annotations = data.get("annotations")
+    if not isinstance(annotations, dict):
+        return None
+    parts = []
+    for key in LIST_KEYS:
+        value = annotations.get(key)
+        if isinstance(value, str) and value:
+            kind = key.removesuffix("_sha256")
+            parts += [f"{kind}:{digest}" for digest in value.split(",") if digest]
+    return ";".join(parts) or None
 
 
 def disagreement(

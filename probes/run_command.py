@@ -25,6 +25,7 @@ from probes.net.addresses import is_ip, parse_host_port
 from probes.nettests import nettest_class
 from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
+from probes.provenance import list_annotations
 from probes.runner import RunOptions, RunSummary, RunWatch, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
 
@@ -307,6 +308,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
         accounts=accounts,
+        annotations=list_annotations(req.testlists, req.keywords, settings["fingerprints"]),
     )
     run_options = RunOptions(
         concurrency=settings["concurrency"],

@@ -257,6 +257,34 @@ def _summary_of(result: Analysis) -> str:
     )
 
 
+def _with_provenance(
+    src: _Sources, comparison: Comparison, keywords: Any, measurements: Any
+) -> tuple[Comparison, Any, dict[str, Any]]:
+    """Findings stamped with what decided them (analysis.provenance; the same columns for every
+    engine) and the provenance record; `probe_lists` when the measurements are at hand."""
+    from dataclasses import replace
+
+    from analysis.provenance import Provenance, probe_lists, stamp
+
+    with _analysis_errors():
+        prov = Provenance.of_run(src.fingerprints, src.gates, src.window)
+    comparison = replace(comparison, findings=stamp(comparison.findings, prov))
+    if keywords is not None and not keywords.findings.empty:
+        keywords = replace(keywords, findings=stamp(keywords.findings, prov))
+    lists = probe_lists(measurements) if measurements is not None else None
+    return comparison, keywords, prov.to_json(lists)
+
+
+def _write_provenance(record: dict[str, Any], out: Path) -> Path:
+    import json
+
+    from analysis.provenance import PROVENANCE_FILE
+
+    path = out / PROVENANCE_FILE
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
 def register(app: typer.Typer) -> None:
     """Add analyze, report and publish to the censorscope app."""
 
@@ -292,14 +320,18 @@ def register(app: typer.Typer) -> None:
                 comparison, streamed.rows, n_vantages, streamed.n_problems, streamed.keywords
             )
             keywords = streamed.keywords
+            measurements = None
         else:
             result = _analysis(engine, src)
             comparison, summary = result.comparison, _summary_of(result)
             keywords = result.keywords
+            measurements = result.loaded.measurements
+        comparison, keywords, record = _with_provenance(src, comparison, keywords, measurements)
         try:
             written = write_tables(comparison, out)
             if keywords is not None:
                 written += write_keyword_tables(keywords, out)
+            written.append(_write_provenance(record, out))
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(summary)
@@ -368,8 +400,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
-        from analysis.publish import publish as write_package
+        """A citable dataset: raw JSONL (OONI's bucket layout) + Parquet + CSV, provenance,
+        datapackage.json, README card, SHA256SUMS."""
+        from analysis.publish import publish_dataset
         from probes.measurement import Scrubber
         from probes.net.addresses import is_ip
         from probes.ownip import local_addresses
@@ -384,10 +417,16 @@ def register(app: typer.Typer) -> None:
             "title": title,
             "licence": licence,
             "scrubber": Scrubber([*(scrub or ()), *local_addresses()]),
+            "fingerprints": src.fingerprints,
         }
         try:
-            files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
+            done = publish_dataset(result, out, drop_asn=set(drop_asn or ()), **options)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(_summary_of(result))
-        typer.echo(f"wrote {len(files)} files to {out}")
+        typer.echo(
+            f"{done.raw_lines} raw measurements, {done.late} arrived late (counted in the "
+            f"period they were made); {len(done.changed)} raw/Parquet files new or changed, "
+            f"{len(done.removed)} removed"
+        )
+        typer.echo(f"wrote {len(done.files)} files to {out}")
