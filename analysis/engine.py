@@ -5,8 +5,8 @@ a line end, a gzip file of OONI's bucket) is one task: a worker reads it, decode
 classifies each line (analysis.load + analysis.verdicts) and reduces its rows to mergeable
 tables: compare's counts and blocking modes, the keyword counts, and the report's facts
 (analysis.facts). The client merges these as tasks finish; no process ever holds every row.
-For `publish`, the workers also redact and scrub their rows and stage them by `date=/test_name=`;
-then one task per partition of the dataset sorts and writes it (analysis.publish's layout).
+`publish` does not run here: its raw files, Parquet and provenance need every row in one
+process (probes/commands/analysis_commands.py runs it on the in-process path).
 
 Where it runs: `scheduler="tcp://host:8786"` joins an existing cluster; otherwise a
 LocalCluster of `workers` single-threaded processes (default: every core) when the input is
@@ -17,18 +17,13 @@ small (`SMALL_BYTES`) or `workers` is 1. Every path gives the same tables, byte 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from analysis.compare import (
     DEFAULT_WINDOW,
@@ -53,20 +48,6 @@ from probes.store import LineProblem
 SMALL_BYTES = 256 * 1024 * 1024
 # Merge pending partial counts once they hold this many rows (bounded client memory).
 MERGE_ROWS = 2_000_000
-STAGING = ".censorscope-staging"
-
-
-@dataclass(frozen=True)
-class Publishing:
-    """publish's options, applied on the workers (rows redacted and scrubbed where read).
-
-    `staging` must be a folder every worker and the client see at the same path.
-    """
-
-    drop_asn: frozenset[str] = frozenset()
-    scrub: tuple[str, ...] = ()  # addresses removed from every published cell
-    staging: str = ""
-    out: str = ""  # the dataset's data/measurements folder (written by the workers)
 
 
 @dataclass(frozen=True)
@@ -76,12 +57,11 @@ class Job:
     filters: Filters
     fingerprints: str | None
     window: str | None
-    publishing: Publishing | None = None
 
 
 @dataclass
 class PartResult:
-    """A partition reduced: counts and facts, its problems, and what it staged for publish."""
+    """A partition reduced: counts and facts and its problems."""
 
     index: int
     lines: int
@@ -92,21 +72,6 @@ class PartResult:
     partial: Partial
     keywords: KeywordPartial
     facts: Facts
-    published: Facts | None = None
-    published_partial: Partial | None = None
-    staged: list[str] = field(default_factory=list)  # date=/test_name= folders it wrote to
-
-
-_SCRUBBERS: dict[tuple[str, ...], Any] = {}
-
-
-def _scrubber(addresses: tuple[str, ...]) -> Any:
-    """One Scrubber per worker process and address set (built from addresses: picklable)."""
-    if addresses not in _SCRUBBERS:
-        from probes.measurement import Scrubber
-
-        _SCRUBBERS[addresses] = Scrubber(addresses)
-    return _SCRUBBERS[addresses]
 
 
 @dataclass(frozen=True)
@@ -180,69 +145,7 @@ def process_part(part: Partition, job: Job) -> PartResult:
         keyword_partial(loaded.keyword_rows, loaded.isolations, job.window),
         facts_of(frame),
     )
-    if job.publishing is not None:
-        _prepare_publication(result, frame, job)
     return result
-
-
-def _prepare_publication(result: PartResult, frame: pd.DataFrame, job: Job) -> None:
-    """Redact and scrub this partition's rows, reduce them, stage them by date and nettest."""
-    from analysis.publish import day_of, redact, scrub_frame
-
-    publishing = job.publishing
-    assert publishing is not None
-    scrubber = _scrubber(publishing.scrub) if publishing.scrub else None
-    published = scrub_frame(redact(frame, publishing.drop_asn), scrubber)
-    result.published = facts_of(published, frame)
-    if publishing.drop_asn:
-        result.published_partial = partial_counts(published, job.window)
-    root = Path(publishing.staging)
-    for (day, test), part in published.groupby(
-        [day_of(published), published["test_name"]], sort=True
-    ):
-        folder = f"date={day}/test_name={test}"
-        path = root / folder / f"part-{result.index:08d}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(part, preserve_index=False).replace_schema_metadata(None)
-        pq.write_table(table, path, compression="zstd")
-        result.staged.append(folder)
-
-
-def _arrow_strings(kind: pa.DataType) -> pd.ArrowDtype | None:
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return pd.ArrowDtype(kind)
-    return None
-
-
-def write_staged(
-    staging: str, folder: str, row_offsets: dict[int, int], line_offsets: dict[int, int], out: str
-) -> str:
-    """One partition of the published measurements from the parts the workers staged for it:
-    rows and line numbers made global (offsets of the partitions before), then sorted and
-    written as analysis.publish writes it in one process. Runs on a worker."""
-    from analysis.publish import write_measurement_part
-
-    frames = []
-    for path in sorted((Path(staging) / folder).glob("part-*.parquet")):
-        index = int(path.stem.removeprefix("part-"))
-        part = pq.read_table(path).to_pandas(types_mapper=_arrow_strings)
-        part["row"] += row_offsets.get(index, 0)
-        part["line"] += line_offsets.get(index, 0)
-        frames.append(part)
-    frame = pd.concat(frames, ignore_index=True)
-    # The loader's time type (its tz is datetime.timezone.utc; Parquet reads back a ZoneInfo,
-    # which Arrow records differently in the file's schema).
-    frame["time"] = pd.Series(
-        pd.to_datetime(frame["time"], utc=True), dtype="datetime64[s, UTC]"
-    ).dt.tz_convert(UTC)
-    for name, column in frame.items():
-        # One chunk per column, as the in-process frame has: Parquet pages follow the chunks.
-        if isinstance(column.dtype, pd.ArrowDtype):
-            whole = pa.chunked_array(column.array.__arrow_array__()).combine_chunks()
-            frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(whole), index=frame.index)
-    target = Path(out) / folder / "part-0.parquet"
-    write_measurement_part(frame, target)
-    return str(target)
 
 
 @contextmanager
@@ -275,7 +178,6 @@ class _Seen:
     sources: list[str]
     problems: list[LineProblem]
     n_problems: int
-    staged: list[str]
 
 
 @dataclass
@@ -286,8 +188,6 @@ class _Reducer:
     pending: list[Partial] = field(default_factory=list)
     keywords: list[KeywordPartial] = field(default_factory=list)
     facts: list[Facts] = field(default_factory=list)
-    published: list[Facts] = field(default_factory=list)
-    published_partials: list[Partial] = field(default_factory=list)
     results: dict[int, _Seen] = field(default_factory=dict)
     pending_rows: int = 0
 
@@ -295,10 +195,6 @@ class _Reducer:
         self.pending.append(result.partial)
         self.keywords.append(result.keywords)
         self.facts.append(result.facts)
-        if result.published is not None:
-            self.published.append(result.published)
-        if result.published_partial is not None:
-            self.published_partials.append(result.published_partial)
         self.pending_rows += len(result.partial.counts) + len(result.keywords.counts)
         # Keep what the offsets and problems need; drop the tables (merged below).
         self.results[result.index] = _Seen(
@@ -307,14 +203,11 @@ class _Reducer:
             result.sources,
             result.problems[: Loader.MAX_PROBLEMS_KEPT],
             result.n_problems,
-            result.staged,
         )
         if self.pending_rows > MERGE_ROWS:
             self.pending = [merge_partials(self.pending)]
             self.keywords = [merge_keywords(self.keywords)]
             self.facts = [merge_facts(self.facts)]
-            if self.published_partials:
-                self.published_partials = [merge_partials(self.published_partials)]
             self.pending_rows = len(self.pending[0].counts) + len(self.keywords[0].counts)
 
     def offsets(self) -> tuple[dict[int, int], dict[int, int]]:
@@ -381,7 +274,6 @@ def run_engine(
     gates: Gates | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
-    publishing: Publishing | None = None,
     piece_bytes: int = PIECE_BYTES,
     processes: bool = True,
     parquet: Sequence[Path] = (),
@@ -400,7 +292,7 @@ def run_engine(
         for i, path in enumerate(parquet_files(list(parquet), filters))
     ]
     todo = partitions(cut, piece_bytes)
-    job = Job(filters, str(fingerprints) if fingerprints else None, window, publishing)
+    job = Job(filters, str(fingerprints) if fingerprints else None, window)
     reducer = _Reducer(todo)
     used = describe_fingerprints(_classifier(job.fingerprints))
     n_workers = workers or os.cpu_count() or 1
@@ -410,7 +302,6 @@ def run_engine(
     if local:
         for part in todo:
             reducer.add(process_part(part, job))
-        publication = _publication(reducer, publishing, None) if publishing else None
     else:
         from dask.distributed import as_completed
 
@@ -419,7 +310,6 @@ def run_engine(
             for future in as_completed(futures):
                 reducer.add(future.result())
                 future.release()
-            publication = _publication(reducer, publishing, client) if publishing else None
     partial = merge_partials(reducer.pending or [_empty_partial(window)])
     keyword_part = merge_keywords(reducer.keywords or [_empty_keywords(window)])
     return Analysis(
@@ -431,7 +321,6 @@ def run_engine(
         window,
         merge_facts(reducer.facts),
         keyword_part,
-        publication,
     )
 
 
@@ -443,53 +332,3 @@ def _empty_partial(window: str | None) -> Partial:
 def _empty_keywords(window: str | None) -> KeywordPartial:
     empty = Loader(Filters(), classifier_columns=VERDICT_COLUMNS, observations=False).frames()
     return keyword_partial(empty.keyword_rows, empty.isolations, window)
-
-
-def _publication(reducer: _Reducer, publishing: Publishing, client: Any) -> Any:
-    """Write the dataset's measurement partitions from the staged rows (one task each) and
-    return the Publication that hands them to analysis.publish."""
-    from analysis.publish import Publication
-
-    row_offsets, line_offsets = reducer.offsets()
-    folders = sorted({f for r in reducer.results.values() for f in r.staged})
-    staging, out = publishing.staging, publishing.out
-    if client is None or not folders:
-        paths = [write_staged(staging, f, row_offsets, line_offsets, out) for f in folders]
-    else:
-        k = len(folders)
-        futures = client.map(
-            write_staged,
-            [staging] * k,
-            folders,
-            [row_offsets] * k,
-            [line_offsets] * k,
-            [out] * k,
-            pure=False,
-        )
-        paths = client.gather(futures)
-    written = [Path(p) for p in paths]
-
-    def measurements(root: Path) -> list[Path]:
-        if Path(root).resolve() != Path(out).resolve():
-            raise ValueError(f"the engine wrote the measurements to {out}, not {root}")
-        return written
-
-    partials = reducer.published_partials
-    return Publication(
-        merge_facts(reducer.published),
-        merge_partials(partials) if publishing.drop_asn and partials else None,
-        publishing.drop_asn,
-        measurements,
-    )
-
-
-@contextmanager
-def staging_folder(out: Path) -> Iterator[str]:
-    """A staging folder under the dataset's OUT (shared with the workers when OUT is), removed
-    afterwards (a crash leaves it, named .censorscope-staging-*, never a half dataset file)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=STAGING + "-", dir=out))
-    try:
-        yield str(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

@@ -1,11 +1,12 @@
-"""What the report and the dataset card say about the measurements, as mergeable counts.
+"""What the report says about the measurements, as mergeable counts.
 
 The report (period, vantages, the heatmap's state per input x vantage, the disagreements
-table) and the dataset card (period, nettests, vantages, fingerprint evidence) used to read
-every measurement row. Each of those is a sum, a minimum, a maximum or a set union, so a
-worker reduces its partition of the measurements to `Facts` and the parent merges them
-(`merge_facts`): `report` and `publish` then need no measurement row in one process, and the
-in-process engine takes the same path over one partition (so the engines write the same bytes).
+table, late arrivals and the probes' list hashes) used to read every measurement row. Each of
+those is a sum, a minimum, a maximum or a set union, so a worker reduces its partition of the
+measurements to `Facts` and the parent merges them (`merge_facts`): `report` then needs no
+measurement row in one process, and the in-process engine takes the same path over one
+partition (so the engines write the same bytes). publish still reads the rows (its raw files
+and Parquet are the rows), on the in-process engine.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Facts:
     kept_fingerprints: Counter[str] = field(default_factory=Counter)  # their names
     matched: int = 0  # measurements that matched a fingerprint
     disagree: int = 0  # measurements whose verdict differs from the probe's
-    # (vantage as loaded, vantage as published) pairs: publish's --drop-asn renames
-    renames: frozenset[tuple[str, str]] = frozenset()
+    late: int = 0  # arrived more than bulk.LATE_AFTER after they were made (the report's)
+    probe_lists: frozenset[str] = frozenset()  # list hashes the probes recorded (provenance)
 
 
 def _empty(keys: list[str], counts: list[str]) -> pd.DataFrame:
@@ -50,12 +51,8 @@ def _empty(keys: list[str], counts: list[str]) -> pd.DataFrame:
     ).astype(dict.fromkeys(counts, "int64"))
 
 
-def facts_of(frame: pd.DataFrame, loaded: pd.DataFrame | None = None) -> Facts:
-    """The facts of one partition of measurements (with verdict columns).
-
-    With `loaded` (the same rows before publish's redaction and scrubbing made `frame`),
-    `renames` pairs each loaded vantage with its published name.
-    """
+def facts_of(frame: pd.DataFrame) -> Facts:
+    """The facts of one partition of measurements (with verdict columns)."""
     time = frame["time"].dropna()
     prepared = cmp.prepare(frame, None)
     cells = (
@@ -81,15 +78,10 @@ def facts_of(frame: pd.DataFrame, loaded: pd.DataFrame | None = None) -> Facts:
     source = frame["verdict_source"] if "verdict_source" in frame else pd.Series(dtype=object)
     evidence = source == PROBE_EVIDENCE
     kept = frame.loc[evidence, "blocking_fingerprint"].dropna() if evidence.any() else []
-    renames: frozenset[tuple[str, str]] = frozenset()
-    if loaded is not None:
-        renames = frozenset(
-            zip(
-                loaded["vantage"].astype(str),
-                frame["vantage"].astype(str),
-                strict=True,
-            )
-        )
+    from analysis.bulk import arrivals, late
+    from analysis.provenance import probe_lists
+
+    n_late = int(late(frame, arrivals(frame)).sum()) if len(frame) and "source" in frame else 0
     return Facts(
         n=len(frame),
         time_min=time.min() if len(time) else None,
@@ -102,7 +94,8 @@ def facts_of(frame: pd.DataFrame, loaded: pd.DataFrame | None = None) -> Facts:
         kept_fingerprints=Counter(str(name) for name in kept),
         matched=int(frame["fingerprints"].notna().sum()) if "fingerprints" in frame else 0,
         disagree=len(differs),
-        renames=renames,
+        late=n_late,
+        probe_lists=frozenset(probe_lists(frame)),
     )
 
 
@@ -134,7 +127,8 @@ def merge_facts(parts: list[Facts]) -> Facts:
         kept_fingerprints=kept,
         matched=sum(p.matched for p in parts),
         disagree=sum(p.disagree for p in parts),
-        renames=frozenset().union(*(p.renames for p in parts)),
+        late=sum(p.late for p in parts),
+        probe_lists=frozenset().union(*(p.probe_lists for p in parts)),
     )
 
 
@@ -143,15 +137,6 @@ def period(facts: Facts) -> str | None:
     if facts.time_min is None or facts.time_max is None:
         return None
     return f"{facts.time_min:%Y-%m-%d} to {facts.time_max:%Y-%m-%d}"
-
-
-def vantage_names(facts: Facts) -> dict[str, str]:
-    """Loaded vantage -> published vantage; a vantage published under several names (one per
-    ASN it was measured from) takes the first of them in sorted order."""
-    names: dict[str, str] = {}
-    for loaded, published in sorted(facts.renames):
-        names.setdefault(loaded, published)
-    return names
 
 
 def cell_states(facts: Facts, known: set[str], share: float = cmp.BLOCKED_SHARE) -> pd.DataFrame:

@@ -744,21 +744,17 @@ def summary(result: KeywordFindings | None, shown: int = 10) -> str | None:
     return "\n".join(lines)
 
 
-def renamed_partial(part: KeywordPartial, names: Mapping[str, str]) -> KeywordPartial:
-    """The partial with vantages renamed and merged again (publish's `--drop-asn`): equal to
-    counting the renamed rows, so no keyword row is needed."""
+def renamed_vantages(
+    rows: pd.DataFrame,
+    isolations: pd.DataFrame,
+    names: Mapping[str, str],
+    window: str | None = cmp.DEFAULT_WINDOW,
+    gates: cmp.Gates | None = None,
+) -> KeywordFindings:
+    """Keyword findings again with vantages renamed (publish's `--drop-asn` redaction)."""
 
     def rename(frame: pd.DataFrame) -> pd.DataFrame:
-        if "vantage" not in frame or frame.empty:
-            return frame
-        vantage = (
-            frame["vantage"]
-            .astype(object)
-            .map(lambda v: names.get(v, v) if isinstance(v, str) else v)
-        )
+        vantage = frame["vantage"].astype(object).map(lambda v: names.get(v, v))
         return frame.assign(vantage=vantage.astype(frame["vantage"].dtype))
 
-    renamed = KeywordPartial(
-        rename(part.counts), rename(part.modes), rename(part.evidence), rename(part.isolations)
-    )
-    return merge([renamed])
+    return findings_of(rename(rows), rename(isolations), window, gates)

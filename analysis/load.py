@@ -69,7 +69,7 @@ MEASUREMENT_DTYPES: dict[str, Any] = {
 
 OBSERVATION_DTYPES: dict[str, Any] = {
     "row": "int64",
-    "kind": CAT,  # dns | tcp | tls | http
+    "kind": CAT,  # dns | tcp | tls | quic | http
     "hostname": STR,
     "address": STR,
     "port": "Int32",
@@ -332,7 +332,7 @@ class _Columns:
                     failure=_str(query.get("failure")),
                     t=_seconds(query.get("t")),
                 )
-        for conn in _list(tk.get("tcp_connect")):
+        for conn in [*_list(tk.get("tcp_connect")), *_list(tk.get("tcp_connects"))]:
             if isinstance(conn, dict):
                 status = _dict(conn.get("status"))
                 port = conn.get("port")
@@ -349,6 +349,17 @@ class _Columns:
                 self.add_observation(
                     row,
                     "tls",
+                    address=_str(hs.get("address")),
+                    server_name=_str(hs.get("server_name")),
+                    tls_version=_str(hs.get("tls_version")),
+                    failure=_str(hs.get("failure")),
+                    t=_seconds(hs.get("t")),
+                )
+        for hs in _list(tk.get("quic_handshakes")):
+            if isinstance(hs, dict):
+                self.add_observation(
+                    row,
+                    "quic",
                     address=_str(hs.get("address")),
                     server_name=_str(hs.get("server_name")),
                     tls_version=_str(hs.get("tls_version")),
@@ -380,6 +391,20 @@ def _nested(tk: Mapping[str, Any], key: str) -> str | None:
         failure = _first_failure(part.get(key))
         if failure is not None:
             return failure
+    return None
+
+
+def _transfer_failure(tk: Mapping[str, Any], operation: str) -> str | None:
+    """download's first target transfer failure at ``operation`` (None for other nettests):
+    its transfers carry failures, not df-005/df-006 records."""
+    transfers = tk.get("transfers")
+    if not isinstance(transfers, list):
+        return None
+    for t in transfers:
+        if not isinstance(t, dict) or t.get("role") != "target":
+            continue
+        if t.get("failed_operation") == operation:
+            return _str(t.get("failure"))
     return None
 
 
@@ -542,12 +567,21 @@ class Loader:
         m["dns_failure"].append(
             _str(tk.get("dns_experiment_failure")) or _str(tk.get("bootstrap_failure"))
         )
-        m["tcp_failure"].append(_first_failure(tk.get("tcp_connect")) or _nested(tk, "tcp_connect"))
+        m["tcp_failure"].append(
+            _first_failure(tk.get("tcp_connect"))
+            or _first_failure(tk.get("tcp_connects"))  # OONI echcheck's name, and ech_check's
+            or _nested(tk, "tcp_connect")
+            or _transfer_failure(tk, "connect")
+        )
         m["tls_failure"].append(
-            _first_failure(tk.get("tls_handshakes")) or _nested(tk, "tls_handshakes")
+            _first_failure(tk.get("tls_handshakes"))
+            or _nested(tk, "tls_handshakes")
+            or _transfer_failure(tk, "tls_handshake")
         )
         m["http_failure"].append(
-            _str(tk.get("http_experiment_failure")) or _first_failure(tk.get("requests"))
+            _str(tk.get("http_experiment_failure"))
+            or _first_failure(tk.get("requests"))
+            or _transfer_failure(tk, "http_transaction")
         )
         m["control_failure"].append(_str(tk.get("control_failure")))
         runtime = data.get("test_runtime")

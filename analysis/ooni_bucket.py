@@ -4,7 +4,8 @@ OONI publishes raw measurements as `raw/YYYYMMDD/HH/CC/testname/*.jsonl.gz` (s3:
 `testname` is the nettest's name without underscores, e.g. `webconnectivity`, as
 oonidata's dataclient builds the prefix). `--ooni DIR` takes such a tree (or any folder of
 JSON/JSONL files, gzipped or not); date and nettest filters prune it by path before any file is
-opened, as the store's `date=`/`test_name=` layout is pruned.
+opened, as the store's `date=`/`test_name=` layout is pruned. A published dataset's `raw/`
+(analysis.bulk writes it in this layout, with the same folder names) reads back the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import date
 from pathlib import Path
 
 from analysis.load import Filters
+from probes.measurement import compact_test_name
 
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 _DAY = re.compile(r"^\d{8}$")
@@ -23,7 +25,7 @@ _HOUR = re.compile(r"^\d{2}$")
 
 def bucket_test_name(test_name: str) -> str:
     """The bucket's folder name of a nettest: `web_connectivity` -> `webconnectivity`."""
-    return test_name.replace("_", "").lower()
+    return compact_test_name(test_name).lower()
 
 
 def _kept(relative: tuple[str, ...], filters: Filters) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from analysis.compare import DEFAULT_WINDOW, Comparison, Gates, compare
 from analysis.facts import Facts, facts_of
@@ -22,18 +21,15 @@ from analysis.verdicts import (
     describe_fingerprints,
 )
 
-if TYPE_CHECKING:
-    from analysis.engine import Publishing
-    from analysis.publish import Publication
-
 ENGINES = ("pandas", "dask")
 
 
 @dataclass
 class Analysis:
     """What analyze, report and publish use. `loaded.measurements` holds every row only for
-    the in-process engine; report and publish read `facts`, the comparison and the keyword
-    tables (merged counts), so the distributed engine (analysis.engine) leaves it empty."""
+    the in-process engine; report reads `facts`, the comparison and the keyword tables
+    (merged counts), so the distributed engine (analysis.engine) leaves it empty. publish needs
+    every row (raw files, Parquet, provenance): it always runs on the in-process engine."""
 
     loaded: Loaded
     comparison: Comparison
@@ -42,8 +38,7 @@ class Analysis:
     keywords: KeywordFindings | None = None  # per keyword, placement/channel (analysis.keywords)
     window: str | None = DEFAULT_WINDOW
     facts: Facts = field(default_factory=Facts)  # analysis.facts: for the report and the card
-    keyword_partial: KeywordPartial | None = None  # the keyword counts (publish renames them)
-    publication: Publication | None = None  # rows already redacted/scrubbed/staged by an engine
+    keyword_partial: KeywordPartial | None = None  # the merged keyword counts
 
 
 def load_classified(
@@ -78,7 +73,6 @@ def run(
     observations: bool = False,
     gates: Gates | None = None,
     scheduler: str | None = None,
-    publishing: Publishing | None = None,
     parquet: Sequence[Path] = (),
 ) -> Analysis:
     """Load, classify and compare: in one process (pandas), or as Dask tasks (analysis.engine:
@@ -86,8 +80,7 @@ def run(
 
     The observations frame (one row per DNS answer, connect, handshake, response) is built only
     when asked, by the pandas engine: no command writes it, and it costs as much as the
-    verdicts. `publishing` lets the Dask engine redact, scrub and stage the published rows on
-    its workers (the pandas engine does that in analysis.publish).
+    verdicts.
     """
     if engine == "dask":
         from analysis.engine import run_engine
@@ -101,7 +94,6 @@ def run(
             gates=gates,
             workers=workers,
             scheduler=scheduler,
-            publishing=publishing,
             parquet=parquet,
         )
     if engine != "pandas":

@@ -1,32 +1,35 @@
-"""A citable dataset package: Parquet measurements, CSV findings, datapackage.json, card, sums.
+"""A citable dataset package: raw and Parquet measurements, CSV findings, provenance, card, sums.
+
+Layout and late arrivals: analysis.bulk; what decided each finding: analysis.provenance.
 
 Deterministic on purpose (a dataset is cited by its checksums): rows are sorted, Parquet is
-written without the pandas metadata blob, JSON keys are sorted, and no wall-clock time goes in;
-the only dates are those of the data. Probe IPs are never published: the loaded frame has no
-probe_ip column, the store scrubs them at measurement time, and with a `scrubber` every text
-cell of every published table is scrubbed again (stores written before a scrubbing fix, data
-collected from elsewhere); `drop_asn` vantages are published without their ASN, their vantage
-name redacted where it contains it.
+written without the pandas metadata blob, JSON keys are sorted, raw files are gzip with mtime 0,
+and no wall-clock time goes in; the only dates are those of the data. Probe IPs are never
+published: the loaded frame has no probe_ip column, the store scrubs them at measurement
+time, and with a `scrubber` every text cell of every published table and every raw measurement
+is scrubbed again (stores written before a scrubbing fix, data collected from elsewhere);
+`drop_asn` vantages are published without their ASN, their vantage name redacted where it
+contains it (and their raw measurements without ASN and network name: analysis.bulk.withheld).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Set
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analysis.compare import Gates, Partial, from_partial, partial_counts
-from analysis.facts import Facts, facts_of, period, vantage_names
-from analysis.keywords import KeywordFindings, renamed_partial
-from analysis.keywords import from_partial as keyword_findings
-from analysis.keywords import partial as keyword_partial
+from analysis import bulk as bulk_files
+from analysis.compare import Comparison, Gates, compare
+from analysis.keywords import KeywordFindings, renamed_vantages
 from analysis.keywords import tables as keyword_tables
-from analysis.tables import TABLES, plain, write_csv, write_parquet
+from analysis.provenance import PROVENANCE_FILE, Provenance, fingerprint_files, probe_lists, stamp
+from analysis.tables import TABLES, plain, write_csv
+from probes.measurement import asn_number
 
 if TYPE_CHECKING:
     from analysis.pipeline import Analysis
@@ -52,16 +55,46 @@ def _field_type(dtype: Any) -> str:
     return "string"
 
 
+def withheld_numbers(measurements: pd.DataFrame, drop_asn: Set[str]) -> set[int]:
+    """The AS numbers of the at-risk vantages (to take out of report ids)."""
+    risky = measurements["vantage"].astype(object).isin(list(drop_asn))
+    asns = measurements.loc[risky, "probe_asn"].dropna().astype(str).unique()
+    return {n for n in (asn_number(a) for a in asns) if n}
+
+
+def withhold_ids(frame: pd.DataFrame, numbers: Set[int]) -> pd.DataFrame:
+    """Every text cell with those AS numbers taken out of the report ids it holds."""
+    if not numbers:
+        return frame
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+            continue
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            column = column.astype(object)
+        out[name] = column.map(
+            lambda v: bulk_files.without_asn(v, numbers) if isinstance(v, str) else v
+        ).astype(column.dtype)
+    return out
+
+
 def redact(measurements: pd.DataFrame, drop_asn: Set[str]) -> pd.DataFrame:
-    """Withhold ASN detail of at-risk vantages (and drop private columns)."""
+    """Withhold ASN detail of at-risk vantages (and drop private columns): the vantage name,
+    probe_asn, and the AS number inside report ids."""
     out = plain(measurements.drop(columns=[c for c in PRIVATE_COLUMNS if c in measurements]))
     if not drop_asn:
         return out
+    numbers = withheld_numbers(out, drop_asn)
     risky = out["vantage"].isin(list(drop_asn))
     for asn in out.loc[risky, "probe_asn"].dropna().unique():
         mask = risky & (out["probe_asn"] == asn)
         out.loc[mask, "vantage"] = out.loc[mask, "vantage"].str.replace(str(asn), WITHHELD)
     out.loc[risky, "probe_asn"] = None
+    ids = out.loc[risky, "report_id"].astype(object)
+    out.loc[risky, "report_id"] = ids.map(
+        lambda v: bulk_files.without_asn(v, numbers) if isinstance(v, str) else v
+    )
     return out
 
 
@@ -88,76 +121,31 @@ def scrub_frame(frame: pd.DataFrame, scrubber: Scrubber | None) -> pd.DataFrame:
     return out
 
 
-def day_of(frame: pd.DataFrame) -> pd.Series:
-    """The `date=` partition of each row (YYYY-MM-DD, or "unknown" without a time)."""
-    return frame["time"].dt.strftime("%Y-%m-%d").fillna("unknown")
-
-
-def write_measurement_part(part: pd.DataFrame, path: Path) -> None:
-    """One `date=/test_name=` partition: its rows in SORT order (stable), no test_name column."""
-    part = part.sort_values(SORT, na_position="first", kind="stable", ignore_index=True)
-    write_parquet(part.drop(columns=["test_name"]), path)
-
-
-def _write_measurements(frame: pd.DataFrame, root: Path) -> list[Path]:
-    written = []
-    for (day, test), part in frame.groupby([day_of(frame), frame["test_name"]], sort=True):
-        path = root / f"date={day}" / f"test_name={test}" / "part-0.parquet"
-        write_measurement_part(part, path)
-        written.append(path)
-    return written
-
-
-@dataclass
-class Publication:
-    """The measurement rows' side of a dataset, prepared by the engine that read them.
-
-    The in-process engine builds it from its frame (`in_memory`); the distributed engine
-    (analysis.engine) redacts and scrubs on the workers, which reduce the published rows to
-    facts and counts and stage them for `write_measurements`: no process holds every row.
-    """
-
-    facts: Facts  # of the published (redacted, scrubbed) rows
-    partial: Partial | None  # their counts, when --drop-asn renamed vantages (else None)
-    drop_asn: frozenset[str]
-    write_measurements: Callable[[Path], list[Path]]
-
-
-def in_memory(result: Analysis, drop_asn: Set[str], scrubber: Scrubber | None) -> Publication:
-    """The publication of an in-process analysis (every measurement a row of its frame)."""
-    loaded = result.loaded.measurements
-    frame = scrub_frame(redact(loaded, drop_asn), scrubber)
-    partial = partial_counts(frame, result.window) if drop_asn else None
-    return Publication(
-        facts_of(frame, loaded),
-        partial,
-        frozenset(drop_asn),
-        lambda root: _write_measurements(frame, root),
-    )
-
-
 def _schema(frame: pd.DataFrame) -> dict[str, Any]:
     return {
         "fields": [{"name": str(c), "type": _field_type(frame[c].dtype)} for c in frame.columns]
     }
 
 
-def _evidence(result: Analysis, facts: Facts) -> str:
+def _evidence(result: Analysis, frame: pd.DataFrame) -> str:
     """The fingerprints actually used, and where the analysis and the probes disagree."""
     out = f"Fingerprints given to the analysis: {result.fingerprints_used}."
-    kept = sum(facts.kept_fingerprints.values())
-    if kept:
-        names = ", ".join(sorted(facts.kept_fingerprints))
+    source = frame["verdict_source"] if "verdict_source" in frame else pd.Series(dtype=object)
+    kept = frame.loc[source == "probe_evidence", "blocking_fingerprint"].dropna()
+    if len(kept):
+        names = ", ".join(sorted({str(n) for n in kept}))
         out += (
-            f" {kept} block page verdicts rest on fingerprints the probes matched "
+            f" {len(kept)} block page verdicts rest on fingerprints the probes matched "
             f"themselves ({names})."
         )
-    if result.fingerprints_used == "none" and not kept:
+    matched = frame["fingerprints"].dropna() if "fingerprints" in frame else pd.Series([])
+    if result.fingerprints_used == "none" and not len(kept):
         out += " No verdict is confirmed by a fingerprint."
-    elif facts.matched:
-        out += f" {facts.matched} measurements matched a fingerprint."
-    n = facts.disagree
-    out += f" {n} re-derived verdicts differ from the probe's (column `disagreement` says why)."
+    elif len(matched):
+        out += f" {len(matched)} measurements matched a fingerprint."
+    if "disagreement" in frame:
+        n = int(frame["disagreement"].notna().sum())
+        out += f" {n} re-derived verdicts differ from the probe's (column `disagreement` says why)."
     return out
 
 
@@ -170,10 +158,39 @@ def _gates(result: Analysis) -> str:
     )
 
 
-def _card(result: Analysis, facts: Facts, title: str, licence: str) -> str:
-    measured = period(facts) or "unknown"
-    vantages = ", ".join(sorted(facts.vantages))
-    tests = ", ".join(sorted(facts.tests))
+def _provenance_text(prov: Provenance, frame: pd.DataFrame) -> str:
+    files = (
+        ", ".join(f"`{name}` (sha256 {digest})" for name, digest in prov.fingerprints.items())
+        or "none"
+    )
+    lists = probe_lists(frame)
+    probes = (
+        f"{len(lists)} distinct lists, named by kind and sha256 in `provenance.json`"
+        if lists
+        else "not recorded by these measurements"
+    )
+    return (
+        f"censorscope {prov.censorscope_version}, analysis rules version {prov.rules_version}; "
+        f"fingerprint files given to the analysis: {files}; test lists, keyword lists and "
+        f"fingerprints the probes measured with: {probes}."
+    )
+
+
+def _card(
+    result: Analysis,
+    frame: pd.DataFrame,
+    title: str,
+    licence: str,
+    *,
+    prov: Provenance,
+    late: int,
+    raw_lines: int,
+) -> str:
+    period = "unknown"
+    if frame["time"].notna().any():
+        period = f"{frame['time'].min():%Y-%m-%d} to {frame['time'].max():%Y-%m-%d}"
+    vantages = ", ".join(sorted(str(v) for v in frame["vantage"].dropna().unique()))
+    tests = ", ".join(sorted(str(t) for t in frame["test_name"].dropna().unique()))
     findings = result.comparison.findings
     blocked = int(findings["blocked_at"].notna().sum()) if len(findings) else 0
     return f"""# {title}
@@ -181,18 +198,33 @@ def _card(result: Analysis, facts: Facts, title: str, licence: str) -> str:
 Measurements of Internet censorship made or collected with censorscope, with the findings
 derived from them.
 
-- Period: {measured}
-- Measurements: {facts.n}; nettests: {tests}
+- Period: {period}
+- Measurements: {len(frame)}; nettests: {tests}
 - Vantages: {vantages}
 - Findings (one per input and nettest): {len(findings)}, of which {blocked} blocked at one
   vantage or more
+- Arrived late (more than 24 hours after they were made, counted in the period they were
+  made): {late}
 - Licence: {licence}
 
 ## Files
 
-- `data/measurements/date=YYYY-MM-DD/test_name=NAME/part-0.parquet`: one row per measurement
-  (OONI data format fields, the probe's verdict `orig_blocking`, ours `blocking`, and
-  `disagreement`: why they differ).
+- `raw/YYYYMMDD/HH/CC/testname/YYYYMMDDHH_CC_testname.censorscope.N.jsonl.gz`: the
+  {raw_lines} measurements as measured (OONI data format, probe addresses scrubbed), one per
+  line, in the layout of OONI's bucket `s3://ooni-data-eu-fra/raw/`: date and hour of arrival,
+  country, test name without underscores. OONI's own tools (oonidata) read these names.
+- `data/measurements/date=YYYY-MM-DD/probe_cc=CC/test_name=NAME/part-0.parquet`: one row per
+  measurement, partitioned by the day it was made (OONI data format fields, the probe's
+  verdict `orig_blocking`, ours `blocking`, `disagreement`: why they differ, `probe_lists`:
+  the lists the probe measured with). Hive partitioning: DuckDB, Spark, pyarrow and pandas
+  read the folder as one table, e.g. in DuckDB:
+
+  ```sql
+  SELECT probe_cc, test_name, blocking, count(*) AS n
+  FROM read_parquet('data/measurements/*/*/*/*.parquet', hive_partitioning = true)
+  GROUP BY ALL ORDER BY n DESC;
+  ```
+
 - `findings.csv`: one finding per input and nettest, with the gates each blocking vantage
   passed; `vantages.csv`: rates per input, nettest and vantage with 95% Wilson intervals and
   Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates per time window;
@@ -206,14 +238,24 @@ derived from them.
   it came from), `keyword_evidence.csv` (the earliest blocked measurements) and, for
   message_delivery between accounts, `keyword_delivery_matrix.csv` (per keyword, sender
   region x receiver region, every vantage pooled).
+- `provenance.json`: what decided the findings: censorscope's version, the analysis rules'
+  version, the sha256 of each fingerprint file given to the analysis (copies in
+  `fingerprints/`), the gates and window, and the sha256 of every test list, keyword list and
+  fingerprint file the probes measured with. Each finding repeats them (`censorscope_version`,
+  `rules_version`, `analysis_fingerprints`, `probe_lists`).
 - `datapackage.json`: Frictionless Data Package (schemas, licence, sources). `SHA256SUMS`.
 
 ## Method
 
 Verdicts are re-derived from raw observations (web_connectivity: OONI's v0.4 procedure);
-see censorscope's docs/analysis.md. {_evidence(result, facts)}
+see censorscope's docs/analysis.md. {_evidence(result, frame)}
 A finding "blocked at V" needs every gate: {_gates(result)}; a vantage that misses one is only
 "suggestive".
+
+## Provenance
+
+{_provenance_text(prov, frame)} `censorscope verify DATASET` re-derives every finding from
+`raw/` with the fingerprints in `fingerprints/` and says whether each still holds.
 
 ## Caveats
 
@@ -223,7 +265,7 @@ detail were judged at risk. Probe IP addresses are never included.
 
 ## How to cite
 
-{title}, censorscope dataset, {measured}. Cite with the SHA256 of `datapackage.json` from
+{title}, censorscope dataset, {period}. Cite with the SHA256 of `datapackage.json` from
 `SHA256SUMS`.
 """
 
@@ -235,19 +277,96 @@ def _keyword_count(result: Analysis) -> str:
     return f"{len(found)} findings, {int(found['blocked_at'].notna().sum())} filtered somewhere"
 
 
-def _keywords(result: Analysis, facts: Facts, drop_asn: Set[str]) -> KeywordFindings | None:
-    """The keyword findings to publish: recounted under the published vantage names when
-    vantages were redacted (from the mergeable keyword counts, not the rows)."""
+def _keywords(
+    result: Analysis, measurements: pd.DataFrame, drop_asn: Set[str]
+) -> KeywordFindings | None:
+    """The keyword findings to publish: recomputed when vantage names were redacted."""
     if result.keywords is None or not drop_asn:
         return result.keywords
-    part = result.keyword_partial
-    if part is None:
-        loaded = result.loaded
-        part = keyword_partial(loaded.keyword_rows, loaded.isolations, result.window)
-    return keyword_findings(renamed_partial(part, vantage_names(facts)), result.gates)
+    loaded = result.loaded
+    names = dict(
+        zip(
+            loaded.measurements["vantage"].astype(str),
+            measurements["vantage"].astype(str),
+            strict=True,
+        )
+    )
+    return renamed_vantages(
+        loaded.keyword_rows, loaded.isolations, names, result.window, result.gates
+    )
 
 
-def publish(
+FINGERPRINTS_DIR = "fingerprints"
+SUMS = "SHA256SUMS"
+
+
+@dataclass
+class Published:
+    """What publish_dataset wrote (files: every file of the package, SHA256SUMS last)."""
+
+    files: list[Path]
+    changed: list[Path]  # raw and Parquet files whose bytes changed (new or rewritten)
+    removed: list[Path]  # files of the previous publish that are no longer part of it
+    late: int  # measurements that arrived more than bulk.LATE_AFTER after they were made
+    raw_lines: int
+
+
+def sort_order(frame: pd.DataFrame) -> Any:
+    """Positions of the rows in publishing order (SORT: by time, vantage, nettest, input...)."""
+    return frame.sort_values(SORT, na_position="first", kind="stable").index.to_numpy()
+
+
+def published_tables(
+    comparison: Comparison,
+    keywords: KeywordFindings | None,
+    frame: pd.DataFrame,
+    prov: Provenance,
+    scrubber: Scrubber | None,
+) -> dict[str, pd.DataFrame]:
+    """Name -> table exactly as it goes into the package's CSV (findings stamped with their
+    provenance, every cell scrubbed); `censorscope verify` rebuilds the same to compare."""
+    tables: dict[str, pd.DataFrame] = {}
+    for name in TABLES:
+        table = getattr(comparison, name)
+        if name == "findings":
+            table = stamp(table, prov, frame)
+        tables[name] = scrub_frame(plain(table), scrubber)
+    for name, table in (keyword_tables(keywords) if keywords is not None else {}).items():
+        if table.empty:  # no keyword measurements (or isolation...): no empty resource
+            continue
+        if name == "keyword_findings":
+            table = stamp(table, prov, frame, keyword=True)
+        tables[name] = scrub_frame(plain(table), scrubber)
+    return tables
+
+
+def _previous_files(out: Path) -> set[str]:
+    """The files a previous publish listed in OUT's SHA256SUMS (relative paths)."""
+    try:
+        text = (out / SUMS).read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    return {line.split("  ", 1)[1] for line in text.splitlines() if "  " in line}
+
+
+def _remove_stale(out: Path, previous: set[str], current: set[str]) -> list[Path]:
+    """Delete what only the previous publish had (a partition the filters no longer keep), and
+    the folders that leaves empty; nothing that SHA256SUMS did not list is touched."""
+    removed = []
+    for name in sorted(previous - current):
+        path = out / name
+        if ".." in Path(name).parts or not path.is_file():
+            continue
+        path.unlink()
+        removed.append(path)
+        parent = path.parent
+        while parent != out and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    return removed
+
+
+def publish_dataset(
     result: Analysis,
     out: Path,
     *,
@@ -255,31 +374,51 @@ def publish(
     title: str = "censorscope measurements",
     licence: str = "CC-BY-4.0",
     scrubber: Scrubber | None = None,
-) -> list[Path]:
-    """Write the package under OUT; returns every file written (SHA256SUMS last)."""
+    fingerprints: Path | None = None,
+) -> Published:
+    """Write the package under OUT (see docs/analysis.md "Datasets"). Publishing the same
+    inputs with the same versions gives the same bytes; publishing again into OUT rewrites only
+    the files whose content changed."""
     out.mkdir(parents=True, exist_ok=True)
-    publication = result.publication or in_memory(result, drop_asn, scrubber)
-    if publication.drop_asn != frozenset(drop_asn):
-        raise ValueError("the analysis was prepared for publishing with other --drop-asn")
-    comparison = result.comparison
-    if publication.partial is not None:
-        comparison = from_partial(publication.partial, result.gates)
-    data_root = out / "data" / "measurements"
-    parts = publication.write_measurements(data_root)
+    previous = _previous_files(out)
+    prov = Provenance.of_run(fingerprints, result.gates or Gates(), result.window)
+    loaded = result.loaded.measurements.reset_index(drop=True)
+    frame = scrub_frame(redact(loaded, drop_asn), scrubber)
+    keywords = _keywords(result, frame, drop_asn)  # renames by position: before sorting
+    numbers = withheld_numbers(loaded, drop_asn)
+    order = sort_order(frame)
+    frame = frame.iloc[order].reset_index(drop=True)
+    loaded = loaded.iloc[order].reset_index(drop=True)
+    comparison = compare(frame, result.window, result.gates) if drop_asn else result.comparison
+    bulk = bulk_files.write_bulk(loaded, frame, out, scrubber=scrubber, drop_asn=drop_asn)
+    parquet = [p for p in bulk.files if p.suffix == ".parquet"]
+    raw = [p for p in bulk.files if p.suffix == ".gz"]
     resources: list[dict[str, Any]] = [
         {
             "name": "measurements",
-            "path": [p.relative_to(out).as_posix() for p in parts],
+            "path": [p.relative_to(out).as_posix() for p in parquet],
             "format": "parquet",
             "mediatype": "application/vnd.apache.parquet",
-            "description": "One row per measurement, partitioned by date and nettest.",
+            "description": "One row per measurement, hive-partitioned by date, probe_cc and "
+            "test_name.",
         }
     ]
-    files: list[Path] = list(parts)
+    if raw:
+        resources.append(
+            {
+                "name": "raw-measurements",
+                "path": [p.relative_to(out).as_posix() for p in raw],
+                "type": "file",  # not a table to Frictionless: gzip of JSON lines
+                "format": "gz",
+                "mediatype": "application/gzip",
+                "description": "The measurements as measured (OONI data format, scrubbed), in "
+                "OONI's bucket layout raw/YYYYMMDD/HH/CC/testname/ by arrival hour.",
+            }
+        )
+    files: list[Path] = list(bulk.files)
 
-    def add_csv(name: str, frame_: pd.DataFrame) -> None:
-        """Write one table as a scrubbed CSV resource of the package."""
-        table = scrub_frame(plain(frame_), scrubber)
+    for name, table in published_tables(comparison, keywords, frame, prov, scrubber).items():
+        table = withhold_ids(table, numbers)  # keyword evidence and isolations name reports
         path = out / f"{name}.csv"
         write_csv(table, path)
         files.append(path)
@@ -293,31 +432,72 @@ def publish(
                 "schema": _schema(table),
             }
         )
-
-    for name in TABLES:
-        add_csv(name, getattr(comparison, name))
-    keywords = _keywords(result, publication.facts, drop_asn)
-    for name, keyword_table in (keyword_tables(keywords) if keywords is not None else {}).items():
-        if not keyword_table.empty:  # no keyword measurements (or isolation...): no empty resource
-            add_csv(name, keyword_table)
-    sources = sorted({Path(s).name for s in result.loaded.sources})
+    copies = []
+    for name, source in sorted(fingerprint_files(fingerprints)[1].items()):
+        copy = out / FINGERPRINTS_DIR / name
+        bulk_files.put(copy, source.read_bytes())
+        copies.append(copy)
+    if copies:
+        resources.append(
+            {
+                "name": "fingerprints",
+                "type": "file",
+                "path": [p.relative_to(out).as_posix() for p in copies],
+                "description": "The fingerprint files the analysis was given (verify uses them).",
+            }
+        )
+    files += copies
+    record = prov.to_json(probe_lists(frame))
+    (out / PROVENANCE_FILE).write_text(
+        json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    # Store files are named by report id, which names the network.
+    sources = sorted({bulk_files.without_asn(Path(s).name, numbers) for s in result.loaded.sources})
     package = {
         "name": "censorscope-dataset",
         "title": title,
         "licenses": [{"name": licence, "path": f"https://spdx.org/licenses/{licence}.html"}],
         "sources": [{"title": s} for s in sources],
         "resources": resources,
+        "censorscope": {
+            "version": prov.censorscope_version,
+            "rules_version": prov.rules_version,
+            "provenance": PROVENANCE_FILE,
+        },
     }
     (out / "datapackage.json").write_text(
         json.dumps(package, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    (out / "README.md").write_text(
-        _card(result, publication.facts, title, licence), encoding="utf-8"
-    )
-    files += [out / "datapackage.json", out / "README.md"]
+    card = _card(result, frame, title, licence, prov=prov, late=bulk.late, raw_lines=bulk.raw_lines)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    files += [out / PROVENANCE_FILE, out / "datapackage.json", out / "README.md"]
+    current = {p.relative_to(out).as_posix() for p in files}
+    removed = _remove_stale(out, previous, current | {SUMS})
     sums = "".join(
         f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"
         for p in sorted(files)
     )
-    (out / "SHA256SUMS").write_text(sums, encoding="utf-8")
-    return [*files, out / "SHA256SUMS"]
+    (out / SUMS).write_text(sums, encoding="utf-8")
+    return Published([*files, out / SUMS], bulk.changed, removed, bulk.late, bulk.raw_lines)
+
+
+def publish(
+    result: Analysis,
+    out: Path,
+    *,
+    drop_asn: Set[str] = frozenset(),
+    title: str = "censorscope measurements",
+    licence: str = "CC-BY-4.0",
+    scrubber: Scrubber | None = None,
+    fingerprints: Path | None = None,
+) -> list[Path]:
+    """Write the package under OUT; returns every file written (SHA256SUMS last)."""
+    return publish_dataset(
+        result,
+        out,
+        drop_asn=drop_asn,
+        title=title,
+        licence=licence,
+        scrubber=scrubber,
+        fingerprints=fingerprints,
+    ).files

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from analysis import compare as cmp
+from analysis import plotting
 from analysis.facts import cell_states as facts_cell_states
 from analysis.facts import disagreement_table, period
 
@@ -56,16 +57,17 @@ def cell_states(result: Analysis) -> pd.DataFrame:
 
 
 def heatmap(result: Analysis) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
     cells = cell_states(result)
     if cells.empty:
         return None
+    with plotting.pyplot() as plt:
+        return _heatmap(result, cells, plt)
+
+
+def _heatmap(result: Analysis, cells: pd.DataFrame, plt: Any) -> str:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
     findings = result.comparison.findings
     order = findings.sort_values(["blocked", "target"], ascending=[False, True], key=None)[
         "target"
@@ -93,15 +95,15 @@ def heatmap(result: Analysis) -> str | None:
 
 
 def timeline(result: Analysis) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = result.comparison.timelines
     t = t[t["window"].notna()]
     if t.empty or t["window"].nunique() < 2:
         return None
+    with plotting.pyplot() as plt:
+        return _timeline(t, plt)
+
+
+def _timeline(t: pd.DataFrame, plt: Any) -> str:
     per = t.groupby(["vantage", "window"])[["blocked", "ok"]].sum().reset_index()
     per["rate"] = per["blocked"] / (per["blocked"] + per["ok"]).replace(0, float("nan"))
     fig, ax = plt.subplots(figsize=(9, 3.5))
@@ -160,6 +162,23 @@ def _disagreement_section(result: Analysis) -> list[str]:
     )
     out.append(_table(table.head(MAX_DISAGREEMENT_ROWS), list(table.columns)))
     return out
+
+
+def _provenance_line(result: Analysis) -> str:
+    """Versions, the probes' lists, and how many measurements arrived late (analysis.bulk),
+    from the merged facts (analysis.facts), as every engine gives them."""
+    from analysis.verdicts import RULES_VERSION
+    from probes import __version__
+
+    n_late = result.facts.late
+    lists = sorted(result.facts.probe_lists)
+    return (
+        f"censorscope {__version__}, analysis rules version {RULES_VERSION}; fingerprints given "
+        f"to the analysis: {result.fingerprints_used}; lists the probes measured with: "
+        + ("; ".join(lists) if lists else "not recorded")
+        + f". {n_late} measurements arrived late (more than 24 hours after they were made; "
+        "counted in the period they were made)."
+    )
 
 
 def render(result: Analysis) -> str:
@@ -226,6 +245,7 @@ def render(result: Analysis) -> str:
         "new state; shorter runs are treated as noise.</li>",
         "</ul>",
         "<h2>Provenance</h2>",
+        f"<p id='provenance'>{html.escape(_provenance_line(result))}</p>",
         f"<p>{len(result.loaded.sources)} source files; {result.loaded.n_problems} malformed "
         "lines skipped.</p><ul>",
         *(f"<li><code>{html.escape(s)}</code></li>" for s in result.loaded.sources[:50]),

@@ -4,7 +4,11 @@ Why re-derive: a better heuristic should apply to old data, and OONI's measureme
 the same classification as ours. web_connectivity verdicts come from the probe's own pure
 function on the stored test keys, chosen by the measurement's test_version
 (probes.nettests.web_connectivity_verdict: OONI's v0.4 procedure below 0.5, v0.5's from 0.5
-on), and dnscheck's from probes.nettests.dnscheck_analysis; other nettests keep the verdict
+on), dnscheck's from probes.nettests.dnscheck_analysis, whatsapp's, telegram's, signal's and
+facebook_messenger's from probes.nettests.apps_analysis, ech_check's (and OONI echcheck's) from
+probes.nettests.ech_check_analysis, quic_sni's from probes.nettests.quic_sni_analysis and
+download's from probes.nettests.download_analysis (its transfers' byte curves); other nettests
+keep the verdict
 their probe wrote (`verdict_source` = "probe").
 The probe's verdict always stays beside ours (`orig_blocking`, from analysis.load).
 
@@ -27,9 +31,24 @@ import orjson
 
 from analysis.load import CAT, STR, blocking_text
 from probes.fingerprints import FingerprintError, Fingerprints
+from probes.nettests.apps_analysis import analyze as analyze_app
+from probes.nettests.apps_endpoints import APPS
 from probes.nettests.dnscheck_analysis import analyze as analyze_dnscheck
+from probes.nettests.download_analysis import analyze as analyze_download
+from probes.nettests.ech_check_analysis import analyze as analyze_ech_check
+from probes.nettests.quic_sni_analysis import analyze as analyze_quic_sni
 from probes.nettests.web_connectivity_analysis import body_bytes, header_values
 from probes.nettests.web_connectivity_verdict import analyze_measurement
+from probes.provenance import LIST_KEYS
+
+# The version of the rules that turn measurements into verdicts and findings, recorded with
+# every finding and published dataset (analysis.provenance). Bump it in the same commit as any
+# change that can turn the same measurements and fingerprints into a different verdict or
+# finding: this module's re-derivation, probes.nettests' *_analysis/*_verdict functions it
+# calls, fingerprint matching, analysis.compare's statuses, gates defaults, rates and change
+# points, analysis.keywords' counting. Refactors that keep every verdict do not bump it.
+# `censorscope verify` re-derives a dataset and names the rules version it was published with.
+RULES_VERSION = 1
 
 CP_BLOCKPAGES = "blockpage_signatures.json"
 CP_FALSE_POSITIVES = "false_positive_signatures.json"
@@ -45,6 +64,7 @@ VERDICT_COLUMNS: dict[str, Any] = {
     "down": "bool",  # the site is down at the vantage and at the control
     "verdict_source": CAT,  # "rederived", "probe" or "probe_evidence" (see Classifier)
     "disagreement": STR,  # why our verdict differs from the probe's; missing when they agree
+    "probe_lists": STR,  # the probe's list hashes from its annotations (probe_lists below)
 }
 
 PROBE_EVIDENCE = "probe_evidence"
@@ -136,9 +156,22 @@ class Classifier:
     signatures: CensoredPlanetSignatures | None = None
 
     def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        row = self._verdict(data)
+        row["probe_lists"] = probe_lists(data)
+        return row
+
+    def _verdict(self, data: Mapping[str, Any]) -> dict[str, Any]:
         tk = data.get("test_keys")
         if data.get("test_name") == "dnscheck" and isinstance(tk, dict):
             return rederive_dnscheck(tk)
+        if data.get("test_name") in APPS and isinstance(tk, dict):
+            return rederive_app(str(data["test_name"]), tk)
+        if data.get("test_name") in ECH_TESTS and isinstance(tk, dict):
+            return rederive_ech_check(tk)
+        if data.get("test_name") == "quic_sni" and isinstance(tk, dict):
+            return rederive_quic_sni(tk)
+        if data.get("test_name") == "download" and isinstance(tk, dict):
+            return rederive_download(tk)
         if data.get("test_name") != "web_connectivity" or not isinstance(tk, dict):
             tk = tk if isinstance(tk, dict) else {}
             return {
@@ -211,6 +244,24 @@ class Classifier:
                 names.extend(found)
                 fps.extend(false)
         return names, fps
+
+
+def probe_lists(data: Mapping[str, Any]) -> str | None:
+    """The lists the probe measured with, as "kind:sha256" joined by ";" (None: not recorded).
+
+    Read from the annotations probes.provenance writes (`testlists_sha256`, `keywords_sha256`,
+    `fingerprints_sha256`, each comma-joined hex); kind is the key without `_sha256`.
+    """
+    annotations = data.get("annotations")
+    if not isinstance(annotations, dict):
+        return None
+    parts = []
+    for key in LIST_KEYS:
+        value = annotations.get(key)
+        if isinstance(value, str) and value:
+            kind = key.removesuffix("_sha256")
+            parts += [f"{kind}:{digest}" for digest in value.split(",") if digest]
+    return ";".join(parts) or None
 
 
 def disagreement(
@@ -287,13 +338,23 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
     measurements are judged by today's rules; an abandoned input (no lookups) keeps the
     probe's null. OONI's dnscheck has no control, so its measurements come out null."""
     if not isinstance(tk.get("lookups"), dict):
-        return {
-            "blocking": blocking_text(tk.get("blocking")),
-            "blocking_detail": tk.get("blocking_detail"),
-            "down": False,
-            "verdict_source": "probe",
-        }
-    found = analyze_dnscheck(tk)
+        return _kept(tk)
+    return _rederived(analyze_dnscheck(tk), tk)
+
+
+def _kept(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """The probe's own verdict, for an input with nothing stored to re-derive it from."""
+    return {
+        "blocking": blocking_text(tk.get("blocking")),
+        "blocking_detail": _text(tk.get("blocking_detail")),
+        "down": False,
+        "verdict_source": "probe",
+    }
+
+
+def _rederived(found: Any, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of a verdict re-derived from stored keys, with the probe's differing verdict
+    kept as the disagreement."""
     row: dict[str, Any] = {
         "blocking": blocking_text(found.blocking),
         "blocking_detail": found.blocking_detail,
@@ -305,3 +366,41 @@ def rederive_dnscheck(tk: Mapping[str, Any]) -> dict[str, Any]:
     if "blocking" in tk and said != (row["blocking"], row["blocking_detail"]):
         row["disagreement"] = f"probe said {said[0]} / {said[1]}"
     return row
+
+
+def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
+    """A messaging-app nettest's verdict from its stored keys (probes.nettests.apps_analysis):
+    OONI's anomaly for the app (probe-cli's summary keys), typed by the failing step, so that
+    OONI's whatsapp, telegram, signal and facebook_messenger measurements, which carry no
+    `blocking`, are judged as ours are."""
+    return _rederived(analyze_app(app, tk), tk)
+
+
+# Our ech_check and OONI's echcheck (ooni/spec ts-039): the same handshake records.
+ECH_TESTS = ("ech_check", "echcheck")
+
+
+def rederive_ech_check(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """ech_check's verdict from its stored handshakes (probes.nettests.ech_check_analysis);
+    OONI's echcheck has one round, so it comes out false or null. An input with no handshake
+    (DNS failed, abandoned) keeps the probe's verdict."""
+    if not tk.get("tls_handshakes") and not isinstance(tk.get("control"), dict):
+        return _kept(tk)
+    return _rederived(analyze_ech_check(tk), tk)
+
+
+def rederive_quic_sni(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """quic_sni's verdict from its stored handshakes (probes.nettests.quic_sni_analysis, the
+    probe's own pure function); an abandoned input (no handshakes) keeps the probe's null."""
+    if not isinstance(tk.get("quic_handshakes"), list) or not tk["quic_handshakes"]:
+        return _kept(tk)
+    return _rederived(analyze_quic_sni(tk), tk)
+
+
+def rederive_download(tk: Mapping[str, Any]) -> dict[str, Any]:
+    """download's verdict from its stored transfers (probes.nettests.download_analysis, the
+    probe's own pure function): a threshold changed later applies to old measurements. An
+    input abandoned before any transfer keeps the probe's null."""
+    if not isinstance(tk.get("transfers"), list) or not tk["transfers"]:
+        return _kept(tk)
+    return _rederived(analyze_download(tk), tk)

@@ -30,6 +30,7 @@ KNOWN_TEST_NAMES = frozenset(
         "censor_trace",
         "message_delivery",
         "keyword_isolation",
+        "download",
         # OONI's nettests (ooni/spec nettests/).
         "dnscheck",
         "dash",

@@ -85,6 +85,7 @@ def create_app(
             EchoServer(echo or EchoConfig()),
             DNSZoneServer(dns_zone) if dns_zone is not None else None,
         )
+    app.router.on_shutdown.append(config.close_resolver_pool)
     load = _Load()
     counter = itertools.count(1)
 

@@ -53,6 +53,12 @@ class HelperConfig:
         """Threads for the system resolver that nothing else competes for."""
         return ResolverPool(self.resolver_threads)
 
+    def close_resolver_pool(self) -> None:
+        """Shut the pool's threads down when an app stops; a later app gets a new pool."""
+        pool = self.__dict__.pop("resolver_pool", None)
+        if pool is not None:
+            pool.close()
+
     @cached_property
     def guard(self) -> AddressGuard:
         """The address guard these settings describe."""

@@ -39,6 +39,8 @@ class Fetch:
     result: HTTPResult | None
     failure: str | None
     hops: int
+    # The first response's Alt-Svc header (oohelperd discovers HTTP/3 from it), "" if none.
+    first_alt_svc: str = ""
 
 
 class _Info:
@@ -104,6 +106,7 @@ async def fetch(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     jar = http.cookiejar.CookieJar()
+    alt_svc = ""
     for hop in range(MAX_REDIRECTS + 1):
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):  # e.g. a redirect to ftp: as Go's client refuses
@@ -128,13 +131,15 @@ async def fetch(
             max_redirects=0,
             on_tls=on_tls,
         )
-        location = {k.lower(): v for k, v in result.headers.items()}.get("location")
+        lowered = {k.lower(): v for k, v in result.headers.items()}
+        alt_svc = lowered.get("alt-svc", "") if hop == 0 else alt_svc
+        location = lowered.get("location")
         if result.status_code not in REDIRECT_CODES or not location:
-            return Fetch(result, result.failure, hop + 1)
+            return Fetch(result, result.failure, hop + 1, alt_svc)
         if result.requests:
             jar.extract_cookies(
                 _Info(result.requests[0]["response"]["headers_list"]),  # type: ignore[arg-type]
                 urllib.request.Request(url),
             )
         url = urljoin(url, location)
-    return Fetch(None, TOO_MANY_REDIRECTS, MAX_REDIRECTS + 1)
+    return Fetch(None, TOO_MANY_REDIRECTS, MAX_REDIRECTS + 1, alt_svc)

@@ -32,6 +32,7 @@ from backend.helper_protocol import (
     plan_endpoints,
     split_endpoint,
 )
+from backend.helper_quic import discovered_h3_endpoint, quic_checks
 from backend.log_text import printable
 from backend.ssrf import FORBIDDEN_FAILURE, parse_ip
 from probes.net.addresses import format_host_port, is_bogon
@@ -280,7 +281,7 @@ async def _measure_http(ctx: _Context) -> tuple[dict[str, Any], dict[str, Any]]:
     extra["body_truncated"] = result.body_truncated
     doc = {
         "body_length": len(result.body),
-        "discovered_h3_endpoint": "",
+        "discovered_h3_endpoint": discovered_h3_endpoint(fetched.first_alt_svc, ctx.req.url),
         "failure": legacy,
         "title": result.title or "",
         "headers": {canonical_header(k): v for k, v in result.headers.items()},
@@ -329,6 +330,9 @@ async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
             *(_measure_endpoint(ctx, ep) for ep in endpoints), _measure_http(ctx)
         )
 
+    quic: dict[str, Any] = {}
+    if req.x_quic_enabled and http_doc["discovered_h3_endpoint"]:
+        quic = await quic_checks(req, endpoints, timeout=config.timeout, ca_file=config.ca_file)
     tcp_connect: dict[str, Any] = {}
     tls_handshake: dict[str, Any] = {}
     certificates: dict[str, Any] = {}
@@ -345,7 +349,7 @@ async def measure(req: ControlRequest, config: HelperConfig) -> dict[str, Any]:
     return {
         "tcp_connect": tcp_connect,
         "tls_handshake": tls_handshake,
-        "quic_handshake": {},  # the helper does not speak QUIC (yet); oohelperd sends {}
+        "quic_handshake": quic,  # backend/helper_quic.py: only when oohelperd would
         "http_request": http_doc,
         "http3_request": None,
         "dns": {"failure": map_dns_failure(dns_failure), "addrs": th_addrs},

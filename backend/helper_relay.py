@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from backend.http_body import BodyTooLarge, read_capped
-from probes.channels.relay import MAILBOX_KEY_HEADER, MIN_KEY_LENGTH
+from probes.channels.relay import MAILBOX_KEY_HEADER, MIN_KEY_LENGTH, token_problem
 
 Action = Literal["drop", "reject", "modify"]
 MAILBOX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -62,8 +62,10 @@ class RelayConfig:
     max_age: float = 3600.0  # seconds a message is kept
 
     def __post_init__(self) -> None:
-        if not isinstance(self.token, str) or not self.token.strip():
+        if not isinstance(self.token, str):
             raise ValueError("the relay needs a bearer token (CENSORSCOPE_RELAY_TOKEN)")
+        if problem := token_problem(self.token):
+            raise ValueError(problem)
         for name in ("max_text_bytes", "max_messages", "max_mailboxes", "max_age"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -19,10 +19,25 @@ stored verdicts are scored against the scenario's truth for that nettest:
 - sni_blocking: the SNI-blocked names and a sample of open ones, `Scenario.sni_truth()`;
 - tls_interception: intercepted, regional-certificate and a sample of open names,
   `Scenario.tls_truth()`;
+- whatsapp, telegram, signal, facebook_messenger: endpoint sets on open domains and sets with
+  one role of the app on a blackholed (tcp.connect_timeout), SNI-reset (tls.sni_reset) or
+  DNS-tampered domain (dns.inconsistent, dns.nxdomain, dns.bogon), `bench.apps_lab`;
 - dnscheck: each SNI-reset domain as a DoH resolver (tls.sni_reset), each blackholed and each
   DNS-blocked domain as a DoT resolver (tcp.connect_timeout; dns.bootstrap_injected,
   _nxdomain, _bogon), and a sample of open names as both (`dnscheck_truth` here), asked for an
-  open domain of the scenario.
+  open domain of the scenario;
+- ech_check: the names whose ECH hellos the censor drops or resets (`--ech` share of the
+  domains: `ech_drop_sni`, `ech_rst_sni`; tls.ech_dropped, tls.ech_reset) and a sample of open
+  names, `Scenario.ech_truth()`, with ech_check's default extra outer SNI (cloudflare-ech.com);
+- quic_sni: the names in the censor's `quic_blocked_sni` (`--quic-sni` share of the domains,
+  drawn when quic_sni is scored; the censor drops their QUIC flows per triple for 180 s:
+  quic.sni_blocked), a third as many whose address has UDP 443 dropped (`quic_blocked_ip`:
+  quic.all_blocked, known by the helper's QUIC handshake), and a sample of open names
+  (`quic_truth` here);
+- download: each throttle_sni domain's large object (throttling/throttled) and each stall_sni
+  one's (throttling/stalled), and a sample of open names (`Scenario.download_truth()`); the
+  scenario then holds `--shaped` (2%) of each of these kinds (none when download is not run,
+  so the other nettests' scenario stays as it was).
 
 Per nettest and blocking type T at the censored vantage: precision = correct T verdicts / T
 verdicts, recall = correct T verdicts / inputs truly T, and of those correct, the share with
@@ -37,12 +52,14 @@ blocked verdicts at the open vantage, zero null verdicts at either vantage; the 
 
     python -m bench.accuracy [--domains 300] [--seed 1] [--loss 0.02] [--nettests a,b]
         [--helper-loss P] [--residual S] [--mode in-path|on-path] [--hops N]
-        [--dns-blockpage SHARE] [--no-fingerprints]
+        [--dns-blockpage SHARE] [--ech SHARE] [--no-fingerprints] [--quic-sni SHARE]
+        [--quic-scope triple|flow] [--shaped SHARE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -56,6 +73,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import apps_lab
 from lab import scenario as scenario_mod
 from lab import topology
 from lab.topology import LabInfo
@@ -76,6 +94,17 @@ DEFAULT_OPEN_SAMPLE = 100
 DEFAULT_RESIDUAL_S = 15.0
 DEFAULT_HOPS = 2
 DEFAULT_DNS_BLOCKPAGE_SHARE = 0.04
+# Domains whose ECH ClientHellos are dropped (half) or reset (half): ech_check's truth.
+DEFAULT_ECH_SHARE = 0.04
+# ech_check's extra outer SNI by default (probes.nettests.ech_check.DEFAULT_OUTER_SNI).
+ECH_OUTER_SNI = ("cloudflare-ech.com",)
+# Shares of throttle_sni and stall_sni domains (each) when download is scored, and its open
+# sample (each open input moves 4 MiB through the censor).
+DEFAULT_SHAPED_SHARE = 0.02
+DOWNLOAD_OPEN_SAMPLE = 30
+# Rates are what download measures: dozens of 1 MiB transfers at once through the lab censor
+# (one Python process) would measure the censor's load. A user's run measures one at a time.
+DOWNLOAD_CONCURRENCY = 4
 
 Truth = dict[str, dict[str, Any]]
 Verdicts = dict[str, dict[str, Any]]
@@ -153,10 +182,52 @@ def dnscheck_truth(scen: scenario_mod.Scenario, open_sample: int | None) -> Trut
     return out
 
 
+def app_args(app: str) -> Callable[[scenario_mod.Scenario], list[str]]:
+    """--endpoints: the app's endpoint sets for this scenario (bench.apps_lab), in a file."""
+
+    def args(scen: scenario_mod.Scenario) -> list[str]:
+        tables, _truth = apps_lab.endpoint_sets(scen, app)
+        fd, path = tempfile.mkstemp(prefix=f"censorscope-{app}-", suffix=".toml")
+        with os.fdopen(fd, "w") as out:
+            out.write(apps_lab.to_toml(app, tables))
+        return ["--endpoints", path]
+
+    return args
+
+
+def _app_spec(app: str) -> NettestSpec:
+    """A messaging app: one measurement per endpoint set, scored on `blocking`."""
+    return NettestSpec(
+        app,
+        ("dns", "tcp_ip", "tls"),
+        lambda s, _n: apps_lab.endpoint_sets(s, app)[1],
+        "blocking",
+        app_args(app),
+    )
+
+
 def dnscheck_args(scen: scenario_mod.Scenario) -> list[str]:
     """The name every resolver is asked for: an open domain of the scenario."""
     names = [n for n in _dnscheck_open_names(scen) if scen.domain(n).block == "none"]
     return ["--domain", names[0]] if names else []
+
+
+DEFAULT_QUIC_SHARE = 0.05
+
+
+def quic_truth(scen: scenario_mod.Scenario, open_sample: int | None) -> Truth:
+    """Name -> expected quic_sni verdict at the censored vantage: the QUIC-blocked names, and
+    open names whose DNS and TLS are untouched (dnscheck's, which the QUIC rule spares)."""
+    blocked = set(scen.censor.quic_blocked_sni)
+    out = {n: _truth(("quic", "quic.sni_blocked"), "quic_sni") for n in sorted(blocked)}
+    by_ip = set(scen.censor.quic_blocked_ip)
+    out |= {d.name: _truth(("quic", "quic.all_blocked"), "quic_ip")
+            for d in scen.domains if d.a in by_ip}  # fmt: skip
+    names = [n for n in _dnscheck_open_names(scen) if n not in out]
+    if open_sample is not None and len(names) > open_sample:
+        step = len(names) / open_sample
+        names = [names[int(i * step)] for i in range(open_sample)]
+    return out | {n: _truth((False, None), scen.domain(n).block) for n in names}
 
 
 NETTESTS: dict[str, NettestSpec] = {
@@ -169,6 +240,17 @@ NETTESTS: dict[str, NettestSpec] = {
         NettestSpec("tls_interception", ("tls",), lambda s, n: s.tls_truth(open_sample=n)),
         NettestSpec(
             "dnscheck", ("dns", "tcp_ip", "tls"), dnscheck_truth, "blocking", dnscheck_args
+        ),
+        *(_app_spec(app) for app in apps_lab.APPS),
+        NettestSpec(
+            "ech_check", ("tls",), lambda s, n: s.ech_truth(open_sample=n, outer_sni=ECH_OUTER_SNI)
+        ),
+        NettestSpec("quic_sni", ("quic",), quic_truth),
+        NettestSpec(
+            "download",
+            ("throttling",),
+            lambda s, n: s.download_truth(min(n or DOWNLOAD_OPEN_SAMPLE, DOWNLOAD_OPEN_SAMPLE)),
+            args=lambda _s: ["--concurrency", str(DOWNLOAD_CONCURRENCY)],
         ),
     )
 }
@@ -237,13 +319,14 @@ def write_testlist(urls: list[str], path: Path) -> Path:
     return path
 
 
-def start_probe(argv: list[str]) -> subprocess.Popen[str]:
+def start_probe(argv: list[str], state: Path | None = None) -> subprocess.Popen[str]:
+    """The probe in its vantage; with `state`, its own state directory (XDG_STATE_HOME): the
+    residual taints quic_sni keeps between runs belong to one vantage and one lab."""
+    env = topology._python_env()
+    if state is not None:
+        env = {**env, "XDG_STATE_HOME": str(state)}
     return subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=topology._python_env(),
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
 
 
@@ -427,6 +510,7 @@ def report(
     )
     print("  mechanisms: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
     print(f"  TLS: {len(c.intercept_sni)} intercepted, {len(c.regional_cert_sni)} regional cert")
+    print(f"  ECH: {len(c.ech_drop_sni)} dropped, {len(c.ech_rst_sni)} reset by outer SNI")
     report_runs(runs)
     for name, s in scores.items():
         report_nettest(name, s)
@@ -450,7 +534,7 @@ def run_nettest(
     else:
         argvs = {v: nettest_argv(lab, v, nettest, inputs, results, extra) for v in ("cn", "open")}
     started = time.monotonic()
-    procs = {v: start_probe(argv) for v, argv in argvs.items()}
+    procs = {v: start_probe(argv, work / f"state-{nettest}-{v}") for v, argv in argvs.items()}
     runs = [wait_probe(v, p, started) for v, p in procs.items()]
     for r in runs:
         r.nettest = nettest
@@ -514,6 +598,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="routers between the censored vantage and the censor")  # fmt: skip
     parser.add_argument("--dns-blockpage", type=float, default=DEFAULT_DNS_BLOCKPAGE_SHARE,
                         help="share of domains sent to the block-page server by DNS")  # fmt: skip
+    parser.add_argument("--ech", type=float, default=DEFAULT_ECH_SHARE,
+                        help="share of domains whose ECH hellos are dropped or reset")  # fmt: skip
+    parser.add_argument("--shaped", type=float,
+                        help="share each of throttle_sni and stall_sni domains "
+                        f"[{DEFAULT_SHAPED_SHARE} when download runs, else 0]")  # fmt: skip
     parser.add_argument("--no-fingerprints", action="store_true",
                         help="web_connectivity without the block-page fingerprint")  # fmt: skip
     parser.add_argument("--nettests", type=_nettests, default=list(NETTESTS),
@@ -524,11 +613,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of domains with a CDN-like regional certificate")  # fmt: skip
     parser.add_argument("--open-sample", type=int, default=DEFAULT_OPEN_SAMPLE,
                         help="open names scored by sni_blocking and tls_interception")  # fmt: skip
+    parser.add_argument("--quic-sni", type=float, default=DEFAULT_QUIC_SHARE,
+                        help="share of domains whose QUIC the censor blocks by SNI (when "
+                        "quic_sni is scored)")  # fmt: skip
+    parser.add_argument("--quic-scope", choices=("triple", "flow"), default="triple",
+                        help="what the censor's QUIC rule blocks after a trigger")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--timeout", type=float, help="the probe's per-input budget [its own]")
     parser.add_argument("--keep", type=Path, help="keep the probe's results here")
     parser.add_argument("--json", type=Path, help="write the scores as JSON here")
     return parser.parse_args(argv)
+
+
+def _shaped_share(args: argparse.Namespace) -> float:
+    if args.shaped is not None:
+        return float(args.shaped)
+    return DEFAULT_SHAPED_SHARE if "download" in args.nettests else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -547,7 +647,13 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         hops=args.hops,
         dns_blockpage=args.dns_blockpage,
+        ech=args.ech,
+        quic_sni=args.quic_sni if "quic_sni" in args.nettests else 0.0,
+        shaped=_shaped_share(args),
     )
+    if args.quic_scope != scen.censor.quic_residual_scope:
+        censor = dataclasses.replace(scen.censor, quic_residual_scope=args.quic_scope)
+        scen = dataclasses.replace(scen, censor=censor)
     work = Path(tempfile.mkdtemp(prefix="censorscope-accuracy-"))
     results = args.keep or work / "results"
     results.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,14 @@ from lab.packets import (
     build_udp,
     parse,
 )
-from lab.scenario import Scenario
+from lab.quic_censor import QuicFilter
+from lab.scenario import SHAPED_KINDS, Scenario
 
 MAX_INSPECT = 16 * 1024  # bytes of a client stream the censor looks at before giving up
 FLOW_IDLE_S = 300.0
+# The SNI shaper's queue: a server packet that would wait longer than this is dropped (a
+# token-bucket filter's latency limit, as tc's tbf has), so TCP sees loss and backs off.
+SHAPER_MAX_DELAY_S = 1.0
 
 
 @dataclass
@@ -47,6 +51,10 @@ class Decision:
     forged: list[bytes] = field(default_factory=list)
     delay_s: float = 0.0
     reason: str = ""
+    # Applied as decided even by an on-path censor (another box of the same censor, in-path,
+    # as blackholes and the IP throttle are): the QUIC rule's drops (UDP has no reset to race,
+    # and the GFW drops QUIC so) and the SNI shaper's delays and drops.
+    in_path: bool = False
 
 
 @dataclass
@@ -58,7 +66,11 @@ class Flow:
     pending: dict[int, bytes] = field(default_factory=dict)
     done: bool = False  # inspected enough: pass everything
     killed: bool = False  # reset or answered by the censor: drop the server's packets
+    dropped: bool = False  # silently dropped (ech_drop): the client's packets are dropped too
     last: float = 0.0
+    shape: str | None = None  # "throttle_sni" or "stall_sni": the SNI named one
+    server_next: int | None = None  # the server's first data sequence number (ISN + 1)
+    free_at: float = 0.0  # the shaper: when the flow's link is next free
 
 
 class Censor:
@@ -77,6 +89,8 @@ class Censor:
         self.http_hosts = {d.name for d in scenario.by_block("http_rst")}
         self.blockpage_hosts = {d.name for d in scenario.by_block("blockpage")}
         self.sni = {d.name for d in scenario.by_block("sni_rst")} | set(c.blocked_sni)
+        self.ech_drop = set(c.ech_drop_sni)
+        self.ech_rst = set(c.ech_rst_sni)
         self.keywords = c.keywords
         self.keyword_at = set(c.keyword_placements)
         self.flows: dict[tuple[str, int, str, int], Flow] = {}
@@ -88,7 +102,11 @@ class Censor:
         # match the site's, as with a filter built into the stack that serves the sites.
         self.blockpage = response_head(c.blockpage_status, HTML, len(body), keep_alive=False) + body
         self.dns_blockpage = {d.name for d in scenario.by_block("dns_blockpage")}
+        self.shaped = {d.name: d.block for d in scenario.domains if d.block in SHAPED_KINDS}
         self._last_gc = 0.0
+        self.quic = QuicFilter(
+            set(c.quic_blocked_sni), c.quic_residual_seconds, c.quic_residual_scope
+        )
 
     # -- helpers -------------------------------------------------------------------------
     def is_cn(self, ip: str) -> bool:
@@ -123,7 +141,14 @@ class Censor:
             d = self._tcp_from_client(pkt, now)
         elif pkt.proto == TCP:
             flow = self.flows.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
-            d = Decision(accept=not (flow and flow.killed), reason="server")
+            if flow is not None and pkt.flags & SYN:
+                flow.server_next = (pkt.seq + 1) & 0xFFFFFFFF
+            if flow is not None and flow.shape and not flow.killed and pkt.payload:
+                d = self._shape(flow, pkt, now)
+            else:
+                d = Decision(accept=not (flow and flow.killed), reason="server")
+        elif pkt.proto == UDP and self.quic.blocked:
+            d = self._quic(pkt, now, from_cn)
         else:
             d = Decision(reason="other")
         d.delay_s += delay
@@ -137,6 +162,17 @@ class Censor:
         self._last_gc = now
         self.flows = {k: f for k, f in self.flows.items() if now - f.last < FLOW_IDLE_S}
         self.residual = {k: t for k, t in self.residual.items() if t > now}
+        self.quic.gc(now)
+
+    def _quic(self, pkt: Packet, now: float, from_cn: bool) -> Decision:
+        """lab.quic_censor's rule: the trigger and the residually blocked flow are dropped."""
+        if from_cn:
+            flow = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            verdict = self.quic.from_client(flow, pkt.payload, now)
+            return Decision(accept=verdict == "pass", reason=verdict, in_path=True)
+        accept = self.quic.from_server((pkt.dst, pkt.dport, pkt.src, pkt.sport), now)
+        reason = "other" if accept else "quic_residual_server"
+        return Decision(accept=accept, reason=reason, in_path=True)
 
     # -- DNS -----------------------------------------------------------------------------
     def _dns(self, pkt: Packet) -> Decision:
@@ -216,7 +252,10 @@ class Censor:
                     ip_id=self._next_id(),
                 )
                 return Decision(accept=False, forged=[rst], reason="residual_rst")
-            self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            known = self.flows.get(key)
+            if known is None or known.next_seq != (pkt.seq + 1) & 0xFFFFFFFF or known.data:
+                self.flows[key] = Flow(next_seq=(pkt.seq + 1) & 0xFFFFFFFF, last=now)
+            # else a retransmitted SYN (it can cross the server's SYN-ACK): keep what was seen
             return Decision(reason="pass")
         flow = self.flows.get(key)
         if flow is None:
@@ -224,12 +263,14 @@ class Censor:
             flow = self.flows[key] = Flow(next_seq=None, last=now)
         flow.last = now
         if flow.killed:
-            return Decision(reason="pass")
+            return Decision(accept=not flow.dropped, reason="pass")
         if flow.done or not pkt.payload:
             if pkt.flags & (RST | FIN):
                 flow.done = True
             return Decision(reason="pass")
         stream = self._reassemble(flow, pkt)
+        if flow.shape is None and self.shaped:
+            self._mark_shaped(flow, stream)
         verdict = self._inspect(stream, pkt)
         if verdict is None:
             if len(flow.data) >= MAX_INSPECT:
@@ -237,6 +278,10 @@ class Censor:
             return Decision(reason="pass")
         flow.killed = True
         self.residual[(pkt.src, pkt.dst, pkt.dport)] = now + c.residual_seconds
+        if verdict == "ech_drop":
+            # TSPU-style: nothing forged, the hello and everything after it are dropped.
+            flow.dropped = True
+            return Decision(accept=False, reason=verdict)
         end = pkt.seq + len(pkt.payload)
         to_server = [
             build_tcp(pkt.src, pkt.dst, pkt.sport, pkt.dport, seq, 0, RST, ip_id=self._next_id())
@@ -260,6 +305,33 @@ class Censor:
             pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, end, RST | ACK, ip_id=self._next_id()
         )
         return Decision(accept=False, forged=[to_client, *to_server], reason=verdict)
+
+    # -- SNI throttling and stalling ---------------------------------------------------------
+    def _mark_shaped(self, flow: Flow, stream: bytes) -> None:
+        sni = matching.tls_sni(stream)
+        if sni is None:
+            return
+        name = matching.host_matches(sni, set(self.shaped))
+        if name is not None:
+            flow.shape = self.shaped[name]
+            self._count(f"{flow.shape}_flow")
+
+    def _shape(self, flow: Flow, pkt: Packet, now: float) -> Decision:
+        """A server data packet of a shaped flow: frozen past ``stall_after_bytes`` of the
+        server's stream (stall_sni), or paced to ``throttle_sni_kib_per_s`` (throttle_sni)."""
+        c = self.s.censor
+        if flow.shape == "stall_sni":
+            if flow.server_next is None:  # no SYN-ACK seen: count from the first data seen
+                flow.server_next = pkt.seq
+            end = (pkt.seq + len(pkt.payload) - flow.server_next) & 0xFFFFFFFF
+            if end > c.stall_after_bytes and end < 0x80000000:
+                return Decision(accept=False, reason="stall_drop", in_path=True)
+            return Decision(reason="server")
+        departs = max(now, flow.free_at)
+        if departs - now > SHAPER_MAX_DELAY_S:
+            return Decision(accept=False, reason="throttle_drop", in_path=True)
+        flow.free_at = departs + len(pkt.payload) / (c.throttle_sni_kib_per_s * 1024)
+        return Decision(delay_s=departs - now, reason="throttle", in_path=True)
 
     def _reassemble(self, flow: Flow, pkt: Packet) -> bytes:
         """The contiguous client stream so far (or this segment alone without reassembly)."""
@@ -285,7 +357,8 @@ class Censor:
         return bytes(flow.data)
 
     def _inspect(self, stream: bytes, pkt: Packet) -> str | None:
-        """'http_rst', 'keyword_rst', 'sni_rst', 'keyword_sni_rst', 'blockpage' or None."""
+        """'http_rst', 'keyword_rst', 'sni_rst', 'keyword_sni_rst', 'ech_rst', 'ech_drop',
+        'blockpage' or None."""
         if matching.looks_like_http(stream):
             request_line, host = matching.http_fields(stream)
             path, query = matching.request_target(request_line)
@@ -302,6 +375,16 @@ class Censor:
         sni = matching.tls_sni(stream)
         if sni is not None and matching.host_matches(sni, self.sni):
             return "sni_rst"
+        if (
+            sni is not None
+            and (self.ech_drop or self.ech_rst)
+            and matching.ECH_EXTENSION in (matching.tls_extensions(stream) or ())
+        ):
+            if matching.host_matches(sni, self.ech_rst):
+                return "ech_rst"
+            # An on-path censor cannot drop: the rule then does nothing (and taints nothing).
+            if self.s.censor.mode == "in-path" and matching.host_matches(sni, self.ech_drop):
+                return "ech_drop"
         if sni and "sni" in self.keyword_at and matching.keyword_match(sni, self.keywords):
             return "keyword_sni_rst"
         return None

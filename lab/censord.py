@@ -55,10 +55,10 @@ class Daemon:
     def on_packet(self, pkt: Any) -> None:
         now = time.monotonic()
         decision = self.censor.decide(pkt.get_payload(), now)
-        if self.on_path:
+        if self.on_path and not decision.in_path:
             # Release first, then race: the forgery may lose, as on a real network.
-            decision.accept = True
-            if decision.delay_s > 0:
+            decision.accept = decision.accept or not decision.in_path
+            if decision.delay_s > 0 and decision.accept:
                 pkt.retain()
                 heapq.heappush(self.held, (now + decision.delay_s, next(self.counter), pkt, True))
             else:

@@ -22,10 +22,13 @@ def reason(status: int) -> str:
         return "Blocked"
 
 
-def response_head(status: int, content_type: str, length: int, *, keep_alive: bool) -> bytes:
-    """Status line and headers, the blank line included."""
+def response_head(
+    status: int, content_type: str, length: int, *, keep_alive: bool, alt_svc: str = ""
+) -> bytes:
+    """Status line and headers, the blank line included; `alt_svc` advertises HTTP/3."""
     return (
         f"HTTP/1.1 {status} {reason(status)}\r\nServer: {SERVER}\r\n"
         f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n"
-        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+        + (f"Alt-Svc: {alt_svc}\r\n" if alt_svc else "")
+        + f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     ).encode()

@@ -107,3 +107,32 @@ def tls_hello_complete(stream: bytes) -> bool:
     if len(stream) < 5:
         return False
     return len(stream) >= 5 + struct.unpack("!H", stream[3:5])[0]
+
+
+ECH_EXTENSION = 0xFE0D  # encrypted_client_hello (draft-ietf-tls-esni section 5)
+
+
+def tls_extensions(stream: bytes) -> list[int] | None:
+    """The extension types of a ClientHello's first record, in order (None: not a complete
+    ClientHello record). What a censor that blocks on ECH looks for (type 0xfe0d)."""
+    if not tls_hello_complete(stream) or stream[0] != 0x16:
+        return None
+    rec = stream[5 : 5 + struct.unpack("!H", stream[3:5])[0]]
+    if len(rec) < 4 or rec[0] != 0x01:
+        return None
+    body = rec[4 : 4 + int.from_bytes(rec[1:4], "big")]
+    types: list[int] = []
+    try:
+        pos = 2 + 32
+        pos += 1 + body[pos]
+        pos += 2 + struct.unpack("!H", body[pos : pos + 2])[0]
+        pos += 1 + body[pos]
+        ext_end = pos + 2 + struct.unpack("!H", body[pos : pos + 2])[0]
+        pos += 2
+        while pos + 4 <= min(ext_end, len(body)):
+            ext_type, ext_len = struct.unpack("!HH", body[pos : pos + 4])
+            types.append(ext_type)
+            pos += 4 + ext_len
+    except (IndexError, struct.error):
+        return None
+    return types

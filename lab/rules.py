@@ -85,6 +85,13 @@ def iptables_rules(scen: Scenario, version: int) -> str:
         f"-A {CHAIN} -s {cn} -p tcp {q}",
         f"-A {CHAIN} -d {cn} -p tcp {q}",
     ]
+    for ip in scen.censor.quic_blocked_ip:
+        if ipaddress.ip_address(ip).version == version:
+            lines.append(f"-A {CHAIN} -s {cn} -d {ip} -p udp --dport 443 -j DROP")
+    if scen.censor.quic_blocked_sni:
+        # QUIC (lab.quic_censor): the client's Initials and the server's answers.
+        lines += [f"-A {CHAIN} -s {cn} -p udp --dport 443 {q}",
+                  f"-A {CHAIN} -d {cn} -p udp --sport 443 {q}"]  # fmt: skip
     if scen.faults.delay_ms > 0:
         # Delay applies to every vantage: queue the rest too (the censor only delays it).
         lines.append(f"-A {CHAIN} {q}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import addresses
+from lab import addresses, ech
 
 # Block kind -> (expected OONI web_connectivity `blocking`, `blocking_detail`, required scheme).
 # The details are the probe's vocabulary (docs/methodology.md), i.e. the evidence a probe at the
@@ -39,6 +39,23 @@ BLOCK_KINDS: dict[str, tuple[str | bool | None, str | None, str | None]] = {
     "dns_blockpage": ("dns", "dns.inconsistent", "http"),
     "throttle": (False, None, None),
     "down": (False, None, None),
+    # By the SNI of the ClientHello (Russia's throttling of Twitter, 2021; its TSPU freezing
+    # TLS to foreign hosting after 16-20 KB): the censor paces the server's bytes, or stops
+    # forwarding them after `stall_after_bytes`. A site's small page gets through either way
+    # (web_connectivity sees nothing); a page larger than the freeze point (`page_kib`) stalls
+    # (Domain.expected); the download nettest sees both (`download_truth`).
+    "throttle_sni": (False, None, "https"),
+    "stall_sni": (False, None, "https"),
+}
+# Every address's HTTP(S) servers serve a large object here (lab.servers), for download.
+LARGE_OBJECT_PATH = "/large.bin"
+LARGE_OBJECT_BYTES = 1 << 20
+# The kinds the censor shapes by SNI (lab.censor).
+SHAPED_KINDS = ("throttle_sni", "stall_sni")
+# download's verdict per shaped kind (probes/nettests/download_analysis.py).
+DOWNLOAD_KINDS: dict[str, tuple[str, str]] = {
+    "throttle_sni": ("throttling", "throttled"),
+    "stall_sni": ("throttling", "stalled"),
 }
 
 # dns_consistency's verdict per block kind (the lab resolver, the control helper as control):
@@ -85,6 +102,10 @@ class Domain:
     a: str
     aaaa: str
     title: str
+    # The page is padded to at least this many KiB (0: the short page of lab.servers.page_for).
+    page_kib: int = 0
+    # The censor's freeze point for stall_sni (Censor.stall_after_bytes), for `expected`.
+    stall_after_bytes: int = 16 * 1024
 
     @property
     def url(self) -> str:
@@ -94,6 +115,10 @@ class Domain:
     def expected(self) -> dict[str, Any]:
         """Expected web_connectivity verdict in the probe's vocabulary."""
         blocking, detail, _ = BLOCK_KINDS[self.block]
+        if self.block == "stall_sni" and self.page_kib * 1024 > self.stall_after_bytes:
+            # The page's body freezes part way (the probe's body fetch times out after its
+            # head arrived, the helper fetched it whole).
+            blocking, detail = "http-failure", "http.stalled"
         return {"blocking": blocking, "blocking_detail": detail, "mechanism": self.block}
 
 
@@ -126,6 +151,27 @@ class Censor:
     # Where on-path keyword rules look (KEYWORD_PLACEMENTS); the default is the historical
     # request line and Host only, so older scenarios keep their meaning.
     keyword_placements: tuple[str, ...] = ("path", "query", "host")
+    # ClientHellos carrying the ECH extension (0xfe0d) whose outer SNI is one of these names
+    # (or a subdomain) are dropped silently (in-path only), or reset, like Russia's TSPU with
+    # cloudflare-ech.com; the same names without ECH pass (ech_check's lab behaviour).
+    ech_drop_sni: tuple[str, ...] = ()
+    ech_rst_sni: tuple[str, ...] = ()
+    # QUIC (lab.quic_censor): Initials naming these SNIs get their flow dropped for
+    # quic_residual_seconds, per quic_residual_scope ("triple" or "flow"); the sites serve
+    # QUIC/HTTP3 on UDP 443 of their IPv4 addresses when quic_servers (on whenever a name is
+    # blocked).
+    quic_blocked_sni: tuple[str, ...] = ()
+    # QUIC blocked whatever the name: UDP 443 of these IPv4 addresses dropped for cn (endpoint
+    # blocking, as Iran and India did in 2021-2022, Elmenhorst et al.).
+    quic_blocked_ip: tuple[str, ...] = ()
+    quic_residual_seconds: float = 180.0
+    quic_residual_scope: str = "triple"
+    quic_servers: bool = False
+    # SNI shaping (throttle_sni and stall_sni domains): the pace of the server's bytes, about
+    # Twitter's in Russia in 2021 (130-150 kbit/s, Xue et al., IMC 2021), and the freeze
+    # point (Russia's TSPU: 16-20 KB).
+    throttle_sni_kib_per_s: int = 16
+    stall_after_bytes: int = 16 * 1024
 
     def blockpage_html(self) -> bytes:
         """The national block page as served (by the censor or its block-page server)."""
@@ -261,6 +307,63 @@ class Scenario:
             out[name] = _expect(_OPEN, self.domain(name).block)
         return out
 
+    def ech_truth(
+        self, open_sample: int | None = None, outer_sni: tuple[str, ...] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """Name -> expected ech_check verdict at the censored vantage.
+
+        A name whose TLS goes through untouched is sent as the outer SNI of its own hellos,
+        with each of ``outer_sni`` (ech_check's extra outer names) and, for an https site,
+        with its ECHConfig's public name (lab.ech): ``tls.ech_reset`` when one of them is in
+        ``ech_rst_sni``, ``tls.ech_dropped`` when in ``ech_drop_sni`` (in-path only: an on-path
+        censor drops nothing). Every such blocked name, and ``open_sample`` (all when None) of
+        the others: not blocked.
+        """
+        in_path = self.censor.mode == "in-path"
+        drop = set(self.censor.ech_drop_sni) if in_path else set()
+        rst = set(self.censor.ech_rst_sni)
+
+        def verdict(name: str) -> tuple[str | bool, str | None]:
+            # An https site publishes an ECHConfig (lab.ech): its public name is sent too.
+            public = (ech.PUBLIC_NAME,) if self.domain(name).scheme == "https" else ()
+            for outer in (name, *outer_sni, *public):
+                if matches(outer, rst):
+                    return ("tls", "tls.ech_reset")
+                if matches(outer, drop):
+                    return ("tls", "tls.ech_dropped")
+            return _OPEN
+
+        names = self._tls_open_names()
+        out = {n: _expect(verdict(n), "ech") for n in names if verdict(n) != _OPEN}
+        rest = [n for n in names if n not in out]
+        for name in _sample(rest, open_sample, self.name):
+            out[name] = _expect(_OPEN, self.domain(name).block)
+        return out
+
+    def download_truth(self, open_sample: int | None = None) -> dict[str, dict[str, Any]]:
+        """URL of the large object -> expected download verdict at the censored vantage.
+
+        Every throttle_sni domain is throttled and every stall_sni one stalled (the control
+        SNI, another name at the same address, passes); `open_sample` (all when None) of the
+        accessible names whose TLS and DNS nobody touches: not blocked.
+        """
+        out = {
+            f"https://{d.name}{LARGE_OBJECT_PATH}": _expect(DOWNLOAD_KINDS[d.block], d.block)
+            for d in self.domains
+            if d.block in DOWNLOAD_KINDS
+        }
+        special = set(self.tls_sni_names()) | set(self.censor.blocked_sni)
+        names = [
+            d.name
+            for d in self.domains
+            if d.block == "none"
+            and d.name not in special
+            and not any(w in d.name for k in self.censor.keywords for w in k)
+        ]
+        for name in _sample(names, open_sample, self.name):
+            out[f"https://{name}{LARGE_OBJECT_PATH}"] = _expect(_OPEN, "none")
+        return out
+
     def _tls_open_names(self) -> list[str]:
         """Names whose handshake reaches their own server, certificate untouched, at cn."""
         special = set(self.tls_sni_names()) | set(self.censor.blocked_sni)
@@ -268,6 +371,11 @@ class Scenario:
 
     def to_toml(self) -> str:
         return _to_toml(self)
+
+
+def matches(name: str, names: set[str]) -> bool:
+    """``name`` is one of ``names`` or a subdomain of one (as the censor matches SNI)."""
+    return any(name == n or name.endswith("." + n) for n in names)
 
 
 def _expect(verdict: tuple[str | bool | None, str | None], mechanism: str) -> dict[str, Any]:
@@ -353,6 +461,45 @@ def _keywords(table: dict[str, Any], source: str, where: str) -> tuple[tuple[str
     return tuple(keywords)
 
 
+QUIC_FIELDS = (
+    "quic_blocked_sni",
+    "quic_blocked_ip",
+    "quic_residual_seconds",
+    "quic_residual_scope",
+    "quic_servers",
+)
+
+
+def _quic_fields(c: dict[str, Any], source: str) -> dict[str, Any]:
+    """The [censor] table's QUIC rule (lab.quic_censor), validated."""
+    names = tuple(s.lower() for s in _string_list(c, "quic_blocked_sni", source, "censor"))
+    seconds = _get(c, "quic_residual_seconds", float, 180.0, source, "censor")
+    if seconds < 0:
+        raise _err(source, "censor.quic_residual_seconds", "must be >= 0")
+    scope = _get(c, "quic_residual_scope", str, "triple", source, "censor")
+    if scope not in ("triple", "flow"):
+        raise _err(source, "censor.quic_residual_scope", f"expected triple or flow, got {scope!r}")
+    ips = tuple(
+        _check_ip(ip, source, "censor.quic_blocked_ip")
+        for ip in _string_list(c, "quic_blocked_ip", source, "censor")
+    )
+    servers = _get(c, "quic_servers", bool, bool(names or ips), source, "censor")
+    return {
+        "quic_blocked_sni": names,
+        "quic_blocked_ip": ips,
+        "quic_residual_seconds": seconds,
+        "quic_residual_scope": scope,
+        "quic_servers": servers or bool(names or ips),
+    }
+
+
+def _positive(table: dict[str, Any], key: str, default: int, src: str) -> int:
+    value = _get(table, key, int, default, src, "censor")
+    if value < 1:
+        raise _err(src, f"censor.{key}", f"must be >= 1, got {value}")
+    return value
+
+
 def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Build a Scenario from parsed TOML, validating every field."""
     known = {"lab", "censor", "faults", "domain", "platform"}
@@ -418,6 +565,8 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
             for i, e in enumerate(_string_list(c, "blackhole", source, "censor"))
         ),
         throttle_kib_per_s=_get(c, "throttle_kib_per_s", int, 64, source, "censor"),
+        throttle_sni_kib_per_s=_positive(c, "throttle_sni_kib_per_s", 16, source),
+        stall_after_bytes=_positive(c, "stall_after_bytes", 16 * 1024, source),
         blockpage_title=_get(c, "blockpage_title", str, DEFAULT_BLOCKPAGE_TITLE, source, "censor"),
         blockpage_body=_get(c, "blockpage_body", str, DEFAULT_BLOCKPAGE_BODY, source, "censor"),
         blockpage_status=status,
@@ -428,6 +577,9 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
         regional_cert_sni=tuple(
             s.lower() for s in _string_list(c, "regional_cert_sni", source, "censor")
         ),
+        ech_drop_sni=tuple(s.lower() for s in _string_list(c, "ech_drop_sni", source, "censor")),
+        ech_rst_sni=tuple(s.lower() for s in _string_list(c, "ech_rst_sni", source, "censor")),
+        **_quic_fields(c, source),
     )
 
     f = data.get("faults", {})
@@ -507,7 +659,21 @@ def parse(data: dict[str, Any], source: str = "<memory>") -> Scenario:
             f"{where}.aaaa",
         )
         title = _get(d, "title", str, f"Welcome to {dname}", source, where)
-        domains.append(Domain(name=dname, block=block, scheme=scheme, a=a, aaaa=aaaa, title=title))
+        page_kib = _get(d, "page_kib", int, 0, source, where)
+        if not 0 <= page_kib <= 4096:
+            raise _err(source, f"{where}.page_kib", f"expected 0..4096, got {page_kib}")
+        domains.append(
+            Domain(
+                name=dname,
+                block=block,
+                scheme=scheme,
+                a=a,
+                aaaa=aaaa,
+                title=title,
+                page_kib=page_kib,
+                stall_after_bytes=censor.stall_after_bytes,
+            )
+        )
     for key in ("intercept_sni", "regional_cert_sni"):
         for n in getattr(censor, key):
             if n not in seen:
@@ -583,6 +749,11 @@ def _to_toml(s: Scenario) -> str:
         "intercept_sni",
         "regional_cert_sni",
         "keyword_placements",
+        "ech_drop_sni",
+        "ech_rst_sni",
+        *QUIC_FIELDS,
+        "throttle_sni_kib_per_s",
+        "stall_after_bytes",
     ):
         value = getattr(c, key)
         if key == "keywords":
@@ -612,6 +783,8 @@ def _to_toml(s: Scenario) -> str:
             f"aaaa = {_toml_value(d.aaaa)}",
             f"title = {_toml_value(d.title)}",
         ]
+        if d.page_kib:
+            lines.append(f"page_kib = {d.page_kib}")
     return "\n".join(lines) + "\n"
 
 
@@ -660,6 +833,20 @@ def _tls_shares(
     return {k: v for k, v in out.items() if v}
 
 
+def _ech_shares(
+    raw: list[dict[str, Any]], seed: int, n: int, censor: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Accessible names whose ECH hellos the censor drops (half) or resets (the rest)."""
+    if n <= 0:
+        return {}
+    taken = {*censor.get("intercept_sni", ()), *censor.get("regional_cert_sni", ())}
+    pool = [r["name"] for r in raw if r["block"] == "none" and r["name"] not in taken]
+    picked = random.Random(f"ech:{seed}").sample(pool, min(len(pool), n))
+    half = (len(picked) + 1) // 2
+    out = {"ech_drop_sni": picked[:half], "ech_rst_sni": picked[half:]}
+    return {k: v for k, v in out.items() if v}
+
+
 def generate(
     n_domains: int,
     seed: int,
@@ -673,6 +860,9 @@ def generate(
     mode: str = "in-path",
     hops: int = 0,
     dns_blockpage: float = 0.0,
+    ech: float = 0.0,
+    quic_sni: float = 0.0,
+    shaped: float = 0.0,
 ) -> Scenario:
     """A random but reproducible scenario of n_domains (benchmarks and accuracy runs).
 
@@ -681,7 +871,14 @@ def generate(
     web_connectivity, which makes no TLS handshake with them, expects the same verdicts) by
     a random generator of their own: with both 0 the scenario is exactly the one before.
     `dns_blockpage` adds that share of DNS-redirected block pages to the mix (0 keeps the
-    domains as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
+    domains as before); `shaped` adds that share each of throttle_sni and stall_sni domains
+    (0 keeps them as before); `helper_loss`, `mode` and `hops` set the faults and censor alike.
+    `ech`: that share of the accessible domains (none of the TLS shares) has its ECH
+    ClientHellos dropped (half, `ech_drop_sni`) or reset (`ech_rst_sni`), by a generator of its
+    own; no other nettest's truth changes (their hellos carry no ECH).
+    `quic_sni` is the share of n_domains put in `quic_blocked_sni` (accessible domains, by a
+    generator of its own), and a third as many more have their address in `quic_blocked_ip`;
+    0 serves no QUIC and keeps the scenario as before.
     """
     if not 1 <= n_domains <= addresses.MAX_DOMAINS:
         raise ValueError(f"n_domains must be in 1..{addresses.MAX_DOMAINS}")
@@ -689,6 +886,8 @@ def generate(
     shares = dict(DEFAULT_MIX if mix is None else mix)
     if dns_blockpage > 0:
         shares["dns_blockpage"] = dns_blockpage
+    if shaped > 0:
+        shares |= dict.fromkeys(SHAPED_KINDS, shaped)
     kinds: list[str] = []
     for kind, share in shares.items():
         if kind not in BLOCK_KINDS:
@@ -709,6 +908,16 @@ def generate(
         "hops": hops,
     }
     censor |= _tls_shares(raw, seed, round(intercept * n_domains), round(regional_cert * n_domains))
+    censor |= _ech_shares(raw, seed, round(ech * n_domains), censor)
+    if quic_sni > 0:
+        taken = {*censor.get("intercept_sni", ()), *censor.get("regional_cert_sni", ())}
+        pool = [r["name"] for r in raw if r["block"] == "none" and r["name"] not in taken]
+        count = min(len(pool), max(1, round(quic_sni * n_domains)))
+        extra = max(1, count // 3)  # and a third as many with all of QUIC blocked by address
+        picked = random.Random(f"quic:{seed}").sample(pool, min(len(pool), count + extra))
+        censor["quic_blocked_sni"] = picked[:count]
+        by_name = {r["name"]: i for i, r in enumerate(raw)}
+        censor["quic_blocked_ip"] = [addresses.domain_v4(by_name[n]) for n in picked[count:]]
     data = {
         "lab": {
             "name": f"generated-{n_domains}-{seed}",
@@ -738,6 +947,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     gen.add_argument("--intercept", type=float, default=0.0, help="share re-signed by the censor")
     gen.add_argument(
+        "--shaped", type=float, default=0.0, help="share each of throttle_sni and stall_sni"
+    )
+    gen.add_argument(
         "--regional-cert", type=float, default=0.0, help="share with a CDN-like regional cert"
     )
     check = sub.add_parser("check", help="validate scenario files")
@@ -757,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
                     mode=args.mode,
                     hops=args.hops,
                     dns_blockpage=args.dns_blockpage,
+                    shaped=args.shaped,
                 ).to_toml()
             )
         else:

@@ -34,7 +34,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from lab import addresses, matching
+from lab import addresses, ech, matching, quic_server
 from lab import scenario as scenario_mod
 from lab.ca import LeafMaker
 from lab.http_head import HTML, response_head
@@ -44,12 +44,22 @@ BODY_LIMIT = 1024 * 1024
 
 
 def page_for(domain: scenario_mod.Domain) -> bytes:
-    """A deterministic page with a <title>, long enough for body-length comparisons."""
-    filler = "".join(f"<p>Paragraph {i} of {domain.name}: lab content.</p>\n" for i in range(40))
+    """A deterministic page with a <title>, long enough for body-length comparisons (and at
+    least the domain's ``page_kib``: a page larger than a censor's freeze point)."""
+    paragraphs = max(40, domain.page_kib * 1024 // 40 + 1)
+    filler = "".join(
+        f"<p>Paragraph {i} of {domain.name}: lab content.</p>\n" for i in range(paragraphs)
+    )
     return (
         f"<!doctype html><html><head><title>{domain.title}</title></head><body>"
         f"<h1>{domain.title}</h1>\n{filler}</body></html>\n"
     ).encode()
+
+
+def large_object(size: int = scenario_mod.LARGE_OBJECT_BYTES) -> bytes:
+    """The download nettest's object: deterministic bytes that do not compress."""
+    pattern = bytes((i * 131 + 7) % 251 for i in range(4096))
+    return (pattern * (size // len(pattern) + 1))[:size]
 
 
 ANSWER_CACHE_LIMIT = 100_000
@@ -100,6 +110,8 @@ class Zone:
             reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "A", d.a))
         elif q.rdtype == dns.rdatatype.AAAA:
             reply.answer.append(dns.rrset.from_text(q.name, 300, "IN", "AAAA", d.aaaa))
+        elif q.rdtype == dns.rdatatype.HTTPS and d.scheme == "https":
+            reply.answer.append(ech.https_rrset(q.name, d.name))  # ech_check's real ECH
         return reply.to_wire()
 
 
@@ -163,8 +175,11 @@ class Web:
         self.zone = zone
         self.blockpage = scen.censor.blockpage_html()
         self.blockpage_status = scen.censor.blockpage_status
+        # Sites with a QUIC server (lab.quic_server) advertise it over HTTPS, as real ones do.
+        self.h3 = set(self.pages) if scen.censor.quic_servers else set()
+        self.large = large_object()
 
-    def _response(self, request: Request, local: str, keep: bool) -> bytes:
+    def _response(self, request: Request, local: str, keep: bool, tls: bool = False) -> bytes:
         if local in (addresses.BLOCKPAGE_V4, addresses.BLOCKPAGE_V6):
             return (
                 response_head(self.blockpage_status, HTML, len(self.blockpage), keep_alive=keep)
@@ -174,11 +189,15 @@ class Web:
         answer = self.zone.answer(request.body) if doh and self.zone is not None else None
         if answer is not None:
             return response_head(200, DNS_MESSAGE, len(answer), keep_alive=keep) + answer
+        if request.method == "GET" and request.target == scenario_mod.LARGE_OBJECT_PATH:
+            head = response_head(200, "application/octet-stream", len(self.large), keep_alive=keep)
+            return head + self.large
         host = request.headers.get("host", "").lower()
         host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         page = self.pages.get(host)
         if page is not None:
-            return response_head(200, HTML, len(page), keep_alive=keep) + page
+            alt_svc = quic_server.ALT_SVC if tls and host in self.h3 else ""
+            return response_head(200, HTML, len(page), keep_alive=keep, alt_svc=alt_svc) + page
         content = request.head + request.body
         return response_head(200, "text/plain; charset=latin-1", len(content), keep_alive=keep) + (
             content
@@ -193,7 +212,8 @@ class Web:
                 if request is None:
                     return
                 keep = request.headers.get("connection", "").lower() != "close"
-                writer.write(self._response(request, local, keep))
+                tls = writer.get_extra_info("sslcontext") is not None
+                writer.write(self._response(request, local, keep, tls))
                 await writer.drain()
                 if not keep:
                     return
@@ -433,6 +453,7 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
     servers.append(
         await asyncio.start_server(platform.handle, host=None, port=addresses.PLATFORM_PORT)
     )
+    quic = await quic_server.serve_sites(scen, state)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -442,6 +463,8 @@ async def serve(scen: scenario_mod.Scenario, state: Path) -> None:
         s.close()
     for t in transports:
         t.close()
+    for q in quic:
+        q.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,11 +185,23 @@ def run(
         ),
     ] = None,
     sni_endpoint: Annotated[
-        str | None, typer.Option(help="sni_blocking: IP:PORT to handshake with (default: DNS).")
+        str | None,
+        typer.Option(
+            help="sni_blocking, ech_check, quic_sni: IP:PORT to handshake with (default: DNS)."
+        ),
+    ] = None,
+    outer_sni: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="ech_check: an outer SNI tried besides the name and the ECHConfig's "
+            "public_name (repeatable; '' for none) (default: cloudflare-ech.com)."
+        ),
     ] = None,
     control_sni: Annotated[
         str | None,
-        typer.Option(help="sni_blocking, dnscheck: the control SNI (default: example.com)."),
+        typer.Option(
+            help="sni_blocking, dnscheck, quic_sni: the control SNI (default: example.com)."
+        ),
     ] = None,
     domain: Annotated[
         str | None,
@@ -200,6 +212,13 @@ def run(
         typer.Option(
             help="dnscheck: an address of the resolver measured besides the bootstrap's "
             "(repeatable; OONI's default_addrs) (default: none)."
+        ),
+    ] = None,
+    endpoints: Annotated[
+        Path | None,
+        typer.Option(
+            help="whatsapp, telegram, signal, facebook_messenger: the endpoint list (TOML; "
+            "docs/data-format.md) (default: the bundled testlists/apps.toml)."
         ),
     ] = None,
     listen_window: Annotated[
@@ -226,7 +245,8 @@ def run(
         float | None,
         typer.Option(
             min=0.0,
-            help="http_keyword: seconds a triggered endpoint stays tainted (default: 90).",
+            help="http_keyword, quic_sni: seconds a triggered endpoint stays tainted "
+            "(default: 90; quic_sni 180).",
         ),
     ] = None,
     keyword_tries: Annotated[
@@ -266,6 +286,14 @@ def run(
             help="Record each flow's packets for RST/injection evidence (needs CAP_NET_RAW). "
             "Default: on for tcp_connect, sni_blocking, dns_consistency; off for "
             "web_connectivity (it costs ~6 ms of CPU per input).",
+        ),
+    ] = None,
+    http3: Annotated[
+        bool | None,
+        typer.Option(
+            "--http3/--no-http3",
+            help="web_connectivity: fetch the page again over HTTP/3 when the site advertises "
+            "h3 (Alt-Svc) (default: off).",
         ),
     ] = None,
     pcap: Annotated[
@@ -335,10 +363,13 @@ def run(
                 "delivery_deadline": delivery_deadline,
                 "sni_endpoint": sni_endpoint,
                 "control_sni": control_sni,
+                "outer_sni": " ".join(outer_sni) if outer_sni is not None else None,
                 "domain": domain,
                 "default_addrs": " ".join(default_addr) if default_addr else None,
+                "endpoints": str(endpoints) if endpoints else None,
                 "packet_capture": packet_capture,
                 "pcap_dir": str(pcap) if pcap else None,
+                "http3": http3,
                 "trace_keyword": keyword,
                 "trace_max_ttl": trace_max_ttl,
                 "trace_step_pause": trace_step_pause,

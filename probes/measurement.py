@@ -313,7 +313,13 @@ class Scrubber:
 
     def scrub(self, measurement: Measurement) -> Measurement:
         """Return a scrubbed copy: probe_ip set to 127.0.0.1, the addresses replaced elsewhere."""
-        data = measurement.to_dict()
+        data = self.scrub_dict(measurement.to_dict())
+        return Measurement.from_dict(data) if measurement.key_order else _rebuild(data)
+
+    def scrub_dict(self, measurement: dict[str, Any]) -> dict[str, Any]:
+        """`scrub` on a decoded measurement (a copy; key order kept, probe_ip last if it was
+        absent): for publishing measurements read back as JSON without modelling them."""
+        data = dict(measurement)
         data["probe_ip"] = SCRUBBED_PROBE_IP
         if self._pattern is not None:
             text = orjson.dumps(data).decode()
@@ -323,7 +329,7 @@ class Scrubber:
             cleaned = self.scrub_text(text)
             if cleaned != text:  # most measurements hold none of our addresses: no re-parse
                 data = orjson.loads(cleaned)
-        return Measurement.from_dict(data) if measurement.key_order else _rebuild(data)
+        return data
 
 
 def _rebuild(data: dict[str, Any]) -> Measurement:

@@ -10,7 +10,7 @@ import asyncio
 import errno
 import shlex
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from probes.net.addresses import is_ip, parse_host_port
 from probes.nettests import nettest_class
 from probes.nettests.base import ProbeContext, SetupError
 from probes.ownip import local_addresses
+from probes.provenance import list_annotations
 from probes.runner import RunOptions, RunSummary, RunWatch, expand_repeats, run_nettest
 from probes.store import ReportManifest, ResultsStore, StoreError
 
@@ -307,6 +308,7 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         scrubber=Scrubber([*cfg.vantage.own_addresses, *local_addresses(), *where.scrub]),
         options={**req.nettest_options, "keywords": req.keywords},
         accounts=accounts,
+        annotations=list_annotations(req.testlists, req.keywords, settings["fingerprints"]),
     )
     run_options = RunOptions(
         concurrency=settings["concurrency"],
@@ -330,11 +332,14 @@ def execute_run(cfg: Config, req: RunRequest, *, fail: Callable[[str], NoReturn]
         print(f"censorscope: moved a torn last line aside to {writer.torn_tail}", file=sys.stderr)
     done = store.done_inputs(manifest) if req.resume else {}
     nettest = cls(ctx)
-    source = (
+    source: Iterable[str | None] = (
         _keyword_inputs(req.keywords)
         if keyword_inputs and req.keywords
         else _inputs(req.testlists, req.inputs)
     )
+    if not cls.needs_input and not keyword_inputs and not req.inputs and not req.testlists:
+        source = [None]  # an input-less nettest (the messaging apps) measures once
+        n_inputs = 1
     inputs = expand_repeats(source, req.repeat, dict(done))
     watch = RunWatch(nettest)
 

@@ -299,7 +299,7 @@ async def run_nettest(
             test_start_time=manifest.test_start_time,
             measurement_start_time=ooni_time(t0_wall),
             test_runtime=round(runtime, 6),
-            annotations=base_annotations(manifest.vantage),
+            annotations={**base_annotations(manifest.vantage), **ctx.annotations},
             test_helpers=(
                 {"backend": {"address": ctx.helpers[0], "type": "https"}} if ctx.helpers else None
             ),

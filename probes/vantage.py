@@ -165,6 +165,7 @@ async def locate(
             vantage.probe_network_name = given.network_name
         elif vantage.probe_asn == probe.asn_string:  # never another network's name
             vantage.probe_network_name = probe.network_name
+        learned_resolver = False  # resolver_ip came from the resolver whoami lookup
         if resolver:
             vantage.resolver_ip = parse_host_port(resolver, 53)[0]
         else:
@@ -176,6 +177,7 @@ async def locate(
                     vantage.resolver_ip = await resolver_address(
                         name, timeout=timeout, nameserver=whoami_nameserver
                     )
+                    learned_resolver = True
         if db is not None and vantage.resolver_ip not in ("", UNKNOWN_RESOLVER_IP):
             info = db.lookup(vantage.resolver_ip)
             vantage.resolver_asn = info.asn_string
@@ -186,6 +188,11 @@ async def locate(
             # address: stored, it would name the probe. Its network stays (it is the probe's
             # too); the address becomes OONI's "unknown" one, a valid IP for OONI's pipeline,
             # not the scrubber's "[scrubbed]".
+            vantage.resolver_ip = UNKNOWN_RESOLVER_IP
+        elif learned_resolver and not own:
+            # No source said what our public address is, so a resolver on the NAT router
+            # (answering from that address) cannot be told from a distant one: privacy
+            # first, the address goes and its network stays.
             vantage.resolver_ip = UNKNOWN_RESOLVER_IP
         vantage.notice = _notice(cfg, vantage, db is not None, bool(candidates))
         old = db.stale(time.time(), STALE_DAYS) if db is not None else []

@@ -1,6 +1,7 @@
 """The distributed engine (analysis.engine) gives the in-process engine's results: the same
-tables, the same report and the same published files byte for byte, on a 2-worker
-LocalCluster, from a store, OONI JSONL cut mid-file and gzipped files in OONI's bucket layout."""
+tables, the same report and the same analyze files byte for byte, on a 2-worker LocalCluster,
+from a store, OONI JSONL cut mid-file and gzipped files in OONI's bucket layout. (publish runs
+on the in-process engine for both: its raw files and Parquet are the rows.)"""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from analysis.engine import Publishing, run_engine, staging_folder
+from analysis.engine import run_engine
 from analysis.load import Filters
 from analysis.ooni_bucket import ooni_files
 from analysis.pipeline import run
-from analysis.publish import publish
+from analysis.publish import publish_dataset
 from analysis.report import render
 from probes.cli import app
-from probes.measurement import Scrubber
 from tests import analysis_helpers as h
 from tests import missing
 from tests.shared_data import SHARED_DATA
@@ -65,39 +65,19 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def _published(result: object, out: Path, drop_asn: set[str], scrubber: Scrubber) -> None:
-    publish(result, out, drop_asn=drop_asn, scrubber=scrubber)  # type: ignore[arg-type]
-
-
 @needs_data
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 def test_engine_equals_in_process_byte_for_byte(
     sources: tuple[list[Path], list[Path]], tmp_path: Path, processes: bool
 ) -> None:
     stores, ooni = sources
-    scrubber = Scrubber(["203.0.113.9"])
-    drop = {"censored"}
     expected = run(stores, ooni, Filters(), None)
     assert expected.loaded.n_problems > 3
-    _published(expected, tmp_path / "pandas", drop, scrubber)
-    out = tmp_path / "dask"
-    with staging_folder(out) as staging:
-        publishing = Publishing(
-            frozenset(drop), tuple(scrubber.addresses), staging, str(out / "data/measurements")
-        )
-        # 300 KB partitions: the real JSONL is read in many byte ranges, most of them mid-file
-        got = run_engine(
-            stores,
-            ooni,
-            Filters(),
-            None,
-            workers=2,
-            publishing=publishing,
-            piece_bytes=300_000,
-            processes=processes,
-        )
-        assert got.loaded.measurements.empty  # no process held the rows
-        _published(got, out, drop, scrubber)
+    # 300 KB partitions: the real JSONL is read in many byte ranges, most of them mid-file
+    got = run_engine(
+        stores, ooni, Filters(), None, workers=2, piece_bytes=300_000, processes=processes
+    )
+    assert got.loaded.measurements.empty  # no process held the rows
     for name in TABLES:
         pd.testing.assert_frame_equal(
             getattr(got.comparison, name), getattr(expected.comparison, name), check_exact=True
@@ -105,11 +85,9 @@ def test_engine_equals_in_process_byte_for_byte(
     assert got.loaded.n_problems == expected.loaded.n_problems
     assert [str(p) for p in got.loaded.problems] == [str(p) for p in expected.loaded.problems]
     assert got.loaded.sources == expected.loaded.sources
+    assert got.facts.late == expected.facts.late
+    assert got.facts.probe_lists == expected.facts.probe_lists
     assert render(got) == render(expected)
-    want, have = _files(tmp_path / "pandas"), _files(out)
-    assert sorted(have) == sorted(want)
-    assert any(name.startswith("data/measurements/date=") for name in have)
-    assert [name for name, data in sorted(want.items()) if have[name] != data] == []
 
 
 def test_bucket_layout_prunes_days_and_nettests(tmp_path: Path) -> None:
@@ -129,7 +107,7 @@ def test_bucket_layout_prunes_days_and_nettests(tmp_path: Path) -> None:
 
 
 @needs_data
-def test_cli_publish_and_report_on_two_worker_processes(
+def test_cli_analyze_and_report_on_two_worker_processes(
     sources: tuple[list[Path], list[Path]], tmp_path: Path
 ) -> None:
     stores, ooni = sources
@@ -140,7 +118,7 @@ def test_cli_publish_and_report_on_two_worker_processes(
         out = tmp_path / engine
         runner = CliRunner()
         result = runner.invoke(
-            app, ["publish", *args, "--out", str(out), "--engine", engine, *extra]
+            app, ["analyze", *args, "--out", str(out), "--engine", engine, *extra]
         )
         assert result.exit_code == 0, result.output
         report = tmp_path / f"{engine}.html"
@@ -149,14 +127,13 @@ def test_cli_publish_and_report_on_two_worker_processes(
         )
         assert result.exit_code == 0, result.output
         outputs[engine] = {**_files(out), "report.html": report.read_bytes()}
-        assert not list(out.glob(".censorscope-staging*"))
     assert outputs["dask"] == outputs["pandas"]
 
 
 @needs_data
 def test_cli_on_an_existing_cluster(sources: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
     """--scheduler: a scheduler and two worker processes started apart (as on two machines,
-    here on loopback) run the tasks; the dataset equals the in-process one."""
+    here on loopback) run the tasks; analyze's tables equal the in-process ones."""
     import socket
     import subprocess
     import sys
@@ -210,7 +187,7 @@ def test_cli_on_an_existing_cluster(sources: tuple[list[Path], list[Path]], tmp_
         for engine, extra in (("pandas", []), ("dask", ["--scheduler", address])):
             out = tmp_path / engine
             result = CliRunner().invoke(
-                app, ["publish", *args, "--out", str(out), "--engine", engine, *extra]
+                app, ["analyze", *args, "--out", str(out), "--engine", engine, *extra]
             )
             assert result.exit_code == 0, result.output
             outputs[engine] = _files(out)
@@ -231,7 +208,7 @@ def test_parquet_input_counts_as_the_lines_it_came_from(
     lines they were published from, on both engines, and both write the same tables."""
     stores, ooni = sources
     original = run(stores, ooni, Filters(), None)
-    publish(original, tmp_path / "dataset")
+    publish_dataset(original, tmp_path / "dataset")
     measurements = tmp_path / "dataset" / "data" / "measurements"
     again = run([], [], Filters(), None, parquet=[measurements])
     for name in TABLES:

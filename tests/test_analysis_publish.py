@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 from pathlib import Path
 
 import pandas as pd
@@ -94,7 +95,10 @@ def test_publish_is_valid_reproducible_and_withholds_asn(store: Path, tmp_path: 
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
-    assert Path("data/measurements/date=2024-03-01/test_name=tcp_connect/part-0.parquet") in files
+    part = "data/measurements/date=2024-03-01/probe_cc=XC/test_name=tcp_connect/part-0.parquet"
+    assert Path(part) in files
+    raw = "raw/20240301/12/XC/tcpconnect/2024030112_XC_tcpconnect.censorscope.0.jsonl.gz"
+    assert Path(raw) in files
     report = Package(str(first / "datapackage.json")).validate()
     assert report.valid, report.flatten(["type", "note"])
     sums = (first / "SHA256SUMS").read_text().splitlines()
@@ -120,6 +124,9 @@ def test_publish_real_ooni_has_no_probe_ip(tmp_path: Path) -> None:
     } - {None, "127.0.0.1"}
     m = pd.read_parquet(out / "data" / "measurements")
     text = m.astype(str).to_csv() + "".join(p.read_text() for p in out.glob("*.csv"))
+    raw = [gzip.decompress(p.read_bytes()).decode() for p in (out / "raw").rglob("*.jsonl.gz")]
+    assert sum(chunk.count("\n") for chunk in raw) == 28
+    text += "".join(raw)
     assert not any(ip in text for ip in probe_ips)
     assert len(m) == 28
 

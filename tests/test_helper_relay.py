@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from backend.helper import RelayConfig
 from backend.helper_relay import MESSAGE_OVERHEAD, _Mailboxes
-from probes.channels.relay import MAILBOX_KEY_HEADER
+from probes.channels.base import ChannelError
+from probes.channels.relay import MAILBOX_KEY_HEADER, RelayChannel
 from probes.cli import app as cli_app
 from tests.loopback.keyword_censor import run_helper
 
@@ -94,8 +95,12 @@ def test_helper_command_keeps_the_relay_off_without_a_token(
     assert "CENSORSCOPE_RELAY_TOKEN" in result.output
 
 
-def test_helper_command_names_a_blank_relay_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CENSORSCOPE_RELAY_TOKEN", "   ")
+@pytest.mark.parametrize("token", ["   ", "tok en", "tökén-secret"])
+def test_helper_command_names_a_bad_relay_token(
+    monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """Blank, or not visible ASCII (no probe could send it: header values are ASCII)."""
+    monkeypatch.setenv("CENSORSCOPE_RELAY_TOKEN", token)
     result = CliRunner().invoke(cli_app, ["helper", "--listen", "127.0.0.1:1"])
     assert result.exit_code == 2, result.output
     assert "CENSORSCOPE_RELAY_TOKEN" in result.output
@@ -195,9 +200,11 @@ def test_one_read_is_bounded_and_the_rest_pages() -> None:
 
 
 def test_messages_expire() -> None:
-    with run_helper(HOST, relay=RelayConfig(token=TOKEN, max_age=0.3)) as (base, _):
+    # 2 s of age: "new" must survive one loopback POST and GET, which took over 0.3 s once
+    # on a loaded machine (load 15 on 2 cores).
+    with run_helper(HOST, relay=RelayConfig(token=TOKEN, max_age=2.0)) as (base, _):
         post(base, "box", "old")
-        time.sleep(0.6)  # waiting out the age limit, not measuring anything
+        time.sleep(2.4)  # waiting out the age limit, not measuring anything
         post(base, "box", "new")
         got = texts(base, "box")
     assert got == ["new"]
@@ -222,3 +229,12 @@ def test_eviction_keeps_the_byte_count_exact() -> None:
     now[0] = 50 + config.max_age
     boxes.evict()
     assert boxes.total == 0 and not boxes.boxes and not boxes.order
+
+
+def test_probe_names_a_relay_token_it_could_not_send() -> None:
+    """httpx sends header values as ASCII: a token beyond it is bad input named at setup,
+    not a UnicodeEncodeError at the first message."""
+    with pytest.raises(ChannelError, match=r"CENSORSCOPE_RELAY_TOKEN: .*visible ASCII"):
+        RelayChannel.from_settings(
+            ["http://127.0.0.1:1"], None, {"CENSORSCOPE_RELAY_TOKEN": "tökén-secret"}
+        )

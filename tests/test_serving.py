@@ -349,3 +349,15 @@ def test_slow_lookups_cannot_starve_the_resolver_or_the_loop() -> None:
 def test_helper_uses_its_own_resolver_pool() -> None:
     config = HelperConfig(resolver_threads=3)
     assert config.resolver_pool.threads == 3 and config.resolver_pool is config.resolver_pool
+
+
+def test_helper_app_lets_its_resolver_threads_go_when_it_stops() -> None:
+    """The pool's threads end with the app; a config serving a later app gets a new pool."""
+    from fastapi.testclient import TestClient
+
+    config = HelperConfig(resolver_threads=2)
+    with TestClient(create_app(config)):
+        pool = config.resolver_pool
+    assert pool._executor._shutdown  # type: ignore[attr-defined]
+    assert config.resolver_pool is not pool
+    config.close_resolver_pool()

@@ -29,7 +29,9 @@ from tests.test_collector_support import (
 
 SCALES = [
     pytest.param(50, 40, id="50x40"),
-    pytest.param(50, 2000, id="50x2000", marks=pytest.mark.slow),
+    # 100,000 measurements: ~1 min alone, past the default 300 s hang guard on a machine
+    # shared with other jobs (load 15 on 2 cores); the guard is for hangs, not speed.
+    pytest.param(50, 2000, id="50x2000", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
 ]
 
 

@@ -197,6 +197,35 @@ def test_a_resolver_answering_from_our_own_address_is_not_stored(
     assert where.resolver_ip == "127.0.0.2"
 
 
+def test_a_learned_resolver_is_not_stored_when_our_own_address_is_unknown(
+    tmp_path: Path, world: World
+) -> None:
+    """No whoami or STUN answer and no global interface address: the resolver the whoami
+    lookup names may be the NAT router answering from our public address, and nothing can
+    tell, so its address goes (OONI's unknown 127.0.0.2) and its network stays."""
+    cfg = _config(tmp_path, world)
+    cfg.geoip.whoami = [f"http://{HOST}:{closed_port(HOST)}/x/whoami"]  # down
+    cfg.geoip.stun = []
+    cfg.geoip.resolver_whoami = f"whoami.{ZONE}"
+    where = asyncio.run(
+        locate(
+            cfg, helpers=[], resolver=None, timeout=2, interfaces=[],
+            whoami_nameserver=f"{HOST}:{world.dns_port}",
+        )
+    )  # fmt: skip
+    assert where.scrub == []
+    assert (where.resolver_ip, where.resolver_asn) == ("127.0.0.2", "AS3269")
+    # With our address known (STUN) and different, the same resolver is stored.
+    cfg.geoip.stun = [world.stun]
+    where = asyncio.run(
+        locate(
+            cfg, helpers=[], resolver=None, timeout=2, interfaces=[],
+            whoami_nameserver=f"{HOST}:{world.dns_port}",
+        )
+    )  # fmt: skip
+    assert (where.resolver_ip, where.resolver_asn) == (HOST, "AS3269")
+
+
 def test_unknown_location_says_why(tmp_path: Path, world: World) -> None:
     cfg = _config(tmp_path, world)
     cfg.geoip.databases = []

@@ -29,6 +29,18 @@ MAILBOX_KEY_HEADER = "X-Censorscope-Mailbox-Key"
 SENDER_HEADER = "X-Censorscope-Sender"
 MIN_KEY_LENGTH = 16
 
+
+def token_problem(token: str) -> str | None:
+    """Why a relay bearer token cannot work, or None. HTTP header values travel as bytes that
+    httpx encodes as ASCII and the server reads as Latin-1, so anything beyond visible ASCII
+    (RFC 6750's b64token is a subset) either fails on the probe or never matches."""
+    if not token.strip():
+        return "the relay needs a bearer token (CENSORSCOPE_RELAY_TOKEN)"
+    if not all("!" <= c <= "~" for c in token):
+        return "the bearer token must be visible ASCII (no spaces, no other characters)"
+    return None
+
+
 # Per request: a relay is one HTTP hop, a slow one is itself a finding.
 REQUEST_TIMEOUT = 10.0
 
@@ -53,6 +65,8 @@ class RelayChannel(Channel):
         self.sender = sender
         headers = {MAILBOX_KEY_HEADER: mailbox_key or secrets.token_hex(16)}
         if token:
+            if problem := token_problem(token):
+                raise ChannelError(f"relay: CENSORSCOPE_RELAY_TOKEN: {problem}")
             headers["Authorization"] = f"Bearer {token}"
         sender_headers = {**headers, SENDER_HEADER: sender} if sender else headers
         self._sender = JSONClient(ca_file=ca_file, headers=sender_headers)

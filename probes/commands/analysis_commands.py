@@ -53,10 +53,18 @@ Engine = Annotated[
         "in memory; the same results)."
     ),
 ]
+PublishEngine = Annotated[
+    str,
+    typer.Option(
+        help="pandas: publish holds every measurement in this process (its raw files, Parquet "
+        "and provenance are the rows); dask is accepted and takes the same in-process path "
+        "(docs/analysis.md, Limits)."
+    ),
+]
 AnalyzeEngine = Annotated[
     str,
     typer.Option(
-        help="dask (as for report/publish); pandas; stream (analysis.stream: every core of this "
+        help="dask (as for report); pandas; stream (analysis.stream: every core of this "
         "machine, counts only)."
     ),
 ]
@@ -234,7 +242,6 @@ def _analysis(
     src: _Sources,
     scheduler: str | None = None,
     workers: int | None = None,
-    publishing: Any = None,
 ) -> Analysis:
     """Run load + classify + compare: in memory (pandas), or as Dask tasks (dask)."""
     from analysis.pipeline import ENGINES, run
@@ -263,7 +270,6 @@ def _analysis(
             gates=src.gates,
             scheduler=scheduler,
             workers=workers,
-            publishing=publishing,
             parquet=src.parquet,
         )
     _report_problems(result.loaded.problems, result.loaded.n_problems)
@@ -319,23 +325,32 @@ def _summary_of(result: Analysis) -> str:
     )
 
 
-@contextmanager
-def _published_rows(
-    engine: str, out: Path, drop_asn: list[str] | None, scrubber: Any
-) -> Iterator[Any]:
-    """For the dask engine: where its workers stage the redacted, scrubbed rows (under OUT)."""
-    if engine != "dask":
-        yield None
-        return
-    from analysis.engine import Publishing, staging_folder
+def _with_provenance(
+    src: _Sources, comparison: Comparison, keywords: Any, lists: list[str] | None
+) -> tuple[Comparison, Any, dict[str, Any]]:
+    """Findings stamped with what decided them (analysis.provenance; the same columns for every
+    engine) and the provenance record; `probe_lists` when the engine collected them (the
+    pandas and dask engines do, in analysis.facts; the stream engine does not)."""
+    from dataclasses import replace
 
-    with staging_folder(out) as staging:
-        yield Publishing(
-            frozenset(drop_asn or ()),
-            tuple(scrubber.addresses),
-            staging,
-            str(out / "data" / "measurements"),
-        )
+    from analysis.provenance import Provenance, stamp
+
+    with _analysis_errors():
+        prov = Provenance.of_run(src.fingerprints, src.gates, src.window)
+    comparison = replace(comparison, findings=stamp(comparison.findings, prov))
+    if keywords is not None and not keywords.findings.empty:
+        keywords = replace(keywords, findings=stamp(keywords.findings, prov))
+    return comparison, keywords, prov.to_json(lists)
+
+
+def _write_provenance(record: dict[str, Any], out: Path) -> Path:
+    import json
+
+    from analysis.provenance import PROVENANCE_FILE
+
+    path = out / PROVENANCE_FILE
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def register(app: typer.Typer) -> None:
@@ -378,14 +393,18 @@ def register(app: typer.Typer) -> None:
                 comparison, streamed.rows, n_vantages, streamed.n_problems, streamed.keywords
             )
             keywords = streamed.keywords
+            lists = None
         else:
             result = _analysis(engine, src, scheduler, workers)
             comparison, summary = result.comparison, _summary_of(result)
             keywords = result.keywords
+            lists = sorted(result.facts.probe_lists)
+        comparison, keywords, record = _with_provenance(src, comparison, keywords, lists)
         try:
             written = write_tables(comparison, out)
             if keywords is not None:
                 written += write_keyword_tables(keywords, out)
+            written.append(_write_provenance(record, out))
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(summary)
@@ -431,7 +450,7 @@ def register(app: typer.Typer) -> None:
         results: Results = None,
         ooni: Ooni = None,
         parquet: Parquet = None,
-        engine: Engine = "dask",
+        engine: PublishEngine = "pandas",
         since: Since = None,
         until: Until = None,
         vantage: Vantage = None,
@@ -460,8 +479,9 @@ def register(app: typer.Typer) -> None:
         scheduler: Scheduler = None,
         workers: Workers = None,
     ) -> None:
-        """A citable dataset: Parquet + CSV, datapackage.json, README card, SHA256SUMS."""
-        from analysis.publish import publish as write_package
+        """A citable dataset: raw JSONL (OONI's bucket layout) + Parquet + CSV, provenance,
+        datapackage.json, README card, SHA256SUMS."""
+        from analysis.publish import publish_dataset
         from probes.measurement import Scrubber
         from probes.net.addresses import is_ip
         from probes.ownip import local_addresses
@@ -471,13 +491,34 @@ def register(app: typer.Typer) -> None:
                 fail(f"--scrub {address!r}: not an IP address")
         src = _sources(results, ooni, since, until, vantage, test, input_, fingerprints, window)
         src = _gated(src, min_measurements, fdr, blocked_share, parquet)
-        scrubber = Scrubber([*(scrub or ()), *local_addresses()])
-        options: dict[str, Any] = {"title": title, "licence": licence, "scrubber": scrubber}
+        if src.parquet:
+            fail(
+                "--parquet: publish re-reads each measurement's raw line; give the --results or "
+                "--ooni files the Parquet was published from"
+            )
+        if engine == "dask" and (scheduler or workers):
+            typer.echo(
+                "censorscope: publish loads every measurement in this process (its raw files, "
+                "Parquet and provenance need the rows; docs/analysis.md): --scheduler and "
+                "--workers apply to analyze and report",
+                err=True,
+            )
+        # Every engine publishes from the in-process frame (see above).
+        result = _analysis("pandas" if engine == "dask" else engine, src)
+        options: dict[str, Any] = {
+            "title": title,
+            "licence": licence,
+            "scrubber": Scrubber([*(scrub or ()), *local_addresses()]),
+            "fingerprints": src.fingerprints,
+        }
         try:
-            with _published_rows(engine, out, drop_asn, scrubber) as publishing:
-                result = _analysis(engine, src, scheduler, workers, publishing)
-                files = write_package(result, out, drop_asn=set(drop_asn or ()), **options)
+            done = publish_dataset(result, out, drop_asn=set(drop_asn or ()), **options)
         except OSError as exc:
             fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(_summary_of(result))
-        typer.echo(f"wrote {len(files)} files to {out}")
+        typer.echo(
+            f"{done.raw_lines} raw measurements, {done.late} arrived late (counted in the "
+            f"period they were made); {len(done.changed)} raw/Parquet files new or changed, "
+            f"{len(done.removed)} removed"
+        )
+        typer.echo(f"wrote {len(done.files)} files to {out}")

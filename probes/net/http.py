@@ -57,6 +57,10 @@ _TITLE_RE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 _TOR = {"exit_ip": None, "exit_name": None, "is_tor": False}
 
 Resolver = Callable[[str], Awaitable[list[str]]]
+# web_connectivity 0.5's throughput curve: OONI's operation name (probe-cli internal/throttling,
+# sampled about every 250 ms) for the connection's bytes received so far, TLS included.
+BYTES_RECEIVED = "bytes_received_cumulative"
+CURVE_EVERY_S = 0.25
 
 
 @dataclass
@@ -197,6 +201,11 @@ class _Tracer:
         self.tcp_connected = False
         self._t0 = since(t_zero)
         self._tls_t0 = 0.0
+        # The byte curve (with ``transactions`` only): the count, when it last grew, the last
+        # sample's time and count.
+        self._bytes, self._bytes_t = 0, 0.0
+        self._sampled_t, self._sampled = -1.0, -1
+        self._requested = False
 
     def _event(
         self,
@@ -249,9 +258,42 @@ class _Tracer:
 
     def wrote_headers(self) -> None:
         self._event("http_wrote_headers")
+        if self.transactions is not None:
+            self._requested = True
+            self._bytes_event(since(self.t_zero))  # the count at the request: the handshake's
 
     def first_response_byte(self) -> None:
         self._event("http_first_response_byte")
+
+    def received(self, total: int) -> None:
+        """The connection's bytes so far (probes.net.http_wire): sampled after the request."""
+        if self.transactions is None or total <= self._bytes:
+            return
+        self._bytes, self._bytes_t = total, since(self.t_zero)
+        if self._requested and self._bytes_t - self._sampled_t >= CURVE_EVERY_S:
+            self._bytes_event(self._bytes_t)
+
+    def finish_curve(self) -> None:
+        """The last count, at the time of the last byte (a stall shows as the gap to the
+        transaction's end)."""
+        if self._requested and self._bytes != self._sampled:
+            self._bytes_event(self._bytes_t)
+
+    def _bytes_event(self, t: float) -> None:
+        self._sampled_t, self._sampled = t, self._bytes
+        self.events.append(
+            {
+                "address": self.address,
+                "failure": None,
+                "num_bytes": self._bytes,
+                "operation": BYTES_RECEIVED,
+                "proto": "tcp",
+                "t0": t,
+                "t": t,
+                "tags": list(self.tags),
+                "transaction_id": self.transaction_id,
+            }
+        )
 
 
 async def _one_hop(
@@ -297,6 +339,14 @@ async def _one_hop(
             if tracer.tcp_connected:
                 break  # the TCP connect worked: the failure is this address's answer
             continue
+        except asyncio.CancelledError:
+            if transactions is not None:
+                # The fetch's deadline (http_get's timeout) cancelled this attempt: keep its
+                # events, the byte curve among them, as evidence of where it stopped.
+                tracer.finish_curve()
+                tracer._event("http_transaction_done", F.GENERIC_TIMEOUT_ERROR)
+                result.network_events.extend(tracer.events)
+            raise
         _take(hop, response)
         _collect(result, tracer, None)
         break
@@ -312,6 +362,7 @@ def _take(hop: _Hop, response: Exchange) -> None:
 
 
 def _collect(result: HTTPResult, tracer: _Tracer, failure: str | None) -> None:
+    tracer.finish_curve()
     tracer._event("http_transaction_done", failure)
     result.network_events.extend(tracer.events)
     result.tls_handshakes.extend(tracer.tls)

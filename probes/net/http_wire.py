@@ -16,6 +16,7 @@ import asyncio
 import socket
 import ssl
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +46,9 @@ class ExchangeListener(Protocol):
 
     def first_response_byte(self) -> None: ...
 
+    # Optional: ``received(total)`` with the bytes read from the connection so far (TLS
+    # included) after each read, for a throughput curve (looked up with getattr).
+
 
 @dataclass
 class Exchange:
@@ -62,6 +66,8 @@ class _Wire:
 
     sock: socket.socket
     tls: TLSChannel | None = None
+    on_received: Callable[[int], None] | None = None
+    received: int = 0  # cleartext connections: bytes read so far
 
     async def send(self, data: bytes) -> None:
         if not data:
@@ -73,8 +79,12 @@ class _Wire:
 
     async def recv(self) -> bytes:
         if self.tls is not None:
-            return await self.tls.recv()
-        return await asyncio.get_running_loop().sock_recv(self.sock, _READ_SIZE)
+            return await self.tls.recv()  # it tells on_received of each read itself
+        data = await asyncio.get_running_loop().sock_recv(self.sock, _READ_SIZE)
+        self.received += len(data)
+        if self.on_received is not None:
+            self.on_received(self.received)
+        return data
 
 
 class _Decoder:
@@ -126,7 +136,7 @@ async def _connect(
         listener.connected(failure_from_exception(exc))
         raise
     listener.connected(None)
-    wire = _Wire(sock)
+    wire = _Wire(sock, on_received=getattr(listener, "received", None))
     if ssl_context is None:
         return wire
     listener.tls_started()
@@ -137,6 +147,9 @@ async def _connect(
         listener.tls_done(failure_from_exception(exc), getattr(exc, "ssl_object", None))
         raise
     listener.tls_done(None, wire.tls.obj)
+    wire.tls.on_received = wire.on_received
+    if wire.on_received is not None:
+        wire.on_received(wire.tls.received)  # the handshake's bytes
     return wire
 
 

@@ -59,4 +59,5 @@ class ResolverPool:
         return await asyncio.wrap_future(future)
 
     def close(self) -> None:
+        """Let the threads go: a running lookup ends on its own, a queued one is cancelled."""
         self._executor.shutdown(wait=False, cancel_futures=True)

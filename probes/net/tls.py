@@ -17,6 +17,7 @@ import functools
 import hashlib
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,11 @@ class TLSChannel:
     obj: ssl.SSLObject
     incoming: ssl.MemoryBIO
     outgoing: ssl.MemoryBIO
+    # Bytes read from the socket so far, handshake included (ciphertext: what a censor sees
+    # and counts, as OONI's bytes_received_cumulative counts a connection's reads).
+    received: int = 0
+    # Told the new total after each read (a throughput curve, probes.net.http_wire).
+    on_received: Callable[[int], None] | None = None
 
     async def _flush(self) -> None:
         pending = self.outgoing.read()
@@ -153,6 +159,9 @@ class TLSChannel:
         if not data:
             self.incoming.write_eof()
             return False
+        self.received += len(data)
+        if self.on_received is not None:
+            self.on_received(self.received)
         self.incoming.write(data)
         return True
 

@@ -17,6 +17,13 @@ REGISTRY: dict[str, str] = {
     "message_delivery": "probes.nettests.message_delivery:MessageDelivery",
     "censor_trace": "probes.nettests.censor_trace:CensorTrace",
     "dnscheck": "probes.nettests.dnscheck:DNSCheck",
+    "whatsapp": "probes.nettests.apps:WhatsApp",
+    "telegram": "probes.nettests.apps:Telegram",
+    "signal": "probes.nettests.apps:Signal",
+    "facebook_messenger": "probes.nettests.apps:FacebookMessenger",
+    "ech_check": "probes.nettests.ech_check:ECHCheck",
+    "quic_sni": "probes.nettests.quic_sni:QuicSNI",
+    "download": "probes.nettests.download:Download",
 }
 
 

@@ -40,6 +40,8 @@ class ProbeContext:
     options: dict[str, Any] = field(default_factory=dict)
     # The config's messaging accounts by name (probes/accounts.py), for message_delivery.
     accounts: dict[str, Any] = field(default_factory=dict)
+    # Extra annotations of every measurement (probes.provenance: hashes of the lists used).
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 class SetupError(Exception):

@@ -131,7 +131,7 @@ class ControlClient:
         self.unreachable_failure = None
 
     async def measure(
-        self, url: str, endpoints: list[str], headers: dict[str, str]
+        self, url: str, endpoints: list[str], headers: dict[str, str], *, quic: bool = False
     ) -> ControlResult:
         """Ask the chosen helper for its view of `url` and the probe's endpoints.
 
@@ -143,7 +143,7 @@ class ControlClient:
         attempts = 1 if self.unreachable_failure else CONTROL_ATTEMPTS
         for attempt in range(attempts):
             async with self._slots:
-                result = await self._measure_once(url, endpoints, headers)
+                result = await self._measure_once(url, endpoints, headers, quic)
             result.attempts = attempt + 1
             if not any(f in (result.failure or "") for f in RETRYABLE_FAILURES):
                 break
@@ -152,15 +152,17 @@ class ControlClient:
         return result
 
     async def _measure_once(
-        self, url: str, endpoints: list[str], headers: dict[str, str]
+        self, url: str, endpoints: list[str], headers: dict[str, str], quic: bool = False
     ) -> ControlResult:
         if self.chosen is None:
             return ControlResult(failure="no_control_helper")
-        payload = {
+        payload: dict[str, Any] = {
             "http_request": url,
             "http_request_headers": {name: [value] for name, value in headers.items()},
             "tcp_connect": endpoints,
         }
+        if quic:  # oohelperd then checks QUIC when the site advertises h3 (Alt-Svc)
+            payload["x_quic_enabled"] = True
         started = time.monotonic()
         reply = await self._client.post_json(self.chosen, payload, timeout=self.timeout)
         runtime = time.monotonic() - started

@@ -61,7 +61,8 @@ class WebConnectivity(Nettest):
     name = "web_connectivity"
     # The procedure and keys of OONI's web_connectivity 0.5.28 (webconnectivitylte, classic
     # engine): docs/methodology.md. Measurements below 0.5 are re-derived with v0.4's rules.
-    version = "0.5.28"
+    # 0.5.29: the body fetch's byte curve (bytes_received_cumulative) and `http.stalled`.
+    version = "0.5.29"
 
     async def setup(self) -> None:
         try:
@@ -288,6 +289,8 @@ class WebConnectivity(Nettest):
             keys["tls_handshakes"].extend(http.tls_handshakes)
             if http.failure is None:
                 final_body = http.body
+                if self.ctx.options.get("http3"):
+                    await self._http3(http, keys, t_zero)
             await self._redirect_flows(http.requests, hop_addresses, tx, keys, t_zero)
         elif keys["dns_experiment_failure"] is None:
             keys["dns_experiment_failure"] = "dns_no_answer"
@@ -339,6 +342,39 @@ class WebConnectivity(Nettest):
                 verdict = analyze_v05(keys, url=input_, fingerprints=self.fingerprints)
         keys.update(verdict.as_test_keys())
         return keys
+
+    async def _http3(self, http: Any, keys: dict[str, Any], t_zero: float) -> None:
+        """--http3: the final page again over HTTP/3 when its HTTPS response advertised h3
+        (Alt-Svc), from the address that served it (``x_http3_request``; the verdict is not
+        changed: docs/methodology.md)."""
+        from probes.net.http3 import alt_svc_h3, http3_get, https_query_name, https_rr_h3
+
+        alt_svc = next((v for k, v in http.headers.items() if k.lower() == "alt-svc"), "")
+        port = alt_svc_h3(alt_svc)
+        url = http.final_url or ""
+        if not url.startswith("https://") or not http.address:
+            return
+        discovery: dict[str, Any] = {"alt_svc": alt_svc, "discovered_by": "alt-svc"}
+        if port is None:
+            # No Alt-Svc: the name's HTTPS record (RFC 9460) may offer h3 (browsers ask it).
+            parts = urlsplit(url)
+            resolver = self.ctx.resolver or _system_nameserver()
+            if not resolver or not parts.hostname or is_ip(parts.hostname):
+                return
+            lookup = await resolve_retrying(
+                https_query_name(parts.hostname, parts.port or 443), query_type="HTTPS",
+                resolver=resolver, timeout=self.ctx.timeout * 0.1, t_zero=t_zero,
+            )  # fmt: skip
+            port = https_rr_h3(lookup.queries, parts.port or 443)
+            discovery.update(discovered_by="https-rr", queries=lookup.queries)
+            if port is None:
+                return
+        ip = http.address.rpartition(":")[0].strip("[]")
+        found = await http3_get(
+            ip, int(port), url, timeout=self.ctx.timeout * 0.2, t_zero=t_zero,
+            ca_file=self.ctx.ca_file,
+        )  # fmt: skip
+        keys["x_http3_request"] = {**found.record(url, f"{http.address}"), **discovery}
 
     async def _redirect_flows(
         self,
@@ -434,3 +470,15 @@ class WebConnectivity(Nettest):
             "blocking": None,
             "blocking_detail": None,
         }
+
+
+def _system_nameserver() -> str | None:
+    """The first nameserver of /etc/resolv.conf (getaddrinfo cannot ask for HTTPS records)."""
+    import dns.exception
+    import dns.resolver
+
+    try:
+        servers = dns.resolver.Resolver().nameservers
+    except (dns.exception.DNSException, OSError):
+        return None
+    return str(servers[0]) if servers else None

@@ -26,6 +26,7 @@ from probes.fingerprints import Fingerprints, Match
 from probes.nettests import wc_observations as wo
 from probes.nettests.wc_observations import as_list as _list
 from probes.nettests.wc_observations import as_map as _map
+from probes.nettests.wc_stall import control_fetched_past, stalled_at
 from probes.nettests.web_connectivity_analysis import (
     BODY_PROPORTION_THRESHOLD,
     CONTROL_NXDOMAIN_FAILURES,
@@ -535,6 +536,9 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
             # censor's after-effect (refused, timed out) instead.
             reset = "connection_reset" in tls_failures or failure == "connection_reset"
             return "tls.sni_reset" if reset else "tls.handshake_failure"
+        stall = stalled_at(test_keys) if failure == "generic_timeout_error" else None
+        if stall is not None and control_fetched_past(test_keys, stall):
+            return "http.stalled"  # bytes came, then froze (probes/nettests/wc_stall.py)
         return {
             "connection_reset": "http.reset",
             "generic_timeout_error": "http.timeout",
@@ -620,6 +624,13 @@ def analyze_v05(
             why = "inconsistent DNS and a page of another length and title" + (
                 f" (reference similarity {similarity:.2f})" if similarity is not None else ""
             )
+
+    # 2b. A body that froze part way while the control fetched all of it: the censor let the
+    #     start through (v0.5 calls it down: a timeout after a good handshake).
+    stall = stalled_at(test_keys)
+    if stall is not None and blocking in (False, None) and control_fetched_past(test_keys, stall):
+        blocking, accessible = "http-failure", False
+        why = f"the body froze after {stall} bytes; the control fetched it whole"
 
     # 3. Known block pages and forged answers confirm blocking the comparisons missed.
     dns_fps, http_fps = _fingerprints(test_keys, fingerprints)

@@ -1,10 +1,11 @@
 """bench.accuracy's scorer: on made-up verdicts (no root), and end to end in a small lab.
 
 The lab test brings up its own 40-domain generated scenario (every mechanism, DNS-redirected
-block pages among them, one intercepted and one regional-certificate domain, no loss, residual
-censorship for 2 s, the censor 2 hops away), in-path and on-path, runs every nettest the bench
-scores from both vantages through `bench.accuracy.measure`, and checks that each input got a
-verdict and that the targets are met; the session's lab is restored afterwards.
+block pages and SNI-throttled and -stalled sites among them, one intercepted and one
+regional-certificate domain, no loss, residual censorship for 2 s, the censor 2 hops away),
+in-path and on-path, runs every nettest the bench scores from both vantages through
+`bench.accuracy.measure`, and checks that each input got a verdict and that the targets are
+met; the session's lab is restored afterwards.
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ def test_dnscheck_truth_plants_each_censor_rule() -> None:
     assert flag == "--domain" and scen.domain(name).block == "none"
 
 
+def test_download_truth_plants_both_shaped_kinds_and_open_names() -> None:
+    scen = scenario_mod.generate(SMALL_DOMAINS, SMALL_SEED, loss=0.0, shaped=0.05)
+    truth = accuracy.NETTESTS["download"].truth(scen, None)
+    kinds = [(v["blocking"], v["blocking_detail"]) for v in truth.values()]
+    assert kinds.count(("throttling", "throttled")) == kinds.count(("throttling", "stalled")) == 2
+    assert (False, None) in kinds and all(u.endswith("/large.bin") for u in truth)
+    assert accuracy._shaped_share(accuracy.parse_args(["--nettests", "download"])) == 0.02
+    assert accuracy._shaped_share(accuracy.parse_args(["--nettests", "dnscheck"])) == 0.0
+
+
 @pytest.fixture(scope="module", params=["in-path", "on-path"])
 def small_lab(lab: LabInfo, request: pytest.FixtureRequest) -> Iterator[LabInfo]:
     """A small generated scenario; the session's scenario is restored afterwards."""
@@ -122,6 +133,9 @@ def small_lab(lab: LabInfo, request: pytest.FixtureRequest) -> Iterator[LabInfo]
         intercept=0.025,
         regional_cert=0.025,
         dns_blockpage=0.05,
+        ech=0.05,
+        quic_sni=0.05,
+        shaped=0.05,
         residual_seconds=2.0,
         mode=request.param,
         hops=2,

@@ -85,6 +85,7 @@ class WebServer:
         cert_hosts: list[str] | None = None,
         blockpage_status: int = 200,
         paragraphs: int = 0,
+        alt_svc: str = "",
     ) -> None:
         """``ca`` makes it HTTPS; ``cert_hosts`` pins the certificate to those names
         (e.g. a wrong name) instead of issuing one for whatever SNI arrives; ``paragraphs``
@@ -97,6 +98,7 @@ class WebServer:
         self.ssl_context = ca.server_context(cert_hosts) if ca is not None else None
         self.blockpage_status = blockpage_status
         self.paragraphs = paragraphs
+        self.alt_svc = alt_svc  # an Alt-Svc header on every response (HTTP/3 discovery)
         self.requests: list[dict[str, object]] = []  # what each request looked like
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -183,6 +185,7 @@ class WebServer:
             status, headers, body = self._route(head)
             lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
             lines += [f"{k}: {v}" for k, v in headers]
+            lines += [f"Alt-Svc: {self.alt_svc}"] if self.alt_svc else []
             lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
             writer.write("\r\n".join(lines).encode("latin-1") + body)
             await writer.drain()
