@@ -33,6 +33,9 @@ STATE_COLOURS = {
     "http-failure": "#0072B2",
     "http-diff": "#56B4E9",
     "delivery": "#F0E442",
+    # Beyond Okabe & Ito's eight: two of Paul Tol's muted scheme, for the issue-16 nettests.
+    "quic": "#882255",
+    "throttling": "#44AA99",
     "other": "#000000",
 }
 

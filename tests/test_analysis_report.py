@@ -90,3 +90,24 @@ def test_plots_draw_chinese_keywords(recwarn: pytest.WarningsRecorder) -> None:
     fig.savefig(io.BytesIO(), format="png")
     bare.close(fig)
     assert [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_heatmap_names_the_new_blocking_types() -> None:
+    """quic_sni's `quic` and download's `throttling` get colours of their own, not "other"."""
+    import pandas as pd
+
+    from analysis import report
+    from analysis.facts import Facts, cell_states
+
+    cells = pd.DataFrame(
+        {
+            "target": ["q.example", "t.example", "x.example"],
+            "vantage": ["cn"] * 3,
+            "blocking": ["quic", "throttling", "made-up"],
+            "blocked": [3, 3, 3],
+            "ok": [0, 0, 0],
+            "down": [0, 0, 0],
+        }
+    )
+    states = cell_states(Facts(cells=cells), set(report.STATE_COLOURS))
+    assert states["state"].tolist() == ["quic", "throttling", "other"]
