@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from lab.matching import ECH_EXTENSION, tls_extensions, tls_sni
 from probes.net import tls_hello
+from probes.net.https_records import https_query_name
 from probes.nettests.base import ProbeContext
-from probes.nettests.ech_check import ECHCheck, ech_configs_of, https_query_name, target_of
+from probes.nettests.ech_check import ECHCheck, ech_configs_of, target_of
 from probes.nettests.ech_check_analysis import analyze
 from tests.loopback import FakeDNSServer, ServerThread, TestCA
 from tests.loopback.ech_censor import ECHCensorRelay

@@ -18,7 +18,8 @@ import dns.rrset
 import pytest
 
 from backend.helper_config import HelperConfig
-from probes.net.http3 import alt_svc_h3, http3_get, https_query_name, https_rr_h3
+from probes.net.http3 import alt_svc_h3, http3_get, https_rr_h3
+from probes.net.https_records import https_query_name
 from tests.loopback import FakeDNSServer, ServerThread, WebServer
 from tests.loopback.certs import TestCA
 from tests.loopback.control_helper import free_port_on, running_helper

@@ -25,6 +25,7 @@ from probes.net import failures as F
 from probes.net.addresses import format_host_port
 from probes.net.failures import failure_from_exception
 from probes.net.http import extract_title
+from probes.net.https_records import https_records
 from probes.net.quic import (
     CLOSE_WAIT_S,
     _collect,
@@ -54,42 +55,21 @@ def alt_svc_h3(value: str) -> str | None:
     return None
 
 
-def https_query_name(name: str, port: int) -> str:
-    """RFC 9460 section 9.1: the HTTPS record of another port is ``_PORT._https.NAME``."""
-    return name if port == 443 else f"_{port}._https.{name}"
-
-
 def https_rr_h3(queries: list[dict[str, Any]], default_port: int = 443) -> str | None:
     """The port of HTTP/3 from the first HTTPS record (RFC 9460, lowest SvcPriority, service
     mode) whose TargetName is the name itself (".") and whose ``alpn`` holds h3: its ``port``
     SvcParam, else ``default_port``. None when no record offers h3 on the same host."""
-    import base64
-
-    import dns.exception
-    import dns.message
-    import dns.rdatatype
     import dns.rdtypes.svcbbase as svcb
 
-    for query in queries:
-        raw = query.get("raw_response")
-        if not raw:
+    for rd in https_records(queries):
+        if rd.priority == 0 or rd.target.to_text() != ".":
             continue
-        try:
-            msg = dns.message.from_wire(base64.b64decode(raw))
-        except (dns.exception.DNSException, ValueError):
+        alpn = rd.params.get(svcb.ParamKey.ALPN)
+        ids = [i.decode("latin-1") for i in getattr(alpn, "ids", ())]
+        if H3 not in ids:
             continue
-        for rrset in msg.answer:
-            if rrset.rdtype != dns.rdatatype.HTTPS:
-                continue
-            for rd in sorted(rrset, key=lambda r: r.priority):
-                if rd.priority == 0 or rd.target.to_text() != ".":
-                    continue
-                alpn = rd.params.get(svcb.ParamKey.ALPN)
-                ids = [i.decode("latin-1") for i in getattr(alpn, "ids", ())]
-                if H3 not in ids:
-                    continue
-                port = rd.params.get(svcb.ParamKey.PORT)
-                return str(getattr(port, "port", default_port))
+        port = rd.params.get(svcb.ParamKey.PORT)
+        return str(getattr(port, "port", default_port))
     return None
 
 

@@ -43,6 +43,7 @@ from probes.net import tls_hello
 from probes.net.addresses import format_host_port, is_ip, parse_host_port
 from probes.net.dns import resolve_retrying
 from probes.net.failures import EOF_ERROR, SSL_FAILED_HANDSHAKE, failure_from_exception
+from probes.net.https_records import https_query_name, https_records
 from probes.net.records import since
 from probes.net.tcp import open_socket, tcp_record
 from probes.nettests.base import Nettest, SetupError
@@ -91,28 +92,12 @@ def target_of(input_: str) -> tuple[str, int]:
     return name, port
 
 
-def https_query_name(name: str, port: int) -> str:
-    """RFC 9460 section 9.1: ``_PORT._https.NAME`` for a port other than 443."""
-    return name if port == DEFAULT_PORT else f"_{port}._https.{name}"
-
-
 def ech_configs_of(queries: list[dict[str, Any]]) -> bytes | None:
     """The ``ech`` SvcParam of the first HTTPS record in the answers' raw responses."""
-    for query in queries:
-        raw = query.get("raw_response")
-        if not raw:
-            continue
-        try:
-            msg = dns.message.from_wire(base64.b64decode(raw))
-        except (dns.exception.DNSException, ValueError):
-            continue
-        for rrset in msg.answer:
-            if rrset.rdtype != dns.rdatatype.HTTPS:
-                continue
-            for rd in sorted(rrset, key=lambda r: r.priority):
-                param = rd.params.get(dns.rdtypes.svcbbase.ParamKey.ECH)
-                if param is not None:
-                    return bytes(param.ech)
+    for rd in https_records(queries):
+        param = rd.params.get(dns.rdtypes.svcbbase.ParamKey.ECH)
+        if param is not None:
+            return bytes(param.ech)
     return None
 
 

@@ -40,7 +40,7 @@ from probes.nettests.base import Nettest, SetupError
 from probes.nettests.control import ControlClient
 from probes.nettests.keyword_residual import TaintFile, state_dir
 from probes.nettests.quic_sni_analysis import ROUNDS, TIMEOUT, analyze, reached
-from probes.nettests.tls_interception import target_of
+from probes.nettests.tls_interception import sni_input_problem, target_of
 
 DEFAULT_CONTROL_SNI = "example.com"  # OONI's sni_blocking control SNI
 # The GFW kept a QUIC flow blocked for 180 s after a trigger (Zohaib et al. 2025).
@@ -113,13 +113,7 @@ class QuicSNI(Nettest):
 
     @classmethod
     def input_problem(cls, input_: str) -> str | None:
-        try:
-            name, _ = target_of(input_)
-        except ValueError as exc:
-            return f"not a valid URL: {exc}"
-        if not name or is_ip(name.strip("[]")):
-            return "needs a domain name (the SNI) or a URL with one"
-        return None
+        return sni_input_problem(input_)
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
         assert input_ is not None  # the runner checked it with input_problem()

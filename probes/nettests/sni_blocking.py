@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from probes.net.addresses import format_host_port, is_ip, parse_host_port
+from probes.net.addresses import format_host_port, parse_host_port
 from probes.net.dns import resolve_retrying
 from probes.net.packets import FlowRecorder, capture_unavailable, pcap_path
 from probes.net.tls import tls_handshake
@@ -34,6 +34,7 @@ from probes.nettests.tls_interception import (
     CERTIFICATES,
     CERTIFICATES_FEATURE,
     control_certificates,
+    sni_input_problem,
     target_of,
 )
 
@@ -95,13 +96,7 @@ class SNIBlocking(Nettest):
 
     @classmethod
     def input_problem(cls, input_: str) -> str | None:
-        try:
-            name, _ = target_of(input_)
-        except ValueError as exc:
-            return f"not a valid URL: {exc}"
-        if not name or is_ip(name.strip("[]")):
-            return "needs a domain name (the SNI) or a URL with one"
-        return None
+        return sni_input_problem(input_)
 
     async def measure(self, input_: str | None) -> dict[str, Any]:
         assert input_ is not None  # the runner checked it with input_problem()

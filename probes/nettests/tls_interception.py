@@ -41,6 +41,17 @@ def target_of(input_: str) -> tuple[str, int]:
     return input_.strip().rstrip(".").lower(), DEFAULT_TLS_PORT
 
 
+def sni_input_problem(input_: str) -> str | None:
+    """Why `input_` names no SNI to test (an IP, nothing, a broken URL), or None."""
+    try:
+        name, _port = target_of(input_)
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if not name or is_ip(name.strip("[]")):
+        return "needs a domain name (the SNI) or a URL with one"
+    return None
+
+
 CERTIFICATES = "x_tls_certificates"
 CERTIFICATES_FEATURE = (
     "certificate comparison with the helper's view: interception by a CA the probe trusts "
@@ -114,13 +125,7 @@ class TLSInterception(Nettest):
 
     @classmethod
     def input_problem(cls, input_: str) -> str | None:
-        try:
-            name, _port = target_of(input_)
-        except ValueError as exc:
-            return f"not a valid URL: {exc}"
-        if not name or is_ip(name.strip("[]")):
-            return "needs a domain name (the SNI) or an https URL with one"
-        return None
+        return sni_input_problem(input_)
 
     async def _round(
         self, name: str, port: int, addrs: list[str], t_zero: float, keys: dict[str, Any]

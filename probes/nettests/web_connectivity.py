@@ -347,7 +347,8 @@ class WebConnectivity(Nettest):
         """--http3: the final page again over HTTP/3 when its HTTPS response advertised h3
         (Alt-Svc), from the address that served it (``x_http3_request``; the verdict is not
         changed: docs/methodology.md)."""
-        from probes.net.http3 import alt_svc_h3, http3_get, https_query_name, https_rr_h3
+        from probes.net.http3 import alt_svc_h3, http3_get, https_rr_h3
+        from probes.net.https_records import https_query_name
 
         alt_svc = next((v for k, v in http.headers.items() if k.lower() == "alt-svc"), "")
         port = alt_svc_h3(alt_svc)
