@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from probes.nettests import dns_consistency_analysis as dca
+from probes.nettests.verdict import Verdict
 
 TCP_DETAILS = {
     "connection_reset": "tcp.connect_reset",
@@ -52,16 +53,6 @@ BOOTSTRAP_FAILURE = "dns.bootstrap_failure"
 BOOTSTRAP_FAILURES = frozenset({"dns_refused_error", "dns_servfail_error", "dns_no_answer"})
 # Which blocked lookup names the measurement's verdict when several are blocked.
 PRECEDENCE = ("tls", "tcp_ip", "dns")
-
-
-@dataclass
-class Verdict:
-    blocking: str | bool | None
-    blocking_detail: str | None = None
-    why: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"blocking": self.blocking, "blocking_detail": self.blocking_detail, "why": self.why}
 
 
 @dataclass

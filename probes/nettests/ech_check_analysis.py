@@ -22,21 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from probes.nettests.verdict import Verdict
+
 DETAILS = {
     "connection_reset": "tls.ech_reset",
     "generic_timeout_error": "tls.ech_dropped",
     "eof_error": "tls.ech_eof",
 }
-
-
-@dataclass
-class Verdict:
-    blocking: str | bool | None
-    blocking_detail: str | None = None
-    why: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"blocking": self.blocking, "blocking_detail": self.blocking_detail, "why": self.why}
 
 
 @dataclass
