@@ -10,18 +10,16 @@ once without one's handshake leaving residual blocking on another's server.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import apps_lab
-from bench.accuracy import read_verdicts
 from lab import scenario as scenario_mod
 from lab import topology
 from lab.topology import LabInfo
+from tests.lab.probe_runs import ProbeRun, running, start, verdict_pairs
 
 RUN_TIMEOUT_S = 240.0
 PROBE_TIMEOUT_S = "20"
@@ -72,7 +70,7 @@ def runs(
     alab: LabInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]]]]:
     """app -> (truth, vantage -> set name -> test_keys); every app and vantage at once."""
-    procs: dict[tuple[str, str], tuple[subprocess.Popen[str], Path]] = {}
+    started = {}
     truths: dict[str, dict[str, Any]] = {}
     for app in apps_lab.APPS:
         text, truths[app] = _sets(alab.scenario, app)
@@ -86,36 +84,19 @@ def runs(
                     "--endpoints", str(endpoints), "--resolver", alab.resolver,
                     "--ca-file", ca, "--results", str(results), "--vantage", vantage,
                     "--timeout", PROBE_TIMEOUT_S, "--no-progress"]  # fmt: skip
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, env=topology._python_env())  # fmt: skip
-            procs[(app, vantage)] = (proc, results)
+            started[(app, vantage)] = ProbeRun(start(argv), results, vantage, app, truths[app])
     out: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
-    try:
-        for (app, vantage), (proc, results) in procs.items():
-            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-            assert proc.returncode == 0, (
-                f"{app} at {vantage} exited {proc.returncode}: {err[-2000:]}"
-            )
-            found = read_verdicts(results, vantage, app)
-            assert set(found) == set(truths[app]), f"{app} at {vantage}: sets missing"
+    with running(started) as runs:
+        for (app, vantage), found in runs.collect(RUN_TIMEOUT_S).items():
             out.setdefault(app, (truths[app], {}))[1][vantage] = found
-    finally:
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
     return out
-
-
-def _verdicts(found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {i: (k["blocking"], k["blocking_detail"]) for i, k in found.items()}
 
 
 @pytest.mark.parametrize("app", apps_lab.APPS)
 def test_app_at_cn(runs: dict[str, Any], app: str) -> None:
     truth, found = runs[app]
     want = {name: (t["blocking"], t["blocking_detail"]) for name, t in truth.items()}
-    assert _verdicts(found["cn"]) == want
+    assert verdict_pairs(found["cn"]) == want
     kinds = {t["mechanism"] for t in truth.values()}
     expected = {"none", *BLOCKS} - ({"sni_rst"} if app == "facebook_messenger" else set())
     assert kinds == expected
@@ -124,7 +105,7 @@ def test_app_at_cn(runs: dict[str, Any], app: str) -> None:
 @pytest.mark.parametrize("app", apps_lab.APPS)
 def test_app_at_open(runs: dict[str, Any], app: str) -> None:
     truth, found = runs[app]
-    assert _verdicts(found["open"]) == dict.fromkeys(truth, (False, None))
+    assert verdict_pairs(found["open"]) == dict.fromkeys(truth, (False, None))
 
 
 def test_ooni_keys_in_lab(runs: dict[str, Any]) -> None:

@@ -9,17 +9,15 @@ listed in `blocked_sni` and one whose IPv4 address has its port 853 blackholed.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.accuracy import read_verdicts
 from lab import addresses, topology
 from lab import scenario as scenario_mod
 from lab.topology import LabInfo
+from tests.lab.probe_runs import ProbeRun, running, start, verdict_pairs
 
 RUN_TIMEOUT_S = 120.0
 PROBE_TIMEOUT_S = "8"
@@ -72,7 +70,7 @@ def dlab(lab: LabInfo) -> Iterator[LabInfo]:
 def runs(dlab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """vantage -> input -> test_keys, both vantages at once."""
     assert dlab.helper_url, "the lab's control helper is not running"
-    procs: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+    started = {}
     for vantage in ("cn", "open"):
         results = tmp_path_factory.mktemp(f"dnscheck-{vantage}")
         ca = dlab.cn_trust_pem if vantage == "cn" else dlab.ca_pem
@@ -81,30 +79,13 @@ def runs(dlab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, d
                 "--resolver", dlab.resolver, "--helper", dlab.helper_url, "--ca-file", ca,
                 "--domain", TEST_DOMAIN, "--results", str(results), "--vantage", vantage,
                 "--timeout", PROBE_TIMEOUT_S, "--no-progress"]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=topology._python_env())  # fmt: skip
-        procs[vantage] = (proc, results)
-    out = {}
-    try:
-        for vantage, (proc, results) in procs.items():
-            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-            assert proc.returncode == 0, f"{vantage} exited {proc.returncode}: {err[-2000:]}"
-            out[vantage] = read_verdicts(results, vantage, "dnscheck")
-            assert set(out[vantage]) == set(INPUTS), f"{vantage}: inputs missing"
-    finally:
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return out
-
-
-def _verdicts(found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {i: (k["blocking"], k["blocking_detail"]) for i, k in found.items()}
+        started[vantage] = ProbeRun(start(argv), results, vantage, "dnscheck", INPUTS)
+    with running(started) as runs:
+        return runs.collect(RUN_TIMEOUT_S)
 
 
 def test_dnscheck_at_cn(runs: dict[str, dict[str, Any]]) -> None:
-    assert _verdicts(runs["cn"]) == INPUTS
+    assert verdict_pairs(runs["cn"]) == INPUTS
     blocked_dot = runs["cn"][f"dot://{DOT_BLOCKED}:853"]["lookups"][f"dot://{DOT_BLOCKED_IP}:853"]
     assert blocked_dot["failed_operation"] == "connect"
     open_doh = runs["cn"][f"https://{DOH_OPEN}/dns-query"]
@@ -114,4 +95,4 @@ def test_dnscheck_at_cn(runs: dict[str, dict[str, Any]]) -> None:
 
 
 def test_dnscheck_at_open(runs: dict[str, dict[str, Any]]) -> None:
-    assert _verdicts(runs["open"]) == dict.fromkeys(INPUTS, (False, None))
+    assert verdict_pairs(runs["open"]) == dict.fromkeys(INPUTS, (False, None))

@@ -11,19 +11,17 @@ open one. The first tests need no namespaces: the censor's decisions on the prob
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.accuracy import read_verdicts
 from lab import ech, packets, topology
 from lab import scenario as scenario_mod
 from lab.censor import Censor
 from lab.topology import LabInfo
 from probes.net import tls_hello
+from tests.lab.probe_runs import ProbeRun, running, start, verdict_pairs
 
 RUN_TIMEOUT_S = 150.0
 PROBE_TIMEOUT_S = "8"
@@ -141,37 +139,20 @@ def elab(lab: LabInfo) -> Iterator[LabInfo]:
 @pytest.fixture(scope="module")
 def runs(elab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """vantage -> input -> test_keys, both vantages at once."""
-    procs: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+    started = {}
     for vantage in ("cn", "open"):
         results = tmp_path_factory.mktemp(f"ech-{vantage}")
         argv = [*elab.vantages[vantage].exec_prefix, *topology._censorscope_argv(), "run",
                 "ech_check", *(a for i in INPUTS for a in ("--input", i)),
                 "--resolver", elab.resolver, "--results", str(results), "--vantage", vantage,
                 "--timeout", PROBE_TIMEOUT_S, "--no-progress"]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=topology._python_env())  # fmt: skip
-        procs[vantage] = (proc, results)
-    out = {}
-    try:
-        for vantage, (proc, results) in procs.items():
-            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-            assert proc.returncode == 0, f"{vantage} exited {proc.returncode}: {err[-2000:]}"
-            out[vantage] = read_verdicts(results, vantage, "ech_check")
-            assert set(out[vantage]) == set(INPUTS), f"{vantage}: inputs missing"
-    finally:
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return out
-
-
-def _verdicts(found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {i: (k["blocking"], k["blocking_detail"]) for i, k in found.items()}
+        started[vantage] = ProbeRun(start(argv), results, vantage, "ech_check", INPUTS)
+    with running(started) as runs:
+        return runs.collect(RUN_TIMEOUT_S)
 
 
 def test_ech_check_at_cn(runs: dict[str, dict[str, Any]]) -> None:
-    assert _verdicts(runs["cn"]) == INPUTS, {i: k["x_verdicts"] for i, k in runs["cn"].items()}
+    assert verdict_pairs(runs["cn"]) == INPUTS, {i: k["x_verdicts"] for i, k in runs["cn"].items()}
     cdn = runs["cn"][ECH_CDN]
     # The real ECH hello went out with the lab's public name, sealed for the site.
     real = [h for h in cdn["tls_handshakes"] if h["x_ech"] == "real"]
@@ -185,7 +166,7 @@ def test_ech_check_at_cn(runs: dict[str, dict[str, Any]]) -> None:
 
 
 def test_ech_check_at_open(runs: dict[str, dict[str, Any]]) -> None:
-    assert _verdicts(runs["open"]) == dict.fromkeys(INPUTS, (False, None))
+    assert verdict_pairs(runs["open"]) == dict.fromkeys(INPUTS, (False, None))
 
 
 def test_generated_scenario_plants_ech_rules_apart_from_the_rest() -> None:

@@ -10,17 +10,15 @@ handshake oohelperd would), the open one is not blocked; at the open vantage not
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.accuracy import read_verdicts
 from lab import addresses, topology
 from lab import scenario as scenario_mod
 from lab.topology import LabInfo
+from tests.lab.probe_runs import ProbeRun, running, start, verdict_pairs
 
 RUN_TIMEOUT_S = 120.0
 PROBE_TIMEOUT_S = "10"
@@ -66,7 +64,8 @@ def qlab(lab: LabInfo) -> Iterator[LabInfo]:
 @pytest.fixture(scope="module")
 def runs(qlab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """vantage -> input -> test_keys, both vantages at once."""
-    procs: dict[str, tuple[subprocess.Popen[str], Path]] = {}
+    assert qlab.helper_url, "the lab's control helper is not running"
+    started = {}
     for vantage in ("cn", "open"):
         results = tmp_path_factory.mktemp(f"quic-{vantage}")
         state = tmp_path_factory.mktemp(f"quic-state-{vantage}")  # no taints from other runs
@@ -77,30 +76,13 @@ def runs(qlab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, d
                 "--helper", qlab.helper_url,
                 "--results", str(results), "--vantage", vantage,
                 "--timeout", PROBE_TIMEOUT_S, "--no-progress"]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=topology._python_env())  # fmt: skip
-        procs[vantage] = (proc, results)
-    out = {}
-    try:
-        for vantage, (proc, results) in procs.items():
-            _, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-            assert proc.returncode == 0, f"{vantage} exited {proc.returncode}: {err[-2000:]}"
-            out[vantage] = read_verdicts(results, vantage, "quic_sni")
-            assert set(out[vantage]) == set(INPUTS), f"{vantage}: inputs missing"
-    finally:
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    return out
-
-
-def _verdicts(found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {i: (k["blocking"], k["blocking_detail"]) for i, k in found.items()}
+        started[vantage] = ProbeRun(start(argv), results, vantage, "quic_sni", INPUTS)
+    with running(started) as runs:
+        return runs.collect(RUN_TIMEOUT_S)
 
 
 def test_quic_sni_at_cn(runs: dict[str, dict[str, Any]]) -> None:
-    assert _verdicts(runs["cn"]) == INPUTS
+    assert verdict_pairs(runs["cn"]) == INPUTS
     blocked = runs["cn"][BLOCKED]
     # The triple stays blocked after the trigger: the next control fails, TCP still works.
     assert blocked["x_residual_blocking"] is True
@@ -113,4 +95,4 @@ def test_quic_sni_at_cn(runs: dict[str, dict[str, Any]]) -> None:
 
 
 def test_quic_sni_at_open(runs: dict[str, dict[str, Any]]) -> None:
-    assert _verdicts(runs["open"]) == dict.fromkeys(INPUTS, (False, None))
+    assert verdict_pairs(runs["open"]) == dict.fromkeys(INPUTS, (False, None))
