@@ -344,28 +344,18 @@ class _Columns:
                     failure=_str(status.get("failure")),
                     t=_seconds(conn.get("t")),
                 )
-        for hs in _list(tk.get("tls_handshakes")):
-            if isinstance(hs, dict):
-                self.add_observation(
-                    row,
-                    "tls",
-                    address=_str(hs.get("address")),
-                    server_name=_str(hs.get("server_name")),
-                    tls_version=_str(hs.get("tls_version")),
-                    failure=_str(hs.get("failure")),
-                    t=_seconds(hs.get("t")),
-                )
-        for hs in _list(tk.get("quic_handshakes")):
-            if isinstance(hs, dict):
-                self.add_observation(
-                    row,
-                    "quic",
-                    address=_str(hs.get("address")),
-                    server_name=_str(hs.get("server_name")),
-                    tls_version=_str(hs.get("tls_version")),
-                    failure=_str(hs.get("failure")),
-                    t=_seconds(hs.get("t")),
-                )
+        for key, kind in (("tls_handshakes", "tls"), ("quic_handshakes", "quic")):
+            for hs in _list(tk.get(key)):
+                if isinstance(hs, dict):
+                    self.add_observation(
+                        row,
+                        kind,
+                        address=_str(hs.get("address")),
+                        server_name=_str(hs.get("server_name")),
+                        tls_version=_str(hs.get("tls_version")),
+                        failure=_str(hs.get("failure")),
+                        t=_seconds(hs.get("t")),
+                    )
         for req in _list(tk.get("requests")):
             if not isinstance(req, dict):
                 continue

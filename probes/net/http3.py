@@ -10,7 +10,6 @@ is one request stream, its response head and up to BODY_CAP bytes of body kept.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,11 +26,10 @@ from probes.net.failures import failure_from_exception
 from probes.net.http import extract_title
 from probes.net.https_records import https_records
 from probes.net.quic import (
-    CLOSE_WAIT_S,
-    _collect,
     _socket_for,
     _Watcher,
     close_failure,
+    close_quietly,
     peer_address,
 )
 from probes.net.records import since
@@ -192,16 +190,7 @@ async def http3_get(
     except OSError as exc:
         result.failure = failure_from_exception(exc)
     finally:
-        if protocol is not None:
-            waiter = getattr(protocol, "_connected_waiter", None)
-            if isinstance(waiter, asyncio.Future):
-                waiter.add_done_callback(_collect)
-            protocol.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_WAIT_S):
-                    await protocol.wait_closed()
-        if transport is not None:
-            transport.close()
+        await close_quietly(protocol, transport)
     if handshake["t"] == t0 and result.failure is not None:
         handshake["failure"] = handshake["failure"] or result.failure
         handshake["t"] = since(t_zero)

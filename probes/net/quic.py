@@ -76,6 +76,23 @@ def _collect(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+async def close_quietly(protocol: Any, transport: Any) -> None:
+    """Close a QUIC connection (CONNECTION_CLOSE, a short wait) and its datagram transport.
+
+    A handshake we stopped waiting for leaves aioquic's waiter to fail on close: its exception
+    is ours to collect, or asyncio reports it as never retrieved."""
+    if protocol is not None:
+        waiter = getattr(protocol, "_connected_waiter", None)
+        if isinstance(waiter, asyncio.Future):
+            waiter.add_done_callback(_collect)
+        protocol.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await protocol.wait_closed()
+    if transport is not None:
+        transport.close()
+
+
 def peer_address(ip: str, port: int) -> tuple[Any, ...]:
     """The address as an AF_INET6 socket reports its peers, (ip, port, flowinfo, scope):
     aioquic compares it with each datagram's source to find the path, and a 2-tuple never
@@ -162,18 +179,7 @@ async def quic_handshake(
     except OSError as exc:
         failure = failure_from_exception(exc)
     finally:
-        if protocol is not None:
-            # A handshake we stopped waiting for leaves aioquic's waiter to fail on close:
-            # its exception is ours to collect, or asyncio reports it as never retrieved.
-            waiter = getattr(protocol, "_connected_waiter", None)
-            if isinstance(waiter, asyncio.Future):
-                waiter.add_done_callback(_collect)
-            protocol.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_WAIT_S):
-                    await protocol.wait_closed()
-        if transport is not None:
-            transport.close()
+        await close_quietly(protocol, transport)
     t = since(t_zero)
     record = {
         "address": address,
