@@ -373,7 +373,10 @@ def rederive_app(app: str, tk: Mapping[str, Any]) -> dict[str, Any]:
     OONI's anomaly for the app (probe-cli's summary keys), typed by the failing step, so that
     OONI's whatsapp, telegram, signal and facebook_messenger measurements, which carry no
     `blocking`, are judged as ours are."""
-    return _rederived(analyze_app(app, tk), tk)
+    found = analyze_app(app, tk)
+    row = _rederived(found, tk)
+    row["down"] = found.down  # the anomaly is explained by targets down at the control too
+    return row
 
 
 # Our ech_check and OONI's echcheck (ooni/spec ts-039): the same handshake records.

@@ -39,10 +39,13 @@ FB_TCP = ("b_api", "b_graph", "edge", "external_cdn", "scontent_cdn", "star")
 
 
 def lab_prefixes() -> list[str]:
-    """The networks every scenario domain's addresses come from."""
-    v4 = ipaddress.ip_network(f"{addresses.domain_v4(0)}/16", strict=False)
-    v6 = ipaddress.ip_network(f"{addresses.domain_v6(0)}/48", strict=False)
-    return [str(v4), str(v6)]
+    """The networks every scenario domain's addresses come from, those of domains that are
+    down included (a server that is down still has the app's address)."""
+    nets = []
+    for down in (False, True):
+        nets.append(ipaddress.ip_network(f"{addresses.domain_v4(0, down=down)}/16", strict=False))
+        nets.append(ipaddress.ip_network(f"{addresses.domain_v6(0, down=down)}/48", strict=False))
+    return [str(n) for n in dict.fromkeys(nets)]
 
 
 def open_names(scen: scenario_mod.Scenario) -> list[str]:
@@ -117,9 +120,12 @@ def endpoint_sets(
     app: str,
     n_open: int = DEFAULT_OPEN_SETS,
     blocked: list[scenario_mod.Domain] | None = None,
+    control: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """(the app's endpoint sets as TOML tables, set name -> truth at cn); one blocked set per
-    domain of ``blocked`` (default: every domain of the scenario) the censor blocks."""
+    domain of ``blocked`` (default: every domain of the scenario) the censor blocks. With
+    ``control`` (the probe runs with a control helper), also one set per domain that is down
+    everywhere, placed as a blackholed one and expected not blocked (the helper fails too)."""
     opens = open_names(scen)
     if len(opens) < 2:
         raise ValueError(f"scenario {scen.name}: too few open domains for the app endpoint sets")
@@ -148,12 +154,15 @@ def endpoint_sets(
             kind, verdict = "sni", SNI_TRUTH
         elif d.block in DNS_TRUTH:
             kind, verdict = "dns", DNS_TRUTH[d.block]
+        elif d.block == "down" and control:
+            kind, verdict = "ip", (False, None)
         else:
             continue
         table = _blocked_set(app, _open_set(app, names, scen), d, kind, turn)
         turn += 1
         if table is not None:
-            add(f"{kind}-{d.name}", table, verdict, d.block)
+            label = "down" if d.block == "down" else kind
+            add(f"{label}-{d.name}", table, verdict, d.block)
     return tables, truth
 
 

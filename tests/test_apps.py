@@ -14,17 +14,22 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from analysis.verdicts import rederive_app
+from backend.helper_config import HelperConfig
 from probes.nettests import nettest_class
 from probes.nettests.apps_analysis import analyze, anomaly
 from probes.nettests.apps_endpoints import APPS, BUNDLED, EndpointsError, load_sets
 from probes.nettests.base import ProbeContext, SetupError
 from tests.loopback import FakeDNSServer, ServerThread, TestCA, WebServer, closed_port
+from tests.loopback.control_helper import running_asgi, running_helper
+from tests.loopback.oohelperd_double import OOHelperdDouble
 from tests.shared_data import SHARED_DATA
 
 OK_IP, SNI_IP, CLOSED_IP, ELSEWHERE_IP = "127.0.62.10", "127.0.62.11", "127.0.62.12", "127.0.63.1"
@@ -42,6 +47,7 @@ class World:
     sni_https: int
     closed: int
     endpoints: Path
+    control_dns: FakeDNSServer | None = None
 
 
 def _endpoints_toml(w: World) -> str:
@@ -119,6 +125,12 @@ source = "loopback"
 backend = ["{ok}", "https://gone.app.test:{w.https}/"]
 uptime = "dnslookup://uptime.app.test"
 
+[[signal]]
+name = "nxdomain-everywhere"
+source = "loopback"
+backend = ["{ok}", "https://void.app.test:{w.https}/"]
+uptime = "dnslookup://uptime.app.test"
+
 [[facebook_messenger]]
 name = "open"
 source = "loopback"
@@ -152,8 +164,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         zone |= {f"{n}.fb.test": [OK_IP] for n in names}
         zone |= {f"{BLOCKED_WORD}.app.test": [SNI_IP], "down.app.test": [CLOSED_IP]}
         zone |= {"elsewhere.fb.test": [ELSEWHERE_IP], "hijack.app.test": [SNI_IP]}
-        dns = thread.start(FakeDNSServer("127.0.62.53", zone=zone, nxdomain=["gone.app.test"]))
+        gone = ["gone.app.test", "void.app.test"]
+        dns = thread.start(FakeDNSServer("127.0.62.53", zone=zone, nxdomain=gone))
+        # The control helper's resolver: gone.app.test exists there (the probe's NXDOMAIN is
+        # a lie), void.app.test does not (gone everywhere).
+        control_zone = zone | {"gone.app.test": [OK_IP]}
+        control_dns = thread.start(
+            FakeDNSServer("127.0.62.54", zone=control_zone, nxdomain=["void.app.test"])
+        )
         w = World(ca, dns, https.port, http.port, sni.port, closed_port(CLOSED_IP), Path())
+        w.control_dns = control_dns
         w.endpoints = tmp_path_factory.mktemp("apps") / "apps.toml"
         w.endpoints.write_text(_endpoints_toml(w))
         yield w
@@ -161,10 +181,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         thread.close()
 
 
-def _run(world: World, app: str, input_: str | None, **options: Any) -> dict[str, Any]:
+def _run(
+    world: World, app: str, input_: str | None, helper: str | None = None, **options: Any
+) -> dict[str, Any]:
     ctx = ProbeContext(
         resolver=world.dns.address,
         ca_file=world.ca.ca_pem_path,
+        helpers=[helper] if helper else [],
         timeout=6.0,
         options={"endpoints": str(world.endpoints), "bogon_exempt": EXEMPT, **options},
     )
@@ -182,6 +205,36 @@ def _run(world: World, app: str, input_: str | None, **options: Any) -> dict[str
 
 def _verdict(keys: dict[str, Any]) -> tuple[Any, Any]:
     return keys["blocking"], keys["blocking_detail"]
+
+
+HELPERS = ("oohelperd", "ours")
+
+
+@contextmanager
+def _helper(world: World, kind: str) -> Iterator[str]:
+    """A control helper on loopback: the oohelperd double (written from probe-cli's source) or
+    ours, resolving with the control's DNS server and trusting the test CA."""
+    assert world.control_dns is not None
+    resolver = world.control_dns.address
+    if kind == "oohelperd":
+        double = OOHelperdDouble(
+            resolver=resolver,
+            ca_file=world.ca.ca_pem_path,
+            public_networks=("127.0.62.0/24",),
+            dns_timeout=2,
+            step_timeout=3,
+        )
+        with running_asgi(double.app) as url:
+            yield url
+        return
+    config = HelperConfig(
+        resolver=resolver,
+        ca_file=world.ca.ca_pem_path,
+        exempt_networks=("127.0.62.0/24",),
+        timeout=3,
+    )
+    with running_helper(config) as url:
+        yield url
 
 
 # --- the endpoint list --------------------------------------------------------------------------
@@ -317,6 +370,35 @@ def test_signal_open_and_nxdomain(world: World) -> None:
     assert keys["signal_backend_status"] == "blocked"
     assert keys["signal_backend_failure"] == "dns_nxdomain_error"
     assert _verdict(keys) == ("dns", "dns.nxdomain")
+
+
+@pytest.mark.parametrize("kind", HELPERS)
+def test_control_tells_down_from_blocked(world: World, kind: str) -> None:
+    """With a control helper, a target that fails at the helper too is down, not blocked: the
+    data centres whose port is closed everywhere, a name that exists nowhere. A name the
+    probe's resolver denies but the helper's resolves stays blocked, and so do the open sets."""
+    with _helper(world, kind) as url:
+        refused = _run(world, "telegram", "dc-refused", helper=url)
+        void = _run(world, "signal", "nxdomain-everywhere", helper=url)
+        gone = _run(world, "signal", "nxdomain", helper=url)
+        opened = _run(world, "whatsapp", "open", helper=url)
+    assert refused["telegram_tcp_blocking"] is True  # OONI's keys are OONI's
+    assert _verdict(refused) == (False, None)
+    assert refused["x_down"] == [f"http://{CLOSED_IP}:{world.closed}/"]
+    dc = next(t for t in refused["x_targets"] if t["role"] == "datacenters")
+    endpoint = f"{CLOSED_IP}:{world.closed}"
+    assert dc["x_control"]["tcp_connect"][endpoint]["failure"] == "connection_refused_error"
+    assert void["signal_backend_status"] == "blocked" and _verdict(void) == (False, None)
+    assert void["x_down"] == [f"https://void.app.test:{world.https}/"]
+    assert _verdict(gone) == ("dns", "dns.nxdomain") and gone["x_down"] == []
+    backend = next(t for t in gone["x_targets"] if "gone" in t["target"])
+    assert backend["x_control"]["dns"]["addrs"] == [OK_IP]
+    assert _verdict(opened) == (False, None)
+    # down.app.test's endpoints are closed everywhere; whatsapp's endpoints are ok as one is
+    assert opened["whatsapp_endpoints_status"] == "ok"
+    # Read back by the analysis, the down measurement is counted as down.
+    row = rederive_app("telegram", refused)
+    assert (row["blocking"], row["down"]) == ("false", True)
 
 
 def test_facebook_open_lying_dns_and_refused(world: World) -> None:

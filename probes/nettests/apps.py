@@ -27,6 +27,7 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from probes.nettests.apps_endpoints import (
     load_sets,
 )
 from probes.nettests.base import Nettest, ProbeContext, SetupError
+from probes.nettests.control import ControlClient
 
 DEFAULT_CONTROL_SNI = "example.com"
 # Each step's share of the per-input budget (--timeout, 30 s by default): a target's steps run
@@ -71,6 +73,7 @@ class AppNettest(Nettest):
         self.sets: dict[str, EndpointSet] = {}
         self._ca_files: dict[str, str | None] = {}
         self._tmp: list[str] = []
+        self.control: ControlClient | None = None
 
     async def setup(self) -> None:
         try:
@@ -80,8 +83,11 @@ class AppNettest(Nettest):
         self.sets = {s.name: s for s in sets}
         for s in sets:
             self._ca_files[s.name] = self._ca_file_for(s)
+        self.control = await ControlClient.answering(self.ctx, self.warnings, "no control")
 
     async def close(self) -> None:
+        if self.control is not None:
+            await self.control.aclose()
         for path in self._tmp:
             Path(path).unlink(missing_ok=True)
 
@@ -140,6 +146,8 @@ class AppNettest(Nettest):
         keys["x_control_sni"] = self.control_sni
         if self.bogon_exempt:
             keys["x_bogon_exempt"] = self.bogon_exempt
+        if self.control is not None:
+            keys["x_down"] = [t["target"] for t in targets if analysis.down_everywhere(t)]
         verdict = analysis.analyze(self.name, keys)
         keys["blocking"], keys["blocking_detail"] = verdict.blocking, verdict.blocking_detail
         return keys
@@ -180,8 +188,52 @@ class AppNettest(Nettest):
         failure = None if addrs else (results[0].failure or "dns_no_answer")
         return addrs, list(dict.fromkeys(seen)), records, failure
 
+    async def _ask_control(self, target: Target, addrs: list[str]) -> dict[str, Any]:
+        """The helper's view of the target (x_control, x_control_failure), asked while the
+        probe's own steps run so that it fits the per-input budget."""
+        assert self.control is not None
+        tried = (
+            []
+            if target.port is None
+            else [format_host_port(a, target.port) for a in _tried_addresses(addrs)]
+        )
+        out: dict[str, Any] = {"x_control": None, "x_control_failure": None}
+        try:
+            async with asyncio.timeout(self.ctx.timeout):
+                result = await self.control.measure(analysis.control_url(target.url), tried, {})
+        except TimeoutError:
+            out["x_control_failure"] = "generic_timeout_error"
+            return out
+        out["x_control_failure"] = result.failure
+        if result.failure is None:
+            out["x_control"] = analysis.control_view(result.control, tried)
+        return out
+
     async def _measure_target(
         self, target: Target, chosen: EndpointSet, t_zero: float, client: Any
+    ) -> dict[str, Any]:
+        asked: asyncio.Task[dict[str, Any]] | None = None
+
+        def ask(addrs: list[str]) -> None:
+            nonlocal asked
+            if self.control is not None:
+                asked = asyncio.create_task(self._ask_control(target, addrs))
+
+        out = await self._target_steps(target, chosen, t_zero, client, ask)
+        if asked is not None:
+            if out["failure"] is None:
+                asked.cancel()  # the probe got through: nothing for the control to explain
+            else:
+                out.update(await asked)
+        return out
+
+    async def _target_steps(
+        self,
+        target: Target,
+        chosen: EndpointSet,
+        t_zero: float,
+        client: Any,
+        ask: Callable[[list[str]], None],
     ) -> dict[str, Any]:
         step = max(0.5, self.ctx.timeout * STEP_SHARE)
         out: dict[str, Any] = {
@@ -215,19 +267,20 @@ class AppNettest(Nettest):
                     analysis.in_networks(a, chosen.prefixes) for a in seen
                 )
             if failure is not None:
+                ask([])
                 return fail("resolve", failure)
         if target.kind == "dnslookup":
             return out
-        v4 = [a for a in addrs if ":" not in a][:1]
-        v6 = [a for a in addrs if ":" in a][:1]
         assert target.port is not None
+        ask(addrs)
         ip = None
         first_failure = None
-        for address in (v4 + v6)[:MAX_ADDRESSES]:
+        for address in _tried_addresses(addrs):
             result = await tcp_connect(address, target.port, timeout=step, t_zero=t_zero)
             out["tcp_connect"].append(result.record)
             if result.failure is None:
                 ip = address
+                out["x_endpoint"] = format_host_port(address, target.port)
                 break
             first_failure = first_failure or result.failure
         if ip is None:
@@ -275,6 +328,13 @@ class AppNettest(Nettest):
         if exchange.failure is not None:
             return fail("http_round_trip", exchange.failure)
         return out
+
+
+def _tried_addresses(addrs: list[str]) -> list[str]:
+    """The first IPv4 and the first IPv6 answer, in that order (MAX_ADDRESSES)."""
+    v4 = [a for a in addrs if ":" not in a][:1]
+    v6 = [a for a in addrs if ":" in a][:1]
+    return (v4 + v6)[:MAX_ADDRESSES]
 
 
 class WhatsApp(AppNettest):

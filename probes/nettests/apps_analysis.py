@@ -40,6 +40,12 @@ OONI's:
 
    When several targets are blocked, the first by PRECEDENCE names the verdict. Null when the
    test keys lack OONI's keys (an abandoned input).
+3. The control (ours only, with ``--helper``): a failing target whose step failed at the
+   control helper too (``x_control``: the helper could not resolve the name, connect to the
+   same address and port, complete the handshake or the request) is down everywhere, not
+   blocked (``down_everywhere``); when every failing target of the anomaly is, the verdict is
+   ``false`` and the analysis counts the measurement as down. A forged DNS answer
+   (``dns_tampered``) is blocking whatever the control says.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class Verdict:
     blocking: str | bool | None
     blocking_detail: str | None = None
     why: str = ""
+    down: bool = False  # OONI's anomaly, explained by targets down at the control too
 
 
 # --- 1. OONI's keys from the targets' outcomes --------------------------------------------------
@@ -284,6 +291,10 @@ def _from_targets(
     app: str, tk: Mapping[str, Any], targets: list[Any], found: bool
 ) -> Verdict | None:
     roles = _blocking_roles(app, tk) if found else set()
+    failing = [
+        t for t in targets if isinstance(t, Mapping) and t.get("role") in roles and _failed(t)
+    ]
+    down = [t for t in failing if down_everywhere(t) and not dns_tampered(app, t)]
     verdicts = [
         classify(
             t.get("failed_operation"),
@@ -293,10 +304,13 @@ def _from_targets(
             control_sni_reached=t.get("x_control_sni_reached"),
         )
         for t in targets
-        if isinstance(t, Mapping)
-        and ((t.get("role") in roles and _failed(t)) or dns_tampered(app, t))
+        if isinstance(t, Mapping) and ((t in failing and t not in down) or dns_tampered(app, t))
     ]
-    return _first(verdicts)
+    found_first = _first(verdicts)
+    if found_first is None and failing and len(down) == len(failing):
+        names = ", ".join(str(t.get("target")) for t in down)
+        return Verdict(False, None, f"down at the control helper too: {names}", down=True)
+    return found_first
 
 
 # OONI's measurements: which step failed, from the failure string and the stored records.
@@ -406,6 +420,69 @@ def analyze(app: str, tk: Mapping[str, Any]) -> Verdict:
     if not found:
         return Verdict(False, None, "")
     return Verdict("http-failure", "http.failure", "blocked, but no failing step recorded")
+
+
+# --- 3. The control helper's view of a failing target (ours only) --------------------------------
+
+
+def control_url(target: str) -> str:
+    """The URL the helper is asked about for a target: its own for http(s); for a bare TCP
+    endpoint an http URL with its port (the helper, like oohelperd, measures the URL's port);
+    for a lookup an https URL (only the helper's DNS answer is read)."""
+    scheme, _, rest = target.partition("://")
+    if scheme in ("http", "https"):
+        return target
+    host = rest.split("/", 1)[0]
+    return f"http://{host}/" if scheme == "tcpconnect" else f"https://{host}/"
+
+
+def control_view(doc: Mapping[str, Any], endpoints: Sequence[str]) -> dict[str, Any]:
+    """What a target keeps of the helper's answer: its DNS, its connects and handshakes to the
+    target's own endpoints, and how its request ended (not the body or headers)."""
+    tcp, tls = _mapping(doc.get("tcp_connect")), _mapping(doc.get("tls_handshake"))
+    http = _mapping(doc.get("http_request"))
+    return {
+        "dns": _mapping(doc.get("dns")),
+        "tcp_connect": {ep: tcp.get(ep) for ep in endpoints},  # None: the helper did not try
+        "tls_handshake": {ep: tls[ep] for ep in endpoints if ep in tls},
+        "http_request": {k: http.get(k) for k in ("failure", "status_code") if k in http},
+    }
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _failure_at(entry: Any) -> str | None:
+    if not isinstance(entry, Mapping):
+        return None
+    failure = entry.get("failure")
+    return failure if isinstance(failure, str) and failure else None
+
+
+def down_everywhere(t: Mapping[str, Any]) -> bool:
+    """Whether the helper failed the step the probe failed, on the same address and port (a
+    lookup: the same name). Unknown (no control, or the helper did not try that endpoint):
+    False, and the target counts as blocked, as in OONI's verdict."""
+    control = t.get("x_control")
+    if not isinstance(control, Mapping) or t.get("failure") is None:
+        return False
+    operation = t.get("failed_operation")
+    http_failed = _failure_at(control.get("http_request")) is not None
+    if operation == "resolve":
+        dns = control.get("dns")
+        # oohelperd reports a name without addresses as no failure and no addrs
+        no_address = isinstance(dns, Mapping) and dns.get("addrs") == []
+        return _failure_at(dns) is not None or no_address
+    if operation == "connect":  # the helper was asked about every address the probe tried
+        tried = list(_mapping(control.get("tcp_connect")).values())
+        return bool(tried) and all(_failure_at(e) is not None for e in tried)
+    if operation == "tls_handshake":
+        handshake = _mapping(control.get("tls_handshake")).get(str(t.get("x_endpoint")))
+        if isinstance(handshake, Mapping):
+            return _failure_at(handshake) is not None
+        return http_failed  # a helper that makes no handshake on this port (oohelperd: 443 only)
+    return http_failed
 
 
 def in_networks(address: str, prefixes: Iterable[Any]) -> bool:

@@ -98,6 +98,22 @@ class ControlClient:
         """The run's helpers, per-input budget and CA file, as every nettest asks them."""
         return cls(ctx.helpers, timeout=ctx.timeout, ca_file=ctx.ca_file)
 
+    @classmethod
+    async def answering(
+        cls, ctx: ProbeContext, warnings: list[str], without: str
+    ) -> ControlClient | None:
+        """For nettests whose control is optional: the run's helper client once one answers;
+        None when no helper is configured, or none answers (then a warning says `without`)."""
+        if not ctx.helpers:
+            return None
+        client = cls.for_context(ctx)
+        problem = await client.choose()
+        if problem:
+            warnings.append(f"control helper unreachable ({problem}): {without}")
+            await client.aclose()
+            return None
+        return client
+
     async def choose(self) -> str | None:
         """Pick the first helper that answers; return a description of the problem if none does.
 

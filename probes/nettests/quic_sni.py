@@ -95,13 +95,7 @@ class QuicSNI(Nettest):
         now_mono, now_wall = time.monotonic(), time.time()
         for key, until in self._taint_file.load().items():
             self._taints[key] = now_mono + (until - now_wall)
-        if self.ctx.helpers:
-            self.control = ControlClient.for_context(self.ctx)
-            problem = await self.control.choose()
-            if problem:
-                self.warnings.append(f"control helper unreachable ({problem}): no QUIC control")
-                await self.control.aclose()
-                self.control = None
+        self.control = await ControlClient.answering(self.ctx, self.warnings, "no QUIC control")
 
     async def close(self) -> None:
         if self.control is not None:

@@ -1,7 +1,9 @@
 """whatsapp, telegram, signal, facebook_messenger against the lab's ground truth (issue 16 item
 4): the censor blocks an app's endpoints by IP (blackhole), by SNI (reset after the
 ClientHello), and by DNS (injected answers, NXDOMAIN, a bogon); the open sets and the open
-vantage see nothing blocked.
+vantage see nothing blocked. Both vantages run with the lab's control helper, so a set whose
+server is down everywhere (the scenario's `down` kind: no answer at the helper either) is not
+blocked.
 
 The apps' endpoint lists point at the lab's own servers (bench.apps_lab): the scenario is the
 default one plus, per app, one domain for each censor behaviour, so that the four apps run at
@@ -24,7 +26,7 @@ from tests.lab.probe_runs import ProbeRun, running, start, verdict_pairs
 RUN_TIMEOUT_S = 240.0
 PROBE_TIMEOUT_S = "20"
 PREFIX = {"whatsapp": "wa", "telegram": "tg", "signal": "sg", "facebook_messenger": "fb"}
-BLOCKS = ("blackhole", "sni_rst", "dns_inject", "dns_nxdomain", "dns_bogon")
+BLOCKS = ("blackhole", "sni_rst", "dns_inject", "dns_nxdomain", "dns_bogon", "down")
 
 
 def _app_domains(app: str) -> list[dict[str, str]]:
@@ -61,7 +63,7 @@ def alab(lab: LabInfo) -> Iterator[LabInfo]:
 
 def _sets(scen: scenario_mod.Scenario, app: str) -> tuple[str, dict[str, dict[str, Any]]]:
     mine = [scen.domain(d["name"]) for d in _app_domains(app)]
-    tables, truth = apps_lab.endpoint_sets(scen, app, n_open=3, blocked=mine)
+    tables, truth = apps_lab.endpoint_sets(scen, app, n_open=3, blocked=mine, control=True)
     return apps_lab.to_toml(app, tables), truth
 
 
@@ -82,6 +84,7 @@ def runs(
             argv = [*alab.vantages[vantage].exec_prefix, *topology._censorscope_argv(), "run",
                     app, *(a for name in truths[app] for a in ("--input", name)),
                     "--endpoints", str(endpoints), "--resolver", alab.resolver,
+                    "--helper", str(alab.helper_url),
                     "--ca-file", ca, "--results", str(results), "--vantage", vantage,
                     "--timeout", PROBE_TIMEOUT_S, "--no-progress"]  # fmt: skip
             started[(app, vantage)] = ProbeRun(start(argv), results, vantage, app, truths[app])
@@ -113,10 +116,14 @@ def test_ooni_keys_in_lab(runs: dict[str, Any]) -> None:
     has every endpoint blocked; a telegram set whose data centres are has TCP blocking."""
     _truth, found = runs["whatsapp"]
     endpoint_sets = [
-        k for k in found["cn"].values()
+        k for name, k in found["cn"].items()
         if k["x_targets"] and k["whatsapp_endpoints_status"] == "blocked"
+        and not name.startswith("down-")
     ]  # fmt: skip
     assert endpoint_sets and all(k["blocking"] for k in endpoint_sets)
+    # A set down everywhere: OONI's keys call it blocked, the control says down.
+    down = [k for name, k in found["cn"].items() if name.startswith("down-")]
+    assert down and all(k["blocking"] is False and k["x_down"] for k in down)
     _truth, found = runs["telegram"]
     assert any(k["telegram_tcp_blocking"] for k in found["cn"].values())
     assert not any(k["telegram_tcp_blocking"] for k in found["open"].values())
