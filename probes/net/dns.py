@@ -11,7 +11,9 @@ dnspython, where injection of a second answer is not possible in the same way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +29,7 @@ from probes.net.addresses import format_host_port, parse_host_port
 from probes.net.failures import failure_from_exception
 from probes.net.records import b64, since
 from probes.net.resolver_pool import ResolverPool
-from probes.net.tls import verifying_context
+from probes.net.tls import client_context, verifying_context
 
 DNS_PORT = 53
 DOT_PORT = 853
@@ -337,6 +339,14 @@ async def _resolve_udp(
     return first_raw, list(first["answers"])
 
 
+@functools.lru_cache(maxsize=16)
+def _doh_context(ca_file: str | None) -> ssl.SSLContext:
+    """One verifying context per CA file for DoH: building one per query (system roots loaded
+    each time) cost more than the query. Not tls.client_context's: httpcore sets ALPN on the
+    context it is given."""
+    return verifying_context(ca_file)
+
+
 async def _resolve_lib(
     res: DNSResult,
     transport: str,
@@ -348,15 +358,16 @@ async def _resolve_lib(
     query = dns.message.make_query(res.domain, res.query_type)
     if transport == "doh":
         # An SSLContext, not a CA path: httpx deprecated verify=<str>.
-        verify = verifying_context(ca_file)
-        reply = await dns.asyncquery.https(query, resolver, timeout=timeout, verify=verify)
+        reply = await dns.asyncquery.https(
+            query, resolver, timeout=timeout, verify=_doh_context(ca_file)
+        )
     else:
         ip, port = parse_host_port(resolver, DOT_PORT if transport == "dot" else DNS_PORT)
         if transport == "tcp":
             reply = await dns.asyncquery.tcp(query, ip, timeout=timeout, port=port)
         else:
-            ctx = verifying_context(ca_file)
-            ctx.check_hostname = False  # DoT by IP: RFC 7858 opportunistic/strict by SPKI
+            # DoT by IP: no name to check (RFC 7858 opportunistic/strict by SPKI)
+            ctx = client_context(ca_file, check_hostname=False)
             reply = await dns.asyncquery.tls(query, ip, timeout=timeout, port=port, ssl_context=ctx)
     answers = answers_of(reply)
     res.rcode = reply.rcode()
