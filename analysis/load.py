@@ -16,6 +16,7 @@ as file:line with the reason, and loading carries on.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import zlib
@@ -210,6 +211,7 @@ def _seconds(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def domain_of(input_: str | None) -> str | None:
     """The host name of a URL input, or the input itself when it is a bare name."""
     if not input_:

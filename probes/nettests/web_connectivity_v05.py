@@ -17,6 +17,8 @@ Two layers, both pure functions of stored test keys:
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,24 +97,35 @@ class V05Keys:
 
 
 def asn_function(test_keys: Mapping[str, Any], asn_lookup: AsnLookup | None) -> wo.AsnOf:
-    """IP -> ASN: the given lookup, else the probe's answers' ``asn``, else control.ip_info."""
-    known: dict[str, int] = {}
-    for query in _list(test_keys.get("queries")):
-        for answer in _list(_map(query).get("answers")):
-            answer = _map(answer)
-            ip, asn = answer.get("ipv4") or answer.get("ipv6"), answer.get("asn")
-            if isinstance(ip, str) and isinstance(asn, int) and asn > 0:
-                known.setdefault(ip, asn)
-    for ip, info in _map(_map(test_keys.get("control")).get("ip_info")).items():
-        asn = _map(info).get("asn")
-        if isinstance(asn, int) and asn > 0:
-            known.setdefault(str(ip), asn)
+    """IP -> ASN: the given lookup, else the probe's answers' ``asn``, else control.ip_info.
+
+    The table of known ASNs is built on the first call: most measurements never ask (their
+    addresses overlap the control's), and bulk analysis reads every measurement.
+    """
+    known: dict[str, int] | None = None
+
+    def known_asns() -> dict[str, int]:
+        table: dict[str, int] = {}
+        for query in _list(test_keys.get("queries")):
+            for answer in _list(_map(query).get("answers")):
+                answer = _map(answer)
+                ip, asn = answer.get("ipv4") or answer.get("ipv6"), answer.get("asn")
+                if isinstance(ip, str) and isinstance(asn, int) and asn > 0:
+                    table.setdefault(ip, asn)
+        for ip, info in _map(_map(test_keys.get("control")).get("ip_info")).items():
+            asn = _map(info).get("asn")
+            if isinstance(asn, int) and asn > 0:
+                table.setdefault(str(ip), asn)
+        return table
 
     def asn_of(ip: str) -> int:
+        nonlocal known
         if asn_lookup is not None:
             found = asn_lookup(ip)
             if found:
                 return found
+        if known is None:
+            known = known_asns()
         return known.get(ip, 0)
 
     return asn_of
@@ -221,16 +234,22 @@ def _dns_consistency(wa: wo.WebAnalysis) -> str | None:
     return None
 
 
-def _only_loopback(addrs: frozenset[str] | None) -> bool:
-    import ipaddress
+@functools.lru_cache(maxsize=1 << 16)
+def _loopback(addr: str) -> bool | None:
+    """Whether an address is a loopback one; None when it is not an address (cached)."""
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return None
 
+
+def _only_loopback(addrs: frozenset[str] | None) -> bool:
     count = 0
     for addr in addrs or ():
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
+        loopback = _loopback(addr)
+        if loopback is None:
             continue
-        if not ip.is_loopback:
+        if not loopback:
             return False
         count += 1
     return count > 0
