@@ -656,12 +656,14 @@ def _http_failures(wa: WebAnalysis, c: Container) -> None:
 def _final_response(wa: WebAnalysis, c: Container) -> None:
     # Go walks a map and stops at the first final response; LTE makes at most one. We take
     # the lowest transaction id so that a measurement with several is read the same each time.
-    finals = sorted(
-        (o for o in c.endpoints.values() if o.http_is_final), key=lambda o: o.endpoint_txid or 0
-    )
-    if not finals:
+    obs = None
+    for candidate in c.endpoints.values():  # the first of the lowest id, as a stable sort's
+        if candidate.http_is_final and (
+            obs is None or (candidate.endpoint_txid or 0) < (obs.endpoint_txid or 0)
+        ):
+            obs = candidate
+    if obs is None:
         return
-    obs = finals[0]
     wa.final = obs
     if obs.http_title is None and obs.http_body is not None:
         obs.http_title = web_title(obs.http_body)

@@ -79,6 +79,7 @@ class V05Keys:
     # Not keys: what the decision rested on, for our layer.
     final: wo.Observation | None = field(default=None, repr=False)
     rule: str = ""
+    container: wo.Container | None = field(default=None, repr=False, compare=False)
 
     def as_test_keys(self) -> dict[str, Any]:
         return {
@@ -363,7 +364,7 @@ def v05_keys(
     """Exactly what web_connectivity 0.5's classic engine writes for these observations."""
     asn_of = asn_function(test_keys, asn_lookup)
     full = container if container is not None else wo.ingest(test_keys)
-    keys = V05Keys()
+    keys = V05Keys(container=full)
     keys.http_experiment_failure = _str(test_keys.get("http_experiment_failure"))
     keys.dns_experiment_failure = _str(test_keys.get("dns_experiment_failure"))
     _ext_flags(keys, wo.analyze_observations(full, asn_of), asn_of)
@@ -569,6 +570,11 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
     return None
 
 
+def _observations(keys: V05Keys, test_keys: Mapping[str, Any]) -> wo.Container:
+    """The observations v0.5's keys were computed from (their addresses are never changed)."""
+    return keys.container if keys.container is not None else wo.ingest(test_keys)
+
+
 def analyze_v05(
     test_keys: Mapping[str, Any] | None,
     *,
@@ -667,7 +673,7 @@ def analyze_v05(
     if (
         blocking == "dns"
         and detail == "dns.inconsistent"
-        and any(is_bogon(o.ip or "") for o in wo.ingest(test_keys).dns_successes)
+        and any(is_bogon(o.ip or "") for o in _observations(ooni, test_keys).dns_successes)
     ):
         detail = "dns.bogon"
     named = dns_fp or http_fp
