@@ -31,7 +31,14 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from analysis.keywords import KeywordCollector, empty_isolations, empty_rows, where_of
+from analysis.keywords import (
+    ISOLATION_TEST,
+    KEYWORD_TESTS,
+    KeywordCollector,
+    empty_isolations,
+    empty_rows,
+    where_of,
+)
 from probes.store import LineProblem, ResultsStore
 
 STR = pd.ArrowDtype(pa.string())
@@ -622,7 +629,8 @@ class Loader:
             values.append(extra.get(name))
         if self.want_observations:
             self.cols.observations(row, tk)
-        self.keywords.add(row, data, tk, time=stamp, vantage=vantage_name, line=number)
+        if test_name == ISOLATION_TEST or test_name in KEYWORD_TESTS:  # nothing for the rest
+            self.keywords.add(row, data, tk, time=stamp, vantage=vantage_name, line=number)
 
     def frames(self) -> Loaded:
         keyword_rows, isolations = self.keywords.frames()
