@@ -208,14 +208,19 @@ def _iter_ooni_handle(handle: IO[bytes]) -> Iterator[tuple[int, bytes | dict[str
                 yield 1, item
             return
         for number, line in enumerate(data.split(b"\n"), 1):
-            if line.strip():
+            if _has_text(line):
                 yield number, line
         return
     if first.strip():
         yield 1, first
     for number, line in enumerate(handle, 2):
-        if line.strip():
+        if _has_text(line):
             yield number, line
+
+
+def _has_text(line: bytes) -> bool:
+    """``bool(line.strip())`` without copying the line (strip copies all 12 KB of it)."""
+    return bool(line) and not line.isspace()
 
 
 def iter_store_file(path: Path) -> Iterator[tuple[int, bytes | dict[str, Any]]]:
@@ -225,7 +230,7 @@ def iter_store_file(path: Path) -> Iterator[tuple[int, bytes | dict[str, Any]]]:
     for number, line in enumerate(lines, 1):
         if number == len(lines) and line:
             yield number, b"\x00torn"
-        elif line.strip():
+        elif _has_text(line):
             yield number, line
 
 
