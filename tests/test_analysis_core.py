@@ -298,3 +298,42 @@ def test_disagreement_names_both_sides_and_why() -> None:
         "analysis matched fingerprint ooni.id_lamanlabuh_kominfo"
     )
     assert default_classifier(FINGERPRINTS)(_real_line(17))["disagreement"] is None
+
+
+def _stock_gzip_lines(path: Path) -> tuple[list[bytes], type[BaseException] | None]:
+    """The lines the standard library's gzip hands over before it stops, and why it stops."""
+    out: list[bytes] = []
+    try:
+        with gzip.open(path, "rb") as fh:
+            out.extend(fh)
+    except Exception as exc:
+        return out, type(exc)
+    return out, None
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.999])
+def test_a_damaged_gzip_gives_every_line_stock_gzip_gives(tmp_path: Path, where: float) -> None:
+    """igzip (isal) inflates with a larger read-ahead: on damage the loader must still hand over
+    every line the standard library would, and stop with the same error."""
+    from analysis.load import iter_ooni_file
+
+    lines = [
+        b'{"test_name":"x","n":%d,"pad":"%s"}\n' % (i, b"%x" % (i * 7919) * 40) for i in range(5000)
+    ]
+    packed = bytearray(gzip.compress(b"".join(lines), compresslevel=1))
+    at = int(len(packed) * where)
+    packed[at : at + 8] = b"\x00\xff" * 4
+    path = tmp_path / "damaged.jsonl.gz"
+    path.write_bytes(bytes(packed))
+    expected, error = _stock_gzip_lines(path)
+    got: list[bytes] = []
+    raised: type[BaseException] | None = None
+    try:
+        for _, line in iter_ooni_file(path):
+            assert isinstance(line, bytes)
+            got.append(line)
+    except Exception as exc:
+        raised = type(exc)
+    assert error is not None
+    assert raised is error
+    assert got == expected

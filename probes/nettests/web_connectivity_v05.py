@@ -17,6 +17,8 @@ Two layers, both pure functions of stored test keys:
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,6 +79,7 @@ class V05Keys:
     # Not keys: what the decision rested on, for our layer.
     final: wo.Observation | None = field(default=None, repr=False)
     rule: str = ""
+    container: wo.Container | None = field(default=None, repr=False, compare=False)
 
     def as_test_keys(self) -> dict[str, Any]:
         return {
@@ -95,24 +98,35 @@ class V05Keys:
 
 
 def asn_function(test_keys: Mapping[str, Any], asn_lookup: AsnLookup | None) -> wo.AsnOf:
-    """IP -> ASN: the given lookup, else the probe's answers' ``asn``, else control.ip_info."""
-    known: dict[str, int] = {}
-    for query in _list(test_keys.get("queries")):
-        for answer in _list(_map(query).get("answers")):
-            answer = _map(answer)
-            ip, asn = answer.get("ipv4") or answer.get("ipv6"), answer.get("asn")
-            if isinstance(ip, str) and isinstance(asn, int) and asn > 0:
-                known.setdefault(ip, asn)
-    for ip, info in _map(_map(test_keys.get("control")).get("ip_info")).items():
-        asn = _map(info).get("asn")
-        if isinstance(asn, int) and asn > 0:
-            known.setdefault(str(ip), asn)
+    """IP -> ASN: the given lookup, else the probe's answers' ``asn``, else control.ip_info.
+
+    The table of known ASNs is built on the first call: most measurements never ask (their
+    addresses overlap the control's), and bulk analysis reads every measurement.
+    """
+    known: dict[str, int] | None = None
+
+    def known_asns() -> dict[str, int]:
+        table: dict[str, int] = {}
+        for query in _list(test_keys.get("queries")):
+            for answer in _list(_map(query).get("answers")):
+                answer = _map(answer)
+                ip, asn = answer.get("ipv4") or answer.get("ipv6"), answer.get("asn")
+                if isinstance(ip, str) and isinstance(asn, int) and asn > 0:
+                    table.setdefault(ip, asn)
+        for ip, info in _map(_map(test_keys.get("control")).get("ip_info")).items():
+            asn = _map(info).get("asn")
+            if isinstance(asn, int) and asn > 0:
+                table.setdefault(str(ip), asn)
+        return table
 
     def asn_of(ip: str) -> int:
+        nonlocal known
         if asn_lookup is not None:
             found = asn_lookup(ip)
             if found:
                 return found
+        if known is None:
+            known = known_asns()
         return known.get(ip, 0)
 
     return asn_of
@@ -221,16 +235,22 @@ def _dns_consistency(wa: wo.WebAnalysis) -> str | None:
     return None
 
 
-def _only_loopback(addrs: frozenset[str] | None) -> bool:
-    import ipaddress
+@functools.lru_cache(maxsize=1 << 16)
+def _loopback(addr: str) -> bool | None:
+    """Whether an address is a loopback one; None when it is not an address (cached)."""
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return None
 
+
+def _only_loopback(addrs: frozenset[str] | None) -> bool:
     count = 0
     for addr in addrs or ():
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
+        loopback = _loopback(addr)
+        if loopback is None:
             continue
-        if not ip.is_loopback:
+        if not loopback:
             return False
         count += 1
     return count > 0
@@ -344,7 +364,7 @@ def v05_keys(
     """Exactly what web_connectivity 0.5's classic engine writes for these observations."""
     asn_of = asn_function(test_keys, asn_lookup)
     full = container if container is not None else wo.ingest(test_keys)
-    keys = V05Keys()
+    keys = V05Keys(container=full)
     keys.http_experiment_failure = _str(test_keys.get("http_experiment_failure"))
     keys.dns_experiment_failure = _str(test_keys.get("dns_experiment_failure"))
     _ext_flags(keys, wo.analyze_observations(full, asn_of), asn_of)
@@ -550,6 +570,11 @@ def _detail(keys: V05Keys, blocking: str | bool | None, test_keys: Mapping[str, 
     return None
 
 
+def _observations(keys: V05Keys, test_keys: Mapping[str, Any]) -> wo.Container:
+    """The observations v0.5's keys were computed from (their addresses are never changed)."""
+    return keys.container if keys.container is not None else wo.ingest(test_keys)
+
+
 def analyze_v05(
     test_keys: Mapping[str, Any] | None,
     *,
@@ -648,7 +673,7 @@ def analyze_v05(
     if (
         blocking == "dns"
         and detail == "dns.inconsistent"
-        and any(is_bogon(o.ip or "") for o in wo.ingest(test_keys).dns_successes)
+        and any(is_bogon(o.ip or "") for o in _observations(ooni, test_keys).dns_successes)
     ):
         detail = "dns.bogon"
     named = dns_fp or http_fp
