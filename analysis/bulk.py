@@ -33,7 +33,7 @@ import gzip
 import io
 import os
 import re
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,10 +113,15 @@ def _records(source: str) -> Iterator[tuple[int, bytes | dict[str, Any]]]:
     return iter_ooni_file(path)
 
 
-def raw_measurements(measurements: pd.DataFrame) -> Iterator[tuple[int, dict[str, Any]]]:
+def raw_measurements(
+    measurements: pd.DataFrame,
+    records: Callable[[str], Iterable[tuple[int, bytes | dict[str, Any]]]] = _records,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(frame position, decoded measurement) of every row, re-read from its source file by line
     (and uid, for JSON documents whose measurements share line 1). Sources are read one at a
-    time; rows whose line has gone from the file since loading are skipped."""
+    time; rows whose line has gone from the file since loading are skipped. `records`: a
+    source's (line number, line) as the loader numbered them (a partition's byte range is
+    numbered from its start: analysis.publish_engine)."""
     wanted: dict[str, dict[int, list[tuple[int, str | None]]]] = {}
     uids = (
         measurements["measurement_uid"]
@@ -130,7 +135,7 @@ def raw_measurements(measurements: pd.DataFrame) -> Iterator[tuple[int, dict[str
     for source in sorted(wanted):
         lines = wanted[source]
         shared: dict[tuple[int, str | None], dict[str, Any]] = {}
-        for number, raw in _records(source):
+        for number, raw in records(source):
             candidates = lines.get(number)
             if not candidates:
                 continue
@@ -290,20 +295,34 @@ def write_raw(
     bulk: Bulk,
 ) -> None:
     """Each row's line (`records`, by frame position) into its arrival bucket, in frame order."""
+    for (stamp, cc, test), rows in (
+        raw_keys(frame, arrived).groupby(["stamp", "cc", "test"], sort=True).indices.items()
+    ):
+        lines = [records[int(p)] for p in sorted(rows) if int(p) in records]
+        write_raw_group((stamp, cc, test), lines, out, bulk)
+
+
+def raw_keys(frame: pd.DataFrame, arrived: pd.Series) -> pd.DataFrame:
+    """Per published row: its raw file's arrival hour (YYYYMMDDHH), country and test folder."""
     ccs = frame["probe_cc"].astype(object).fillna(UNKNOWN_CC).map(_hive)
     tests = frame["test_name"].astype(object).map(lambda t: _hive(compact_test_name(str(t))))
-    stamps = arrived.dt.strftime("%Y%m%d%H")
-    keys = pd.DataFrame({"stamp": stamps, "cc": ccs, "test": tests}).reset_index(drop=True)
-    for (stamp, cc, test), rows in keys.groupby(["stamp", "cc", "test"], sort=True).indices.items():
-        lines = [records[int(p)] for p in sorted(rows) if int(p) in records]
-        for counter, start in enumerate(range(0, len(lines), MAX_LINES)):
-            name = f"{stamp}_{cc}_{test}.{HOST_ID}.{counter}.jsonl.gz"
-            path = out / RAW_DIR / stamp[:8] / stamp[8:] / cc / test / name
-            data = gzip.compress(b"".join(lines[start : start + MAX_LINES]), mtime=0)
-            bulk.files.append(path)
-            bulk.raw_lines += len(lines[start : start + MAX_LINES])
-            if put(path, data):
-                bulk.changed.append(path)
+    stamps = arrived.reset_index(drop=True).dt.strftime("%Y%m%d%H")
+    return pd.DataFrame(
+        {"stamp": stamps, "cc": ccs.reset_index(drop=True), "test": tests.reset_index(drop=True)}
+    )
+
+
+def write_raw_group(key: tuple[str, str, str], lines: list[bytes], out: Path, bulk: Bulk) -> None:
+    """The lines of one (arrival hour, country, test), in publishing order, MAX_LINES a file."""
+    stamp, cc, test = key
+    for counter, start in enumerate(range(0, len(lines), MAX_LINES)):
+        name = f"{stamp}_{cc}_{test}.{HOST_ID}.{counter}.jsonl.gz"
+        path = out / RAW_DIR / stamp[:8] / stamp[8:] / cc / test / name
+        data = gzip.compress(b"".join(lines[start : start + MAX_LINES]), mtime=0)
+        bulk.files.append(path)
+        bulk.raw_lines += len(lines[start : start + MAX_LINES])
+        if put(path, data):
+            bulk.changed.append(path)
 
 
 def write_bulk(
