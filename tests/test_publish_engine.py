@@ -208,3 +208,26 @@ def test_cli_publish_engines_write_the_same_dataset(
         assert " arrived late (counted in the period they were made)" in result.output
         outputs[engine] = _files(out)
     assert outputs["dask"] == outputs["pandas"]
+
+
+@needs_data
+def test_analyze_findings_carry_probe_lists_on_every_engine(
+    sources: tuple[list[Path], list[Path]], tmp_path: Path
+) -> None:
+    """Each finding names the lists its measurements were made with (the late report's
+    testlists hash for its inputs), the same on the three engines."""
+    stores, _ = sources
+    outputs = {}
+    for engine in ("pandas", "dask", "stream"):
+        out = tmp_path / engine
+        result = CliRunner().invoke(
+            app, ["analyze", "--results", str(stores[0]), "--out", str(out), "--engine", engine]
+        )
+        assert result.exit_code == 0, result.output
+        outputs[engine] = _files(out)
+        rows = {r["target"]: r for r in csv.DictReader((out / "findings.csv").open())}
+        assert rows[h.OPEN]["probe_lists"] == "testlists:" + "cd" * 32
+        assert rows[h.BLOCKED]["probe_lists"] == ""
+        record = (out / "provenance.json").read_text()
+        assert '"testlists:' + "cd" * 32 in record
+    assert outputs["dask"] == outputs["pandas"] == outputs["stream"]

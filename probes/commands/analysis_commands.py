@@ -367,20 +367,23 @@ def _summary_of(result: Analysis) -> str:
 
 
 def _with_provenance(
-    src: _Sources, comparison: Comparison, keywords: Any, lists: list[str] | None
+    src: _Sources, comparison: Comparison, keywords: Any, finding_lists: Any
 ) -> tuple[Comparison, Any, dict[str, Any]]:
     """Findings stamped with what decided them (analysis.provenance; the same columns for every
-    engine) and the provenance record; `probe_lists` when the engine collected them (the
-    pandas and dask engines do, in analysis.facts; the stream engine does not)."""
+    engine: each finding's `probe_lists` from the engine's merged `finding_lists`) and the
+    provenance record (every list hash)."""
     from dataclasses import replace
 
     from analysis.provenance import Provenance, stamp
 
     with _analysis_errors():
         prov = Provenance.of_run(src.fingerprints, src.gates, src.window)
-    comparison = replace(comparison, findings=stamp(comparison.findings, prov))
+    findings = stamp(comparison.findings, prov, lists=finding_lists)
+    comparison = replace(comparison, findings=findings)
     if keywords is not None and not keywords.findings.empty:
-        keywords = replace(keywords, findings=stamp(keywords.findings, prov))
+        stamped = stamp(keywords.findings, prov, keyword=True, lists=finding_lists)
+        keywords = replace(keywords, findings=stamped)
+    lists = sorted(frozenset().union(*finding_lists.web.values()))
     return comparison, keywords, prov.to_json(lists)
 
 
@@ -434,12 +437,12 @@ def register(app: typer.Typer) -> None:
                 comparison, streamed.rows, n_vantages, streamed.n_problems, streamed.keywords
             )
             keywords = streamed.keywords
-            lists = None
+            lists = streamed.lists
         else:
             result = _analysis(engine, src, scheduler, workers)
             comparison, summary = result.comparison, _summary_of(result)
             keywords = result.keywords
-            lists = sorted(result.facts.probe_lists)
+            lists = result.facts.finding_lists
         comparison, keywords, record = _with_provenance(src, comparison, keywords, lists)
         try:
             written = write_tables(comparison, out)
