@@ -12,7 +12,8 @@ collector opened the report, or when a local run began), else its `date=` partit
 OONI file already in the bucket layout, its bucket; otherwise the measurement's own hour.
 `censorscope` stands where OONI's uploader writes its host id (`n0`, `n1`) and N counts files of
 MAX_LINES lines. oonidata parses such names with `get_filename_meta_v2` (timestamp, probe_cc,
-testname; tests/test_analysis_bulk.py reproduces it).
+testname; tests/test_analysis_bulk.py reproduces it). The naming rules are analysis.ooni_bucket's,
+which reads the same layout back.
 
 Parquet (`data/measurements/`), hive-partitioned so that DuckDB, Spark, pyarrow and pandas
 read it without our code:
@@ -44,11 +45,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis import ooni_bucket
 from analysis.load import iter_ooni_file, iter_store_file
+from analysis.ooni_bucket import bucket_test_name
 from analysis.tables import plain
-from probes.measurement import UNKNOWN_ASN, UNKNOWN_CC, Scrubber, asn_number, compact_test_name
+from probes.measurement import UNKNOWN_ASN, UNKNOWN_CC, Scrubber, asn_number
 
-RAW_DIR = "raw"
+RAW_DIR = ooni_bucket.RAW_DIR
 MEASUREMENTS_DIR = "data/measurements"
 HOST_ID = "censorscope"
 MAX_LINES = 100_000  # lines per raw file before the counter moves on
@@ -56,7 +59,6 @@ LATE_AFTER = timedelta(hours=24)  # arrived this long after it was made: "late"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _STORE_FILE = re.compile(r"/raw/date=([0-9-]{10})/vantage=[^/]+/test_name=[^/]+/([^/]+)\.jsonl$")
-_OONI_BUCKET = re.compile(r"(?:^|/)raw/([0-9]{8})/([0-9]{2})/[A-Z]{2}/[a-z0-9_]+/[^/]+$")
 
 
 # --- where and when ----------------------------------------------------------------------------
@@ -80,14 +82,7 @@ def source_arrival(source: str) -> datetime | None:
     text = Path(source).as_posix()
     if found := _STORE_FILE.search(text):
         return _store_arrival(Path(source), found.group(1), found.group(2))
-    if found := _OONI_BUCKET.search(text):
-        try:
-            return datetime.strptime(found.group(1) + found.group(2), "%Y%m%d%H").replace(
-                tzinfo=UTC
-            )
-        except ValueError:
-            return None
-    return None
+    return ooni_bucket.bucket_hour(text)
 
 
 def arrivals(measurements: pd.DataFrame) -> pd.Series:
@@ -305,7 +300,7 @@ def write_raw(
 def raw_keys(frame: pd.DataFrame, arrived: pd.Series) -> pd.DataFrame:
     """Per published row: its raw file's arrival hour (YYYYMMDDHH), country and test folder."""
     ccs = frame["probe_cc"].astype(object).fillna(UNKNOWN_CC).map(_hive)
-    tests = frame["test_name"].astype(object).map(lambda t: _hive(compact_test_name(str(t))))
+    tests = frame["test_name"].astype(object).map(lambda t: _hive(bucket_test_name(str(t))))
     stamps = arrived.reset_index(drop=True).dt.strftime("%Y%m%d%H")
     return pd.DataFrame(
         {"stamp": stamps, "cc": ccs.reset_index(drop=True), "test": tests.reset_index(drop=True)}
@@ -316,8 +311,7 @@ def write_raw_group(key: tuple[str, str, str], lines: list[bytes], out: Path, bu
     """The lines of one (arrival hour, country, test), in publishing order, MAX_LINES a file."""
     stamp, cc, test = key
     for counter, start in enumerate(range(0, len(lines), MAX_LINES)):
-        name = f"{stamp}_{cc}_{test}.{HOST_ID}.{counter}.jsonl.gz"
-        path = out / RAW_DIR / stamp[:8] / stamp[8:] / cc / test / name
+        path = out / ooni_bucket.bucket_key(stamp, cc, test, HOST_ID, counter)
         data = gzip.compress(b"".join(lines[start : start + MAX_LINES]), mtime=0)
         bulk.files.append(path)
         bulk.raw_lines += len(lines[start : start + MAX_LINES])
@@ -371,7 +365,7 @@ def read_back(out: Path) -> pd.DataFrame:
 
 def raw_files(out: Path) -> list[Path]:
     """Every raw file of a dataset, in path order."""
-    return sorted((out / RAW_DIR).glob("*/*/*/*/*.jsonl.gz"))
+    return sorted((out / RAW_DIR).glob(f"*/*/*/*/*{ooni_bucket.FILE_SUFFIX}"))
 
 
 def arrival_text(moment: datetime) -> str:
