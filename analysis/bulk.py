@@ -309,14 +309,21 @@ def raw_keys(frame: pd.DataFrame, arrived: pd.Series) -> pd.DataFrame:
 
 def write_raw_group(key: tuple[str, str, str], lines: list[bytes], out: Path, bulk: Bulk) -> None:
     """The lines of one (arrival hour, country, test), in publishing order, MAX_LINES a file."""
-    stamp, cc, test = key
     for counter, start in enumerate(range(0, len(lines), MAX_LINES)):
-        path = out / ooni_bucket.bucket_key(stamp, cc, test, HOST_ID, counter)
-        data = gzip.compress(b"".join(lines[start : start + MAX_LINES]), mtime=0)
-        bulk.files.append(path)
-        bulk.raw_lines += len(lines[start : start + MAX_LINES])
-        if put(path, data):
-            bulk.changed.append(path)
+        write_raw_file(key, counter, lines[start : start + MAX_LINES], out, bulk)
+
+
+def write_raw_file(
+    key: tuple[str, str, str], counter: int, lines: list[bytes], out: Path, bulk: Bulk
+) -> None:
+    """File number `counter` of a raw bucket: `lines` (at most MAX_LINES), gzip with mtime 0."""
+    stamp, cc, test = key
+    path = out / ooni_bucket.bucket_key(stamp, cc, test, HOST_ID, counter)
+    data = gzip.compress(b"".join(lines), mtime=0)
+    bulk.files.append(path)
+    bulk.raw_lines += len(lines)
+    if put(path, data):
+        bulk.changed.append(path)
 
 
 def write_bulk(

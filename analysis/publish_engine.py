@@ -26,10 +26,13 @@ other machines need OUT on a path they all see (as `--scheduler` already asks of
 from __future__ import annotations
 
 import hashlib
+import mmap
 import pickle
 import shutil
 from collections.abc import Set
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +83,8 @@ if TYPE_CHECKING:
 
 SPOOL = ".spool-publish"
 _RID = "_withheld_report_id"  # an at-risk row's report id before the dataset's AS numbers
-_LINE = "_raw_line"
+_START, _END = "_line_start", "_line_end"  # a raw line's span in its spooled .lines file
+_PART = "_part"
 _ROW = "_row"  # the row's position in the load (not published): ties in the sort keep it
 
 ParquetKey = tuple[str, str, str]  # (date, probe_cc, test_name) as publish groups them
@@ -148,7 +152,7 @@ def spool_part(part: Partition, options: Options) -> Spooled:
         _dump(rows, _spool_file(options.spool, "parquet", key, part.index))
     # Raw lines: scrubbed, at-risk ones withheld, as bulk.write_bulk makes them.
     vantages = frame["vantage"].astype(object)
-    raw_lines: dict[int, bytes] = {}
+    raw_lines = bulk_files.Lines()  # packed: one buffer, not a bytes object a line
     for position, data in bulk_files.raw_measurements(frame, _records(part)):
         if vantages[position] in drop_asn:
             data = bulk_files.withheld(data, str(published["vantage"].iloc[position]))
@@ -156,15 +160,27 @@ def spool_part(part: Partition, options: Options) -> Spooled:
             bulk_files.scrubbed(data, scrubber), option=orjson.OPT_APPEND_NEWLINE
         )
     keys = bulk_files.raw_keys(published, bulk_files.arrivals(frame))
-    order = published[[*SORT, _ROW]].assign(**{_LINE: pd.Series(raw_lines, dtype=object)})
+    order = published[[*SORT, _ROW]]
     raw_keys: list[RawKey] = []
     for key, rows in keys.groupby(["stamp", "cc", "test"], sort=True).indices.items():
-        kept = order.iloc[rows]
-        kept = kept[kept[_LINE].notna()]
-        if len(kept):
+        found = [int(p) for p in rows if int(p) in raw_lines]
+        if found:
             raw_keys.append(key)
-            _dump(kept, _spool_file(options.spool, "raw", key, part.index))
+            _spool_lines(order.iloc[found], [raw_lines[p] for p in found], options, key, part)
     return Spooled(result, parquet_keys, raw_keys, numbers, names)
+
+
+def _spool_lines(
+    keys: pd.DataFrame, lines: list[bytes], options: Options, key: RawKey, part: Partition
+) -> None:
+    """A raw bucket's share of a partition: its sort keys with each line's span (pickled) and
+    the lines themselves packed in one file beside them (read back a file's worth at a time)."""
+    path = _spool_file(options.spool, "raw", key, part.index)
+    ends = list(accumulate(len(line) for line in lines))
+    starts = [0, *ends[:-1]]
+    _dump(keys.assign(**{_START: starts, _END: ends}), path)
+    with open(path.with_suffix(".lines"), "wb") as handle:
+        handle.writelines(lines)
 
 
 @dataclass(frozen=True)
@@ -200,6 +216,8 @@ def _gather(kind: str, key: tuple[str, ...], parts: list[int], finish: Finish) -
             frame = pickle.load(handle)
         frame["line"] += finish.lines[index]
         frame[_ROW] += finish.rows[index]
+        if kind == "raw":
+            frame[_PART] = index
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
@@ -232,15 +250,33 @@ def write_parquet_file(item: tuple[ParquetKey, list[int]], finish: Finish) -> Wr
     return Written(key, bulk.files, bulk.changed, facts=facts_of(frame), partial=partial)
 
 
+def _mapped(path: Path) -> mmap.mmap:
+    """A spooled .lines file, mapped read-only (pages in as its lines are taken)."""
+    with open(path, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def write_raw_files(item: tuple[RawKey, list[int]], finish: Finish) -> Written:
-    """Stage 2: one raw bucket (arrival hour, country, test), MAX_LINES lines a file."""
+    """Stage 2: one raw bucket (arrival hour, country, test), MAX_LINES lines a file: the sort
+    keys of every line first, then one file's lines at a time from the spooled .lines."""
     key, parts = item
     frame = _in_order(_gather("raw", key, parts, finish))
-    lines = list(frame[_LINE])
-    if finish.numbers:  # report ids inside test_keys too (an isolation names its tests' report)
-        lines = [bulk_files.without_asn(line.decode(), finish.numbers).encode() for line in lines]
+    spans = frame[[_PART, _START, _END]].to_numpy()
     bulk = bulk_files.Bulk()
-    bulk_files.write_raw_group(key, lines, Path(finish.out), bulk)
+    with ExitStack() as stack:
+        packed = {}
+        for index in parts:
+            lines_file = _spool_file(finish.options.spool, "raw", key, index).with_suffix(".lines")
+            packed[index] = stack.enter_context(_mapped(lines_file))
+        for counter, first in enumerate(range(0, len(spans), bulk_files.MAX_LINES)):
+            chunk = spans[first : first + bulk_files.MAX_LINES]
+            lines = [packed[int(i)][int(a) : int(b)] for i, a, b in chunk]
+            if finish.numbers:  # report ids in test_keys too (an isolation names its reports)
+                lines = [
+                    bulk_files.without_asn(line.decode(), finish.numbers).encode() for line in lines
+                ]
+            bulk_files.write_raw_file(key, counter, lines, Path(finish.out), bulk)
+            del lines
     return Written(key, bulk.files, bulk.changed, raw_lines=bulk.raw_lines)
 
 
