@@ -532,11 +532,12 @@ def write_package(
     removed = _remove_stale(out, package.previous, current | {SUMS})
     with open(out / SUMS, "w", encoding="utf-8") as sums:
         for path in sorted(files):
-            sums.write(f"{_sha256(path)}  {path.relative_to(out).as_posix()}\n")
+            sums.write(f"{sha256_of(path)}  {path.relative_to(out).as_posix()}\n")
     return Published([*files, out / SUMS], bulk.changed, removed, bulk.late, bulk.raw_lines)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """A file's SHA256 read 1 MB at a time (raw files and partitions can be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):

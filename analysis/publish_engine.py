@@ -32,7 +32,6 @@ import shutil
 from collections.abc import Set
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,37 +149,67 @@ def spool_part(part: Partition, options: Options) -> Spooled:
     for key, rows in published.groupby([days, ccs, tests], sort=True):
         parquet_keys.append(key)
         _dump(rows, _spool_file(options.spool, "parquet", key, part.index))
-    # Raw lines: scrubbed, at-risk ones withheld, as bulk.write_bulk makes them.
-    vantages = frame["vantage"].astype(object)
-    raw_lines = bulk_files.Lines()  # packed: one buffer, not a bytes object a line
-    for position, data in bulk_files.raw_measurements(frame, _records(part)):
-        if vantages[position] in drop_asn:
-            data = bulk_files.withheld(data, str(published["vantage"].iloc[position]))
-        raw_lines[position] = orjson.dumps(
-            bulk_files.scrubbed(data, scrubber), option=orjson.OPT_APPEND_NEWLINE
-        )
+    # Raw lines: scrubbed, at-risk ones withheld, as bulk.write_bulk makes them, each written
+    # to its bucket's spool file as it is made (a partition's lines are never all in memory).
     keys = bulk_files.raw_keys(published, bulk_files.arrivals(frame))
+    key_of = list(zip(keys["stamp"], keys["cc"], keys["test"], strict=True))
+    vantages = frame["vantage"].astype(object)
+    with _LineSpool(options.spool, part.index) as spool:
+        for position, data in bulk_files.raw_measurements(frame, _records(part)):
+            key = key_of[position]
+            if not isinstance(key[0], str):  # no time at all: write_raw files it nowhere
+                continue
+            if vantages[position] in drop_asn:
+                data = bulk_files.withheld(data, str(published["vantage"].iloc[position]))
+            line = orjson.dumps(
+                bulk_files.scrubbed(data, scrubber), option=orjson.OPT_APPEND_NEWLINE
+            )
+            spool.write(key, position, line)
     order = published[[*SORT, _ROW]]
-    raw_keys: list[RawKey] = []
-    for key, rows in keys.groupby(["stamp", "cc", "test"], sort=True).indices.items():
-        found = [int(p) for p in rows if int(p) in raw_lines]
-        if found:
-            raw_keys.append(key)
-            _spool_lines(order.iloc[found], [raw_lines[p] for p in found], options, key, part)
-    return Spooled(result, parquet_keys, raw_keys, numbers, names)
+    for key, (positions, starts, ends) in spool.spans.items():
+        path = _spool_file(options.spool, "raw", key, part.index)
+        _dump(order.iloc[positions].assign(**{_START: starts, _END: ends}), path)
+    return Spooled(result, parquet_keys, sorted(spool.spans), numbers, names)
 
 
-def _spool_lines(
-    keys: pd.DataFrame, lines: list[bytes], options: Options, key: RawKey, part: Partition
-) -> None:
-    """A raw bucket's share of a partition: its sort keys with each line's span (pickled) and
-    the lines themselves packed in one file beside them (read back a file's worth at a time)."""
-    path = _spool_file(options.spool, "raw", key, part.index)
-    ends = list(accumulate(len(line) for line in lines))
-    starts = [0, *ends[:-1]]
-    _dump(keys.assign(**{_START: starts, _END: ends}), path)
-    with open(path.with_suffix(".lines"), "wb") as handle:
-        handle.writelines(lines)
+class _LineSpool:
+    """Raw lines appended to one .lines spool file per bucket, with each line's span; at most
+    OPEN files open at once (a partition of many countries and hours has many buckets)."""
+
+    OPEN = 64
+
+    def __init__(self, spool: str, index: int) -> None:
+        self.spool, self.index = spool, index
+        self.spans: dict[RawKey, tuple[list[int], list[int], list[int]]] = {}
+        self.sizes: dict[RawKey, int] = {}
+        self.handles: dict[RawKey, Any] = {}
+
+    def __enter__(self) -> _LineSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+
+    def write(self, key: RawKey, position: int, line: bytes) -> None:
+        handle = self.handles.pop(key, None)
+        if handle is None:
+            if len(self.handles) >= self.OPEN:
+                self.handles.pop(next(iter(self.handles))).close()  # the least recently used
+            path = _spool_file(self.spool, "raw", key, self.index).with_suffix(".lines")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # "wb" the first time: a task run again (a worker lost) starts the file afresh
+            mode = "ab" if key in self.sizes else "wb"
+            handle = open(path, mode)  # noqa: SIM115 (closed in __exit__ or when evicted)
+        self.handles[key] = handle  # most recently used last
+        start = self.sizes.get(key, 0)
+        handle.write(line)
+        self.sizes[key] = start + len(line)
+        positions, starts, ends = self.spans.setdefault(key, ([], [], []))
+        positions.append(position)
+        starts.append(start)
+        ends.append(start + len(line))
 
 
 @dataclass(frozen=True)

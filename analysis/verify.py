@@ -11,7 +11,6 @@ newer rules holds.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import tempfile
@@ -25,6 +24,7 @@ from analysis.compare import Gates
 from analysis.keywords import TABLES as KEYWORD_TABLES
 from analysis.provenance import PROVENANCE_FILE, Provenance
 from analysis.publish import FINGERPRINTS_DIR, SUMS, published_tables
+from analysis.publish import sha256_of as file_digest
 from analysis.tables import TABLES, write_csv
 from probes.provenance import file_sha256
 
@@ -104,7 +104,7 @@ def check_sums(dataset: Path) -> list[str]:
         path = dataset / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        elif file_digest(path) != digest:
             problems.append(f"{name}: content differs from SHA256SUMS")
     return problems
 
