@@ -34,6 +34,7 @@ import gzip
 import io
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -314,15 +315,24 @@ def write_raw_group(key: tuple[str, str, str], lines: list[bytes], out: Path, bu
 
 
 def write_raw_file(
-    key: tuple[str, str, str], counter: int, lines: list[bytes], out: Path, bulk: Bulk
+    key: tuple[str, str, str], counter: int, lines: Iterable[bytes], out: Path, bulk: Bulk
 ) -> None:
-    """File number `counter` of a raw bucket: `lines` (at most MAX_LINES), gzip with mtime 0."""
+    """File number `counter` of a raw bucket: `lines` (at most MAX_LINES), gzip with mtime 0,
+    compressed as they come (a file of 100,000 lines of 12 KB is never whole in memory)."""
     stamp, cc, test = key
     path = out / ooni_bucket.bucket_key(stamp, cc, test, HOST_ID, counter)
-    data = gzip.compress(b"".join(lines), mtime=0)
+    # The bytes of gzip.compress(b"".join(lines), mtime=0) (zlib's gzip wrapper, level 9):
+    # deflate's output does not depend on how its input is cut.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunks = []
+    n = 0
+    for line in lines:
+        chunks.append(packer.compress(line))
+        n += 1
+    chunks.append(packer.flush())
     bulk.files.append(path)
-    bulk.raw_lines += len(lines)
-    if put(path, data):
+    bulk.raw_lines += n
+    if put(path, b"".join(chunks)):
         bulk.changed.append(path)
 
 

@@ -26,10 +26,10 @@ other machines need OUT on a path they all see (as `--scheduler` already asks of
 from __future__ import annotations
 
 import hashlib
-import mmap
+import os
 import pickle
 import shutil
-from collections.abc import Set
+from collections.abc import Iterator, Set
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,33 +279,30 @@ def write_parquet_file(item: tuple[ParquetKey, list[int]], finish: Finish) -> Wr
     return Written(key, bulk.files, bulk.changed, facts=facts_of(frame), partial=partial)
 
 
-def _mapped(path: Path) -> mmap.mmap:
-    """A spooled .lines file, mapped read-only (pages in as its lines are taken)."""
-    with open(path, "rb") as handle:
-        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-
-
 def write_raw_files(item: tuple[RawKey, list[int]], finish: Finish) -> Written:
     """Stage 2: one raw bucket (arrival hour, country, test), MAX_LINES lines a file: the sort
-    keys of every line first, then one file's lines at a time from the spooled .lines."""
+    keys of every line first, then each line read from its spooled .lines file and compressed
+    as it comes (only the compressed file is held)."""
     key, parts = item
     frame = _in_order(_gather("raw", key, parts, finish))
     spans = frame[[_PART, _START, _END]].to_numpy()
     bulk = bulk_files.Bulk()
     with ExitStack() as stack:
-        packed = {}
+        spooled = {}
         for index in parts:
             lines_file = _spool_file(finish.options.spool, "raw", key, index).with_suffix(".lines")
-            packed[index] = stack.enter_context(_mapped(lines_file))
+            spooled[index] = stack.enter_context(open(lines_file, "rb")).fileno()
+
+        def lines(chunk: Any) -> Iterator[bytes]:
+            for index, start, end in chunk:
+                line = os.pread(spooled[int(index)], int(end - start), int(start))
+                if finish.numbers:  # report ids in test_keys too (an isolation names reports)
+                    line = bulk_files.without_asn(line.decode(), finish.numbers).encode()
+                yield line
+
         for counter, first in enumerate(range(0, len(spans), bulk_files.MAX_LINES)):
             chunk = spans[first : first + bulk_files.MAX_LINES]
-            lines = [packed[int(i)][int(a) : int(b)] for i, a, b in chunk]
-            if finish.numbers:  # report ids in test_keys too (an isolation names its reports)
-                lines = [
-                    bulk_files.without_asn(line.decode(), finish.numbers).encode() for line in lines
-                ]
-            bulk_files.write_raw_file(key, counter, lines, Path(finish.out), bulk)
-            del lines
+            bulk_files.write_raw_file(key, counter, lines(chunk), Path(finish.out), bulk)
     return Written(key, bulk.files, bulk.changed, raw_lines=bulk.raw_lines)
 
 
