@@ -231,3 +231,18 @@ def test_analyze_findings_carry_probe_lists_on_every_engine(
         record = (out / "provenance.json").read_text()
         assert '"testlists:' + "cd" * 32 in record
     assert outputs["dask"] == outputs["pandas"] == outputs["stream"]
+
+
+@needs_data
+def test_a_partition_with_more_buckets_than_open_files(
+    sources: tuple[list[Path], list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 1 closes a bucket's spool file when too many are open and appends to it later:
+    the package is still the in-process one (in this process, where the cap can be set)."""
+    from analysis import publish_engine
+
+    monkeypatch.setattr(publish_engine._LineSpool, "OPEN", 1)
+    stores, ooni = sources
+    _in_process(stores, ooni, tmp_path / "pandas")
+    _on_engine(stores, ooni, tmp_path / "engine", 1)
+    assert _files(tmp_path / "engine") == _files(tmp_path / "pandas")
