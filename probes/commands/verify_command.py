@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from probes.cli import fail
+from probes.commands.analysis_commands import Scheduler, Workers
 from probes.exit_status import EXIT_NOT_REPRODUCED
 
 
@@ -32,14 +33,8 @@ def register(app: typer.Typer) -> None:
                 "every row in memory); the same result."
             ),
         ] = "dask",
-        scheduler: Annotated[
-            str | None,
-            typer.Option(help="--engine dask: a running Dask scheduler, tcp://HOST:8786."),
-        ] = None,
-        workers: Annotated[
-            int | None,
-            typer.Option(min=1, help="--engine dask: LocalCluster worker processes."),
-        ] = None,
+        scheduler: Scheduler = None,
+        workers: Workers = None,
     ) -> None:
         """Re-derive a dataset's findings from its raw measurements; exit 4 if any changed."""
         from analysis.verify import DatasetError, render
