@@ -12,7 +12,8 @@ collector opened the report, or when a local run began), else its `date=` partit
 OONI file already in the bucket layout, its bucket; otherwise the measurement's own hour.
 `censorscope` stands where OONI's uploader writes its host id (`n0`, `n1`) and N counts files of
 MAX_LINES lines. oonidata parses such names with `get_filename_meta_v2` (timestamp, probe_cc,
-testname; tests/test_analysis_bulk.py reproduces it).
+testname; tests/test_analysis_bulk.py reproduces it). The naming rules are analysis.ooni_bucket's,
+which reads the same layout back.
 
 Parquet (`data/measurements/`), hive-partitioned so that DuckDB, Spark, pyarrow and pandas
 read it without our code:
@@ -33,7 +34,8 @@ import gzip
 import io
 import os
 import re
-from collections.abc import Iterator, Mapping, Set
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,11 +46,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis import ooni_bucket
 from analysis.load import iter_ooni_file, iter_store_file
+from analysis.ooni_bucket import bucket_test_name
 from analysis.tables import plain
-from probes.measurement import UNKNOWN_ASN, UNKNOWN_CC, Scrubber, asn_number, compact_test_name
+from probes.measurement import UNKNOWN_ASN, UNKNOWN_CC, Scrubber, asn_number
 
-RAW_DIR = "raw"
+RAW_DIR = ooni_bucket.RAW_DIR
 MEASUREMENTS_DIR = "data/measurements"
 HOST_ID = "censorscope"
 MAX_LINES = 100_000  # lines per raw file before the counter moves on
@@ -56,7 +60,6 @@ LATE_AFTER = timedelta(hours=24)  # arrived this long after it was made: "late"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _STORE_FILE = re.compile(r"/raw/date=([0-9-]{10})/vantage=[^/]+/test_name=[^/]+/([^/]+)\.jsonl$")
-_OONI_BUCKET = re.compile(r"(?:^|/)raw/([0-9]{8})/([0-9]{2})/[A-Z]{2}/[a-z0-9_]+/[^/]+$")
 
 
 # --- where and when ----------------------------------------------------------------------------
@@ -80,14 +83,7 @@ def source_arrival(source: str) -> datetime | None:
     text = Path(source).as_posix()
     if found := _STORE_FILE.search(text):
         return _store_arrival(Path(source), found.group(1), found.group(2))
-    if found := _OONI_BUCKET.search(text):
-        try:
-            return datetime.strptime(found.group(1) + found.group(2), "%Y%m%d%H").replace(
-                tzinfo=UTC
-            )
-        except ValueError:
-            return None
-    return None
+    return ooni_bucket.bucket_hour(text)
 
 
 def arrivals(measurements: pd.DataFrame) -> pd.Series:
@@ -113,10 +109,15 @@ def _records(source: str) -> Iterator[tuple[int, bytes | dict[str, Any]]]:
     return iter_ooni_file(path)
 
 
-def raw_measurements(measurements: pd.DataFrame) -> Iterator[tuple[int, dict[str, Any]]]:
+def raw_measurements(
+    measurements: pd.DataFrame,
+    records: Callable[[str], Iterable[tuple[int, bytes | dict[str, Any]]]] = _records,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(frame position, decoded measurement) of every row, re-read from its source file by line
     (and uid, for JSON documents whose measurements share line 1). Sources are read one at a
-    time; rows whose line has gone from the file since loading are skipped."""
+    time; rows whose line has gone from the file since loading are skipped. `records`: a
+    source's (line number, line) as the loader numbered them (a partition's byte range is
+    numbered from its start: analysis.publish_engine)."""
     wanted: dict[str, dict[int, list[tuple[int, str | None]]]] = {}
     uids = (
         measurements["measurement_uid"]
@@ -130,7 +131,7 @@ def raw_measurements(measurements: pd.DataFrame) -> Iterator[tuple[int, dict[str
     for source in sorted(wanted):
         lines = wanted[source]
         shared: dict[tuple[int, str | None], dict[str, Any]] = {}
-        for number, raw in _records(source):
+        for number, raw in records(source):
             candidates = lines.get(number)
             if not candidates:
                 continue
@@ -290,20 +291,49 @@ def write_raw(
     bulk: Bulk,
 ) -> None:
     """Each row's line (`records`, by frame position) into its arrival bucket, in frame order."""
-    ccs = frame["probe_cc"].astype(object).fillna(UNKNOWN_CC).map(_hive)
-    tests = frame["test_name"].astype(object).map(lambda t: _hive(compact_test_name(str(t))))
-    stamps = arrived.dt.strftime("%Y%m%d%H")
-    keys = pd.DataFrame({"stamp": stamps, "cc": ccs, "test": tests}).reset_index(drop=True)
-    for (stamp, cc, test), rows in keys.groupby(["stamp", "cc", "test"], sort=True).indices.items():
+    for (stamp, cc, test), rows in (
+        raw_keys(frame, arrived).groupby(["stamp", "cc", "test"], sort=True).indices.items()
+    ):
         lines = [records[int(p)] for p in sorted(rows) if int(p) in records]
-        for counter, start in enumerate(range(0, len(lines), MAX_LINES)):
-            name = f"{stamp}_{cc}_{test}.{HOST_ID}.{counter}.jsonl.gz"
-            path = out / RAW_DIR / stamp[:8] / stamp[8:] / cc / test / name
-            data = gzip.compress(b"".join(lines[start : start + MAX_LINES]), mtime=0)
-            bulk.files.append(path)
-            bulk.raw_lines += len(lines[start : start + MAX_LINES])
-            if put(path, data):
-                bulk.changed.append(path)
+        write_raw_group((stamp, cc, test), lines, out, bulk)
+
+
+def raw_keys(frame: pd.DataFrame, arrived: pd.Series) -> pd.DataFrame:
+    """Per published row: its raw file's arrival hour (YYYYMMDDHH), country and test folder."""
+    ccs = frame["probe_cc"].astype(object).fillna(UNKNOWN_CC).map(_hive)
+    tests = frame["test_name"].astype(object).map(lambda t: _hive(bucket_test_name(str(t))))
+    stamps = arrived.reset_index(drop=True).dt.strftime("%Y%m%d%H")
+    return pd.DataFrame(
+        {"stamp": stamps, "cc": ccs.reset_index(drop=True), "test": tests.reset_index(drop=True)}
+    )
+
+
+def write_raw_group(key: tuple[str, str, str], lines: list[bytes], out: Path, bulk: Bulk) -> None:
+    """The lines of one (arrival hour, country, test), in publishing order, MAX_LINES a file."""
+    for counter, start in enumerate(range(0, len(lines), MAX_LINES)):
+        write_raw_file(key, counter, lines[start : start + MAX_LINES], out, bulk)
+
+
+def write_raw_file(
+    key: tuple[str, str, str], counter: int, lines: Iterable[bytes], out: Path, bulk: Bulk
+) -> None:
+    """File number `counter` of a raw bucket: `lines` (at most MAX_LINES), gzip with mtime 0,
+    compressed as they come (a file of 100,000 lines of 12 KB is never whole in memory)."""
+    stamp, cc, test = key
+    path = out / ooni_bucket.bucket_key(stamp, cc, test, HOST_ID, counter)
+    # The bytes of gzip.compress(b"".join(lines), mtime=0) (zlib's gzip wrapper, level 9):
+    # deflate's output does not depend on how its input is cut.
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunks = []
+    n = 0
+    for line in lines:
+        chunks.append(packer.compress(line))
+        n += 1
+    chunks.append(packer.flush())
+    bulk.files.append(path)
+    bulk.raw_lines += n
+    if put(path, b"".join(chunks)):
+        bulk.changed.append(path)
 
 
 def write_bulk(
@@ -352,7 +382,7 @@ def read_back(out: Path) -> pd.DataFrame:
 
 def raw_files(out: Path) -> list[Path]:
     """Every raw file of a dataset, in path order."""
-    return sorted((out / RAW_DIR).glob("*/*/*/*/*.jsonl.gz"))
+    return sorted((out / RAW_DIR).glob(f"*/*/*/*/*{ooni_bucket.FILE_SUFFIX}"))
 
 
 def arrival_text(moment: datetime) -> str:

@@ -5,8 +5,8 @@ a line end, a gzip file of OONI's bucket) is one task: a worker reads it, decode
 classifies each line (analysis.load + analysis.verdicts) and reduces its rows to mergeable
 tables: compare's counts and blocking modes, the keyword counts, and the report's facts
 (analysis.facts). The client merges these as tasks finish; no process ever holds every row.
-`publish` does not run here: its raw files, Parquet and provenance need every row in one
-process (probes/commands/analysis_commands.py runs it on the in-process path).
+`publish` runs on the same partitions (analysis.publish_engine): each task also spools its
+rows and raw lines by output file, and a second stage of tasks writes each raw and Parquet file.
 
 Where it runs: `scheduler="tcp://host:8786"` joins an existing cluster; otherwise a
 LocalCluster of `workers` single-threaded processes (default: every core) when the input is
@@ -17,7 +17,7 @@ small (`SMALL_BYTES`) or `workers` is 1. Every path gives the same tables, byte 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +112,12 @@ def _piece_bytes(piece: Piece) -> int:
 
 def process_part(part: Partition, job: Job) -> PartResult:
     """Load + classify one partition and reduce it (runs on a worker)."""
+    return reduce_part(part, job, *load_part(part, job))
+
+
+def load_part(part: Partition, job: Job) -> tuple[Loaded, pd.DataFrame, int]:
+    """Load + classify one partition: (what the loader made, its measurements with any Parquet
+    rows, lines read of a byte range)."""
     loader = Loader(
         job.filters,
         classifier=_classifier(job.fingerprints),
@@ -134,6 +140,13 @@ def process_part(part: Partition, job: Job) -> PartResult:
             lines = reader.count
     loaded = loader.frames()
     frame = combine([loaded.measurements, *parquet]) if parquet else loaded.measurements
+    return loaded, frame, lines
+
+
+def reduce_part(
+    part: Partition, job: Job, loaded: Loaded, frame: pd.DataFrame, lines: int
+) -> PartResult:
+    """A loaded partition as mergeable counts and facts."""
     result = PartResult(
         part.index,
         lines,
@@ -227,7 +240,8 @@ class _Reducer:
             if path is None:
                 lines[part.index] = 0
                 continue
-            base = line_base.get(path, 0)
+            # A file given twice is read twice: its second reading is numbered from 1 again.
+            base = 0 if part.pieces[0].start == 0 else line_base.get(path, 0)
             lines[part.index] = base
             line_base[path] = base + result.lines
         return rows, lines
@@ -264,6 +278,78 @@ def _input_bytes(todo: Sequence[Partition]) -> int:
     return sum(_piece_bytes(piece) for part in todo for piece in part.pieces)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The partitions of a run and what each task needs besides its partition."""
+
+    todo: list[Partition]
+    job: Job
+
+
+def plan(
+    results: Sequence[Path],
+    ooni: Sequence[Path],
+    filters: Filters,
+    fingerprints: Path | None,
+    window: str | None,
+    piece_bytes: int = PIECE_BYTES,
+    parquet: Sequence[Path] = (),
+) -> Plan:
+    """Cut the inputs into partitions (in input order: the in-process engine's row order)."""
+    from analysis.ooni_bucket import ooni_files
+
+    cut = pieces(list(ooni_files(list(ooni), filters)), results, filters, piece_bytes)
+    cut += [
+        Piece(len(cut) + i, str(path), 0, -1, parquet=True)
+        for i, path in enumerate(parquet_files(list(parquet), filters))
+    ]
+    return Plan(
+        partitions(cut, piece_bytes),
+        Job(filters, str(fingerprints) if fingerprints else None, window),
+    )
+
+
+Mapper = Callable[..., Iterator[Any]]
+
+
+@contextmanager
+def tasks(
+    todo: Sequence[Partition],
+    scheduler: str | None,
+    workers: int | None,
+    processes: bool = True,
+) -> Iterator[Mapper]:
+    """`map(function, items, **shared)`: the results of `function(item, **shared)` as they
+    finish, on the cluster at `scheduler`, on a LocalCluster, or here one after the other (small
+    inputs, `workers` 1: see the module docstring). Every map of one run uses the same workers."""
+    n_workers = workers or os.cpu_count() or 1
+    local = scheduler is None and (
+        n_workers == 1 or (workers is None and _input_bytes(todo) < SMALL_BYTES)
+    )
+    if local:
+
+        def here(
+            function: Callable[..., Any], items: Sequence[Any], **shared: Any
+        ) -> Iterator[Any]:
+            return (function(item, **shared) for item in items)
+
+        yield here
+        return
+    from dask.distributed import as_completed
+
+    with _client(scheduler, n_workers, processes) as client:
+
+        def there(
+            function: Callable[..., Any], items: Sequence[Any], **shared: Any
+        ) -> Iterator[Any]:
+            futures = client.map(function, list(items), pure=False, **shared)
+            for future in as_completed(futures):
+                yield future.result()
+                future.release()
+
+        yield there
+
+
 def run_engine(
     results: Sequence[Path],
     ooni: Sequence[Path],
@@ -283,40 +369,26 @@ def run_engine(
     `workers`: LocalCluster size (default: every core; 1 runs in this process); ignored with
     `scheduler`. `processes=False` runs the LocalCluster's workers as threads (tests).
     """
-    from analysis.ooni_bucket import ooni_files
+    run = plan(results, ooni, filters, fingerprints, window, piece_bytes, parquet)
+    reducer = _Reducer(run.todo)
+    with tasks(run.todo, scheduler, workers, processes) as map_tasks:
+        for result in map_tasks(process_part, run.todo, job=run.job):
+            reducer.add(result)
+    return analysis_of(reducer, run.job, gates)
+
+
+def analysis_of(reducer: _Reducer, job: Job, gates: Gates | None) -> Any:
+    """The merged partitions as an analysis.pipeline.Analysis (no measurement rows)."""
     from analysis.pipeline import Analysis
 
-    cut = pieces(list(ooni_files(list(ooni), filters)), results, filters, piece_bytes)
-    cut += [
-        Piece(len(cut) + i, str(path), 0, -1, parquet=True)
-        for i, path in enumerate(parquet_files(list(parquet), filters))
-    ]
-    todo = partitions(cut, piece_bytes)
-    job = Job(filters, str(fingerprints) if fingerprints else None, window)
-    reducer = _Reducer(todo)
-    used = describe_fingerprints(_classifier(job.fingerprints))
-    n_workers = workers or os.cpu_count() or 1
-    local = scheduler is None and (
-        n_workers == 1 or (workers is None and _input_bytes(todo) < SMALL_BYTES)
-    )
-    if local:
-        for part in todo:
-            reducer.add(process_part(part, job))
-    else:
-        from dask.distributed import as_completed
-
-        with _client(scheduler, n_workers, processes) as client:
-            futures = client.map(process_part, todo, job=job, pure=False)
-            for future in as_completed(futures):
-                reducer.add(future.result())
-                future.release()
+    window = job.window
     partial = merge_partials(reducer.pending or [_empty_partial(window)])
     keyword_part = merge_keywords(reducer.keywords or [_empty_keywords(window)])
     return Analysis(
         reducer.loaded(),
         from_partial(partial, gates),
         gates,
-        used,
+        describe_fingerprints(_classifier(job.fingerprints)),
         keyword_findings(keyword_part, gates),
         window,
         merge_facts(reducer.facts),

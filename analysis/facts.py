@@ -5,8 +5,8 @@ table, late arrivals and the probes' list hashes) used to read every measurement
 those is a sum, a minimum, a maximum or a set union, so a worker reduces its partition of the
 measurements to `Facts` and the parent merges them (`merge_facts`): `report` then needs no
 measurement row in one process, and the in-process engine takes the same path over one
-partition (so the engines write the same bytes). publish still reads the rows (its raw files
-and Parquet are the rows), on the in-process engine.
+partition (so the engines write the same bytes). publish takes the same facts of the rows it
+publishes (analysis.publish_engine: per output partition).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis import compare as cmp
+from analysis.provenance import FindingLists, finding_lists, merge_finding_lists
 from analysis.verdicts import PROBE_EVIDENCE
 
 CELL_KEYS = ["target", "vantage", "blocking"]
@@ -43,6 +44,8 @@ class Facts:
     disagree: int = 0  # measurements whose verdict differs from the probe's
     late: int = 0  # arrived more than bulk.LATE_AFTER after they were made (the report's)
     probe_lists: frozenset[str] = frozenset()  # list hashes the probes recorded (provenance)
+    # the same per finding key (analysis.provenance.stamp's `probe_lists` column)
+    finding_lists: FindingLists = field(default_factory=FindingLists)
 
 
 def _empty(keys: list[str], counts: list[str]) -> pd.DataFrame:
@@ -96,6 +99,7 @@ def facts_of(frame: pd.DataFrame) -> Facts:
         disagree=len(differs),
         late=n_late,
         probe_lists=frozenset(probe_lists(frame)),
+        finding_lists=finding_lists(frame),
     )
 
 
@@ -129,6 +133,7 @@ def merge_facts(parts: list[Facts]) -> Facts:
         disagree=sum(p.disagree for p in parts),
         late=sum(p.late for p in parts),
         probe_lists=frozenset().union(*(p.probe_lists for p in parts)),
+        finding_lists=merge_finding_lists(p.finding_lists for p in parts),
     )
 
 

@@ -28,8 +28,8 @@ ENGINES = ("pandas", "dask")
 class Analysis:
     """What analyze, report and publish use. `loaded.measurements` holds every row only for
     the in-process engine; report reads `facts`, the comparison and the keyword tables
-    (merged counts), so the distributed engine (analysis.engine) leaves it empty. publish needs
-    every row (raw files, Parquet, provenance): it always runs on the in-process engine."""
+    (merged counts), so the distributed engine (analysis.engine) leaves it empty. publish on
+    that engine writes the rows from its workers (analysis.publish_engine)."""
 
     loaded: Loaded
     comparison: Comparison

@@ -17,7 +17,7 @@ which is what `censorscope verify` needs to re-derive it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,14 +99,47 @@ class Provenance:
         return cls(**{name: data[name] for name in checks})
 
 
-def _lists_by(keys: pd.DataFrame, lists: pd.Series) -> dict[tuple[Any, ...], str]:
-    """Distinct list hashes per key (the key columns of `keys`), sorted and ";"-joined."""
+@dataclass(frozen=True)
+class FindingLists:
+    """The list hashes recorded per finding key: web findings by (target, nettest), keyword
+    findings by (keyword, nettest). Sets, so partitions merge by union (merge_finding_lists)."""
+
+    web: Mapping[tuple[Any, ...], frozenset[str]] = field(default_factory=dict)
+    keyword: Mapping[tuple[Any, ...], frozenset[str]] = field(default_factory=dict)
+
+
+def _sets_by(keys: pd.DataFrame, lists: pd.Series) -> dict[tuple[Any, ...], frozenset[str]]:
+    """Distinct list hashes per key (the key columns of `keys`)."""
     frame = keys.astype(object).assign(_lists=lists.astype(object)).dropna(subset=["_lists"])
-    out: dict[tuple[Any, ...], str] = {}
+    out: dict[tuple[Any, ...], frozenset[str]] = {}
     for key, group in frame.groupby(list(keys.columns), sort=False, dropna=False):
         parts = {part for cell in group["_lists"] for part in str(cell).split(";") if part}
-        out[key if isinstance(key, tuple) else (key,)] = ";".join(sorted(parts))
+        out[key if isinstance(key, tuple) else (key,)] = frozenset(parts)
     return out
+
+
+def finding_lists(measurements: pd.DataFrame) -> FindingLists:
+    """The list hashes of some measurements per finding key (empty without `probe_lists`)."""
+    if "probe_lists" not in measurements:
+        return FindingLists()
+    from analysis.compare import _target
+
+    web = pd.DataFrame({"target": _target(measurements), "test_name": measurements["test_name"]})
+    lists = measurements["probe_lists"]
+    return FindingLists(
+        _sets_by(web, lists), _sets_by(measurements[["keyword", "test_name"]], lists)
+    )
+
+
+def merge_finding_lists(parts: Iterable[FindingLists]) -> FindingLists:
+    """The lists of the union of the partitions (equal to `finding_lists` of all rows)."""
+    web: dict[tuple[Any, ...], frozenset[str]] = {}
+    keyword: dict[tuple[Any, ...], frozenset[str]] = {}
+    for part in parts:
+        for mine, theirs in ((web, part.web), (keyword, part.keyword)):
+            for key, found in theirs.items():
+                mine[key] = mine.get(key, frozenset()) | found
+    return FindingLists(web, keyword)
 
 
 def probe_lists(measurements: pd.DataFrame) -> list[str]:
@@ -123,26 +156,21 @@ def stamp(
     measurements: pd.DataFrame | None = None,
     *,
     keyword: bool = False,
+    lists: FindingLists | None = None,
 ) -> pd.DataFrame:
-    """The findings with FINDING_COLUMNS; `probe_lists` only when the measurements are given
-    (web findings by target and nettest, keyword findings by keyword and nettest)."""
+    """The findings with FINDING_COLUMNS; `probe_lists` only when the measurements (or their
+    `lists`, merged from partitions) are given (web findings by target and nettest, keyword
+    findings by keyword and nettest)."""
     out = findings.assign(
         censorscope_version=prov.censorscope_version,
         rules_version=prov.rules_version,
         analysis_fingerprints=prov.fingerprints_cell,
     )
-    if measurements is None or "probe_lists" not in measurements:
-        return out
-    from analysis.compare import _target
-
-    if keyword:
-        keys = measurements[["keyword", "test_name"]]
-        names = ["keyword", "test_name"]
-    else:
-        keys = pd.DataFrame(
-            {"target": _target(measurements), "test_name": measurements["test_name"]}
-        )
-        names = ["target", "test_name"]
-    found = _lists_by(keys, measurements["probe_lists"])
+    if lists is None:
+        if measurements is None or "probe_lists" not in measurements:
+            return out
+        lists = finding_lists(measurements)
+    found = lists.keyword if keyword else lists.web
+    names = ["keyword", "test_name"] if keyword else ["target", "test_name"]
     wanted = out[names].astype(object).itertuples(index=False, name=None)
-    return out.assign(probe_lists=[found.get(tuple(k), "") for k in wanted])
+    return out.assign(probe_lists=[";".join(sorted(found.get(tuple(k), ()))) for k in wanted])

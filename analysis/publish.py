@@ -25,9 +25,17 @@ import pandas as pd
 
 from analysis import bulk as bulk_files
 from analysis.compare import Comparison, Gates, compare
+from analysis.facts import Facts, facts_of
+from analysis.facts import period as facts_period
 from analysis.keywords import KeywordFindings, renamed_vantages
 from analysis.keywords import tables as keyword_tables
-from analysis.provenance import PROVENANCE_FILE, Provenance, fingerprint_files, probe_lists, stamp
+from analysis.provenance import (
+    PROVENANCE_FILE,
+    FindingLists,
+    Provenance,
+    fingerprint_files,
+    stamp,
+)
 from analysis.tables import TABLES, plain, write_csv
 from probes.measurement import asn_number
 
@@ -35,8 +43,10 @@ if TYPE_CHECKING:
     from analysis.pipeline import Analysis
     from probes.measurement import Scrubber
 
-# Columns of the loaded frame that are not published: where the file sat on our disk.
-PRIVATE_COLUMNS = ("source",)
+# Columns of the loaded frame that are not published: where the file sat on our disk, and the
+# row's position in this load (a late arrival loaded before other rows would shift every later
+# row's number and rewrite files it has nothing to do with).
+PRIVATE_COLUMNS = ("source", "row")
 WITHHELD = "AS-withheld"
 SORT = ["time", "vantage", "test_name", "input", "measurement_uid", "line"]
 
@@ -79,13 +89,17 @@ def withhold_ids(frame: pd.DataFrame, numbers: Set[int]) -> pd.DataFrame:
     return out
 
 
-def redact(measurements: pd.DataFrame, drop_asn: Set[str]) -> pd.DataFrame:
+def redact(
+    measurements: pd.DataFrame, drop_asn: Set[str], numbers: Set[int] | None = None
+) -> pd.DataFrame:
     """Withhold ASN detail of at-risk vantages (and drop private columns): the vantage name,
-    probe_asn, and the AS number inside report ids."""
+    probe_asn, and the AS number inside report ids (`numbers`: those of every at-risk vantage
+    of the whole dataset; default: of these rows)."""
     out = plain(measurements.drop(columns=[c for c in PRIVATE_COLUMNS if c in measurements]))
     if not drop_asn:
         return out
-    numbers = withheld_numbers(out, drop_asn)
+    if numbers is None:
+        numbers = withheld_numbers(out, drop_asn)
     risky = out["vantage"].isin(list(drop_asn))
     for asn in out.loc[risky, "probe_asn"].dropna().unique():
         mask = risky & (out["probe_asn"] == asn)
@@ -127,25 +141,24 @@ def _schema(frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _evidence(result: Analysis, frame: pd.DataFrame) -> str:
+def _evidence(fingerprints_used: str, facts: Facts) -> str:
     """The fingerprints actually used, and where the analysis and the probes disagree."""
-    out = f"Fingerprints given to the analysis: {result.fingerprints_used}."
-    source = frame["verdict_source"] if "verdict_source" in frame else pd.Series(dtype=object)
-    kept = frame.loc[source == "probe_evidence", "blocking_fingerprint"].dropna()
-    if len(kept):
-        names = ", ".join(sorted({str(n) for n in kept}))
+    out = f"Fingerprints given to the analysis: {fingerprints_used}."
+    kept = sum(facts.kept_fingerprints.values())
+    if kept:
+        names = ", ".join(sorted(facts.kept_fingerprints))
         out += (
-            f" {len(kept)} block page verdicts rest on fingerprints the probes matched "
+            f" {kept} block page verdicts rest on fingerprints the probes matched "
             f"themselves ({names})."
         )
-    matched = frame["fingerprints"].dropna() if "fingerprints" in frame else pd.Series([])
-    if result.fingerprints_used == "none" and not len(kept):
+    if fingerprints_used == "none" and not kept:
         out += " No verdict is confirmed by a fingerprint."
-    elif len(matched):
-        out += f" {len(matched)} measurements matched a fingerprint."
-    if "disagreement" in frame:
-        n = int(frame["disagreement"].notna().sum())
-        out += f" {n} re-derived verdicts differ from the probe's (column `disagreement` says why)."
+    elif facts.matched:
+        out += f" {facts.matched} measurements matched a fingerprint."
+    out += (
+        f" {facts.disagree} re-derived verdicts differ from the probe's (column `disagreement` "
+        "says why)."
+    )
     return out
 
 
@@ -158,12 +171,12 @@ def _gates(result: Analysis) -> str:
     )
 
 
-def _provenance_text(prov: Provenance, frame: pd.DataFrame) -> str:
+def _provenance_text(prov: Provenance, facts: Facts) -> str:
     files = (
         ", ".join(f"`{name}` (sha256 {digest})" for name, digest in prov.fingerprints.items())
         or "none"
     )
-    lists = probe_lists(frame)
+    lists = facts.probe_lists
     probes = (
         f"{len(lists)} distinct lists, named by kind and sha256 in `provenance.json`"
         if lists
@@ -178,7 +191,7 @@ def _provenance_text(prov: Provenance, frame: pd.DataFrame) -> str:
 
 def _card(
     result: Analysis,
-    frame: pd.DataFrame,
+    facts: Facts,
     title: str,
     licence: str,
     *,
@@ -186,11 +199,10 @@ def _card(
     late: int,
     raw_lines: int,
 ) -> str:
-    period = "unknown"
-    if frame["time"].notna().any():
-        period = f"{frame['time'].min():%Y-%m-%d} to {frame['time'].max():%Y-%m-%d}"
-    vantages = ", ".join(sorted(str(v) for v in frame["vantage"].dropna().unique()))
-    tests = ", ".join(sorted(str(t) for t in frame["test_name"].dropna().unique()))
+    """The README: `facts` are those of the published rows (redacted and scrubbed)."""
+    period = facts_period(facts) or "unknown"
+    vantages = ", ".join(sorted(facts.vantages))
+    tests = ", ".join(sorted(facts.tests))
     findings = result.comparison.findings
     blocked = int(findings["blocked_at"].notna().sum()) if len(findings) else 0
     return f"""# {title}
@@ -199,7 +211,7 @@ Measurements of Internet censorship made or collected with censorscope, with the
 derived from them.
 
 - Period: {period}
-- Measurements: {len(frame)}; nettests: {tests}
+- Measurements: {facts.n}; nettests: {tests}
 - Vantages: {vantages}
 - Findings (one per input and nettest): {len(findings)}, of which {blocked} blocked at one
   vantage or more
@@ -248,13 +260,13 @@ derived from them.
 ## Method
 
 Verdicts are re-derived from raw observations (web_connectivity: OONI's v0.4 procedure);
-see censorscope's docs/analysis.md. {_evidence(result, frame)}
+see censorscope's docs/analysis.md. {_evidence(result.fingerprints_used, facts)}
 A finding "blocked at V" needs every gate: {_gates(result)}; a vantage that misses one is only
 "suggestive".
 
 ## Provenance
 
-{_provenance_text(prov, frame)} `censorscope verify DATASET` re-derives every finding from
+{_provenance_text(prov, facts)} `censorscope verify DATASET` re-derives every finding from
 `raw/` with the fingerprints in `fingerprints/` and says whether each still holds.
 
 ## Caveats
@@ -319,23 +331,24 @@ def sort_order(frame: pd.DataFrame) -> Any:
 def published_tables(
     comparison: Comparison,
     keywords: KeywordFindings | None,
-    frame: pd.DataFrame,
+    lists: FindingLists,
     prov: Provenance,
     scrubber: Scrubber | None,
 ) -> dict[str, pd.DataFrame]:
     """Name -> table exactly as it goes into the package's CSV (findings stamped with their
-    provenance, every cell scrubbed); `censorscope verify` rebuilds the same to compare."""
+    provenance and the `lists` of the published measurements, every cell scrubbed);
+    `censorscope verify` rebuilds the same to compare."""
     tables: dict[str, pd.DataFrame] = {}
     for name in TABLES:
         table = getattr(comparison, name)
         if name == "findings":
-            table = stamp(table, prov, frame)
+            table = stamp(table, prov, lists=lists)
         tables[name] = scrub_frame(plain(table), scrubber)
     for name, table in (keyword_tables(keywords) if keywords is not None else {}).items():
         if table.empty:  # no keyword measurements (or isolation...): no empty resource
             continue
         if name == "keyword_findings":
-            table = stamp(table, prov, frame, keyword=True)
+            table = stamp(table, prov, keyword=True, lists=lists)
         tables[name] = scrub_frame(plain(table), scrubber)
     return tables
 
@@ -376,12 +389,12 @@ def publish_dataset(
     scrubber: Scrubber | None = None,
     fingerprints: Path | None = None,
 ) -> Published:
-    """Write the package under OUT (see docs/analysis.md "Datasets"). Publishing the same
-    inputs with the same versions gives the same bytes; publishing again into OUT rewrites only
-    the files whose content changed."""
+    """Write the package under OUT from the in-process frame (see docs/analysis.md "Datasets";
+    analysis.publish_engine writes the same bytes on the distributed engine). Publishing the
+    same inputs with the same versions gives the same bytes; publishing again into OUT rewrites
+    only the files whose content changed."""
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_files(out)
-    prov = Provenance.of_run(fingerprints, result.gates or Gates(), result.window)
     loaded = result.loaded.measurements.reset_index(drop=True)
     frame = scrub_frame(redact(loaded, drop_asn), scrubber)
     keywords = _keywords(result, frame, drop_asn)  # renames by position: before sorting
@@ -391,6 +404,46 @@ def publish_dataset(
     loaded = loaded.iloc[order].reset_index(drop=True)
     comparison = compare(frame, result.window, result.gates) if drop_asn else result.comparison
     bulk = bulk_files.write_bulk(loaded, frame, out, scrubber=scrubber, drop_asn=drop_asn)
+    facts = facts_of(frame)
+    return write_package(
+        result,
+        out,
+        Package(comparison, keywords, numbers, facts, bulk, previous),
+        title=title,
+        licence=licence,
+        scrubber=scrubber,
+        fingerprints=fingerprints,
+    )
+
+
+@dataclass
+class Package:
+    """What the package's tables, card and metadata are written from: the comparison and
+    keyword findings as published (vantages redacted), the withheld AS numbers, the facts of
+    the published rows, the bulk files written, and the files of the previous publish."""
+
+    comparison: Comparison
+    keywords: KeywordFindings | None
+    numbers: set[int]
+    facts: Facts
+    bulk: bulk_files.Bulk
+    previous: set[str]
+
+
+def write_package(
+    result: Analysis,
+    out: Path,
+    package: Package,
+    *,
+    title: str,
+    licence: str,
+    scrubber: Scrubber | None,
+    fingerprints: Path | None,
+) -> Published:
+    """The CSV tables, fingerprint copies, provenance, datapackage.json, card and SHA256SUMS
+    around bulk files already written (both engines end here)."""
+    prov = Provenance.of_run(fingerprints, result.gates or Gates(), result.window)
+    bulk, numbers = package.bulk, package.numbers
     parquet = [p for p in bulk.files if p.suffix == ".parquet"]
     raw = [p for p in bulk.files if p.suffix == ".gz"]
     resources: list[dict[str, Any]] = [
@@ -416,8 +469,10 @@ def publish_dataset(
             }
         )
     files: list[Path] = list(bulk.files)
-
-    for name, table in published_tables(comparison, keywords, frame, prov, scrubber).items():
+    tables = published_tables(
+        package.comparison, package.keywords, package.facts.finding_lists, prov, scrubber
+    )
+    for name, table in tables.items():
         table = withhold_ids(table, numbers)  # keyword evidence and isolations name reports
         path = out / f"{name}.csv"
         write_csv(table, path)
@@ -447,13 +502,13 @@ def publish_dataset(
             }
         )
     files += copies
-    record = prov.to_json(probe_lists(frame))
+    record = prov.to_json(sorted(package.facts.probe_lists))
     (out / PROVENANCE_FILE).write_text(
         json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
     # Store files are named by report id, which names the network.
     sources = sorted({bulk_files.without_asn(Path(s).name, numbers) for s in result.loaded.sources})
-    package = {
+    datapackage = {
         "name": "censorscope-dataset",
         "title": title,
         "licenses": [{"name": licence, "path": f"https://spdx.org/licenses/{licence}.html"}],
@@ -466,19 +521,28 @@ def publish_dataset(
         },
     }
     (out / "datapackage.json").write_text(
-        json.dumps(package, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps(datapackage, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-    card = _card(result, frame, title, licence, prov=prov, late=bulk.late, raw_lines=bulk.raw_lines)
+    card = _card(
+        result, package.facts, title, licence, prov=prov, late=bulk.late, raw_lines=bulk.raw_lines
+    )
     (out / "README.md").write_text(card, encoding="utf-8")
     files += [out / PROVENANCE_FILE, out / "datapackage.json", out / "README.md"]
     current = {p.relative_to(out).as_posix() for p in files}
-    removed = _remove_stale(out, previous, current | {SUMS})
-    sums = "".join(
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"
-        for p in sorted(files)
-    )
-    (out / SUMS).write_text(sums, encoding="utf-8")
+    removed = _remove_stale(out, package.previous, current | {SUMS})
+    with open(out / SUMS, "w", encoding="utf-8") as sums:
+        for path in sorted(files):
+            sums.write(f"{sha256_of(path)}  {path.relative_to(out).as_posix()}\n")
     return Published([*files, out / SUMS], bulk.changed, removed, bulk.late, bulk.raw_lines)
+
+
+def sha256_of(path: Path) -> str:
+    """A file's SHA256 read 1 MB at a time (raw files and partitions can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def publish(

@@ -33,6 +33,7 @@ from analysis.keywords import from_partial as keyword_findings
 from analysis.keywords import merge as merge_keywords
 from analysis.keywords import partial as keyword_partial
 from analysis.load import Filters, Loader, LoadError, iter_ooni_file, iter_store_file
+from analysis.provenance import FindingLists, finding_lists, merge_finding_lists
 from analysis.verdicts import VERDICT_COLUMNS, Classifier, default_classifier
 from probes.store import LineProblem, ResultsStore
 
@@ -64,6 +65,7 @@ class PieceResult:
     problems: list[LineProblem]
     n_problems: int
     keywords: KeywordPartial | None = None
+    lists: FindingLists = field(default_factory=FindingLists)  # provenance: the probes' lists
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Streamed:
     problems: list[LineProblem] = field(default_factory=list)
     n_problems: int = 0
     keywords: KeywordFindings | None = None
+    lists: FindingLists = field(default_factory=FindingLists)  # list hashes per finding key
 
 
 def _is_jsonl(path: Path) -> bool:
@@ -199,6 +202,7 @@ def process_piece(
         loader.problems,
         loader.n_problems,
         keyword_partial(loaded.keyword_rows, loaded.isolations, window),
+        finding_lists(frame),
     )
 
 
@@ -233,6 +237,7 @@ def run_streamed(
     workers = workers or os.cpu_count() or 1
     pending: list[Partial] = []
     keyword_parts: list[KeywordPartial] = []
+    lists: list[FindingLists] = []
     pending_rows = 0
     rows = lines = n_problems = 0
     problems: list[LineProblem] = []
@@ -250,6 +255,7 @@ def run_streamed(
         rows += result.rows
         lines += result.lines
         pending.append(result.partial)
+        lists[:] = [merge_finding_lists([*lists, result.lists])]
         pending_rows += len(result.partial.counts)
         if result.keywords is not None:
             keyword_parts.append(result.keywords)
@@ -273,7 +279,14 @@ def run_streamed(
     merged = merge_partials(pending)
     keywords = keyword_findings(merge_keywords(keyword_parts), gates)
     return Streamed(
-        from_partial(merged, gates), rows, lines, len(todo), problems, n_problems, keywords
+        from_partial(merged, gates),
+        rows,
+        lines,
+        len(todo),
+        problems,
+        n_problems,
+        keywords,
+        merge_finding_lists(lists),
     )
 
 

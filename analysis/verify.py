@@ -11,7 +11,6 @@ newer rules holds.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import tempfile
@@ -24,7 +23,8 @@ from analysis import bulk
 from analysis.compare import Gates
 from analysis.keywords import TABLES as KEYWORD_TABLES
 from analysis.provenance import PROVENANCE_FILE, Provenance
-from analysis.publish import FINGERPRINTS_DIR, SUMS, published_tables, redact
+from analysis.publish import FINGERPRINTS_DIR, SUMS, published_tables
+from analysis.publish import sha256_of as file_digest
 from analysis.tables import TABLES, write_csv
 from probes.provenance import file_sha256
 
@@ -104,7 +104,7 @@ def check_sums(dataset: Path) -> list[str]:
         path = dataset / name
         if not path.is_file():
             problems.append(f"{name}: missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        elif file_digest(path) != digest:
             problems.append(f"{name}: content differs from SHA256SUMS")
     return problems
 
@@ -166,8 +166,17 @@ def compare_csv(table: str, published: str, rederived: str) -> list[Difference]:
     return out
 
 
-def verify(dataset: Path, *, engine: str = "pandas") -> Verification:
-    """Re-derive DATASET's tables from its raw measurements and compare (see module doc)."""
+def verify(
+    dataset: Path,
+    *,
+    engine: str = "dask",
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> Verification:
+    """Re-derive DATASET's tables from its raw measurements and compare (see module doc).
+
+    `engine` "dask" (analysis.engine: the raw files are partitions, reduced to counts and
+    facts; no process holds every row) or "pandas" (in one process); the same tables."""
     from analysis.load import Filters
     from analysis.pipeline import run
 
@@ -183,17 +192,29 @@ def verify(dataset: Path, *, engine: str = "pandas") -> Verification:
     raw = bulk.raw_files(dataset)
     if not raw and (dataset / bulk.MEASUREMENTS_DIR).is_dir():
         raise DatasetError(f"{dataset / bulk.RAW_DIR}: no raw measurements to re-derive from")
-    result = run([], raw, Filters(), fingerprints, engine=engine, window=prov.window, gates=gates)
+    result = run(
+        [],
+        raw,
+        Filters(),
+        fingerprints,
+        engine=engine,
+        window=prov.window,
+        gates=gates,
+        workers=workers,
+        scheduler=scheduler,
+    )
     if result.loaded.n_problems:
         first = result.loaded.problems[0]
         problems.append(f"{result.loaded.n_problems} raw lines unreadable, first: {first}")
     now = Provenance.of_run(fingerprints, gates, prov.window)
-    frame = redact(result.loaded.measurements, frozenset())
-    tables = published_tables(result.comparison, result.keywords, frame, now, None)
+    # The facts' list hashes per finding: of every row, merged from partitions on the engine.
+    tables = published_tables(
+        result.comparison, result.keywords, result.facts.finding_lists, now, None
+    )
     names = [
         n for n in (*TABLES, *KEYWORD_TABLES) if n in tables or (dataset / f"{n}.csv").exists()
     ]
-    report = Verification(prov, now, len(frame), names, problems)
+    report = Verification(prov, now, result.facts.n, names, problems)
     with tempfile.TemporaryDirectory(prefix="censorscope-verify-") as tmp:
         for name in names:
             published_path = dataset / f"{name}.csv"

@@ -6,7 +6,13 @@ child processes, each timed with its peak RSS: `censorscope publish` into a fres
 `censorscope verify` of it, and `publish` again into the same folder (nothing changed, so no
 raw or Parquet file should be rewritten). Everything stays in a temporary folder.
 
-    python -m bench.publish_verify [--measurements 20000]
+`--ooni PATH` publishes those files (e.g. a bucket written by `bench.analysis --bucket`) instead
+of a store. `--workers N` runs publish and verify through the distributed engine on a fresh
+LocalCluster of N single-threaded worker processes for each command (given to the command with
+`--scheduler`), and prints each worker's peak RSS besides the command's own (the client's).
+`--engine pandas` times the in-process engine.
+
+    python -m bench.publish_verify [--measurements 20000] [--ooni PATH] [--workers 2]
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,6 +85,36 @@ def write_store(root: Path, total: int) -> int:
     return written
 
 
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def cluster(workers: int) -> Iterator[tuple[list[str], Any]]:
+    """(`--scheduler ADDRESS` for a command, a client) of a fresh LocalCluster; none for 0."""
+    if not workers:
+        yield [], None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as local,
+        Client(local) as client,
+    ):
+        yield ["--scheduler", local.scheduler_address], client
+
+
+def worker_peaks(client: Any) -> str:
+    if client is None:
+        return ""
+    peaks = sorted(client.run(_peak_mb).values())
+    return "  workers' peak RSS " + ", ".join(f"{p:.0f}" for p in peaks) + " MB"
+
+
 def timed(args: list[str]) -> tuple[float, float, str]:
     """(seconds, peak RSS of this child in MB, its stdout): os.wait4 gives the child's own
     rusage, not the maximum over every child so far."""
@@ -101,19 +140,39 @@ def size_mb(folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measurements", type=int, default=20_000)
+    parser.add_argument("--ooni", type=Path, default=None, help="publish these files instead")
+    parser.add_argument("--workers", type=int, default=0, help="a LocalCluster of N workers")
+    parser.add_argument("--engine", default="dask", choices=["dask", "pandas"])
     options = parser.parse_args()
+    engine = ["--engine", options.engine]
     with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
         store, out = Path(tmp) / "store", Path(tmp) / "dataset"
-        n = write_store(store, options.measurements)
-        print(f"store: {n} measurements, {size_mb(store):.1f} MB")
-        seconds, peak, _ = timed(["publish", "--results", str(store), "--out", str(out)])
+        if options.ooni is not None:
+            source = ["--ooni", str(options.ooni)]
+            n = 0
+            print(f"input: {options.ooni}, {size_mb(options.ooni):.1f} MB")
+        else:
+            source = ["--results", str(store)]
+            n = write_store(store, options.measurements)
+            print(f"store: {n} measurements, {size_mb(store):.1f} MB")
+        with cluster(options.workers) as (scheduler, client):
+            seconds, peak, stdout = timed(
+                ["publish", *source, "--out", str(out), *engine, *scheduler]
+            )
+            peaks = worker_peaks(client)
+        n = n or int(stdout.split(" raw measurements", 1)[0].rsplit("\n", 1)[-1])
         print(f"publish:   {seconds:6.1f} s  {n / seconds:7.0f} measurements/s  "
-              f"peak RSS {peak:.0f} MB  dataset {size_mb(out):.1f} MB")  # fmt: skip
-        seconds, peak, stdout = timed(["verify", str(out)])
+              f"peak RSS {peak:.0f} MB  dataset {size_mb(out):.1f} MB{peaks}")  # fmt: skip
+        with cluster(options.workers) as (scheduler, client):
+            seconds, peak, stdout = timed(["verify", str(out), *engine, *scheduler])
+            peaks = worker_peaks(client)
         holds = "holds" if "every published finding holds" in stdout else "DIFFERS"
         print(f"verify:    {seconds:6.1f} s  {n / seconds:7.0f} measurements/s  "
-              f"peak RSS {peak:.0f} MB  {holds}")  # fmt: skip
-        seconds, _peak, stdout = timed(["publish", "--results", str(store), "--out", str(out)])
+              f"peak RSS {peak:.0f} MB  {holds}{peaks}")  # fmt: skip
+        with cluster(options.workers) as (scheduler, client):
+            seconds, _peak, stdout = timed(
+                ["publish", *source, "--out", str(out), *engine, *scheduler]
+            )
         changed = next((line for line in stdout.splitlines() if "raw/Parquet" in line), "")
         print(f"republish: {seconds:6.1f} s  {changed.split('; ', 1)[-1]}")
 

@@ -56,9 +56,9 @@ Engine = Annotated[
 PublishEngine = Annotated[
     str,
     typer.Option(
-        help="pandas: publish holds every measurement in this process (its raw files, Parquet "
-        "and provenance are the rows); dask is accepted and takes the same in-process path "
-        "(docs/analysis.md, Limits)."
+        help="dask (as for report: each partition's rows are spooled under --out by output "
+        "file and a second stage of tasks writes each raw and Parquet file; no process holds "
+        "every row) or pandas (one process, every row in memory; the same bytes)."
     ),
 ]
 AnalyzeEngine = Annotated[
@@ -244,21 +244,9 @@ def _analysis(
     workers: int | None = None,
 ) -> Analysis:
     """Run load + classify + compare: in memory (pandas), or as Dask tasks (dask)."""
-    from analysis.pipeline import ENGINES, run
+    from analysis.pipeline import run
 
-    if engine == "stream":
-        fail("--engine stream is for analyze: report and publish need every measurement's row")
-    if engine not in ENGINES:
-        fail(f"--engine: unknown engine {engine!r} (use {' or '.join(ENGINES)})")
-    if scheduler and engine != "dask":
-        fail("--scheduler: only with --engine dask")
-    if engine == "dask":
-        try:
-            import dask.distributed  # noqa: F401
-        except ImportError:
-            if scheduler or (workers or 1) > 1:
-                fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
-            workers = 1  # the same tasks, one after the other in this process
+    workers = engine_workers(engine, scheduler, workers)
     with _analysis_errors():
         result = run(
             src.stores,
@@ -274,6 +262,59 @@ def _analysis(
         )
     _report_problems(result.loaded.problems, result.loaded.n_problems)
     return result
+
+
+def engine_workers(engine: str, scheduler: str | None, workers: int | None) -> int | None:
+    """Check the engine options; `workers` 1 when dask is missing (the same tasks in turn)."""
+    from analysis.pipeline import ENGINES
+
+    if engine == "stream":
+        fail("--engine stream is for analyze: report and publish need every measurement's row")
+    if engine not in ENGINES:
+        fail(f"--engine: unknown engine {engine!r} (use {' or '.join(ENGINES)})")
+    if scheduler and engine != "dask":
+        fail("--scheduler: only with --engine dask")
+    if engine == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            if scheduler or (workers or 1) > 1:
+                fail("--engine dask needs the `dask` extra: pip install 'censorscope[dask]'")
+            return 1  # the same tasks, one after the other in this process
+    return workers
+
+
+def _published_on_engine(
+    src: _Sources,
+    out: Path,
+    drop_asn: list[str] | None,
+    options: dict[str, Any],
+    scheduler: str | None,
+    workers: int | None,
+) -> tuple[Analysis, Any]:
+    """publish as Dask tasks (analysis.publish_engine)."""
+    from analysis.publish_engine import publish_engine
+
+    workers = engine_workers("dask", scheduler, workers)
+    with _analysis_errors():
+        try:
+            result, done = publish_engine(
+                src.stores,
+                src.ooni,
+                src.filters,
+                src.fingerprints,
+                out,
+                window=src.window,
+                gates=src.gates,
+                drop_asn=set(drop_asn or ()),
+                scheduler=scheduler,
+                workers=workers,
+                **options,
+            )
+        except OSError as exc:
+            fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
+    _report_problems(result.loaded.problems, result.loaded.n_problems)
+    return result, done
 
 
 def _streamed(src: _Sources) -> Streamed:
@@ -326,20 +367,23 @@ def _summary_of(result: Analysis) -> str:
 
 
 def _with_provenance(
-    src: _Sources, comparison: Comparison, keywords: Any, lists: list[str] | None
+    src: _Sources, comparison: Comparison, keywords: Any, finding_lists: Any
 ) -> tuple[Comparison, Any, dict[str, Any]]:
     """Findings stamped with what decided them (analysis.provenance; the same columns for every
-    engine) and the provenance record; `probe_lists` when the engine collected them (the
-    pandas and dask engines do, in analysis.facts; the stream engine does not)."""
+    engine: each finding's `probe_lists` from the engine's merged `finding_lists`) and the
+    provenance record (every list hash)."""
     from dataclasses import replace
 
     from analysis.provenance import Provenance, stamp
 
     with _analysis_errors():
         prov = Provenance.of_run(src.fingerprints, src.gates, src.window)
-    comparison = replace(comparison, findings=stamp(comparison.findings, prov))
+    findings = stamp(comparison.findings, prov, lists=finding_lists)
+    comparison = replace(comparison, findings=findings)
     if keywords is not None and not keywords.findings.empty:
-        keywords = replace(keywords, findings=stamp(keywords.findings, prov))
+        stamped = stamp(keywords.findings, prov, keyword=True, lists=finding_lists)
+        keywords = replace(keywords, findings=stamped)
+    lists = sorted(frozenset().union(*finding_lists.web.values()))
     return comparison, keywords, prov.to_json(lists)
 
 
@@ -393,12 +437,12 @@ def register(app: typer.Typer) -> None:
                 comparison, streamed.rows, n_vantages, streamed.n_problems, streamed.keywords
             )
             keywords = streamed.keywords
-            lists = None
+            lists = streamed.lists
         else:
             result = _analysis(engine, src, scheduler, workers)
             comparison, summary = result.comparison, _summary_of(result)
             keywords = result.keywords
-            lists = sorted(result.facts.probe_lists)
+            lists = result.facts.finding_lists
         comparison, keywords, record = _with_provenance(src, comparison, keywords, lists)
         try:
             written = write_tables(comparison, out)
@@ -450,7 +494,7 @@ def register(app: typer.Typer) -> None:
         results: Results = None,
         ooni: Ooni = None,
         parquet: Parquet = None,
-        engine: PublishEngine = "pandas",
+        engine: PublishEngine = "dask",
         since: Since = None,
         until: Until = None,
         vantage: Vantage = None,
@@ -496,25 +540,25 @@ def register(app: typer.Typer) -> None:
                 "--parquet: publish re-reads each measurement's raw line; give the --results or "
                 "--ooni files the Parquet was published from"
             )
-        if engine == "dask" and (scheduler or workers):
-            typer.echo(
-                "censorscope: publish loads every measurement in this process (its raw files, "
-                "Parquet and provenance need the rows; docs/analysis.md): --scheduler and "
-                "--workers apply to analyze and report",
-                err=True,
-            )
-        # Every engine publishes from the in-process frame (see above).
-        result = _analysis("pandas" if engine == "dask" else engine, src)
         options: dict[str, Any] = {
             "title": title,
             "licence": licence,
             "scrubber": Scrubber([*(scrub or ()), *local_addresses()]),
-            "fingerprints": src.fingerprints,
         }
-        try:
-            done = publish_dataset(result, out, drop_asn=set(drop_asn or ()), **options)
-        except OSError as exc:
-            fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
+        if engine == "dask":
+            result, done = _published_on_engine(src, out, drop_asn, options, scheduler, workers)
+        else:
+            result = _analysis(engine, src, scheduler, workers)
+            try:
+                done = publish_dataset(
+                    result,
+                    out,
+                    drop_asn=set(drop_asn or ()),
+                    fingerprints=src.fingerprints,
+                    **options,
+                )
+            except OSError as exc:
+                fail(f"{out}: cannot write: {exc.strerror or exc}", EXIT_FAILURE)
         typer.echo(_summary_of(result))
         typer.echo(
             f"{done.raw_lines} raw measurements, {done.late} arrived late (counted in the "
