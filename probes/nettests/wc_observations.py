@@ -277,37 +277,22 @@ def ingest(test_keys: Mapping[str, Any]) -> Container:
             status.get("failure") if type(status) is dict else _map(status).get("failure")
         )
         depth, fetch_body, _ = _tags(entry.get("tags"))
-        if base is not None:
-            obs = Observation(
-                type=TCP,
-                txid=txid,
-                failure=failure,
-                depth=depth,
-                fetch_body=fetch_body,
-                dns_txid=base.dns_txid,
-                dns_domain=base.dns_domain,
-                dns_failure=base.dns_failure,
-                dns_addrs=base.dns_addrs,
-                ip_origin=base.ip_origin,
-                ip=ip,
-                ip_bogon=_bogon(ip),
-                endpoint_txid=txid,
-                endpoint=join_host_port(ip, entry.get("port")),
-                tcp_failure=failure,
-            )
-        else:
-            obs = Observation(
-                type=TCP,
-                txid=txid,
-                failure=failure,
-                depth=depth,
-                fetch_body=fetch_body,
-                ip=ip,
-                ip_bogon=_bogon(ip),
-                endpoint_txid=txid,
-                endpoint=join_host_port(ip, entry.get("port")),
-                tcp_failure=failure,
-            )
+        obs = Observation(
+            type=TCP,
+            txid=txid,
+            failure=failure,
+            depth=depth,
+            fetch_body=fetch_body,
+            ip=ip,
+            ip_bogon=_bogon(ip),
+            endpoint_txid=txid,
+            endpoint=join_host_port(ip, entry.get("port")),
+            tcp_failure=failure,
+        )
+        if base is not None:  # the lookup that gave this address
+            obs.dns_txid, obs.dns_domain = base.dns_txid, base.dns_domain
+            obs.dns_failure, obs.dns_addrs = base.dns_failure, base.dns_addrs
+            obs.ip_origin = base.ip_origin
         endpoints[txid] = obs
     for hs in _list(test_keys.get("tls_handshakes")):
         hs = _map(hs)
