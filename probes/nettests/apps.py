@@ -188,9 +188,10 @@ class AppNettest(Nettest):
         failure = None if addrs else (results[0].failure or "dns_no_answer")
         return addrs, list(dict.fromkeys(seen)), records, failure
 
-    async def _ask_control(self, target: Target, addrs: list[str]) -> dict[str, Any]:
+    async def _ask_control(self, target: Target, addrs: list[str], t_zero: float) -> dict[str, Any]:
         """The helper's view of the target (x_control, x_control_failure), asked while the
-        probe's own steps run so that it fits the per-input budget."""
+        probe's own steps run and waited for until the per-input budget (--timeout) is spent,
+        so the runner never abandons the input for it."""
         assert self.control is not None
         tried = (
             []
@@ -199,7 +200,8 @@ class AppNettest(Nettest):
         )
         out: dict[str, Any] = {"x_control": None, "x_control_failure": None}
         try:
-            async with asyncio.timeout(self.ctx.timeout):
+            left = self.ctx.timeout - (time.monotonic() - t_zero)
+            async with asyncio.timeout(max(left, 0.0)):
                 result = await self.control.measure(analysis.control_url(target.url), tried, {})
         except TimeoutError:
             out["x_control_failure"] = "generic_timeout_error"
@@ -217,9 +219,14 @@ class AppNettest(Nettest):
         def ask(addrs: list[str]) -> None:
             nonlocal asked
             if self.control is not None:
-                asked = asyncio.create_task(self._ask_control(target, addrs))
+                asked = asyncio.create_task(self._ask_control(target, addrs, t_zero))
 
-        out = await self._target_steps(target, chosen, t_zero, client, ask)
+        try:
+            out = await self._target_steps(target, chosen, t_zero, client, ask)
+        except BaseException:
+            if asked is not None:
+                asked.cancel()
+            raise
         if asked is not None:
             if out["failure"] is None:
                 asked.cancel()  # the probe got through: nothing for the control to explain
