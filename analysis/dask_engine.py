@@ -60,15 +60,22 @@ def read_partitioned(root: Path) -> Any:
 
 
 @contextmanager
-def local_cluster(workers: int = 2) -> Iterator[Any]:
-    """A LocalCluster of `workers` single-threaded worker processes, and its client."""
+def dask_client(
+    scheduler: str | None = None, workers: int = 2, processes: bool = True
+) -> Iterator[Any]:
+    """A Dask client: of the cluster at `scheduler`, or of a LocalCluster of `workers`
+    single-threaded workers started here (processes, or threads with `processes=False`)."""
     from dask.distributed import Client, LocalCluster
 
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
     with (
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
-            processes=True,
+            processes=processes,
             dashboard_address=None,
         ) as cluster,
         Client(cluster) as client,

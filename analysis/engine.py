@@ -33,6 +33,7 @@ from analysis.compare import (
     merge_partials,
     partial_counts,
 )
+from analysis.dask_engine import dask_client
 from analysis.facts import Facts, facts_of, merge_facts
 from analysis.keywords import KeywordPartial
 from analysis.keywords import from_partial as keyword_findings
@@ -159,27 +160,6 @@ def reduce_part(
         facts_of(frame),
     )
     return result
-
-
-@contextmanager
-def _client(scheduler: str | None, workers: int, processes: bool = True) -> Iterator[Any]:
-    """A Dask client: of the cluster at `scheduler`, or of a LocalCluster started here."""
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler:
-        with Client(scheduler) as client:
-            yield client
-        return
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=processes,
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
 
 
 @dataclass
@@ -337,7 +317,7 @@ def tasks(
         return
     from dask.distributed import as_completed
 
-    with _client(scheduler, n_workers, processes) as client:
+    with dask_client(scheduler, n_workers, processes) as client:
 
         def there(
             function: Callable[..., Any], items: Sequence[Any], **shared: Any

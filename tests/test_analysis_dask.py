@@ -16,15 +16,15 @@ from tests import missing
 pytest.importorskip("dask.distributed", reason=missing.reason("the `dask` extra"))
 
 
-def test_dask_equals_pandas_on_local_cluster(tmp_path: Path) -> None:
-    from analysis.dask_engine import compare_parquet, local_cluster, write_partitioned
+def test_dask_equals_pandas_on_dask_client(tmp_path: Path) -> None:
+    from analysis.dask_engine import compare_parquet, dask_client, write_partitioned
 
     h.write_store(tmp_path / "store")
     loaded = load_classified([tmp_path / "store"], [], Filters(), None, observations=False)
     expected = compare(loaded.measurements)
     write_partitioned(loaded.measurements, tmp_path / "parquet")
     assert len(list((tmp_path / "parquet").rglob("*.parquet"))) == h.DAYS  # one test, DAYS dates
-    with local_cluster(2) as client:
+    with dask_client(workers=2) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         got = compare_parquet(tmp_path / "parquet")
     for name in ("findings", "vantages", "timelines", "changes"):
