@@ -246,3 +246,29 @@ def test_a_partition_with_more_buckets_than_open_files(
     _in_process(stores, ooni, tmp_path / "pandas")
     _on_engine(stores, ooni, tmp_path / "engine", 1)
     assert _files(tmp_path / "engine") == _files(tmp_path / "pandas")
+
+
+def test_a_disk_too_small_for_the_spool_is_named_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool estimate: 1.7 bytes a gzipped input byte, 0.25 a text byte, against OUT's
+    free space (the disk is reported small: filling a real one is not a test)."""
+    from analysis.engine import plan
+    from analysis.publish_engine import space_short
+
+    text = tmp_path / "m.jsonl"
+    text.write_bytes(b"x" * 4000)
+    packed = tmp_path / "raw" / "20240101" / "00" / "ZZ" / "webconnectivity" / "m.jsonl.gz"
+    packed.parent.mkdir(parents=True)
+    packed.write_bytes(b"y" * 1000)
+    todo = plan([], [text, tmp_path / "raw"], Filters(), None, None).todo
+    out = tmp_path / "out"
+    out.mkdir()
+    assert space_short(todo, out) is None  # this disk has room for 2.7 KB
+    usage = shutil.disk_usage(out)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2600))
+    warning = space_short(todo, out)
+    assert warning is not None
+    assert str(out / SPOOL) in warning and "it may run out of space" in warning
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=2800))
+    assert space_short(todo, out) is None

@@ -309,6 +309,7 @@ def _published_on_engine(
                 drop_asn=set(drop_asn or ()),
                 scheduler=scheduler,
                 workers=workers,
+                warn=lambda text: typer.echo(f"warning: {text}", err=True),
                 **options,
             )
         except OSError as exc:
