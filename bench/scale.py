@@ -13,7 +13,8 @@ of one worker per core" is read off the worker column: it must not grow with the
 
 `--sample-files K` first runs the commands on the bucket's first K files (a symlinked copy of
 their layout) with `--engine pandas` and with `--engine dask --workers W`, and compares every
-output file's sha256 (the report's HTML, the analysis tables, the published dataset).
+output file's sha256 (the report's HTML, the analysis tables, the published dataset);
+`--sample-only` stops there (in-process publish holds every raw line: ~21 GB at 1M lines).
 """
 
 from __future__ import annotations
@@ -153,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="dask")
     parser.add_argument("--commands", default=",".join(COMMANDS))
     parser.add_argument("--sample-files", type=int, default=0)
+    parser.add_argument(
+        "--sample-only", action="store_true", help="compare the engines on the sample, then stop"
+    )
     args = parser.parse_args(argv)
+    if args.sample_only and not args.sample_files:
+        parser.error("--sample-only needs --sample-files")
     commands = [c for c in args.commands.split(",") if c]
     unknown = set(commands) - set(COMMANDS)
     if unknown:
@@ -171,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample: {what}")
         for line in identity(sample, args.out / "sample", commands, args.workers):
             print("  " + line, flush=True)
+        if args.sample_only:
+            return 0
     print(f"{'command':8} {'engine':6} {'seconds':>8} {'client MB':>9} {'worker MB':>9} procs exit")
     for command in commands:
         done = run(command, args.bucket, args.out / "full", args.engine, args.workers)
