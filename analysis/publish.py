@@ -237,6 +237,16 @@ derived from them.
   GROUP BY ALL ORDER BY n DESC;
   ```
 
+  and the raw files, naming the columns to read (some of OONI's own measurements carry header
+  names that differ only in case, which DuckDB's schema detection refuses):
+
+  ```sql
+  SELECT test_name, test_keys->>'$.blocking' AS probe_verdict, count(*) AS n
+  FROM read_json('raw/*/*/*/*/*.jsonl.gz', format = 'newline_delimited',
+                 columns = {{measurement_uid: 'VARCHAR', test_name: 'VARCHAR', test_keys: 'JSON'}})
+  GROUP BY ALL ORDER BY n DESC;
+  ```
+
 - `findings.csv`: one finding per input and nettest, with the gates each blocking vantage
   passed; `vantages.csv`: rates per input, nettest and vantage with 95% Wilson intervals and
   Fisher's exact test (Benjamini-Hochberg q-values); `timelines.csv`: rates per time window;

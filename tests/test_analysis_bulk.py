@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from probes.cli import app
 from probes.measurement import Measurement, new_measurement_uid, new_report_id, ooni_time
 from probes.store import ReportManifest, ResultsStore
 from tests import analysis_helpers as h
+from tests import missing
 from tests.ooni_bucket_model import FileEntry, stream_jsonl
 from tests.shared_data import SHARED_DATA
 
@@ -115,6 +117,44 @@ def test_parquet_is_hive_partitioned_by_date_country_and_test(dataset: Path) -> 
     assert (ours["date"].astype(str).str[:7] == "2024-03").all()
     # pandas alone (pyarrow underneath, no censorscope code) reads the same rows.
     assert len(pd.read_parquet(dataset / bulk.MEASUREMENTS_DIR)) == len(frame)
+
+
+def _card_sql(dataset: Path) -> list[str]:
+    """The DuckDB queries the dataset card shows, as a reader would copy them."""
+    card = (dataset / "README.md").read_text(encoding="utf-8")
+    return [block.split("```", 1)[0] for block in card.split("```sql\n")[1:]]
+
+
+def test_duckdb_runs_the_cards_queries(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB (its own Parquet and JSON readers, no censorscope code) from the dataset folder,
+    as the card tells a reader to: the queries' counts are the published rows' and lines'."""
+    duckdb = pytest.importorskip("duckdb", reason=missing.reason("duckdb (the dev extra)"))
+    on_parquet, on_raw = _card_sql(dataset)
+    monkeypatch.chdir(dataset)  # the card's paths are relative to the dataset
+    table = ds.dataset(dataset / bulk.MEASUREMENTS_DIR, format="parquet", partitioning="hive")
+    frame = table.to_table().to_pandas().astype({"probe_cc": str, "test_name": str})
+    assert len(frame) == N + len(_lines(OTHER))
+
+    rows = duckdb.sql(on_parquet).fetchall()
+    counts = frame.groupby(["probe_cc", "test_name", "blocking"], dropna=False).size()
+    want = {(cc, t, None if pd.isna(b) else b): int(n) for (cc, t, b), n in counts.items()}
+    assert {(cc, t, b): n for cc, t, b, n in rows} == want
+    assert [n for *_, n in rows] == sorted((n for *_, n in rows), reverse=True)
+
+    rows = duckdb.sql(on_raw).fetchall()
+    verdicts: dict[tuple[str, object], int] = {}
+    for path in bulk.raw_files(dataset):
+        for measurement in stream_jsonl(path):
+            blocking = (measurement.get("test_keys") or {}).get("blocking", None)
+            text = None if blocking is None else json.dumps(blocking).strip('"')
+            key = (measurement["test_name"], text)
+            verdicts[key] = verdicts.get(key, 0) + 1
+    assert {(t, b): n for t, b, n in rows} == verdicts
+    assert sum(verdicts.values()) == len(frame)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
 
 
 def _late_report(root: Path, made: datetime, arrived: datetime, n: int) -> list[str]:
