@@ -513,9 +513,7 @@ def write_package(
         )
     files += copies
     record = prov.to_json(sorted(package.facts.probe_lists))
-    (out / PROVENANCE_FILE).write_text(
-        json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    bulk_files.put(out / PROVENANCE_FILE, _json_bytes(record))
     # Store files are named by report id, which names the network.
     sources = sorted({bulk_files.without_asn(Path(s).name, numbers) for s in result.loaded.sources})
     datapackage = {
@@ -530,20 +528,23 @@ def write_package(
             "provenance": PROVENANCE_FILE,
         },
     }
-    (out / "datapackage.json").write_text(
-        json.dumps(datapackage, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    bulk_files.put(out / "datapackage.json", _json_bytes(datapackage))
     card = _card(
         result, package.facts, title, licence, prov=prov, late=bulk.late, raw_lines=bulk.raw_lines
     )
-    (out / "README.md").write_text(card, encoding="utf-8")
+    bulk_files.put(out / "README.md", card.encode("utf-8"))
     files += [out / PROVENANCE_FILE, out / "datapackage.json", out / "README.md"]
     current = {p.relative_to(out).as_posix() for p in files}
     removed = _remove_stale(out, package.previous, current | {SUMS})
-    with open(out / SUMS, "w", encoding="utf-8") as sums:
-        for path in sorted(files):
-            sums.write(f"{sha256_of(path)}  {path.relative_to(out).as_posix()}\n")
+    # Last, and whole or not at all: a publish killed before this line leaves the previous
+    # SHA256SUMS, which no longer matches what changed, so verify names it.
+    sums = "".join(f"{sha256_of(p)}  {p.relative_to(out).as_posix()}\n" for p in sorted(files))
+    bulk_files.put(out / SUMS, sums.encode("utf-8"))
     return Published([*files, out / SUMS], bulk.changed, removed, bulk.late, bulk.raw_lines)
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def sha256_of(path: Path) -> str:

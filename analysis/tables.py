@@ -7,6 +7,9 @@ the same bytes (analysis.publish relies on it).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,12 +32,32 @@ def plain(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary name beside PATH to write to; renamed over PATH only once written and
+    synced, so a crash or kill leaves the old file or the new one, never a part of one (a
+    timelines.csv can take minutes to write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """One Parquet file; no pandas metadata blob (it embeds versions), fixed writer options."""
     table = pa.Table.from_pandas(plain(frame), preserve_index=False)
     table = table.replace_schema_metadata(None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
 
 
 # A text cell starting with one of these is a formula to a spreadsheet (Excel, LibreOffice,
@@ -67,10 +90,10 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
     """CSV for spreadsheets: formula-like text neutralised (see neutralise_formulas)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    neutralise_formulas(plain(frame)).to_csv(
-        path, index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%SZ"
-    )
+    with replacing(path) as tmp:
+        neutralise_formulas(plain(frame)).to_csv(
+            tmp, index=False, lineterminator="\n", date_format="%Y-%m-%dT%H:%M:%SZ"
+        )
 
 
 def write_tables(comparison: Comparison, out: Path) -> list[Path]:
