@@ -54,6 +54,7 @@ from analysis.engine import (
     Job,
     Partition,
     PartResult,
+    _piece_bytes,
     _Reducer,
     analysis_of,
     load_part,
@@ -145,9 +146,8 @@ def space_short(todo: Sequence[Partition], out: Path) -> str | None:
     need = 0.0
     for part in todo:
         for piece in part.pieces:
-            size = os.path.getsize(piece.path) if piece.end < 0 else piece.end - piece.start
             gzipped = piece.path.endswith(".gz")
-            need += size * (SPOOL_PER_GZIP_BYTE if gzipped else SPOOL_PER_TEXT_BYTE)
+            need += _piece_bytes(piece) * (SPOOL_PER_GZIP_BYTE if gzipped else SPOOL_PER_TEXT_BYTE)
     free = shutil.disk_usage(out).free
     if need <= free:
         return None
@@ -386,12 +386,12 @@ def publish_engine(
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous_files(out)
     run = plan(results, ooni, filters, fingerprints, window, piece_bytes)
+    spool = out / SPOOL
+    shutil.rmtree(spool, ignore_errors=True)  # a killed run's
     if warn is not None:
         short = space_short(run.todo, out)
         if short:
             warn(short)
-    spool = out / SPOOL
-    shutil.rmtree(spool, ignore_errors=True)
     options = Options(run.job, str(spool), frozenset(drop_asn), scrubber)
     reducer = _Reducer(run.todo)
     outputs = _Outputs()
