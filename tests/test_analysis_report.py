@@ -111,3 +111,37 @@ def test_heatmap_names_the_new_blocking_types() -> None:
     )
     states = cell_states(Facts(cells=cells), set(report.STATE_COLOURS))
     assert states["state"].tolist() == ["quic", "throttling", "other"]
+
+
+def test_cell_states_pick_the_dominant_type_then_access() -> None:
+    """Per (target, vantage): the most frequent blocking type (ties: first in sorted order)
+    when the blocked share reaches the threshold, else accessible, down, inconclusive; a
+    threshold of 0 does not call a cell with nothing blocked blocked."""
+    import pandas as pd
+
+    from analysis import report
+    from analysis.facts import Facts, cell_states
+
+    rows = [  # target, vantage, blocking, blocked, ok, down
+        ("a", "cn", "dns", 2, 0, 0),
+        ("a", "cn", "tcp_ip", 3, 0, 0),
+        ("a", "cn", None, 0, 1, 0),  # 5 of 6 blocked: tcp_ip dominates
+        ("b", "cn", "dns", 1, 0, 0),
+        ("b", "cn", "http-diff", 1, 0, 0),
+        ("b", "cn", None, 0, 2, 0),  # 2 of 4 blocked, tie: dns sorts first
+        ("c", "cn", "dns", 1, 0, 0),
+        ("c", "cn", None, 0, 9, 0),  # 1 of 10: accessible
+        ("d", "cn", None, 0, 0, 4),  # down
+        ("e", "cn", None, 0, 0, 0),  # inconclusive
+        ("e", "ru", None, 0, 3, 0),
+    ]
+    cells = pd.DataFrame(rows, columns=["target", "vantage", "blocking", "blocked", "ok", "down"])
+    known = set(report.STATE_COLOURS)
+    states = cell_states(Facts(cells=cells), known, 0.5)
+    assert states.to_dict("list") == {
+        "target": ["a", "b", "c", "d", "e", "e"],
+        "vantage": ["cn", "cn", "cn", "cn", "cn", "ru"],
+        "state": ["tcp_ip", "dns", "accessible", "down", "inconclusive", "accessible"],
+    }
+    at_zero = cell_states(Facts(cells=cells), known, 0.0)["state"].tolist()
+    assert at_zero == ["tcp_ip", "dns", "dns", "down", "inconclusive", "accessible"]
