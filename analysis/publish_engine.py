@@ -9,7 +9,7 @@ Two stages of tasks on the engine's workers (analysis.engine.tasks):
    test) and the raw bucket (arrival hour, country, test). A row's raw line is re-read from its
    partition's own lines (a byte range numbered from its start, as the loader numbered it) and
    spooled deflated on its own (isal level 1: ~3 KB for a 12.8 KB line, ~23 us each way), so
-   the spool of 10M lines takes ~30 GB of disk, not the 128 GB of their text.
+   the spool of 10M bench lines took 35 GB of disk, not the 128 GB of their text.
    The task returns small things: the counts, which output files it spooled rows for, the AS
    numbers of `--drop-asn` vantages it saw and their published vantage names.
 2. Per output file: read its spooled rows from every partition, give them their global row and
@@ -133,11 +133,12 @@ def _records(part: Partition) -> Any:
     return lambda source: iter(_Lines(by_source[source]))
 
 
-# Spool bytes per input byte, measured on the bench's 12.8 KB web_connectivity lines: 3.0 KB a
-# line deflated alone against 1.83 KB a line in OONI's gzipped files (whole-file gzip shares
-# the keys between lines), and 0.24 of a line's text. Shorter lines share less: an estimate.
-SPOOL_PER_GZIP_BYTE = 1.7
-SPOOL_PER_TEXT_BYTE = 0.25
+# Spool bytes per input byte, measured on the bench's 10M web_connectivity lines (12.8 KB of
+# text, 1.83 KB gzipped in OONI's files): 35.3 GB of spool for 18.3 GB of .jsonl.gz (1.93; 3.2 KB
+# a line deflated alone, since whole-file gzip shares the keys between lines, plus ~0.4 KB of
+# pickled row), about 0.28 of the lines' text. Shorter lines share less: an estimate.
+SPOOL_PER_GZIP_BYTE = 2.0
+SPOOL_PER_TEXT_BYTE = 0.3
 
 
 def space_short(todo: Sequence[Partition], out: Path) -> str | None:
