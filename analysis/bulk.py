@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Set
@@ -49,7 +48,7 @@ import pyarrow.parquet as pq
 from analysis import ooni_bucket
 from analysis.load import iter_ooni_file, iter_store_file
 from analysis.ooni_bucket import bucket_test_name
-from analysis.tables import plain
+from analysis.tables import plain, replacing
 from probes.measurement import UNKNOWN_ASN, UNKNOWN_CC, Scrubber, asn_number
 
 RAW_DIR = ooni_bucket.RAW_DIR
@@ -212,13 +211,8 @@ def put(path: Path, data: bytes) -> bool:
             return False
     except OSError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
     return True
 
 
