@@ -3,8 +3,10 @@
 Inputs are pulled from an iterator only when a worker is free, so memory stays flat in the
 length of the list.  Per-host pacing keeps us from hammering one server: at most
 `per_host_concurrency` measurements of a host at once and `per_host_interval` seconds between
-their starts.  Finished measurements go to a single writer task that appends them in batches
-(group commit), so a kill loses at most the measurements still in flight, never a line.
+their starts (a nettest whose inputs share one server names it and its limit with
+`Nettest.pacing`; inputs wait there before their budgets start).  Finished measurements go to
+a single writer task that appends them in batches (group commit), so a kill loses at most the
+measurements still in flight, never a line.
 """
 
 from __future__ import annotations
@@ -79,16 +81,18 @@ class HostPacer:
         self._last_start: dict[str, float] = {}
         self._changed = asyncio.Condition()
 
-    async def acquire(self, host: str) -> None:
+    async def acquire(self, host: str, limit: int | None = None) -> None:
+        """Wait for a slot of `host` (at most `limit` at once, else per_host)."""
+        most = self.per_host if limit is None else max(1, limit)
         async with self._changed:
             while True:
                 now = time.monotonic()
                 wait = self._last_start.get(host, -1e9) + self.interval - now
-                if self._active.get(host, 0) < self.per_host and wait <= 0:
+                if self._active.get(host, 0) < most and wait <= 0:
                     self._active[host] = self._active.get(host, 0) + 1
                     self._last_start[host] = now
                     return
-                if self._active.get(host, 0) >= self.per_host:
+                if self._active.get(host, 0) >= most:
                     await self._changed.wait()
                 else:
                     # asyncio.timeout, not wait_for: wait_for runs Condition.wait in a task of
@@ -337,8 +341,9 @@ async def run_nettest(
         for input_ in stream:
             if summary.store_error is not None:
                 return
-            host = host_key(input_)
-            await pacer.acquire(host)
+            paced = nettest.pacing(input_)
+            host, limit = paced if paced else (host_key(input_), None)
+            await pacer.acquire(host, limit)
             try:
                 measurement = await measure_one(input_)
             finally:

@@ -94,6 +94,27 @@ def test_concurrency_and_per_host_limits_hold(tmp_path: Path) -> None:
     assert nettest.peak_per_host["same.test"] == 2
 
 
+class SharedServerNettest(CountingNettest):
+    """Every input goes to one server that takes one at a time (quic_sni --sni-endpoint)."""
+
+    def pacing(self, input_: str | None) -> tuple[str, int] | None:
+        return "192.0.2.1:443", 1
+
+
+def test_a_shared_server_queues_inputs_before_their_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("probes.runner.ABANDON_GRACE_SECONDS", 0.0)
+    nettest = SharedServerNettest(ProbeContext(), delay=0.15)
+    inputs = [f"name{i}.test" for i in range(5)]
+    # Five inputs of 0.15 s each, one at a time, against a 0.4 s budget: had the queue
+    # counted against their budgets, the third would have been abandoned.
+    summary, stored = _run(nettest, inputs, tmp_path, concurrency=16, timeout=0.4)
+    assert nettest.peak_total == 1
+    assert summary.measured == 5 and summary.inconclusive == 0
+    assert all(m.test_keys["blocking"] is False for m in stored)
+
+
 def test_inputs_are_pulled_lazily(tmp_path: Path) -> None:
     pulled = 0
 

@@ -80,6 +80,12 @@ class Nettest(abc.ABC):
         probe's, `probe.timeout`); a paced nettest computes it from its pacing."""
         return None
 
+    def pacing(self, input_: str | None) -> tuple[str, int] | None:
+        """The server an input occupies and how many inputs may occupy it at once, when the
+        runner's per-host pacing (the input's host) is not the right queue: the runner waits
+        for the slot before the input's budget starts, so a queue cannot eat it."""
+        return None
+
     @classmethod
     def input_problem(cls, input_: str) -> str | None:
         """Why an input cannot be measured by this nettest (None: it can)."""
