@@ -254,12 +254,12 @@ def _internet_rules(scen: scenario_mod.Scenario) -> None:
     loss = f"{scen.faults.helper_loss:.6f}"
     for cmd, blockpage in (("iptables", A.BLOCKPAGE_V4), ("ip6tables", A.BLOCKPAGE_V6)):
         refuse = ["-d", blockpage, "-p", "tcp", "--dport", "443", "-j", "REJECT"]
-        _ns(A.NS_INTERNET, cmd, "-A", "INPUT", *refuse, "--reject-with", "tcp-reset")
+        _ns(A.NS_INTERNET, cmd, "-w", "-A", "INPUT", *refuse, "--reject-with", "tcp-reset")
         if scen.faults.helper_loss > 0:
             # On arrival, not on the way out: a packet dropped in OUTPUT fails the sender's
             # send() with EPERM at once, which no lost datagram does.
             drop = ["-i", "lo", "-m", "statistic", "--mode", "random", "--probability", loss]
-            _ns(A.NS_INTERNET, cmd, "-A", "INPUT", *drop, "-j", "DROP")
+            _ns(A.NS_INTERNET, cmd, "-w", "-A", "INPUT", *drop, "-j", "DROP")
 
 
 def _build_network(scen: scenario_mod.Scenario) -> None:
@@ -330,11 +330,14 @@ def _build_network(scen: scenario_mod.Scenario) -> None:
         ]
     )
     for version, text in ((4, rules.iptables_rules(scen, 4)), (6, rules.iptables_rules(scen, 6))):
-        _ns(A.NS_CENSOR, "iptables-restore" if version == 4 else "ip6tables-restore", input=text)
+        # -w everywhere: wait for the xtables lock that another iptables (a test running
+        # beside the lab, a host firewall manager) may hold, instead of failing at once.
+        restore = "iptables-restore" if version == 4 else "ip6tables-restore"
+        _ns(A.NS_CENSOR, restore, "-w", input=text)
     nat = rules.nat_rules(scen)
     if nat:
         # --noflush: keep the filter table just restored.
-        _ns(A.NS_CENSOR, "iptables-restore", "--noflush", input=nat)
+        _ns(A.NS_CENSOR, "iptables-restore", "-w", "--noflush", input=nat)
     _internet_rules(scen)
     for ns in (A.NS_VP_CN, A.NS_VP_OPEN):
         etc = NETNS_ETC / ns
@@ -638,6 +641,7 @@ def _collector_exemption(action: str) -> None:
         _ns(
             A.NS_CENSOR,
             "iptables",
+            "-w",
             action,
             rules.CHAIN,
             *where,

@@ -1,5 +1,5 @@
-"""Shared pytest fixtures. Sections: consent, missing packages under CI, async backend, loopback
-servers (tests/loopback/)."""
+"""Shared pytest fixtures and hooks. Sections: consent, missing packages under CI, parallel runs,
+async backend, loopback servers (tests/loopback/)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
     outcome = yield
     _fail_missing(outcome.get_result())  # type: ignore[attr-defined]
+
+
+# --- parallel runs (pytest-xdist) -------------------------------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n N --dist loadfile`, with tests/lab/ counted as one file: a file's tests run in one
+    worker (module fixtures bind fixed addresses, e.g. oohelperd's 443, once), and so do all
+    the lab's, since the lab is one set of named network namespaces per machine
+    (tests/lab/conftest.py). xdist's own loadgroup cannot say this under pytest 9.2: it
+    renames nodes through an attribute pytest no longer reads."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LabAsOneFile(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/lab/" if path.startswith("tests/lab/") else path
+
+    return LabAsOneFile(config, log)
 
 
 # --- async backend ----------------------------------------------------------------------------

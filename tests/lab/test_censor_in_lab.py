@@ -168,7 +168,7 @@ def test_censor_counted_its_decisions(lab: LabInfo) -> None:
 def test_censor_survives_eperm_on_forged_packets(lab: LabInfo, spares) -> None:
     """A firewall DROP on the censor's own output makes raw sends fail with EPERM."""
     rule = ["-d", lab.vantages["cn"].ipv4, "-p", "tcp", "-j", "DROP"]
-    ipt = ["ip", "netns", "exec", "cs-censor", "iptables"]
+    ipt = ["ip", "netns", "exec", "cs-censor", "iptables", "-w"]
     before = lab.censor_stats().get("send_failures", 0)
     subprocess.run([*ipt, "-I", "OUTPUT", *rule], check=True)
     try:
