@@ -73,6 +73,7 @@ class QuicSNI(Nettest):
         opts = self.ctx.options
         self.control_sni = str(opts.get("control_sni") or DEFAULT_CONTROL_SNI)
         self.endpoint = opts.get("sni_endpoint")
+        self._fixed: tuple[str, int] | None = None  # --sni-endpoint's (ip, port), from setup
         window = opts.get("residual_window")
         self.window = RESIDUAL_WINDOW_S if window is None else float(window)
         self.max_wait = float(opts.get("residual_wait") or 0.0)
@@ -85,11 +86,12 @@ class QuicSNI(Nettest):
     async def setup(self) -> None:
         if self.endpoint:
             try:
-                ip, _ = parse_host_port(str(self.endpoint), 443)
+                ip, port = parse_host_port(str(self.endpoint), 443)
             except ValueError as exc:
                 raise SetupError(f"quic_sni --sni-endpoint {self.endpoint!r}: {exc}") from exc
             if not is_ip(ip):
                 raise SetupError(f"quic_sni --sni-endpoint {self.endpoint!r}: not an IP address")
+            self._fixed = (ip, port)
         if self.window < 0 or self.max_wait < 0:
             raise SetupError("quic_sni: residual_window and residual_wait must be >= 0")
         now_mono, now_wall = time.monotonic(), time.time()
@@ -110,10 +112,9 @@ class QuicSNI(Nettest):
         queues them before their budgets start. Queued inside measure, the second of two
         inputs at --timeout 10 waited out 45% of its budget behind a blocked name's three
         rounds and was stored unmeasured."""
-        if not self.endpoint:
+        if self._fixed is None:
             return None  # the endpoint is known after DNS; measure's lock keeps them apart
-        ip, port = parse_host_port(str(self.endpoint), 443)
-        return format_host_port(ip, port), 1
+        return format_host_port(*self._fixed), 1
 
     @classmethod
     def input_problem(cls, input_: str) -> str | None:
@@ -134,8 +135,8 @@ class QuicSNI(Nettest):
             "control": {},
             "control_failure": None,
         }
-        if self.endpoint:
-            ip, port = parse_host_port(str(self.endpoint), 443)
+        if self._fixed is not None:
+            ip, port = self._fixed
         else:
             dns = await resolve_retrying(
                 name, resolver=self.ctx.resolver, timeout=step, t_zero=t_zero
